@@ -1,0 +1,3 @@
+from stacko.cli import console_main
+
+console_main()

@@ -1,0 +1,308 @@
+"""The stacko command line: parse, call, print.  Logic lives elsewhere."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable, List, Optional, Sequence
+
+from stacko import __version__, run
+from stacko.errors import Interrupted, StackoError
+from stacko.state import DEFAULT_ROOT, Store
+
+Handler = Callable[[argparse.Namespace], int]
+
+IMAGE_COMMANDS = "new-image edit-image close-image delete-image list-images import-image export-image"
+POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
+                  "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
+                  "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
+                  "delete-stackpoint-instance list-stackpoints")
+
+
+def store(args: argparse.Namespace) -> Store:
+    root = getattr(args, "root", None) or os.environ.get("STACKO_ROOT") or DEFAULT_ROOT
+    return Store(root)
+
+
+def out(line: str) -> None:
+    print(line, flush=True)
+
+
+def print_json(data: Any) -> None:
+    out(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- image commands -----------------------------------------------------------
+def cmd_new_image(args: argparse.Namespace) -> int:
+    from stacko import images
+    images.new_image(store(args), args.name, args.parent)
+    return 0
+
+
+def cmd_edit_image(args: argparse.Namespace) -> int:
+    from stacko import images
+    out(images.edit_image(store(args), args.name, read_only=args.read_only))
+    return 0
+
+
+def cmd_close_image(args: argparse.Namespace) -> int:
+    from stacko import images
+    images.close_image(store(args), args.name)
+    return 0
+
+
+def cmd_delete_image(args: argparse.Namespace) -> int:
+    from stacko import images
+    images.delete_image(store(args), args.name)
+    return 0
+
+
+def cmd_list_images(args: argparse.Namespace) -> int:
+    from stacko import images
+    s = store(args)
+    infos = images.list_images(s)
+    if args.json:
+        print_json([i.to_dict(s) for i in infos])
+    else:
+        lines = images.draw_tree(infos) if args.tree else [i.image.name for i in infos]
+        if lines:
+            out("\n".join(lines))
+    return 0
+
+
+def cmd_import_image(args: argparse.Namespace) -> int:
+    from stacko import oci
+    oci.import_image(store(args), args.name, args.path, args.parent, ref=args.ref)
+    return 0
+
+
+def cmd_export_image(args: argparse.Namespace) -> int:
+    from stacko import oci
+    oci.export_image(store(args), args.name, args.path, compression=args.compression)
+    return 0
+
+
+# --- stackpoint commands --------------------------------------------------------
+def cmd_new_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.new_stackpoint(store(args), args.point, args.image, path=args.path)
+    return 0
+
+
+def cmd_delete_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.delete_stackpoint(store(args), args.point)
+    return 0
+
+
+def cmd_mount_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    out(stackpoints.mount_stackpoint(store(args), args.point))
+    return 0
+
+
+def cmd_umount_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.umount_stackpoint(store(args), args.point, lazy=args.lazy)
+    return 0
+
+
+def cmd_get_stackpoint_dir(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    out(stackpoints.stackpoint_dir(store(args), args.point))
+    return 0
+
+
+def cmd_is_stackpoint_mounted(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    return 0 if stackpoints.is_mounted(store(args), args.point) else 1
+
+
+def cmd_cutover_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    out(stackpoints.cutover(store(args), args.point, args.image))
+    return 0
+
+
+def cmd_fallback_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    out(stackpoints.fallback(store(args), args.point))
+    return 0
+
+
+def cmd_new_stackpoint_instance(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.new_instance(store(args), args.point, args.image)
+    return 0
+
+
+def cmd_set_stackpoint_instance(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.set_instance(store(args), args.point, args.image)
+    return 0
+
+
+def cmd_delete_stackpoint_instance(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.delete_instance(store(args), args.point, args.image)
+    return 0
+
+
+def cmd_list_stackpoints(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    infos = stackpoints.list_stackpoints(store(args))
+    if args.json:
+        print_json([i.to_dict() for i in infos])
+        return 0
+    rows = [("NAME", "CURRENT", "MOUNTED", "DIR", "INSTANCES", "HISTORY")]
+    for i in infos:
+        mounted = "no" if i.mounted is None else ("yes" if i.mounted == i.point.current
+                                                   else f"yes ({i.mounted})")
+        rows.append((i.point.name, i.point.current, mounted, i.directory,
+                     ",".join(x.image for x in i.point.instances),
+                     ",".join(reversed(i.point.history)) or "-"))
+    if infos:
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+        for r in rows:
+            out("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------
+def common_options() -> argparse.ArgumentParser:
+    # SUPPRESS: given before or after the command, a shared option is not reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"state directory (default: $STACKO_ROOT or {DEFAULT_ROOT})")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log every external command to stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="stacko", parents=[common],
+        description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
+        epilog=f"Image commands: {IMAGE_COMMANDS}.\nStackpoint commands: {POINT_COMMANDS}.")
+    parser.add_argument("--version", action="version", version=f"stacko {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    def command(name: str, handler: Handler, help: str, aliases: Sequence[str] = ()
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help,
+                           aliases=list(aliases))
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("parent", metavar="PARENT", nargs="?")
+    p = command("edit-image", cmd_edit_image,
+                "mount an image so that writes land in its own layer; print the directory")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--read-only", action="store_true",
+                   help="mount the image's stack read-only, for inspection")
+    p = command("close-image", cmd_close_image, "unmount an image opened by edit-image")
+    p.add_argument("name", metavar="NAME")
+    p = command("delete-image", cmd_delete_image, "remove an image and its layer")
+    p.add_argument("name", metavar="NAME")
+    p = command("list-images", cmd_list_images, "show the images, one name per line")
+    p.add_argument("--tree", action="store_true", help="draw parents above their children")
+    p.add_argument("--json", action="store_true", help="one JSON array of objects")
+    p = command("import-image", cmd_import_image,
+                "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("parent", metavar="PARENT", nargs="?")
+    p.add_argument("--ref", help="which image of a layout or archive that holds several")
+    p = command("export-image", cmd_export_image,
+                "write an image's stack as an OCI layout in a tar ('-': stdout)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                   help="layer compression (default: gzip)")
+
+    p = command("new-stackpoint", cmd_new_stackpoint,
+                "create a stackpoint and its first instance, of IMAGE (does not mount)")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--path", metavar="DIR",
+                   help="the stackpoint's directory (default: <root>/stackpoints/POINT)")
+    p = command("delete-stackpoint", cmd_delete_stackpoint,
+                "remove a stackpoint and all its instances' data")
+    p.add_argument("point", metavar="POINT")
+    p = command("mount-stackpoint", cmd_mount_stackpoint,
+                "mount the current instance at the stackpoint's directory; print it")
+    p.add_argument("point", metavar="POINT")
+    p = command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("--lazy", action="store_true",
+                   help="detach now even when busy; the kernel frees it when unused")
+    p = command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory")
+    p.add_argument("point", metavar="POINT")
+    p = command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
+                "exit 0 when the stackpoint is mounted, 1 when not")
+    p.add_argument("point", metavar="POINT")
+    p = command("cutover-stackpoint", cmd_cutover_stackpoint,
+                "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
+                aliases=["cutover-stackpoint-instance"])
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("image", metavar="IMAGE")
+    p = command("fallback-stackpoint", cmd_fallback_stackpoint,
+                "switch a stackpoint back to the instance that was current before; mount it",
+                aliases=["fallback-stackpoint-instance"])
+    p.add_argument("point", metavar="POINT")
+    p = command("new-stackpoint-instance", cmd_new_stackpoint_instance,
+                "create an instance of IMAGE for POINT without making it current")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("image", metavar="IMAGE")
+    p = command("set-stackpoint-instance", cmd_set_stackpoint_instance,
+                "make POINT's instance of IMAGE current (remounting if mounted)")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("image", metavar="IMAGE")
+    p = command("delete-stackpoint-instance", cmd_delete_stackpoint_instance,
+                "delete a non-current instance and its data")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("image", metavar="IMAGE")
+    p = command("list-stackpoints", cmd_list_stackpoints,
+                "show each stackpoint: directory, current image, mounted, instances, history")
+    p.add_argument("--json", action="store_true", help="one JSON array of objects")
+    return parser
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Interrupted("terminated by a signal; what was begun has been undone")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:           # -h, --version, or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    run.verbose = bool(getattr(args, "verbose", False))
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.handler(args)
+    except StackoError as e:
+        print(f"stacko: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"stacko: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("stacko: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`stacko list-images | head`): nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Images: immutable layers stacked on a parent.  No argparse here."""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from stacko import overlay
+from stacko.errors import AlreadyExists, ImageInUse, ImageNotFound, StackTooDeep, StackoError
+from stacko.records import Image, Stackpoint, check_name
+from stacko.state import Store, locked
+
+EMPTY_LOWER = "../e"     # relative to the layers directory, like every layer
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def get(images: Dict[str, Image], name: str) -> Image:
+    check_name(name, "image name")
+    try:
+        return images[name]
+    except KeyError:
+        raise ImageNotFound(f"no image named {name!r}",
+                            hint="`stacko list-images` shows the images") from None
+
+
+def stack_of(images: Dict[str, Image], name: str) -> List[Image]:
+    """The image and its ancestors, top first."""
+    chain = [get(images, name)]
+    while chain[-1].parent is not None:
+        if len(chain) > overlay.MAX_LAYERS:
+            raise StackoError(f"the parents of image {name!r} form a loop or an impossible stack")
+        chain.append(get(images, chain[-1].parent))
+    return chain
+
+
+def children_of(images: Dict[str, Image], name: str) -> List[str]:
+    return sorted(i.name for i in images.values() if i.parent == name)
+
+
+def instances_of(points: Dict[str, Stackpoint], name: str) -> List[str]:
+    """The stackpoints that have an instance of image name."""
+    return sorted(p.name for p in points.values() if p.instance(name) is not None)
+
+
+def edit_mount(store: Store, name: str) -> Optional[overlay.Mount]:
+    return overlay.find_mount(store.edit_path(name))
+
+
+def refuse_if_editing(store: Store, images: Dict[str, Image], name: str, doing: str) -> None:
+    """Nothing may stack on an image while its own layer is open for writing."""
+    for image in stack_of(images, name):
+        m = edit_mount(store, image.name)
+        if m is not None and not m.read_only:
+            raise ImageInUse(f"cannot {doing}: image {image.name!r} is open for editing",
+                             hint=f"run `stacko close-image {image.name}` first")
+
+
+@locked(exclusive=True)
+def new_image(store: Store, name: str, parent: Optional[str] = None) -> Image:
+    check_name(name, "image name")
+    images = store.load_images()
+    if name in images:
+        raise AlreadyExists(f"image {name!r} exists already")
+    if parent is not None:
+        depth = len(stack_of(images, parent)) + 1
+        if depth > overlay.MAX_LAYERS:
+            raise StackTooDeep(f"cannot stack {name!r} on {parent!r}: the stack would have "
+                               f"{depth} layers, and overlayfs mounts at most {overlay.MAX_LAYERS}")
+        refuse_if_editing(store, images, parent, f"stack {name!r} on {parent!r}")
+    image = Image(name=name, layer=store.new_layer(), parent=parent, created=now())
+    try:
+        store.save_images({**images, name: image})
+    except BaseException:
+        store.remove_layer(image.layer)
+        raise
+    return image
+
+
+@locked(exclusive=True)
+def edit_image(store: Store, name: str, read_only: bool = False) -> str:
+    images = store.load_images()
+    chain = stack_of(images, name)
+    target = store.edit_path(name)
+    mounted = edit_mount(store, name)
+    if mounted is not None:
+        if mounted.read_only == read_only:
+            return target
+        mode = "read-only" if mounted.read_only else "for editing"
+        raise ImageInUse(f"image {name!r} is mounted {mode} at {target} already",
+                         hint=f"run `stacko close-image {name}` first")
+    if not read_only:
+        points = store.load_stackpoints()
+        users = [f"image {c!r}" for c in children_of(images, name)]
+        users += [f"stackpoint {p!r}" for p in instances_of(points, name)]
+        if users:
+            raise ImageInUse(
+                f"cannot edit image {name!r}: {', '.join(users)} stack"
+                f"{'s' if len(users) == 1 else ''} on it, and overlayfs forbids changing "
+                "a lower layer that is in use",
+                hint="make a new image on top of it instead, or use --read-only to look inside")
+    overlay.require_root("edit-image")
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    layers = [i.layer for i in chain]
+    if read_only:
+        lowers = layers if len(layers) > 1 else layers + [EMPTY_LOWER]
+        overlay.mount_overlay(target, store.layers_dir, lowers, read_only=True)
+    else:
+        lowers = layers[1:] or [EMPTY_LOWER]
+        overlay.mount_overlay(target, store.layers_dir, lowers, upper=layers[0],
+                              work=os.path.relpath(store.work_path(layers[0]), store.layers_dir))
+    return target
+
+
+@locked(exclusive=True)
+def close_image(store: Store, name: str) -> None:
+    get(store.load_images(), name)
+    target = store.edit_path(name)
+    if edit_mount(store, name) is None:
+        return
+    overlay.require_root("close-image")
+    overlay.umount(target)
+    try:
+        os.rmdir(target)
+    except OSError:
+        pass     # something else was mounted or left there: not ours to remove
+
+
+@locked(exclusive=True)
+def delete_image(store: Store, name: str) -> None:
+    images = store.load_images()
+    image = get(images, name)
+    users = [f"image {c!r}" for c in children_of(images, name)]
+    users += [f"an instance of stackpoint {p!r}" for p in instances_of(store.load_stackpoints(), name)]
+    if users:
+        raise ImageInUse(f"cannot delete image {name!r}: {', '.join(users)} "
+                         f"{'uses' if len(users) == 1 else 'use'} it")
+    if edit_mount(store, name) is not None:
+        raise ImageInUse(f"cannot delete image {name!r}: it is mounted at {store.edit_path(name)}",
+                         hint=f"run `stacko close-image {name}` first")
+    rest = dict(images)
+    del rest[name]
+    store.save_images(rest)          # forget first: a crash leaves an unlisted layer, never a
+    store.remove_layer(image.layer)  # listed image without its data
+    try:
+        os.rmdir(store.edit_path(name))
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image: Image
+    children: Tuple[str, ...]
+    instances: Tuple[str, ...]
+    mounted: Optional[str]        # None, "rw" or "ro"
+
+    def to_dict(self, store: Store) -> dict:
+        return {"name": self.image.name, "parent": self.image.parent,
+                "children": list(self.children), "instances": list(self.instances),
+                "mounted": self.mounted is not None, "mode": self.mounted,
+                "edit_dir": store.edit_path(self.image.name) if self.mounted else None,
+                "layer": store.layer_path(self.image.layer), "created": self.image.created}
+
+
+@locked(exclusive=False)
+def list_images(store: Store) -> List[ImageInfo]:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    table = overlay.mounts()
+    kids: Dict[str, List[str]] = {}
+    for image in images.values():
+        if image.parent is not None:
+            kids.setdefault(image.parent, []).append(image.name)
+    infos = []
+    for name in sorted(images):
+        m = overlay.find_mount(store.edit_path(name), table)
+        infos.append(ImageInfo(images[name], tuple(sorted(kids.get(name, []))),
+                               tuple(instances_of(points, name)),
+                               None if m is None else ("ro" if m.read_only else "rw")))
+    return infos
+
+
+def draw_tree(infos: List[ImageInfo]) -> List[str]:
+    """Lines of the image forest, parents above their children."""
+    by_name = {i.image.name: i for i in infos}
+    lines: List[str] = []
+    roots = [i.image.name for i in infos if i.image.parent not in by_name]
+    # Iterative, so that a 500-deep stack needs no deep recursion.
+    todo: List[Tuple[str, str, str]] = [(r, "", "") for r in reversed(roots)]
+    while todo:
+        name, lead, rest = todo.pop()
+        lines.append(lead + name)
+        kids = list(by_name[name].children)
+        for pos, kid in reversed(list(enumerate(kids))):
+            last = pos == len(kids) - 1
+            todo.append((kid, rest + ("└── " if last else "├── "), rest + ("    " if last else "│   ")))
+    return lines

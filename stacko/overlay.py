@@ -1,0 +1,214 @@
+"""overlayfs mounts: building the options, mounting, unmounting, and reading
+the kernel's mount table (``/proc/self/mountinfo``, never mount(8)'s text).
+
+Kernel facts this module relies on:
+
+* A stack is ONE overlayfs mount: lowerdirs top first, one upperdir, and a
+  workdir that must be an empty directory on the upper's filesystem.
+* The options of the classic mount(2) call are one page of data (4096 bytes
+  with the terminating NUL).  The layers are named relative to the layers
+  directory, which the mount runs in (``cwd``), so each costs six bytes and
+  500 layers fit whatever the root path is.
+* The kernel stacks at most 500 lower layers (OVL_MAX_STACK).
+* Without an upperdir overlayfs needs at least two lowerdirs, so a one-layer
+  read-only mount adds an empty directory as the second.
+* A lower layer must never change while a mount uses it (the kernel calls the
+  result undefined), which is why images are frozen once something stacks on them.
+* In overlayfs options ``\\`` escapes the next character, so ``:`` and ``,``
+  inside a path are written ``\\:`` and ``\\,``.
+* util-linux 2.39 and newer use the new mount API and refuse a lowerdir over
+  256 bytes; LIBMOUNT_FORCE_MOUNT2=always sends the options through mount(2).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from stacko import procs, run
+from stacko.errors import CommandFailed, MountBusy, NeedsRoot, StackoError
+
+MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
+MAX_MOUNT_DATA = 4095     # one page, less the NUL
+PARAMETERS = "/sys/module/overlay/parameters"
+MOUNT_ENV = {"LIBMOUNT_FORCE_MOUNT2": "always"}
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    parent_id: int
+    device: str              # "major:minor"
+    root: str
+    mount_point: str
+    mount_options: str
+    fstype: str
+    source: str
+    super_options: str
+
+    def option(self, key: str) -> Optional[str]:
+        """One value of the super options (overlay's upperdir=, lowerdir= …)."""
+        for item in split_options(self.super_options):
+            name, _, value = item.partition("=")
+            if name == key:
+                return unescape_option(value)
+        return None
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.mount_options.split(",")
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def decode_mountinfo_field(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> List[Mount]:
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mounts.append(Mount(
+                mount_id=int(fields[0]), parent_id=int(fields[1]), device=fields[2],
+                root=decode_mountinfo_field(fields[3]),
+                mount_point=decode_mountinfo_field(fields[4]),
+                mount_options=fields[5], fstype=fields[sep + 1],
+                source=decode_mountinfo_field(fields[sep + 2]),
+                super_options=decode_mountinfo_field(" ".join(fields[sep + 3:]))))
+        except (ValueError, IndexError):
+            continue     # a line we do not understand is no mount of ours
+    return mounts
+
+
+def mounts() -> List[Mount]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
+
+
+def find_mount(path: str, table: Optional[List[Mount]] = None) -> Optional[Mount]:
+    """The mount on top at path (the last one mounted there), if any."""
+    found = None
+    for m in table if table is not None else mounts():
+        if m.mount_point == path:
+            found = m
+    return found
+
+
+def mounts_under(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
+    prefix = path.rstrip("/") + "/"
+    return [m for m in (table if table is not None else mounts())
+            if m.mount_point == path or m.mount_point.startswith(prefix)]
+
+
+# --- options -----------------------------------------------------------------
+def escape_option(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def unescape_option(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def split_options(options: str) -> List[str]:
+    """Split on commas that are not escaped with a backslash."""
+    return [p for p in re.findall(r"(?:\\.|[^,\\])+", options)]
+
+
+def kernel_defaults_off() -> List[str]:
+    """Options that keep layers portable, for the features this kernel knows.
+
+    index=off: no inode index tied to this upper/lower pairing (a layer may later
+    become a lower elsewhere).  metacopy=off and redirect_dir=off: no metadata-only
+    copies or redirects that only this stack could resolve.
+    """
+    wanted = ["index", "metacopy", "redirect_dir"]
+    if os.path.isdir(PARAMETERS):
+        known = set(os.listdir(PARAMETERS))
+        wanted = [w for w in wanted if w in known]
+    return [f"{w}=off" for w in wanted]
+
+
+def build_options(lowers: Sequence[str], upper: Optional[str] = None,
+                  work: Optional[str] = None, extra: Sequence[str] = ()) -> str:
+    """The mount data for one overlay: lowers are top first."""
+    if not lowers:
+        raise ValueError("an overlay needs at least one lower layer")
+    if len(lowers) > MAX_LAYERS:
+        raise StackoError(f"a stack of {len(lowers)} layers is deeper than the kernel's "
+                          f"limit of {MAX_LAYERS}")
+    if (upper is None) != (work is None):
+        raise ValueError("upperdir and workdir go together")
+    parts = ["lowerdir=" + ":".join(escape_option(p) for p in lowers)]
+    if upper is not None and work is not None:
+        parts += ["upperdir=" + escape_option(upper), "workdir=" + escape_option(work)]
+    parts += list(extra)
+    options = ",".join(parts)
+    if len(options.encode()) > MAX_MOUNT_DATA:
+        raise StackoError(f"the overlay options are {len(options.encode())} bytes, more than "
+                          f"the kernel takes in one mount call ({MAX_MOUNT_DATA})")
+    return options
+
+
+# --- mounting ----------------------------------------------------------------
+def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
+                  upper: Optional[str] = None, work: Optional[str] = None,
+                  read_only: bool = False) -> None:
+    """Mount one overlay at target; layer paths are relative to layers_dir."""
+    options = build_options(lowers, upper, work, kernel_defaults_off())
+    argv = ["mount", "-t", "overlay", "stacko", "-o", options]
+    if read_only:
+        argv[2:2] = ["-r"]
+    argv.append(target)
+    try:
+        run.run(argv, cwd=layers_dir, env=MOUNT_ENV)
+    except CommandFailed as e:
+        raise CommandFailed(f"cannot mount {target}: {e.stderr.strip() or e.message}",
+                            hint=kernel_hint(), returncode=e.returncode, stderr=e.stderr) from None
+
+
+def kernel_hint() -> Optional[str]:
+    try:
+        with open("/proc/filesystems", encoding="ascii") as f:
+            if "overlay" not in f.read():
+                return "this kernel has no overlay filesystem: try `modprobe overlay`"
+    except OSError:
+        pass
+    return "`dmesg | grep overlay` shows the kernel's reason"
+
+
+def umount(target: str, lazy: bool = False) -> None:
+    """Unmount target; when it is busy, name the processes that hold it."""
+    argv = ["umount"] + (["--lazy"] if lazy else []) + [target]
+    try:
+        run.run(argv)
+    except CommandFailed as e:
+        if "busy" in e.stderr:
+            raise MountBusy(f"{target} is busy: {busy_reason(target)}",
+                            hint="stop those processes, or unmount with --lazy") from None
+        raise CommandFailed(f"cannot unmount {target}: {e.stderr.strip() or e.message}",
+                            returncode=e.returncode, stderr=e.stderr) from None
+
+
+def busy_reason(target: str) -> str:
+    users: List[str] = [f"{p.pid} ({p.command})" for p in procs.holders(target)]
+    beneath = [m.mount_point for m in mounts_under(target) if m.mount_point != target]
+    reasons = []
+    if users:
+        reasons.append("used by process" + ("es " if len(users) > 1 else " ") + ", ".join(users))
+    if beneath:
+        reasons.append("mounts beneath it: " + ", ".join(beneath))
+    return "; ".join(reasons) or "held by the kernel or a process stacko cannot see"
+
+
+
+def require_root(action: str) -> None:
+    """Mounting and unmounting need root (CAP_SYS_ADMIN); say so before trying."""
+    if os.geteuid() != 0:
+        raise NeedsRoot(f"{action} needs root: it mounts or unmounts",
+                        hint="run it as root, e.g. with sudo")

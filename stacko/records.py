@@ -1,0 +1,122 @@
+"""The records kept in the metadata files, and the rules for names."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Optional, Tuple
+
+from stacko.errors import CorruptState, InvalidName
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise InvalidName(
+            f"invalid {what} {shown!r}",
+            hint="names are 1-128 characters of A-Z a-z 0-9 . _ + -, "
+                 "starting with a letter or digit")
+    return name
+
+
+def _get(data: Dict[str, Any], key: str, kind: type, source: str, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind):
+        raise CorruptState(f"{source}: field {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    layer: str
+    parent: Optional[str] = None
+    created: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "layer": self.layer, "parent": self.parent,
+                "created": self.created}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Image":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: an image record is not an object")
+        return cls(name=_get(data, "name", str, source), layer=_get(data, "layer", str, source),
+                   parent=_get(data, "parent", str, source, optional=True),
+                   created=data.get("created") or "")
+
+
+@dataclass(frozen=True)
+class Instance:
+    image: str
+    layer: str
+    created: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"image": self.image, "layer": self.layer, "created": self.created}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Instance":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: an instance record is not an object")
+        return cls(image=_get(data, "image", str, source), layer=_get(data, "layer", str, source),
+                   created=data.get("created") or "")
+
+
+@dataclass(frozen=True)
+class Stackpoint:
+    name: str
+    current: str
+    path: Optional[str] = None          # None: <root>/stackpoints/<name>
+    history: Tuple[str, ...] = ()       # earlier current images, oldest first
+    instances: Tuple[Instance, ...] = field(default_factory=tuple)
+
+    def instance(self, image: str) -> Optional[Instance]:
+        for inst in self.instances:
+            if inst.image == image:
+                return inst
+        return None
+
+    def current_instance(self) -> Instance:
+        inst = self.instance(self.current)
+        assert inst is not None, f"stackpoint {self.name} has no current instance"
+        return inst
+
+    def with_instance(self, inst: Instance) -> "Stackpoint":
+        others = tuple(i for i in self.instances if i.image != inst.image)
+        return replace(self, instances=others + (inst,))
+
+    def without_instance(self, image: str) -> "Stackpoint":
+        return replace(self, instances=tuple(i for i in self.instances if i.image != image),
+                       history=tuple(h for h in self.history if h != image))
+
+    def switched_to(self, image: str) -> "Stackpoint":
+        """Make image current; the present current goes on top of the history."""
+        if image == self.current:
+            return self
+        history = tuple(h for h in self.history if h not in (image, self.current))
+        return replace(self, current=image, history=history + (self.current,))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "current": self.current, "path": self.path,
+                "history": list(self.history),
+                "instances": [i.to_dict() for i in self.instances]}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Stackpoint":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: a stackpoint record is not an object")
+        history = _get(data, "history", list, source)
+        instances = _get(data, "instances", list, source)
+        if not all(isinstance(h, str) for h in history):
+            raise CorruptState(f"{source}: field 'history' holds a non-string")
+        point = cls(name=_get(data, "name", str, source), current=_get(data, "current", str, source),
+                    path=_get(data, "path", str, source, optional=True), history=tuple(history),
+                    instances=tuple(Instance.from_dict(i, source) for i in instances))
+        if point.instance(point.current) is None:
+            raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
+                               f"of its current image {point.current!r}")
+        return point

@@ -1,0 +1,289 @@
+"""Stackpoints: named directories that show one instance of an image stack.
+
+Every switch (cutover, fallback, set) runs the same steps on an ExitStack so
+that a failure at any step puts back what the earlier steps did: create the new
+instance's layer, unmount the old instance, record, mount the new one.  Killed
+between two steps, the state on disk is either the old or the new stackpoint,
+unmounted at worst, and mount-stackpoint finishes the job.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional
+
+from stacko import images as images_mod
+from stacko import overlay
+from stacko.errors import (AlreadyExists, InstanceNotFound, StackoError, StackpointBusy,
+                           StackpointNotFound, UsageError)
+from stacko.records import Image, Instance, Stackpoint, check_name
+from stacko.state import Store, locked
+
+
+def get(points: Dict[str, Stackpoint], name: str) -> Stackpoint:
+    check_name(name, "stackpoint name")
+    try:
+        return points[name]
+    except KeyError:
+        raise StackpointNotFound(f"no stackpoint named {name!r}",
+                                 hint="`stacko list-stackpoints` shows the stackpoints") from None
+
+
+def mounted_instance(store: Store, point: Stackpoint,
+                     table: Optional[List[overlay.Mount]] = None) -> Optional[Instance]:
+    """The instance of point that the kernel has mounted at its directory, if any."""
+    directory = store.stackpoint_dir(point)
+    m = overlay.find_mount(directory, table)
+    if m is None:
+        return None
+    upper = m.option("upperdir") if m.fstype == "overlay" else None
+    for inst in point.instances:
+        if upper == inst.layer:
+            return inst
+    raise StackpointBusy(f"something else is mounted at {directory} "
+                         f"({m.fstype} from {m.source})",
+                         hint=f"unmount it with `umount {directory}` first")
+
+
+def _new_instance(store: Store, images: Dict[str, Image], point_name: str, image: str) -> Instance:
+    images_mod.refuse_if_editing(store, images, image, f"make an instance of {image!r}")
+    return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
+
+
+def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Instance) -> str:
+    directory = store.stackpoint_dir(point)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
+    overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
+                          work=os.path.relpath(store.work_path(inst.layer), store.layers_dir))
+    return directory
+
+
+def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
+    directory = os.path.realpath(os.path.abspath(path))
+    if directory == "/":
+        raise UsageError("a stackpoint cannot be mounted on /")
+    if directory == store.root or directory.startswith(store.root + "/"):
+        raise UsageError(f"{directory} is inside the state root {store.root}",
+                         hint="choose a directory outside it")
+    for other in points.values():
+        theirs = store.stackpoint_dir(other)
+        if directory == theirs or directory.startswith(theirs + "/") \
+                or theirs.startswith(directory + "/"):
+            raise UsageError(f"{directory} overlaps the directory of stackpoint "
+                             f"{other.name!r} ({theirs})")
+    return directory
+
+
+@locked(exclusive=True)
+def new_stackpoint(store: Store, name: str, image: str, path: Optional[str] = None) -> Stackpoint:
+    check_name(name, "stackpoint name")
+    images = store.load_images()
+    images_mod.get(images, image)
+    points = store.load_stackpoints()
+    if name in points:
+        raise AlreadyExists(f"stackpoint {name!r} exists already")
+    directory = _check_path(store, points, path) if path is not None else None
+    inst = _new_instance(store, images, name, image)
+    point = Stackpoint(name=name, current=image, path=directory, instances=(inst,))
+    try:
+        store.save_stackpoints({**points, name: point})
+    except BaseException:
+        store.remove_layer(inst.layer)
+        raise
+    with contextlib.suppress(OSError):
+        os.makedirs(store.stackpoint_dir(point), mode=0o755, exist_ok=True)
+    return point
+
+
+@locked(exclusive=True)
+def delete_stackpoint(store: Store, name: str) -> None:
+    points = store.load_stackpoints()
+    point = get(points, name)
+    if mounted_instance(store, point) is not None:
+        raise StackpointBusy(f"stackpoint {name!r} is mounted at {store.stackpoint_dir(point)}",
+                             hint=f"run `stacko umount-stackpoint {name}` first")
+    rest = dict(points)
+    del rest[name]
+    store.save_stackpoints(rest)
+    for inst in point.instances:
+        store.remove_layer(inst.layer)
+    if point.path is None:
+        with contextlib.suppress(OSError):
+            os.rmdir(store.stackpoint_dir(point))
+
+
+@locked(exclusive=True)
+def mount_stackpoint(store: Store, name: str) -> str:
+    images = store.load_images()
+    point = get(store.load_stackpoints(), name)
+    mounted = mounted_instance(store, point)
+    if mounted is not None and mounted.image == point.current:
+        return store.stackpoint_dir(point)
+    if mounted is not None:
+        raise StackpointBusy(
+            f"stackpoint {name!r} has its instance of {mounted.image!r} mounted, "
+            f"but its current instance is of {point.current!r}",
+            hint=f"run `stacko umount-stackpoint {name}`, then mount it again")
+    overlay.require_root("mount-stackpoint")
+    return _mount(store, images, point, point.current_instance())
+
+
+@locked(exclusive=True)
+def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
+    point = get(store.load_stackpoints(), name)
+    if mounted_instance(store, point) is None:
+        return
+    overlay.require_root("umount-stackpoint")
+    overlay.umount(store.stackpoint_dir(point), lazy=lazy)
+
+
+@locked(exclusive=False)
+def stackpoint_dir(store: Store, name: str) -> str:
+    return store.stackpoint_dir(get(store.load_stackpoints(), name))
+
+
+@locked(exclusive=False)
+def is_mounted(store: Store, name: str) -> bool:
+    return mounted_instance(store, get(store.load_stackpoints(), name)) is not None
+
+
+def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
+            new: Stackpoint, created: Optional[Instance], mount: bool, action: str) -> None:
+    """Move a stackpoint from its recorded state to new, or leave it as it was."""
+    old = points[new.name]
+    directory = store.stackpoint_dir(old)
+    mounted = mounted_instance(store, old)
+    if mount or mounted is not None:
+        overlay.require_root(action)
+    with contextlib.ExitStack() as undo:
+        if created is not None:
+            undo.callback(store.remove_layer, created.layer)
+        if mounted is not None:
+            overlay.umount(directory)
+            undo.callback(_mount, store, images, old, mounted)
+        store.save_stackpoints({**points, new.name: new})
+        undo.callback(store.save_stackpoints, points)
+        if mount or mounted is not None:
+            _mount(store, images, new, new.current_instance())
+        undo.pop_all()
+
+
+@locked(exclusive=True)
+def cutover(store: Store, name: str, image: str) -> str:
+    images = store.load_images()
+    images_mod.get(images, image)
+    points = store.load_stackpoints()
+    point = get(points, name)
+    if image == point.current:
+        return mount_stackpoint(store, name)
+    inst = point.instance(image)
+    created = None
+    if inst is None:
+        inst = created = _new_instance(store, images, name, image)
+    try:
+        new = point.with_instance(inst).switched_to(image)
+    except BaseException:
+        if created is not None:
+            store.remove_layer(created.layer)
+        raise
+    _switch(store, images, points, new, created, mount=True, action="cutover-stackpoint")
+    return store.stackpoint_dir(point)
+
+
+@locked(exclusive=True)
+def fallback(store: Store, name: str) -> str:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    point = get(points, name)
+    if not point.history:
+        raise StackoError(f"stackpoint {name!r} has no earlier instance to fall back to",
+                          hint="`stacko list-stackpoints` shows its history")
+    # Walking back: the present instance is kept, but not put on the history.
+    new = replace(point, current=point.history[-1], history=point.history[:-1])
+    _switch(store, images, points, new, None, mount=True, action="fallback-stackpoint")
+    return store.stackpoint_dir(point)
+
+
+@locked(exclusive=True)
+def new_instance(store: Store, name: str, image: str) -> None:
+    images = store.load_images()
+    images_mod.get(images, image)
+    points = store.load_stackpoints()
+    point = get(points, name)
+    if point.instance(image) is not None:
+        raise AlreadyExists(f"stackpoint {name!r} has an instance of {image!r} already")
+    inst = _new_instance(store, images, name, image)
+    try:
+        store.save_stackpoints({**points, name: point.with_instance(inst)})
+    except BaseException:
+        store.remove_layer(inst.layer)
+        raise
+
+
+def _instance(point: Stackpoint, image: str) -> Instance:
+    check_name(image, "image name")
+    inst = point.instance(image)
+    if inst is None:
+        raise InstanceNotFound(f"stackpoint {point.name!r} has no instance of {image!r}",
+                               hint=f"`stacko new-stackpoint-instance {point.name} {image}` makes one")
+    return inst
+
+
+@locked(exclusive=True)
+def set_instance(store: Store, name: str, image: str) -> None:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    point = get(points, name)
+    _instance(point, image)
+    if image == point.current:
+        return
+    _switch(store, images, points, point.switched_to(image), None, mount=False,
+            action="set-stackpoint-instance")
+
+
+@locked(exclusive=True)
+def delete_instance(store: Store, name: str, image: str) -> None:
+    points = store.load_stackpoints()
+    point = get(points, name)
+    inst = _instance(point, image)
+    if image == point.current:
+        raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",
+                          hint="switch to another instance first, or delete the stackpoint")
+    mounted = mounted_instance(store, point)
+    if mounted is not None and mounted.image == image:
+        raise StackpointBusy(f"the instance of {image!r} is mounted at {store.stackpoint_dir(point)}",
+                             hint=f"run `stacko umount-stackpoint {name}` first")
+    store.save_stackpoints({**points, name: point.without_instance(image)})
+    store.remove_layer(inst.layer)
+
+
+@dataclass(frozen=True)
+class StackpointInfo:
+    point: Stackpoint
+    directory: str
+    mounted: Optional[str]     # the image whose instance is mounted
+
+    def to_dict(self) -> dict:
+        p = self.point
+        return {"name": p.name, "dir": self.directory, "current": p.current,
+                "mounted": self.mounted is not None, "mounted_image": self.mounted,
+                "history": list(p.history),
+                "instances": [{"image": i.image, "created": i.created} for i in p.instances]}
+
+
+@locked(exclusive=False)
+def list_stackpoints(store: Store) -> List[StackpointInfo]:
+    points = store.load_stackpoints()
+    table = overlay.mounts()
+    infos = []
+    for name in sorted(points):
+        point = points[name]
+        try:
+            inst = mounted_instance(store, point, table)
+        except StackpointBusy:
+            inst = None
+        infos.append(StackpointInfo(point, store.stackpoint_dir(point),
+                                    inst.image if inst else None))
+    return infos

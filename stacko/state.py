@@ -1,0 +1,269 @@
+"""The files under the state root: metadata JSON, layer directories, the lock.
+
+Layout of a root::
+
+    lock               flock: exclusive for changes, shared for listings
+    images.json        {"version": 1, "images": {...}}
+    stackpoints.json   {"version": 1, "stackpoints": {...}}
+    l/ID               layer data of an image or an instance (ID: 5 characters)
+    w/ID               overlayfs workdir beside that layer (same filesystem)
+    e/                 an empty directory, the second lower of one-layer read-only mounts
+    edit/NAME          where edit-image mounts an image
+    stackpoints/NAME   default stackpoint directories
+    tmp/               staging for imports
+
+Layer directories get short names because overlayfs takes its options in one
+page (4096 bytes) of mount data: mounts are made from inside ``l/`` with
+relative names, six bytes a layer, so 500 layers fit whatever the root path.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+
+from stacko.errors import CorruptState, LockTimeout, StackoError
+from stacko.records import Image, Stackpoint
+
+VERSION = 1
+DEFAULT_ROOT = "/var/lib/stacko"
+LAYER_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+LAYER_ID_LEN = 5
+
+T = TypeVar("T")
+
+
+class Store:
+    """Owns everything under one state root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.layers_dir = os.path.join(self.root, "l")
+        self.work_dir = os.path.join(self.root, "w")
+        self.empty_dir = os.path.join(self.root, "e")
+        self.edit_dir = os.path.join(self.root, "edit")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        self.images_file = os.path.join(self.root, "images.json")
+        self.stackpoints_file = os.path.join(self.root, "stackpoints.json")
+        self._lock_fd: Optional[int] = None
+        self._exclusive = False
+
+    # --- paths -------------------------------------------------------------
+    def layer_path(self, layer: str) -> str:
+        return os.path.join(self.layers_dir, layer)
+
+    def work_path(self, layer: str) -> str:
+        return os.path.join(self.work_dir, layer)
+
+    def edit_path(self, image: str) -> str:
+        return os.path.join(self.edit_dir, image)
+
+    def stackpoint_dir(self, point: Stackpoint) -> str:
+        return point.path or os.path.join(self.root, "stackpoints", point.name)
+
+    # --- lock --------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool) -> Iterator[None]:
+        """Hold the root's lock; nests (an inner request reuses the outer lock)."""
+        if self._lock_fd is not None:
+            if exclusive and not self._exclusive:
+                raise AssertionError("exclusive lock requested inside a shared one")
+            yield
+            return
+        if exclusive:
+            self._create_root()
+        elif not os.path.exists(os.path.join(self.root, "lock")):
+            yield   # nothing was ever written here: nothing to read consistently
+            return
+        path = os.path.join(self.root, "lock")
+        try:
+            fd = os.open(path, (os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
+                         | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StackoError(f"cannot open the lock {path}: {e.strerror}") from None
+        try:
+            wait_for_lock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, path)
+            self._lock_fd, self._exclusive = fd, exclusive
+            yield
+        finally:
+            self._lock_fd, self._exclusive = None, False
+            os.close(fd)
+
+    def _create_root(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.root), exist_ok=True)
+            try:
+                os.mkdir(self.root, 0o700)
+            except FileExistsError:
+                pass
+            for sub in (self.layers_dir, self.work_dir, self.empty_dir, self.edit_dir):
+                os.makedirs(sub, mode=0o755 if sub != self.work_dir else 0o700, exist_ok=True)
+        except OSError as e:
+            raise StackoError(f"cannot create the state root {self.root}: {e.strerror}") from None
+
+    # --- metadata ----------------------------------------------------------
+    def load_images(self) -> Dict[str, Image]:
+        data = self._read(self.images_file, "images")
+        images = {}
+        for name, raw in data.items():
+            image = Image.from_dict(raw, self.images_file)
+            if image.name != name:
+                raise CorruptState(f"{self.images_file}: record {name!r} names {image.name!r}")
+            images[name] = image
+        return images
+
+    def save_images(self, images: Dict[str, Image]) -> None:
+        self._write(self.images_file, "images",
+                    {name: images[name].to_dict() for name in sorted(images)})
+
+    def load_stackpoints(self) -> Dict[str, Stackpoint]:
+        data = self._read(self.stackpoints_file, "stackpoints")
+        points = {}
+        for name, raw in data.items():
+            point = Stackpoint.from_dict(raw, self.stackpoints_file)
+            if point.name != name:
+                raise CorruptState(f"{self.stackpoints_file}: record {name!r} names {point.name!r}")
+            points[name] = point
+        return points
+
+    def save_stackpoints(self, points: Dict[str, Stackpoint]) -> None:
+        self._write(self.stackpoints_file, "stackpoints",
+                    {name: points[name].to_dict() for name in sorted(points)})
+
+    def _read(self, path: str, key: str) -> Dict[str, Any]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise CorruptState(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise CorruptState(f"{path} is corrupt: {e}",
+                               hint="restore it from a backup; stacko left it as it is") from None
+        if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+            raise CorruptState(f"{path} is corrupt: no \"version\" field",
+                               hint="restore it from a backup; stacko left it as it is")
+        if data["version"] > VERSION:
+            raise CorruptState(f"{path} has version {data['version']}, newer than this "
+                               f"stacko understands ({VERSION})", hint="upgrade stacko")
+        records = data.get(key, {})
+        if not isinstance(records, dict):
+            raise CorruptState(f"{path} is corrupt: {key!r} is not an object")
+        return records
+
+    def _write(self, path: str, key: str, records: Dict[str, Any]) -> None:
+        assert self._exclusive, "metadata written without the exclusive lock"
+        text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
+        atomic_write(path, text.encode("utf-8"))
+
+    # --- layers ------------------------------------------------------------
+    def new_layer(self) -> str:
+        """Create an empty layer and its workdir; returns the layer's id."""
+        for _ in range(100):
+            layer = "".join(secrets.choice(LAYER_ID_CHARS) for _ in range(LAYER_ID_LEN))
+            try:
+                os.mkdir(self.layer_path(layer), 0o755)
+            except FileExistsError:
+                continue
+            try:
+                os.mkdir(self.work_path(layer), 0o700)
+            except OSError:
+                os.rmdir(self.layer_path(layer))
+                raise
+            return layer
+        raise StackoError(f"cannot find a free layer name in {self.layers_dir}")
+
+    def remove_layer(self, layer: str) -> None:
+        """Remove a layer's data; never follows into a mount beneath it."""
+        from stacko import overlay
+
+        for path in (self.work_path(layer), self.layer_path(layer)):
+            busy = overlay.mounts_under(path)
+            if busy:
+                raise StackoError(f"{path} has a mount beneath it ({busy[0].mount_point}); "
+                                  "not removing it")
+        for path in (self.work_path(layer), self.layer_path(layer)):
+            remove_tree(path)
+
+
+def remove_tree(path: str) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StackoError(f"cannot remove {e.filename or path}: {e.strerror}") from None
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Temp file in the same directory, write, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise StackoError(f"cannot sync {directory}: {e.strerror}") from None
+
+
+def wait_for_lock(fd: int, how: int, path: str) -> None:
+    timeout = float(os.environ.get("STACKO_LOCK_TIMEOUT", "300"))
+    start = time.monotonic()
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StackoError(f"cannot lock {path}: {e.strerror}") from None
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            raise LockTimeout(f"gave up waiting for the lock {path} after {timeout:g} s",
+                              hint="another stacko command holds it; see `fuser -v` on the file")
+        if not told and waited >= 1.0:
+            print(f"stacko: waiting for another stacko command to finish (lock {path})",
+                  file=sys.stderr, flush=True)
+            told = True
+        time.sleep(0.02)
+
+
+def locked(exclusive: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: run a store operation (first argument: Store) under the lock."""
+    def wrap(func: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(func)
+        def inner(store: Store, *args: Any, **kwargs: Any) -> T:
+            with store.locked(exclusive):
+                return func(store, *args, **kwargs)
+        return inner
+    return wrap
