@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 from typing import Any, Callable, List, Optional, Sequence
 
 from stacko import __version__, run
@@ -19,6 +20,7 @@ POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stac
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
                   "delete-stackpoint-instance list-stackpoints")
+UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint check"
 
 
 def store(args: argparse.Namespace) -> Store:
@@ -170,6 +172,34 @@ def cmd_list_stackpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- changes and upkeep ------------------------------------------------------------
+def cmd_diff_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import changes
+    for kind, path in changes.diff(store(args), args.point):
+        out(f"{kind} {path}")
+    return 0
+
+
+def cmd_commit_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import changes
+    changes.commit(store(args), args.point, args.new_image)
+    return 0
+
+
+def cmd_prune_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import changes
+    changes.prune(store(args), args.point, keep=args.keep)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from stacko import check
+    problems = check.check(store(args), repair=args.repair)
+    for line in problems:
+        out(line)
+    return 1 if problems and not args.repair else 0
+
+
 # --- the parser ------------------------------------------------------------------
 def common_options() -> argparse.ArgumentParser:
     # SUPPRESS: given before or after the command, a shared option is not reset.
@@ -186,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stacko", parents=[common],
         description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
-        epilog=f"Image commands: {IMAGE_COMMANDS}.\nStackpoint commands: {POINT_COMMANDS}.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(textwrap.fill(", ".join(names.split()), width=78, initial_indent=title,
+                                       subsequent_indent="    ", break_on_hyphens=False)
+                         for title, names in (("image commands: ", IMAGE_COMMANDS),
+                                              ("stackpoint commands: ", POINT_COMMANDS),
+                                              ("changes and upkeep: ", UPKEEP_COMMANDS))))
     parser.add_argument("--version", action="version", version=f"stacko {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
@@ -270,7 +305,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list-stackpoints", cmd_list_stackpoints,
                 "show each stackpoint: directory, current image, mounted, instances, history")
     p.add_argument("--json", action="store_true", help="one JSON array of objects")
+
+    p = command("diff-stackpoint", cmd_diff_stackpoint,
+                "list what the current instance changed: A added, C changed, D deleted")
+    p.add_argument("point", metavar="POINT")
+    p = command("commit-stackpoint", cmd_commit_stackpoint,
+                "turn the current instance's changes into NEWIMAGE and switch to a fresh instance of it")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("new_image", metavar="NEWIMAGE")
+    p = command("prune-stackpoint", cmd_prune_stackpoint,
+                "delete the oldest non-current instances beyond the N most recent in the history")
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("--keep", metavar="N", type=non_negative, required=True)
+    p = command("check", cmd_check,
+                "compare metadata, layer directories and mounts; report every mismatch")
+    p.add_argument("--repair", action="store_true",
+                   help="fix what can be fixed without losing user data, and say what was done")
     return parser
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
 
 
 def _terminate(signum: int, frame: Any) -> None:

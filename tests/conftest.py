@@ -1,0 +1,142 @@
+"""Shared fixtures: a temporary state root, and the real stacko CLI.
+
+Tests that mount are marked ``mounts``; they need root and run in a private
+mount namespace.  `make test` starts pytest under ``unshare -m``; when pytest
+is started some other way as root, this file makes the namespace itself, so
+that no test can ever mount on the host.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+CLONE_NEWNS = 0x00020000
+
+
+def _enter_private_namespace() -> None:
+    if os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"):
+        return   # already private (unshare -m)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+if IS_ROOT:
+    _enter_private_namespace()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mounts: mounts for real; needs root")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="mounts for real: run the tests as root (make test)")
+    for item in items:
+        if "mounts" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class Result:
+    argv: Sequence[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        return self.stdout.strip()
+
+
+def _mounts_under(path: str) -> list:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split(" ")[4].replace("\\040", " ").replace("\\011", "\t") \
+                .replace("\\012", "\n").replace("\\134", "\\")
+            if mp == path or mp.startswith(path.rstrip("/") + "/"):
+                found.append(mp)
+    return found
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A scratch directory; everything mounted under it is unmounted afterwards."""
+    yield tmp_path
+    for mp in reversed(_mounts_under(str(tmp_path))):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+@pytest.fixture
+def root(workdir: Path) -> Path:
+    """The state root of one test (with a space in its path, as admins' paths may have)."""
+    return workdir / "state root"
+
+
+Runner = Callable[..., Result]
+
+
+def run_stacko(root: Optional[Path], *args: str, rc: Optional[int] = 0,
+               env: Optional[Dict[str, str]] = None, input: Optional[bytes] = None,
+               user: Optional[int] = None) -> Result:
+    argv = [sys.executable, "-m", "stacko"] + (["--root", str(root)] if root else []) + list(args)
+    full_env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    full_env.update(env or {})
+    proc = subprocess.run(argv, input=input, capture_output=True, env=full_env,
+                          user=user, timeout=600)
+    result = Result(argv, proc.returncode, proc.stdout.decode(errors="replace"),
+                    proc.stderr.decode(errors="replace"))
+    assert "Traceback" not in result.stderr, result.stderr
+    if rc is not None:
+        assert result.returncode == rc, (
+            f"{' '.join(args)}: exit {result.returncode}, wanted {rc}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    if result.returncode != 0 and result.returncode in (1, 2):
+        assert result.stderr.startswith(("stacko: error:", "usage:")) or \
+            "stacko: error:" in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def stacko(root: Path) -> Runner:
+    """Run the real CLI against this test's root; checks the exit status and that
+    no traceback was printed.  ``rc=None`` accepts any status."""
+    def runner(*args: str, **kwargs) -> Result:
+        return run_stacko(root, *args, **kwargs)
+    return runner
+
+
+def snapshot(root: Path) -> Dict[str, object]:
+    """Everything under a root that a refused command must leave alone: metadata
+    bytes, the set of layer directories and the mounts."""
+    state: Dict[str, object] = {}
+    for name in ("images.json", "stackpoints.json"):
+        p = root / name
+        state[name] = p.read_bytes() if p.exists() else None
+    for sub in ("l", "w"):
+        d = root / sub
+        state[sub] = sorted(os.listdir(d)) if d.exists() else []
+    state["mounts"] = _mounts_under(str(root))
+    return state
+
+
+def populate(stacko: Runner, image: str, files: Dict[str, str], parent: Optional[str] = None) -> None:
+    """new-image, edit-image, write files, close-image."""
+    stacko("new-image", image, *([parent] if parent else []))
+    directory = Path(stacko("edit-image", image).out)
+    for rel, text in files.items():
+        target = directory / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    stacko("close-image", image)
