@@ -75,6 +75,18 @@ class CommandFailed(StackoError):
         self.stderr = stderr
 
 
+class MountFailed(StackoError):
+    """A mount system call (fsopen, fsconfig, fsmount, move_mount, umount2) failed."""
+
+    def __init__(self, message: str, hint: Optional[str] = None, *, errno: int = 0) -> None:
+        super().__init__(message, hint)
+        self.errno = errno
+
+
+class HeldByProcesses(StackpointBusy):
+    """An instance's earlier, detached mount is still held by processes."""
+
+
 class CorruptState(StackoError):
     pass
 
