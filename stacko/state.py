@@ -24,8 +24,6 @@ import fcntl
 import functools
 import json
 import os
-import secrets
-import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
@@ -170,6 +168,7 @@ class Store:
     # --- layers ------------------------------------------------------------
     def new_layer(self) -> str:
         """Create an empty layer and its workdir; returns the layer's id."""
+        import secrets  # here, not at the top: it costs listings ~10 ms of start-up
         for _ in range(100):
             layer = "".join(secrets.choice(LAYER_ID_CHARS) for _ in range(LAYER_ID_LEN))
             try:
@@ -198,6 +197,7 @@ class Store:
 
 
 def remove_tree(path: str) -> None:
+    import shutil  # here, not at the top: listings never remove anything
     try:
         shutil.rmtree(path)
     except FileNotFoundError:
