@@ -35,10 +35,14 @@ class Image:
     layer: str
     parent: Optional[str] = None
     created: str = ""
+    diff_id: Optional[str] = None   # sha256 of the layer's tar, for images that were imported
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "layer": self.layer, "parent": self.parent,
+        data = {"name": self.name, "layer": self.layer, "parent": self.parent,
                 "created": self.created}
+        if self.diff_id is not None:
+            data["diff_id"] = self.diff_id
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "Image":
@@ -46,7 +50,8 @@ class Image:
             raise CorruptState(f"{source}: an image record is not an object")
         return cls(name=_get(data, "name", str, source), layer=_get(data, "layer", str, source),
                    parent=_get(data, "parent", str, source, optional=True),
-                   created=data.get("created") or "")
+                   created=data.get("created") or "",
+                   diff_id=_get(data, "diff_id", str, source, optional=True))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,400 @@
+"""One image layer as a tar stream: unpacking into a layer directory, and packing
+a layer directory back into a tar, converting between OCI and overlayfs whiteouts.
+
+OCI marks a deleted path with an empty file ``.wh.NAME`` and a directory whose
+lower contents are hidden with ``.wh..wh..opq``; overlayfs marks the same with a
+character device 0/0 named NAME and the xattr ``trusted.overlay.opaque=y``.
+The kernel's other ``trusted.overlay.*`` xattrs describe one particular mount
+(origin, impure, redirect…), so they are never read from nor written to a tar.
+
+Unpacking trusts nothing in the archive: every member name is checked
+(no absolute names, no ``..``), every directory on the way to a member is
+checked with lstat (so a symlink planted by the archive is never followed), and
+hard links must point at something this same layer already holds.  Files are
+created with O_EXCL|O_NOFOLLOW after removing what was there, as tar does.
+"""
+from __future__ import annotations
+
+import decimal
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
+
+from stacko.errors import StackoError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+PAX_XATTR_PREFIX = "SCHILY.xattr."
+CHUNK = 1 << 20
+
+
+class HostileArchive(StackoError):
+    """A member would write outside its layer or through a planted symlink."""
+
+
+class BadLayer(StackoError):
+    """A layer tar that cannot be unpacked (corrupt, or an unsupported member)."""
+
+
+# --- names ---------------------------------------------------------------------
+def clean_name(name: str, member: str) -> str:
+    """The member's path relative to the layer root ('' for the root itself)."""
+    if name.startswith("/"):
+        raise HostileArchive(f"archive member {member!r} has an absolute name; refusing it")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise HostileArchive(f"archive member {member!r} climbs out with '..'; refusing it")
+    return "/".join(parts)
+
+
+def pax_mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime in nanoseconds; PAX keeps fractions a float would round."""
+    text = member.pax_headers.get("mtime")
+    if text:
+        try:
+            return int(decimal.Decimal(text) * 1_000_000_000)
+        except decimal.InvalidOperation:
+            pass
+    return int(member.mtime) * 1_000_000_000
+
+
+def member_xattrs(member: tarfile.TarInfo) -> Dict[str, bytes]:
+    found = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith(PAX_XATTR_PREFIX):
+            name = key[len(PAX_XATTR_PREFIX):]
+            if not name.startswith(OVERLAY_XATTR_PREFIX):
+                found[name] = value.encode("utf-8", "surrogateescape")
+    return found
+
+
+# --- unpacking -----------------------------------------------------------------
+@dataclass
+class _DirMeta:
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+@dataclass
+class Unpacker:
+    """Unpacks one layer tar into ``root`` (an empty directory).
+
+    ``lowers`` are the layer directories beneath this one, top first: a
+    directory that the tar fills without naming it copies its owner and mode
+    from there, so that the merged view does not change it.
+    """
+    root: str
+    lowers: Sequence[str] = ()
+    _dirs: Set[str] = field(default_factory=set)          # checked: real directories
+    _meta: Dict[str, _DirMeta] = field(default_factory=dict)
+    _opaque: Set[str] = field(default_factory=set)
+
+    def unpack(self, stream: IO[bytes]) -> None:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+                for member in tar:
+                    self._member(tar, member)
+        except tarfile.TarError as e:
+            raise BadLayer(f"the layer is not a valid tar archive: {e}") from None
+        except EOFError:
+            raise BadLayer("the layer tar ends early: the archive is truncated") from None
+        self._finish()
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        rel = clean_name(member.name, member.name)
+        if not rel:
+            if member.isdir():       # the layer root itself: keep its attributes
+                self._meta[""] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
+                self._set_xattrs(self.root, member_xattrs(member))
+            return
+        parent, _, base = rel.rpartition("/")
+        self._ensure_dir(parent, member.name)
+        if base == OPAQUE_MARKER:
+            self._opaque.add(parent)
+            return
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
+            return
+        path = self._path(rel)
+        if member.isdir():
+            self._make_dir(rel, path, member)
+            return
+        self._remove(rel, path)
+        if member.isreg():
+            self._write_file(tar, member, path)
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.islnk():
+            self._link(member, path)
+            return          # a hard link shares its target's inode and attributes
+        elif member.ischr() or member.isblk() or member.isfifo():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
+            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+        else:
+            raise BadLayer(f"archive member {member.name!r} has an unsupported type "
+                           f"{member.type!r}")
+        self._set_attrs(path, member)
+
+    def _ensure_dir(self, rel: str, member: str) -> None:
+        """Make sure rel is a real directory in this layer, never a symlink."""
+        if not rel or rel in self._dirs:
+            return
+        parent = rel.rpartition("/")[0]
+        self._ensure_dir(parent, member)
+        path = self._path(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._implicit_dir(rel, path)
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                raise HostileArchive(f"archive member {member!r} would be written through the "
+                                     f"symlink {rel!r}; refusing it")
+            if not stat.S_ISDIR(st.st_mode):
+                raise BadLayer(f"archive member {member!r} lies beneath {rel!r}, which is "
+                               "not a directory")
+        self._dirs.add(rel)
+
+    def _implicit_dir(self, rel: str, path: str) -> None:
+        """A directory the tar fills without naming: as in the layers beneath, or 0755."""
+        os.mkdir(path, 0o755)
+        for lower in self.lowers:
+            try:
+                st = os.lstat(os.path.join(lower, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._meta[rel] = _DirMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                           st.st_mtime_ns)
+            return       # whatever is found first decides, as in the merged view
+        self._meta.setdefault(rel, _DirMeta(0o755, 0, 0, 0))
+
+    def _make_dir(self, rel: str, path: str, member: tarfile.TarInfo) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            self._remove(rel, path)
+            st = None
+        if st is None:
+            os.mkdir(path, 0o700)
+        self._dirs.add(rel)
+        self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
+        self._set_xattrs(path, member_xattrs(member))
+
+    def _whiteout(self, parent: str, name: str, member: str) -> None:
+        rel = f"{parent}/{name}" if parent else name
+        if not name or name in (".", "..") or "/" in name:
+            raise HostileArchive(f"archive member {member!r} is a malformed whiteout")
+        path = self._path(rel)
+        if os.path.lexists(path):
+            return    # a whiteout hides lower layers only, never its own layer's entry
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+    def _remove(self, rel: str, path: str) -> None:
+        """Make room for a member, as tar does when a later member names a path again."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+            prefix = rel + "/"
+            self._dirs = {d for d in self._dirs if d != rel and not d.startswith(prefix)}
+            for key in [k for k in self._meta if k == rel or k.startswith(prefix)]:
+                del self._meta[key]
+            self._opaque = {d for d in self._opaque if d != rel and not d.startswith(prefix)}
+        else:
+            os.unlink(path)
+
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "wb") as out:
+            source = tar.extractfile(member)
+            if source is not None:
+                shutil.copyfileobj(source, out, CHUNK)
+
+    def _link(self, member: tarfile.TarInfo, path: str) -> None:
+        target = clean_name(member.linkname, member.name)
+        if not target:
+            raise HostileArchive(f"archive member {member.name!r} links to the layer root")
+        self._ensure_dir(target.rpartition("/")[0], member.name)
+        target_path = self._path(target)
+        try:
+            st = os.lstat(target_path)
+        except FileNotFoundError:
+            raise HostileArchive(f"archive member {member.name!r} is a hard link to "
+                                 f"{member.linkname!r}, which this layer does not hold") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise HostileArchive(f"archive member {member.name!r} is a hard link to a directory")
+        os.link(target_path, path, follow_symlinks=False)
+
+    def _set_attrs(self, path: str, member: tarfile.TarInfo) -> None:
+        os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        self._set_xattrs(path, member_xattrs(member))
+        if not member.issym():
+            os.chmod(path, member.mode & 0o7777)   # after chown, which clears setuid
+        mtime = pax_mtime_ns(member)
+        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+
+    @staticmethod
+    def _set_xattrs(path: str, xattrs: Dict[str, bytes]) -> None:
+        for name, value in sorted(xattrs.items()):
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as e:
+                raise BadLayer(f"cannot set xattr {name} on {path}: {e.strerror}") from None
+
+    def _finish(self) -> None:
+        for rel in self._opaque:
+            os.setxattr(self._path(rel), OPAQUE_XATTR, b"y", follow_symlinks=False)
+        # Deepest first: setting a directory's time must come after its children.
+        for rel in sorted(self._meta, key=lambda r: (-r.count("/"), r), reverse=False):
+            meta = self._meta[rel]
+            path = self._path(rel)
+            os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
+            os.chmod(path, meta.mode & 0o7777)
+            if meta.mtime_ns:
+                os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
+
+
+def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = ()) -> None:
+    try:
+        Unpacker(root, lowers).unpack(stream)
+    except OSError as e:
+        raise BadLayer(f"cannot unpack into {e.filename or root}: {e.strerror}") from None
+
+
+# --- packing -------------------------------------------------------------------
+def _xattrs_of(path: str) -> Dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found = {}
+    for name in sorted(names):
+        if name.startswith(OVERLAY_XATTR_PREFIX):
+            continue
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return found
+
+
+def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = st.st_mtime_ns // 1_000_000_000
+    frac = st.st_mtime_ns % 1_000_000_000
+    if frac:
+        info.pax_headers["mtime"] = f"{info.mtime}.{frac:09d}".rstrip("0")
+    return info
+
+
+def pack_layer(root: str, out: IO[bytes]) -> None:
+    """Write the layer directory root as a deterministic OCI layer tar.
+
+    Entries come sorted by name, with numeric owners and no user names, access
+    or change times, so the same directory always gives the same bytes.
+    """
+    links: Dict[Tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tar:
+        # Pre-order, names sorted, without recursion (a layer may be deep).
+        stack: List[Tuple[str, List[str]]] = [("", _sorted_names(root))]
+        while stack:
+            rel, names = stack[-1]
+            if not names:
+                stack.pop()
+                continue
+            name = names.pop()
+            child = f"{rel}/{name}" if rel else name
+            path = os.path.join(root, child)
+            if _pack_entry(tar, path, child, links):
+                stack.append((child, _sorted_names(path)))
+
+
+def _sorted_names(directory: str) -> List[str]:
+    """The entries of directory, last first (they are popped from the end)."""
+    with os.scandir(directory) as it:
+        return sorted((e.name for e in it), reverse=True)
+
+
+def _pack_entry(tar: tarfile.TarFile, path: str, rel: str,
+                links: Dict[Tuple[int, int], str]) -> bool:
+    """Add one entry; True when it is a directory to descend into."""
+    st = os.lstat(path)
+    mode = st.st_mode
+    if stat.S_ISCHR(mode) and st.st_rdev == 0:          # overlayfs whiteout
+        parent, _, base = rel.rpartition("/")
+        info = _info(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base,
+                     st, tarfile.REGTYPE)
+        info.mode, info.size = 0o644, 0
+        tar.addfile(info)
+        return False
+    xattrs = _xattrs_of(path)
+    if stat.S_ISDIR(mode):
+        info = _info(rel, st, tarfile.DIRTYPE)
+    elif stat.S_ISREG(mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            info = _info(rel, st, tarfile.LNKTYPE)
+            info.linkname = links[key]
+            _add_xattrs(info, xattrs)
+            tar.addfile(info)
+            return False
+        if st.st_nlink > 1:
+            links[key] = rel
+        info = _info(rel, st, tarfile.REGTYPE)
+        info.size = st.st_size
+    elif stat.S_ISLNK(mode):
+        info = _info(rel, st, tarfile.SYMTYPE)
+        info.linkname = os.readlink(path)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        info = _info(rel, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE)
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    elif stat.S_ISFIFO(mode):
+        info = _info(rel, st, tarfile.FIFOTYPE)
+    else:
+        return False          # sockets do not go into images
+    _add_xattrs(info, xattrs)
+    if info.type == tarfile.REGTYPE:
+        with open(path, "rb") as f:
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
+    if stat.S_ISDIR(mode):
+        if _is_opaque(path):
+            marker = _info(f"{rel}/{OPAQUE_MARKER}", st, tarfile.REGTYPE)
+            marker.mode, marker.size = 0o644, 0
+            tar.addfile(marker)
+        return True
+    return False
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _add_xattrs(info: tarfile.TarInfo, xattrs: Dict[str, bytes]) -> None:
+    for name, value in xattrs.items():
+        info.pax_headers[PAX_XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")

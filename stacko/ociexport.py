@@ -1,0 +1,187 @@
+"""Writing an image stack as an OCI image layout in a tar (an ``oci-archive``).
+
+Deterministic: layer tars are sorted and carry no access times or user names,
+gzip headers carry no time or file name, and the layout's own entries have
+fixed owners, modes and times, so the same stack always gives the same bytes.
+The layers are written to staging files first, because a tar header states
+a member's size before its data; then the archive streams out, so memory
+does not grow with the image.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Dict, List, Tuple
+
+from stacko import run
+from stacko.errors import StackoError
+from stacko.layertar import pack_layer
+from stacko.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
+    host_architecture
+from stacko.records import Image
+from stacko.state import Store
+
+CHUNK = 1 << 20
+GZIP_LEVEL = 6            # what Go's compress/gzip and the container tools default to
+ZSTD_LEVEL = 3
+LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+               "none": "application/vnd.oci.image.layer.v1.tar"}
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+
+
+class HashingWriter:
+    """Writes through, hashing what passes (sha256) and counting it."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        self.inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    path: str          # the staging file that holds it
+
+
+def write_layer(layer_dir: str, target: str, compression: str) -> Tuple[Blob, str]:
+    """Pack one layer into target; returns the blob and the layer's diff_id."""
+    with open(target, "wb") as f:
+        stored = HashingWriter(f)
+        if compression == "zstd":
+            holder: List[HashingWriter] = []
+
+            def feed(sink: IO[bytes]) -> None:
+                holder.append(HashingWriter(sink))
+                pack_layer(layer_dir, holder[0])  # type: ignore[arg-type]
+            with run.pipe_through(["zstd", "-q", "-c", f"-{ZSTD_LEVEL}", "--no-progress"],
+                                  feed) as out:
+                shutil.copyfileobj(out, stored, CHUNK)  # type: ignore[arg-type]
+            diff = holder[0]
+        elif compression == "gzip":
+            with gzip.GzipFile(filename="", mode="wb", fileobj=stored,  # type: ignore[arg-type]
+                               compresslevel=GZIP_LEVEL, mtime=0) as packed:
+                diff = HashingWriter(packed)  # type: ignore[arg-type]
+                pack_layer(layer_dir, diff)  # type: ignore[arg-type]
+        else:
+            diff = stored
+            pack_layer(layer_dir, diff)  # type: ignore[arg-type]
+        f.flush()
+    return Blob(stored.digest, stored.size, target), diff.digest
+
+
+def json_blob(data: Any, staging: str, blobs: Dict[str, Blob]) -> Blob:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    digest = "sha256:" + hashlib.sha256(text).hexdigest()
+    path = os.path.join(staging, digest[len("sha256:"):])
+    with open(path, "wb") as f:
+        f.write(text)
+    blob = Blob(digest, len(text), path)
+    blobs.setdefault(digest, blob)
+    return blob
+
+
+def write_archive(store: Store, chain: List[Image], name: str, path: str, compression: str,
+                  staging: str, progress: Callable[[str], None]) -> None:
+    """chain: the images of the stack, bottom first."""
+    blobs: Dict[str, Blob] = {}
+    layers, diff_ids, history = [], [], []
+    for n, image in enumerate(chain, start=1):
+        progress(f"packing layer {n}/{len(chain)} ({image.name})")
+        blob, diff_id = write_layer(store.layer_path(image.layer),
+                                    os.path.join(staging, f"layer-{n}"), compression)
+        blobs.setdefault(blob.digest, blob)
+        layers.append({"mediaType": LAYER_TYPES[compression], "digest": blob.digest,
+                       "size": blob.size, "annotations": {NAME_ANNOTATION: image.name}})
+        diff_ids.append(diff_id)
+        entry = {"created_by": f"stacko image {image.name}"}
+        if image.created:
+            entry["created"] = image.created
+        history.append(entry)
+    progress("")
+    config: Dict[str, Any] = {"architecture": host_architecture(), "os": "linux", "config": {},
+                              "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                              "history": history}
+    if chain[-1].created:
+        config["created"] = chain[-1].created
+    config_blob = json_blob(config, staging, blobs)
+    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
+                "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,
+                           "size": config_blob.size},
+                "layers": layers}
+    manifest_blob = json_blob(manifest, staging, blobs)
+    index = {"schemaVersion": 2, "mediaType": INDEX_TYPES[0],
+             "manifests": [{"mediaType": MANIFEST_TYPES[0], "digest": manifest_blob.digest,
+                            "size": manifest_blob.size,
+                            "annotations": {REF_ANNOTATION: name}}]}
+    layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
+    index_text = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    if path == "-":
+        write_tar(sys.stdout.buffer, layout, index_text, blobs)
+        sys.stdout.buffer.flush()
+        return
+    write_file(path, lambda f: write_tar(f, layout, index_text, blobs))
+
+
+def write_file(path: str, produce: Callable[[IO[bytes]], None]) -> None:
+    """Write path through a temp file beside it: never a half-written archive."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.stacko-{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            produce(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.size = size
+    info.mtime = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_tar(out: IO[bytes], layout: bytes, index: bytes, blobs: Dict[str, Blob]) -> None:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_entry("oci-layout", len(layout)), io.BytesIO(layout))
+        tar.addfile(_entry("index.json", len(index)), io.BytesIO(index))
+        tar.addfile(_entry("blobs", directory=True))
+        tar.addfile(_entry("blobs/sha256", directory=True))
+        for digest in sorted(blobs):
+            blob = blobs[digest]
+            with open(blob.path, "rb") as f:
+                tar.addfile(_entry(f"blobs/sha256/{digest[len('sha256:'):]}", blob.size), f)

@@ -1,0 +1,397 @@
+"""Reading image archives: an OCI layout (directory or tar), a docker-archive, or a
+plain rootfs tarball, recognised from their content and never from the file name.
+
+A source yields the layers of one image, bottom first, each with the digests it
+must have; ``oci.py`` unpacks them.  Nothing read from an archive is trusted:
+JSON documents are checked against their digest before use, blob paths come
+from validated digests, and the digests of layers are checked while unpacking.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import stat
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional
+
+from stacko import run
+from stacko.errors import StackoError, UsageError
+from stacko.layertar import clean_name
+
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_JSON = 16 << 20
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+NAME_ANNOTATION = "io.stacko.image.name"
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+CHUNK = 1 << 20
+
+
+class BadArchive(StackoError):
+    """The archive is not what it claims, or is corrupt."""
+
+
+class DigestMismatch(BadArchive):
+    pass
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer to import: how to open its blob, and what it must hash to."""
+    open_blob: Callable[[], IO[bytes]]
+    what: str                           # for messages: the blob's name in the archive
+    digest: Optional[str] = None        # of the blob as stored (compressed)
+    size: Optional[int] = None
+    diff_id: Optional[str] = None       # of the uncompressed tar
+    name: Optional[str] = None          # stacko image name kept in an annotation
+    created: Optional[str] = None       # from the config's history
+
+
+# --- streams -------------------------------------------------------------------
+class HashingReader:
+    """Reads through, hashing what passes (sha256) and counting it."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+class PrefixedReader:
+    """Gives back the bytes already peeked at, then the rest of the stream."""
+
+    def __init__(self, prefix: bytes, inner: IO[bytes]) -> None:
+        self.prefix, self.inner = prefix, inner
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            if n is None or n < 0:
+                data, self.prefix = self.prefix + self.inner.read(), b""
+            else:
+                data, self.prefix = self.prefix[:n], self.prefix[n:]
+            return data
+        return self.inner.read(n)
+
+
+@contextlib.contextmanager
+def decompressed(raw: IO[bytes]) -> Iterator[IO[bytes]]:
+    """The uncompressed stream of raw: gzip and zstd are told by their magic."""
+    head = raw.read(4)
+    stream = PrefixedReader(head, raw)
+    if head.startswith(GZIP_MAGIC):
+        with gzip.GzipFile(fileobj=stream, mode="rb") as plain:  # type: ignore[arg-type]
+            yield plain  # type: ignore[misc]
+    elif head.startswith(ZSTD_MAGIC):
+        def feed(sink: IO[bytes]) -> None:
+            shutil.copyfileobj(stream, sink, CHUNK)  # type: ignore[arg-type]
+        with run.pipe_through(["zstd", "-d", "-c", "-q"], feed) as plain:
+            yield plain
+    else:
+        yield stream  # type: ignore[misc]
+
+
+def check_digest(digest: Any, what: str) -> str:
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise BadArchive(f"{what}: unsupported or malformed digest {digest!r}",
+                         hint="stacko reads sha256 digests")
+    return digest
+
+
+# --- containers: a directory or a tar --------------------------------------------
+class Container:
+    """Named files of a layout or archive, read-only."""
+
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def read_json(self, name: str, digest: Optional[str] = None) -> Any:
+        if not self.exists(name):
+            raise BadArchive(f"the archive lacks {name}")
+        with self.open(name) as f:
+            data = f.read(MAX_JSON + 1)
+        if len(data) > MAX_JSON:
+            raise BadArchive(f"{name} is larger than {MAX_JSON >> 20} MiB")
+        if digest is not None:
+            found = "sha256:" + hashlib.sha256(data).hexdigest()
+            if found != digest:
+                raise DigestMismatch(f"{name} does not match its digest: expected {digest}, "
+                                     f"found {found}", hint="the archive is corrupt")
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise BadArchive(f"{name} is not valid JSON: {e}") from None
+
+
+class DirContainer(Container):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _full(self, name: str) -> str:
+        return os.path.join(self.path, clean_name(name, name))
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self._full(name))
+
+    def open(self, name: str) -> IO[bytes]:
+        try:
+            return open(self._full(name), "rb")
+        except OSError as e:
+            raise BadArchive(f"cannot read {name} in {self.path}: {e.strerror}") from None
+
+
+class TarContainer(Container):
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.members: Dict[str, tarfile.TarInfo] = {}
+        for member in tar.getmembers():
+            try:
+                self.members[clean_name(member.name, member.name)] = member
+            except StackoError:
+                continue      # never looked up: a name that climbs out is no blob of ours
+
+    def exists(self, name: str) -> bool:
+        m = self.members.get(clean_name(name, name))
+        return m is not None and (m.isreg() or m.issym() or m.islnk())
+
+    def open(self, name: str) -> IO[bytes]:
+        member = self.members.get(clean_name(name, name))
+        try:
+            f = self.tar.extractfile(member) if member is not None else None
+        except (KeyError, tarfile.TarError) as e:
+            raise BadArchive(f"cannot read {name} in the archive: {e}") from None
+        if f is None:
+            raise BadArchive(f"the archive lacks {name}")
+        return f
+
+
+# --- image formats ---------------------------------------------------------------
+def host_architecture() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+
+
+def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
+    index = box.read_json("index.json")
+    descriptor = pick_ref(index, ref, "index.json")
+    while descriptor.get("mediaType") in INDEX_TYPES:
+        nested = box.read_json(blob_name(descriptor, "index"), descriptor["digest"])
+        descriptor = pick_platform(nested)
+    manifest = box.read_json(blob_name(descriptor, "manifest"), descriptor["digest"])
+    if manifest.get("mediaType", MANIFEST_TYPES[0]) not in MANIFEST_TYPES \
+            or not isinstance(manifest.get("layers"), list) \
+            or not isinstance(manifest.get("config"), dict):
+        raise BadArchive(f"unsupported manifest (media type {manifest.get('mediaType')!r})")
+    config = box.read_json(blob_name(manifest["config"], "config"), manifest["config"]["digest"])
+    diff_ids = config_diff_ids(config, len(manifest["layers"]))
+    specs = []
+    for layer, diff_id, created in zip(manifest["layers"], diff_ids,
+                                       layer_times(config, len(diff_ids))):
+        if not isinstance(layer, dict):
+            raise BadArchive("a layer descriptor of the manifest is not an object")
+        media = str(layer.get("mediaType", ""))
+        if "tar" not in media or media.endswith("+encrypted"):
+            raise BadArchive(f"unsupported layer media type {media!r}")
+        name = blob_name(layer, "layer")
+        annotations = layer.get("annotations") or {}
+        specs.append(LayerSpec(open_blob=lambda n=name: box.open(n), what=name,
+                               digest=layer["digest"], size=layer.get("size"),
+                               diff_id=diff_id, name=annotations.get(NAME_ANNOTATION),
+                               created=created))
+    return specs
+
+
+def blob_name(descriptor: Any, what: str) -> str:
+    if not isinstance(descriptor, dict):
+        raise BadArchive(f"the {what} descriptor is not an object")
+    digest = check_digest(descriptor.get("digest"), f"the {what} descriptor")
+    return "blobs/sha256/" + digest[len("sha256:"):]
+
+
+def pick_ref(index: Any, ref: Optional[str], where: str) -> Dict[str, Any]:
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not manifests:
+        raise BadArchive(f"{where} lists no image")
+    refs = [((m.get("annotations") or {}).get(REF_ANNOTATION), m) for m in manifests
+            if isinstance(m, dict)]
+    if ref is not None:
+        for name, m in refs:
+            if name == ref:
+                return m
+        raise UsageError(f"the archive has no image {ref!r}; it has: {describe_refs(refs)}")
+    if len(refs) != 1:
+        raise UsageError(f"the archive holds {len(refs)} images; choose one with --ref: "
+                         f"{describe_refs(refs)}")
+    return refs[0][1]
+
+
+def describe_refs(refs: List[Any]) -> str:
+    names = sorted(str(name) for name, _ in refs if name)
+    return ", ".join(names) if names else "(none has a ref name)"
+
+
+def pick_platform(index: Any) -> Dict[str, Any]:
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not manifests:
+        raise BadArchive("an image index lists no image")
+    if len(manifests) == 1:
+        return manifests[0]
+    arch = host_architecture()
+    for m in manifests:
+        p = m.get("platform") or {}
+        if p.get("os", "linux") == "linux" and p.get("architecture") == arch:
+            return m
+    raise BadArchive(f"the image index has no image for linux/{arch}")
+
+
+def config_diff_ids(config: Any, count: int) -> List[str]:
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise BadArchive("the image config has no rootfs.diff_ids")
+    if len(diff_ids) != count:
+        raise BadArchive(f"the image config lists {len(diff_ids)} layers and the manifest {count}")
+    return [check_digest(d, "the image config") for d in diff_ids]
+
+
+def layer_times(config: Dict[str, Any], count: int) -> List[Optional[str]]:
+    """When each layer was made, from the history entries that made a layer."""
+    history = config.get("history")
+    if not isinstance(history, list):
+        return [None] * count
+    times = [h.get("created") if isinstance(h.get("created"), str) else None
+             for h in history if isinstance(h, dict) and not h.get("empty_layer")]
+    return times if len(times) == count else [None] * count
+
+
+def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
+    entries = box.read_json("manifest.json")
+    if not isinstance(entries, list) or not entries or \
+            not all(isinstance(e, dict) for e in entries):
+        raise BadArchive("manifest.json lists no image")
+    refs = [(tag, e) for e in entries for tag in (e.get("RepoTags") or [None])]
+    if ref is not None or len(entries) > 1:
+        entry = pick_ref({"manifests": [{"annotations": {REF_ANNOTATION: t}, "e": e}
+                                        for t, e in refs]}, ref, "manifest.json")["e"]
+    else:
+        entry = entries[0]
+    config_name, layers = entry.get("Config"), entry.get("Layers")
+    if not isinstance(config_name, str) or not isinstance(layers, list):
+        raise BadArchive("manifest.json has no Config or Layers")
+    config = box.read_json(config_name, digest_in_name(config_name))
+    diff_ids = config_diff_ids(config, len(layers))
+    return [LayerSpec(open_blob=lambda n=str(n): box.open(n), what=str(n),
+                      digest=digest_in_name(str(n)), diff_id=d, created=c)
+            for n, d, c in zip(layers, diff_ids, layer_times(config, len(diff_ids)))]
+
+
+def digest_in_name(name: str) -> Optional[str]:
+    """docker-archive names blobs after their digest (<hex>.json, blobs/sha256/<hex>)."""
+    m = re.fullmatch(r"(?:.*/)?(?:sha256[:/])?([0-9a-f]{64})(?:\.json|\.tar)?", name)
+    return "sha256:" + m.group(1) if m else None
+
+
+# --- opening a PATH ----------------------------------------------------------------
+@dataclass
+class Source:
+    kind: str                            # "oci", "docker" or "rootfs"
+    layers: Callable[[Optional[str]], List[LayerSpec]]
+    closers: List[Callable[[], None]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def open_source(path: str, staging: str) -> Iterator[Source]:
+    """Recognise what PATH holds; compressed or piped input is spooled into staging."""
+    if path != "-" and os.path.isdir(path):
+        box = DirContainer(path)
+        if box.exists("index.json"):
+            yield Source("oci", lambda ref: oci_layers(box, ref))
+        elif box.exists("manifest.json"):
+            yield Source("docker", lambda ref: docker_layers(box, ref))
+        else:
+            raise BadArchive(f"{path} is a directory but no OCI image layout (no index.json)")
+        return
+    plain = spool(path, staging)
+    try:
+        tar = tarfile.open(plain, mode="r:")
+    except (tarfile.TarError, OSError) as e:
+        raise BadArchive(f"{path} is not a tar archive, nor a gzip or zstd compressed one "
+                         f"({e})") from None
+    with tar:
+        try:
+            box = TarContainer(tar)
+        except (tarfile.TarError, EOFError) as e:
+            raise BadArchive(f"{path} is a corrupt tar archive: {e}") from None
+        if box.exists("oci-layout") and box.exists("index.json"):
+            yield Source("oci", lambda ref: oci_layers(box, ref))
+        elif box.exists("manifest.json") and is_docker_manifest(box):
+            yield Source("docker", lambda ref: docker_layers(box, ref))
+        else:
+            def rootfs(ref: Optional[str]) -> List[LayerSpec]:
+                if ref is not None:
+                    raise UsageError("--ref chooses an image of an OCI or docker archive; "
+                                     f"{path} is a plain rootfs tarball")
+                return [LayerSpec(open_blob=lambda: open(plain, "rb"), what=path)]
+            yield Source("rootfs", rootfs)
+
+
+def is_docker_manifest(box: Container) -> bool:
+    try:
+        data = box.read_json("manifest.json")
+    except BadArchive:
+        return False
+    return isinstance(data, list) and all(isinstance(e, dict) and "Layers" in e for e in data)
+
+
+def spool(path: str, staging: str) -> str:
+    """A seekable, uncompressed copy of PATH (PATH itself when it is one already)."""
+    try:
+        raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as e:
+        raise BadArchive(f"cannot read {path}: {e.strerror}") from None
+    try:
+        if path != "-" and stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            head = raw.read(4)
+            raw.seek(0)
+            if not head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+                return path       # seekable and plain: read in place
+        target = os.path.join(staging, "input.tar")
+        try:
+            with decompressed(raw) as plain, open(target, "wb") as out:
+                shutil.copyfileobj(plain, out, CHUNK)  # type: ignore[misc]
+        except (OSError, EOFError, gzip.BadGzipFile) as e:  # type: ignore[attr-defined]
+            raise BadArchive(f"cannot decompress {path}: {e}") from None
+        return target
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+
