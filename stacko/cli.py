@@ -233,95 +233,105 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("parent", metavar="PARENT", nargs="?")
+    p.add_argument("name", metavar="NAME", type=name)
+    p.add_argument("parent", metavar="PARENT", type=name, nargs="?")
     p = command("edit-image", cmd_edit_image,
                 "mount an image so that writes land in its own layer; print the directory")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name)
     p.add_argument("--read-only", action="store_true",
                    help="mount the image's stack read-only, for inspection")
     p = command("close-image", cmd_close_image, "unmount an image opened by edit-image")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name)
     p = command("delete-image", cmd_delete_image, "remove an image and its layer")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name)
     p = command("list-images", cmd_list_images, "show the images, one name per line")
     p.add_argument("--tree", action="store_true", help="draw parents above their children")
     p.add_argument("--json", action="store_true", help="one JSON array of objects")
     p = command("import-image", cmd_import_image,
                 "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name)
     p.add_argument("path", metavar="PATH")
-    p.add_argument("parent", metavar="PARENT", nargs="?")
+    p.add_argument("parent", metavar="PARENT", type=name, nargs="?")
     p.add_argument("--ref", help="which image of a layout or archive that holds several")
     p = command("export-image", cmd_export_image,
                 "write an image's stack as an OCI layout in a tar ('-': stdout)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                    help="layer compression (default: gzip)")
 
     p = command("new-stackpoint", cmd_new_stackpoint,
                 "create a stackpoint and its first instance, of IMAGE (does not mount)")
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("image", metavar="IMAGE", type=name)
     p.add_argument("--path", metavar="DIR",
                    help="the stackpoint's directory (default: <root>/stackpoints/POINT)")
     p = command("delete-stackpoint", cmd_delete_stackpoint,
                 "remove a stackpoint and all its instances' data")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("mount-stackpoint", cmd_mount_stackpoint,
                 "mount the current instance at the stackpoint's directory; print it")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p.add_argument("--lazy", action="store_true",
                    help="detach now even when busy; the kernel frees it when unused")
     p = command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
                 "exit 0 when the stackpoint is mounted, 1 when not")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("cutover-stackpoint", cmd_cutover_stackpoint,
                 "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
                 aliases=["cutover-stackpoint-instance"])
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("image", metavar="IMAGE", type=name)
     p = command("fallback-stackpoint", cmd_fallback_stackpoint,
                 "switch a stackpoint back to the instance that was current before; mount it",
                 aliases=["fallback-stackpoint-instance"])
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("new-stackpoint-instance", cmd_new_stackpoint_instance,
                 "create an instance of IMAGE for POINT without making it current")
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("image", metavar="IMAGE", type=name)
     p = command("set-stackpoint-instance", cmd_set_stackpoint_instance,
                 "make POINT's instance of IMAGE current (remounting if mounted)")
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("image", metavar="IMAGE", type=name)
     p = command("delete-stackpoint-instance", cmd_delete_stackpoint_instance,
                 "delete a non-current instance and its data")
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("image", metavar="IMAGE", type=name)
     p = command("list-stackpoints", cmd_list_stackpoints,
                 "show each stackpoint: directory, current image, mounted, instances, history")
     p.add_argument("--json", action="store_true", help="one JSON array of objects")
 
     p = command("diff-stackpoint", cmd_diff_stackpoint,
                 "list what the current instance changed: A added, C changed, D deleted")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p = command("commit-stackpoint", cmd_commit_stackpoint,
                 "turn the current instance's changes into NEWIMAGE and switch to a fresh instance of it")
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("new_image", metavar="NEWIMAGE")
+    p.add_argument("point", metavar="POINT", type=name)
+    p.add_argument("new_image", metavar="NEWIMAGE", type=name)
     p = command("prune-stackpoint", cmd_prune_stackpoint,
                 "delete the oldest non-current instances beyond the N most recent in the history")
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", type=name)
     p.add_argument("--keep", metavar="N", type=non_negative, required=True)
     p = command("check", cmd_check,
                 "compare metadata, layer directories and mounts; report every mismatch")
     p.add_argument("--repair", action="store_true",
                    help="fix what can be fixed without losing user data, and say what was done")
     return parser
+
+
+def name(text: str) -> str:
+    """Names are checked while parsing, so that a bad one is a usage error (2)."""
+    from stacko.errors import InvalidName
+    from stacko.records import check_name
+    try:
+        return check_name(text)
+    except InvalidName as e:
+        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
 
 
 def non_negative(text: str) -> int:

@@ -80,6 +80,7 @@ def new_image(store: Store, name: str, parent: Optional[str] = None) -> Image:
     return image
 
 
+@overlay.needs_root("edit-image")
 @locked(exclusive=True)
 def edit_image(store: Store, name: str, read_only: bool = False) -> str:
     images = store.load_images()
@@ -102,7 +103,6 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
                 f"{'s' if len(users) == 1 else ''} on it, and overlayfs forbids changing "
                 "a lower layer that is in use",
                 hint="make a new image on top of it instead, or use --read-only to look inside")
-    overlay.require_root("edit-image")
     os.makedirs(target, mode=0o755, exist_ok=True)
     layers = [i.layer for i in chain]
     if read_only:
@@ -115,13 +115,13 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
     return target
 
 
+@overlay.needs_root("close-image")
 @locked(exclusive=True)
 def close_image(store: Store, name: str) -> None:
     get(store.load_images(), name)
     target = store.edit_path(name)
     if edit_mount(store, name) is None:
         return
-    overlay.require_root("close-image")
     overlay.umount(target)
     try:
         os.rmdir(target)

@@ -18,20 +18,28 @@ Kernel facts this module relies on:
   inside a path are written ``\\:`` and ``\\,``.
 * util-linux 2.39 and newer use the new mount API and refuse a lowerdir over
   256 bytes; LIBMOUNT_FORCE_MOUNT2=always sends the options through mount(2).
+* Where the kernel has the new mount API with ``lowerdir+`` (Linux 6.8), every
+  stack is mounted through it instead (mountapi.py): one fsconfig call per
+  layer with its absolute path, so neither the page limit nor the escaping
+  applies.  ``STACKO_MOUNT_API=legacy`` forces the mount(8) path.
+* overlayfs shows upperdir in mountinfo as it was given: relative to the layers
+  directory from mount(8), absolute from the new API.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, TypeVar, cast
 
-from stacko import procs, run
-from stacko.errors import CommandFailed, MountBusy, NeedsRoot, StackoError
+from stacko import mountapi, procs, run
+from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL
 PARAMETERS = "/sys/module/overlay/parameters"
+F = TypeVar("F", bound=Callable[..., Any])
 MOUNT_ENV = {"LIBMOUNT_FORCE_MOUNT2": "always"}
 
 
@@ -160,6 +168,14 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                   upper: Optional[str] = None, work: Optional[str] = None,
                   read_only: bool = False) -> None:
     """Mount one overlay at target; layer paths are relative to layers_dir."""
+    if mountapi.supports_new_api():
+        params = new_api_parameters(layers_dir, lowers, upper, work)
+        try:
+            mountapi.mount_parameters(target, params, read_only)
+        except MountFailed as e:
+            raise MountFailed(f"cannot mount {target}: {e.message}", hint=kernel_hint(),
+                              errno=e.errno) from None
+        return
     options = build_options(lowers, upper, work, kernel_defaults_off())
     argv = ["mount", "-t", "overlay", "stacko", "-o", options]
     if read_only:
@@ -170,6 +186,64 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     except CommandFailed as e:
         raise CommandFailed(f"cannot mount {target}: {e.stderr.strip() or e.message}",
                             hint=kernel_hint(), returncode=e.returncode, stderr=e.stderr) from None
+
+
+def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: Optional[str] = None,
+                       work: Optional[str] = None) -> mountapi.Parameters:
+    """The fsconfig calls for one stack: absolute layer paths, no escaping."""
+    check_depth(lowers)
+    if (upper is None) != (work is None):
+        raise ValueError("upperdir and workdir go together")
+
+    def absolute(path: str) -> str:
+        return os.path.normpath(os.path.join(layers_dir, path))
+    return mountapi.overlay_parameters(
+        [absolute(p) for p in lowers], absolute(upper) if upper is not None else None,
+        absolute(work) if work is not None else None, kernel_defaults_off())
+
+
+def check_depth(lowers: Sequence[str]) -> None:
+    if not lowers:
+        raise ValueError("an overlay needs at least one lower layer")
+    if len(lowers) > MAX_LAYERS:
+        raise StackoError(f"a stack of {len(lowers)} layers is deeper than the kernel's "
+                          f"limit of {MAX_LAYERS}")
+
+
+def gapless_switch() -> bool:
+    """Whether a mounted directory can be switched to another overlay without a
+    moment in which it shows nothing (MOVE_MOUNT_BENEATH, Linux 6.5)."""
+    return mountapi.supports_beneath()
+
+
+def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: Optional[str],
+                    work: Optional[str]) -> mountapi.PreparedOverlay:
+    """A detached overlay, not yet visible anywhere (for replace: see mountapi)."""
+    try:
+        return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work))
+    except MountFailed as e:
+        raise MountFailed(f"cannot build the new mount: {e.message}", hint=kernel_hint(),
+                          errno=e.errno) from None
+
+
+def detach_top(target: str) -> None:
+    """Detach the top mount at target lazily (its holders keep it)."""
+    mountapi.detach_top(target)
+
+
+def device_number(mount: Mount) -> int:
+    """st_dev of the files of a mount, from mountinfo's "major:minor"."""
+    major, _, minor = mount.device.partition(":")
+    return os.makedev(int(major), int(minor))
+
+
+def boot_id() -> str:
+    """Device numbers mean something only until the next boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def kernel_hint() -> Optional[str]:
@@ -205,6 +279,17 @@ def busy_reason(target: str) -> str:
         reasons.append("mounts beneath it: " + ", ".join(beneath))
     return "; ".join(reasons) or "held by the kernel or a process stacko cannot see"
 
+
+
+def needs_root(action: str) -> Callable[[F], F]:
+    """Decorator for commands that always mount or unmount: refuse before the lock."""
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            require_root(action)
+            return func(*args, **kwargs)
+        return cast(F, inner)
+    return wrap
 
 
 def require_root(action: str) -> None:

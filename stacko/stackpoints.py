@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 from stacko import images as images_mod
-from stacko import overlay
-from stacko.errors import (AlreadyExists, InstanceNotFound, StackoError, StackpointBusy,
-                           StackpointNotFound, UsageError)
-from stacko.records import Image, Instance, Stackpoint, check_name
+from stacko import overlay, procs, run
+from stacko.errors import (AlreadyExists, HeldByProcesses, InstanceNotFound, StackoError,
+                           StackpointBusy, StackpointNotFound, UsageError)
+from stacko.records import DetachedMount, Image, Instance, Stackpoint, check_name
 from stacko.state import Store, locked
 
 
@@ -39,7 +39,7 @@ def mounted_instance(store: Store, point: Stackpoint,
         return None
     upper = m.option("upperdir") if m.fstype == "overlay" else None
     for inst in point.instances:
-        if upper == inst.layer:
+        if upper in (inst.layer, store.layer_path(inst.layer)):    # mount(8) or new API
             return inst
     raise StackpointBusy(f"something else is mounted at {directory} "
                          f"({m.fstype} from {m.source})",
@@ -58,6 +58,69 @@ def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Inst
     overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
                           work=os.path.relpath(store.work_path(inst.layer), store.layers_dir))
     return directory
+
+
+def _replace_mount(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
+                   new: Stackpoint, mounted: Instance, undo: contextlib.ExitStack) -> None:
+    """The gapless switch: build new's overlay detached, record, tuck it beneath
+    the mounted one, detach that one.  The directory shows the old tree until
+    the last step and the new one from then on, never the empty directory."""
+    directory = store.stackpoint_dir(new)
+    top = overlay.find_mount(directory)
+    assert top is not None, f"{directory} was mounted a moment ago"
+    # Whoever holds files in the old mount keeps it, and it keeps writing that
+    # instance's upper layer: recorded so that it is not mounted twice.
+    record = DetachedMount(mounted.image, overlay.device_number(top), overlay.boot_id())
+    new = replace(new, detached=new.detached + (record,))
+    inst = new.current_instance()
+    lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
+    with overlay.prepare_overlay(store.layers_dir, lowers, inst.layer,
+                                 store.work_path(inst.layer)) as prepared:
+        store.save_stackpoints({**points, new.name: new})
+        undo.callback(store.save_stackpoints, points)
+        prepared.attach_beneath(directory)
+    # Cannot fail short of a kernel bug (root, our namespace, MNT_DETACH never
+    # EBUSY); had it failed, the new mount would stay tucked under the old one.
+    overlay.detach_top(directory)
+
+
+def _held(store: Store, point: Stackpoint, record: DetachedMount,
+          table: List[overlay.Mount]) -> str:
+    """Who still holds an instance's detached mount: "" when nobody does."""
+    if record.boot_id != overlay.boot_id():
+        return ""            # rebooted since: that mount is gone
+    inst = point.instance(record.image)
+    for m in table:
+        if overlay.device_number(m) == record.device:
+            # The same overlay, still attached elsewhere (a bind mount of the
+            # stackpoint), or a new mount that reuses a freed device number.
+            if inst is not None and m.fstype == "overlay" and \
+                    m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)):
+                return f"a mount at {m.mount_point}"
+            return ""
+    found = procs.device_holders(record.device)
+    return procs.describe(found) if found else ""
+
+
+def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) -> Stackpoint:
+    """Refuse to mount (or delete) an instance whose earlier, detached mount is
+    still held; returns point without the records of mounts nobody holds any more."""
+    if not point.detached:
+        return point
+    table = overlay.mounts()
+    keep = []
+    for record in point.detached:
+        holders = _held(store, point, record, table)
+        if holders and record.image == image:
+            raise HeldByProcesses(
+                f"{action}: the instance of {image!r} of stackpoint {point.name!r} is still "
+                f"mounted from before a gapless switch, detached from "
+                f"{store.stackpoint_dir(point)} but used by {holders}",
+                hint="two mounts must never write one upper layer: stop those processes "
+                     "(or let them close the old files), then try again")
+        if holders:
+            keep.append(record)
+    return replace(point, detached=tuple(keep))
 
 
 def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
@@ -114,6 +177,7 @@ def delete_stackpoint(store: Store, name: str) -> None:
             os.rmdir(store.stackpoint_dir(point))
 
 
+@overlay.needs_root("mount-stackpoint")
 @locked(exclusive=True)
 def mount_stackpoint(store: Store, name: str) -> str:
     images = store.load_images()
@@ -126,16 +190,15 @@ def mount_stackpoint(store: Store, name: str) -> str:
             f"stackpoint {name!r} has its instance of {mounted.image!r} mounted, "
             f"but its current instance is of {point.current!r}",
             hint=f"run `stacko umount-stackpoint {name}`, then mount it again")
-    overlay.require_root("mount-stackpoint")
     return _mount(store, images, point, point.current_instance())
 
 
+@overlay.needs_root("umount-stackpoint")
 @locked(exclusive=True)
 def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
     point = get(store.load_stackpoints(), name)
     if mounted_instance(store, point) is None:
         return
-    overlay.require_root("umount-stackpoint")
     overlay.umount(store.stackpoint_dir(point), lazy=lazy)
 
 
@@ -151,25 +214,42 @@ def is_mounted(store: Store, name: str) -> bool:
 
 def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
             new: Stackpoint, created: Optional[Instance], mount: bool, action: str) -> None:
-    """Move a stackpoint from its recorded state to new, or leave it as it was."""
+    """Move a stackpoint from its recorded state to new, or leave it as it was.
+
+    A mounted stackpoint switches without a gap where the kernel can
+    (MOVE_MOUNT_BENEATH, see _replace_mount); elsewhere it is unmounted, then
+    mounted again, which fails while processes hold the old tree.
+    """
     old = points[new.name]
     directory = store.stackpoint_dir(old)
     mounted = mounted_instance(store, old)
     if mount or mounted is not None:
         overlay.require_root(action)
+    new = _refuse_if_held(store, new, new.current, action)
+    gapless = mounted is not None and mounted != new.current_instance() \
+        and overlay.gapless_switch()
+    if mounted is not None:
+        run.debug(f"{action}: switching {directory} "
+                  + ("without a gap (new mount beneath the old, then the old detached)"
+                     if gapless else "by unmount-then-mount"))
     with contextlib.ExitStack() as undo:
         if created is not None:
             undo.callback(store.remove_layer, created.layer)
-        if mounted is not None:
+        if gapless:
+            assert mounted is not None
+            _replace_mount(store, images, points, new, mounted, undo)
+        elif mounted is not None:
             overlay.umount(directory)
             undo.callback(_mount, store, images, old, mounted)
-        store.save_stackpoints({**points, new.name: new})
-        undo.callback(store.save_stackpoints, points)
-        if mount or mounted is not None:
-            _mount(store, images, new, new.current_instance())
+        if not gapless:
+            store.save_stackpoints({**points, new.name: new})
+            undo.callback(store.save_stackpoints, points)
+            if mount or mounted is not None:
+                _mount(store, images, new, new.current_instance())
         undo.pop_all()
 
 
+@overlay.needs_root("cutover-stackpoint")
 @locked(exclusive=True)
 def cutover(store: Store, name: str, image: str) -> str:
     images = store.load_images()
@@ -192,6 +272,7 @@ def cutover(store: Store, name: str, image: str) -> str:
     return store.stackpoint_dir(point)
 
 
+@overlay.needs_root("fallback-stackpoint")
 @locked(exclusive=True)
 def fallback(store: Store, name: str) -> str:
     images = store.load_images()
@@ -255,6 +336,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     if mounted is not None and mounted.image == image:
         raise StackpointBusy(f"the instance of {image!r} is mounted at {store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
+    point = _refuse_if_held(store, point, image, "delete-stackpoint-instance")
     store.save_stackpoints({**points, name: point.without_instance(image)})
     store.remove_layer(inst.layer)
 

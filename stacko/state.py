@@ -85,6 +85,14 @@ class Store:
         try:
             fd = os.open(path, (os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
                          | os.O_CLOEXEC, 0o600)
+        except PermissionError as e:
+            if exclusive:
+                raise StackoError(f"cannot open the lock {path}: {e.strerror}",
+                                  hint="commands that change state need root") from None
+            # A reader that may not lock still reads whole files: they are only
+            # ever replaced by rename.
+            yield
+            return
         except OSError as e:
             raise StackoError(f"cannot open the lock {path}: {e.strerror}") from None
         try:
@@ -209,9 +217,14 @@ def remove_tree(path: str) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Temp file in the same directory, write, fsync, rename, fsync the directory."""
     directory = os.path.dirname(path)
+    try:   # keep read access an admin granted (never write access for others)
+        mode = os.stat(path).st_mode & 0o644
+    except OSError:
+        pass
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)     # whatever the umask
         try:
             view = memoryview(data)
             while view:

@@ -22,8 +22,8 @@ CLONE_NEWNS = 0x00020000
 
 
 def _enter_private_namespace() -> None:
-    if os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"):
-        return   # already private (unshare -m)
+    # Unsharing again under `unshare -m` costs nothing and needs no guess about
+    # whether the namespace we were started in is the host's.
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")

@@ -1,0 +1,130 @@
+"""Unit tests of the metadata files: round trips, corruption, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from stacko import state
+from stacko.errors import CorruptState, StackoError
+from stacko.records import Image, Instance, Stackpoint, check_name
+from stacko.errors import InvalidName
+
+
+@pytest.fixture
+def store(tmp_path):
+    return state.Store(str(tmp_path / "root"))
+
+
+def test_images_round_trip(store) -> None:
+    images = {"a": Image("a", "abcde", None, "t"), "b": Image("b", "fghij", "a", "t")}
+    with store.locked(exclusive=True):
+        store.save_images(images)
+    assert store.load_images() == images
+    data = json.loads(open(store.images_file).read())
+    assert data["version"] == 1 and sorted(data["images"]) == ["a", "b"]
+
+
+def test_stackpoints_round_trip(store) -> None:
+    point = Stackpoint("p", "b", None, ("a",), (Instance("a", "11111"), Instance("b", "22222")))
+    with store.locked(exclusive=True):
+        store.save_stackpoints({"p": point})
+    assert store.load_stackpoints() == {"p": point}
+
+
+def test_metadata_is_private(store) -> None:
+    with store.locked(exclusive=True):
+        store.save_images({})
+    assert os.stat(store.images_file).st_mode & 0o777 == 0o600
+    assert os.stat(store.root).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"images": {}}', '{"version": 1, "images": []}',
+                                  '{"version": 1, "images": {"a": {"name": "a"}}}',
+                                  '{"version": 1, "images": {"a": {"name": "b", "layer": "x"}}}'])
+def test_corrupt_images_file_names_the_file_and_is_left_alone(store, text) -> None:
+    os.makedirs(store.root)
+    with open(store.images_file, "w") as f:
+        f.write(text)
+    with pytest.raises(CorruptState, match="images.json"):
+        store.load_images()
+    assert open(store.images_file).read() == text
+
+
+def test_newer_version_is_refused(store) -> None:
+    os.makedirs(store.root)
+    with open(store.stackpoints_file, "w") as f:
+        f.write('{"version": 99, "stackpoints": {}}')
+    with pytest.raises(CorruptState, match="newer"):
+        store.load_stackpoints()
+
+
+def test_stackpoint_without_current_instance_is_corrupt(store) -> None:
+    os.makedirs(store.root)
+    with open(store.stackpoints_file, "w") as f:
+        json.dump({"version": 1, "stackpoints": {"p": {"name": "p", "current": "x", "history": [],
+                                                       "instances": []}}}, f)
+    with pytest.raises(CorruptState, match="no instance"):
+        store.load_stackpoints()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(store, monkeypatch) -> None:
+    with store.locked(exclusive=True):
+        store.save_images({"a": Image("a", "abcde")})
+        before = open(store.images_file, "rb").read()
+
+        def failing_fsync(fd):
+            raise OSError(5, "Input/output error")
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(StackoError, match="cannot write"):
+            store.save_images({})
+    assert open(store.images_file, "rb").read() == before
+    assert [n for n in os.listdir(store.root) if n.endswith(".tmp")] == []
+
+
+def test_failed_rename_keeps_the_old_file(store, monkeypatch) -> None:
+    with store.locked(exclusive=True):
+        store.save_images({"a": Image("a", "abcde")})
+        before = open(store.images_file, "rb").read()
+        monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "No space")))
+        with pytest.raises(StackoError):
+            store.save_images({})
+    assert open(store.images_file, "rb").read() == before
+    assert [n for n in os.listdir(store.root) if n.endswith(".tmp")] == []
+
+
+def test_listing_a_missing_root_creates_nothing(store) -> None:
+    with store.locked(exclusive=False):
+        assert store.load_images() == {}
+    assert not os.path.exists(store.root)
+
+
+def test_new_layer_makes_data_and_work_dirs(store) -> None:
+    with store.locked(exclusive=True):
+        layer = store.new_layer()
+        assert len(layer) == 5
+        assert os.path.isdir(store.layer_path(layer)) and os.path.isdir(store.work_path(layer))
+        store.remove_layer(layer)
+        assert not os.path.exists(store.layer_path(layer))
+
+
+@pytest.mark.parametrize("name", ["a", "A9", "apps-1.0", "x_y+z", "a" * 128])
+def test_valid_names(name) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "..", ".a", "-a", "a/b", "a b", "a" * 129, "é", "a\n", "_x"])
+def test_invalid_names(name) -> None:
+    with pytest.raises(InvalidName):
+        check_name(name)
+    assert InvalidName.exit_code == 2
+
+
+def test_switching_keeps_history_without_duplicates() -> None:
+    p = Stackpoint("p", "a", None, (), (Instance("a", "1"), Instance("b", "2")))
+    p = p.switched_to("b")
+    assert (p.current, p.history) == ("b", ("a",))
+    p = p.switched_to("a")
+    assert (p.current, p.history) == ("a", ("b",))
+    assert p.without_instance("b").history == ()
