@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from stacko import images as images_mod
 from stacko import overlay
 from stacko.errors import AlreadyExists, StackoError, StackTooDeep
-from stacko.layertar import BadLayer, unpack_layer
+from stacko.layertar import BadLayer, HostileArchive, unpack_layer
 from stacko.ociexport import write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
@@ -158,6 +158,8 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> str:
             raw.drain()
         except (OSError, EOFError) as e:
             raise BadLayer(f"layer {spec.what} is corrupt: {e}") from None
+        except (BadLayer, HostileArchive) as e:
+            raise type(e)(f"layer {spec.what}: {e.message}", hint=e.hint) from None
     if spec.digest is not None and raw.digest != spec.digest:
         raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "
                              f"{spec.digest}, found {raw.digest}", hint="the archive is corrupt")
