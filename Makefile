@@ -36,8 +36,37 @@ demo: venv
 bench: venv
 	$(PRIVATE) $(PY) bench/run.py
 
-install:
-	$(PYTHON) -m pip install .
+# Generated at build time from the argparse parser, so they never drift from --help.
+.PHONY: man completion
+man: build/stacko.8
+completion: build/stacko.bash
+build/stacko.8: stacko/cli.py stacko/__init__.py tools/gen_manpage.py tools/cliref.py
+	@mkdir -p build
+	$(PYTHON) tools/gen_manpage.py $@
+build/stacko.bash: stacko/cli.py tools/gen_completion.py tools/cliref.py
+	@mkdir -p build
+	$(PYTHON) tools/gen_completion.py $@
+
+# `make install [DESTDIR=/tmp/pkg] [PREFIX=/usr]`: the package (pip, into the
+# default scheme of $(PYTHON), under DESTDIR; PIP_INSTALL_FLAGS adds options such
+# as --prefix or --no-deps), the systemd unit, the bash completion and the man
+# page under PREFIX.  The unit runs the console script where pip put it.  A staged
+# install (DESTDIR) ignores what is installed already: pip would uninstall it.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+MANDIR ?= $(PREFIX)/share/man
+PIP_INSTALL_FLAGS ?=
+
+install: man completion
+	$(PYTHON) -m pip install --root "$(or $(DESTDIR),/)" $(if $(DESTDIR),--ignore-installed) \
+	  $(PIP_INSTALL_FLAGS) .
+	bindir=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))') && \
+	  mkdir -p "$(DESTDIR)$(UNITDIR)" && \
+	  sed "s|/usr/local/bin/stacko|$$bindir/stacko|g" contrib/stacko-stackpoint@.service \
+	    > "$(DESTDIR)$(UNITDIR)/stacko-stackpoint@.service" && \
+	  chmod 644 "$(DESTDIR)$(UNITDIR)/stacko-stackpoint@.service"
+	install -D -m 644 build/stacko.bash "$(DESTDIR)$(BASHCOMPDIR)/stacko"
+	install -D -m 644 build/stacko.8 "$(DESTDIR)$(MANDIR)/man8/stacko.8"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

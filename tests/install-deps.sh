@@ -2,8 +2,10 @@
 # Installs the Debian tools that the tests run for real, when they are missing.
 set -euo pipefail
 want=()
-for tool in umoci skopeo strace; do
-    command -v "$tool" >/dev/null 2>&1 || want+=("$tool")
+# Each entry is TOOL or TOOL:PACKAGE when the Debian package is named otherwise.
+for entry in umoci skopeo strace zstd systemd-analyze:systemd groff:groff-base; do
+    tool=${entry%%:*}
+    command -v "$tool" >/dev/null 2>&1 || want+=("${entry#*:}")
 done
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
