@@ -314,20 +314,55 @@ def pack_layer(root: str, out: IO[bytes]) -> None:
     or change times, so the same directory always gives the same bytes.
     """
     links: Dict[Tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                      encoding="utf-8", errors="surrogateescape") as tar:
-        # Pre-order, names sorted, without recursion (a layer may be deep).
-        stack: List[Tuple[str, List[str]]] = [("", _sorted_names(root))]
-        while stack:
-            rel, names = stack[-1]
-            if not names:
-                stack.pop()
-                continue
-            name = names.pop()
-            child = f"{rel}/{name}" if rel else name
-            path = os.path.join(root, child)
-            if _pack_entry(tar, path, child, links):
-                stack.append((child, _sorted_names(path)))
+    tar = TarWriter(out)
+    # Pre-order, names sorted, without recursion (a layer may be deep).
+    stack: List[Tuple[str, List[str]]] = [("", _sorted_names(root))]
+    while stack:
+        rel, names = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop()
+        child = f"{rel}/{name}" if rel else name
+        path = os.path.join(root, child)
+        if _pack_entry(tar, path, child, links):
+            stack.append((child, _sorted_names(path)))
+    tar.close()
+
+
+class TarWriter:
+    """A PAX tar stream: tarfile builds the headers, the data is copied here in
+    large reads (tarfile's own copy loop reads 16 KiB at a time)."""
+
+    RECORD = 20 * 512         # what tar and tarfile pad the archive to
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.offset = 0
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def addfile(self, info: tarfile.TarInfo, path: Optional[str] = None) -> None:
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if path is None or info.type != tarfile.REGTYPE:
+            return
+        left = info.size
+        with open(path, "rb", buffering=0) as f:
+            while left:
+                data = f.read(min(left, CHUNK))
+                if not data:
+                    raise StackoError(f"{path} shrank while it was being exported")
+                self._write(data)
+                left -= len(data)
+        if info.size % 512:
+            self._write(b"\0" * (512 - info.size % 512))
+
+    def close(self) -> None:
+        self._write(b"\0" * 1024)
+        if self.offset % self.RECORD:
+            self._write(b"\0" * (self.RECORD - self.offset % self.RECORD))
 
 
 def _sorted_names(directory: str) -> List[str]:
@@ -336,7 +371,7 @@ def _sorted_names(directory: str) -> List[str]:
         return sorted((e.name for e in it), reverse=True)
 
 
-def _pack_entry(tar: tarfile.TarFile, path: str, rel: str,
+def _pack_entry(tar: TarWriter, path: str, rel: str,
                 links: Dict[Tuple[int, int], str]) -> bool:
     """Add one entry; True when it is a directory to descend into."""
     st = os.lstat(path)
@@ -374,11 +409,7 @@ def _pack_entry(tar: tarfile.TarFile, path: str, rel: str,
     else:
         return False          # sockets do not go into images
     _add_xattrs(info, xattrs)
-    if info.type == tarfile.REGTYPE:
-        with open(path, "rb") as f:
-            tar.addfile(info, f)
-    else:
-        tar.addfile(info)
+    tar.addfile(info, path)
     if stat.S_ISDIR(mode):
         if _is_opaque(path):
             marker = _info(f"{rel}/{OPAQUE_MARKER}", st, tarfile.REGTYPE)
