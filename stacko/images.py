@@ -52,8 +52,9 @@ def edit_mount(store: Store, name: str) -> Optional[overlay.Mount]:
 
 def refuse_if_editing(store: Store, images: Dict[str, Image], name: str, doing: str) -> None:
     """Nothing may stack on an image while its own layer is open for writing."""
+    table = overlay.mounts()     # once, not once per layer of a 500-deep stack
     for image in stack_of(images, name):
-        m = edit_mount(store, image.name)
+        m = overlay.find_mount(store.edit_path(image.name), table)
         if m is not None and not m.read_only:
             raise ImageInUse(f"cannot {doing}: image {image.name!r} is open for editing",
                              hint=f"run `stacko close-image {image.name}` first")

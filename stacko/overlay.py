@@ -57,10 +57,13 @@ class Mount:
 
     def option(self, key: str) -> Optional[str]:
         """One value of the super options (overlay's upperdir=, lowerdir= …)."""
-        for item in split_options(self.super_options):
+        # The kernel writes each value with ',', ' ', tab, newline and '\\' as
+        # octal escapes, so splitting on ',' comes first and decoding after; what
+        # is left are the backslash escapes of the string as it was given.
+        for item in self.super_options.split(","):
             name, _, value = item.partition("=")
             if name == key:
-                return unescape_option(value)
+                return unescape_option(decode_mountinfo_field(value))
         return None
 
     @property
@@ -88,7 +91,7 @@ def parse_mountinfo(text: str) -> List[Mount]:
                 mount_point=decode_mountinfo_field(fields[4]),
                 mount_options=fields[5], fstype=fields[sep + 1],
                 source=decode_mountinfo_field(fields[sep + 2]),
-                super_options=decode_mountinfo_field(" ".join(fields[sep + 3:]))))
+                super_options=" ".join(fields[sep + 3:])))
         except (ValueError, IndexError):
             continue     # a line we do not understand is no mount of ours
     return mounts
@@ -121,11 +124,6 @@ def escape_option(path: str) -> str:
 
 def unescape_option(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
-
-
-def split_options(options: str) -> List[str]:
-    """Split on commas that are not escaped with a backslash."""
-    return [p for p in re.findall(r"(?:\\.|[^,\\])+", options)]
 
 
 def kernel_defaults_off() -> List[str]:
@@ -179,7 +177,7 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     options = build_options(lowers, upper, work, kernel_defaults_off())
     argv = ["mount", "-t", "overlay", "stacko", "-o", options]
     if read_only:
-        argv[2:2] = ["-r"]
+        argv[1:1] = ["-r"]
     argv.append(target)
     try:
         run.run(argv, cwd=layers_dir, env=MOUNT_ENV)
@@ -198,8 +196,10 @@ def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: Optional[s
     def absolute(path: str) -> str:
         return os.path.normpath(os.path.join(layers_dir, path))
     return mountapi.overlay_parameters(
-        [absolute(p) for p in lowers], absolute(upper) if upper is not None else None,
-        absolute(work) if work is not None else None, kernel_defaults_off())
+        [absolute(p) for p in lowers],
+        # The kernel unescapes upperdir and workdir (ovl_mount_dir) but not lowerdir+.
+        escape_option(absolute(upper)) if upper is not None else None,
+        escape_option(absolute(work)) if work is not None else None, kernel_defaults_off())
 
 
 def check_depth(lowers: Sequence[str]) -> None:

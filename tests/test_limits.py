@@ -1,0 +1,104 @@
+"""Deep stacks, awkward root paths, and many stacko processes at once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import populate, run_stacko, snapshot
+from stacko import images
+from stacko.state import Store
+
+pytestmark = pytest.mark.mounts
+
+
+def long_name(i: int) -> str:
+    return f"layer-{i:03d}-" + "x" * 118            # 128 characters
+
+
+@pytest.mark.parametrize("api", ["legacy", "auto"])
+def test_a_500_deep_stack_of_long_names_mounts_and_a_501st_is_refused(workdir, api) -> None:
+    # A root with a space, ':' and ',' in it, whose path is long too.
+    root = workdir / ("deep root:with,commas " + "d" * 100)
+    store = Store(str(root))
+    parent = None
+    for i in range(500):              # in-process: 500 subprocesses would take minutes
+        images.new_image(store, long_name(i), parent)
+        parent = long_name(i)
+        if i in (0, 250, 499):
+            layer = store.load_images()[parent].layer
+            (Path(store.layer_path(layer)) / f"file{i}").write_text(str(i))
+    env = {"STACKO_MOUNT_API": api}
+    before = snapshot(root)
+    r = run_stacko(root, "new-image", "one-too-many", parent, rc=1, env=env)
+    assert "500" in r.stderr
+    assert snapshot(root) == before
+    run_stacko(root, "new-stackpoint", "deep", parent, env=env)
+    d = Path(run_stacko(root, "mount-stackpoint", "deep", env=env).out)
+    assert sorted(os.listdir(d)) == ["file0", "file250", "file499"]
+    (d / "top").write_text("cow")
+    run_stacko(root, "umount-stackpoint", "deep", env=env)
+    ro = Path(run_stacko(root, "edit-image", parent, "--read-only", env=env).out)
+    assert (ro / "file0").read_text() == "0"
+    run_stacko(root, "close-image", parent, env=env)
+
+
+def test_root_path_with_spaces_colons_and_commas(workdir) -> None:
+    root = workdir / "a b:c,d\\e"
+    run_stacko(root, "new-image", "base")
+    d = Path(run_stacko(root, "edit-image", "base").out)
+    (d / "f").write_text("1")
+    run_stacko(root, "close-image", "base")
+    run_stacko(root, "new-stackpoint", "p", "base")
+    assert (Path(run_stacko(root, "mount-stackpoint", "p").out) / "f").read_text() == "1"
+    run_stacko(root, "is-stackpoint-mounted", "p")
+    run_stacko(root, "umount-stackpoint", "p")
+    run_stacko(root, "is-stackpoint-mounted", "p", rc=1)
+
+
+def test_eight_concurrent_invocations(stacko, root) -> None:
+    populate(stacko, "base", {"f": "base"})
+
+    def worker(i: int):
+        results = [run_stacko(root, "new-image", f"img{i}", "base"),
+                   run_stacko(root, "new-stackpoint", f"p{i}", f"img{i}"),
+                   run_stacko(root, "mount-stackpoint", f"p{i}"),
+                   run_stacko(root, "list-images"),
+                   run_stacko(root, "cutover-stackpoint", f"p{i}", "base"),
+                   run_stacko(root, "fallback-stackpoint", f"p{i}")]
+        return results
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    names = stacko("list-images").out.splitlines()
+    assert names == ["base"] + [f"img{i}" for i in range(8)]
+    points = json.loads(stacko("list-stackpoints", "--json").out)
+    assert [p["name"] for p in points] == [f"p{i}" for i in range(8)]
+    assert all(p["current"] == f"img{p['name'][1:]}" and p["mounted"] for p in points)
+    assert all(p["history"] == [] for p in points)
+    for i in range(8):
+        stacko("umount-stackpoint", f"p{i}")
+
+
+def test_a_waiting_command_says_so(stacko, root) -> None:
+    stacko("new-image", "base")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(2.5)\n"), str(root / "lock")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        r = stacko("new-image", "waited")
+        assert "waiting for another stacko command" in r.stderr
+        r = stacko("new-image", "timeout", rc=1, env={"STACKO_LOCK_TIMEOUT": "0.5"}) \
+            if holder.poll() is None else None
+    finally:
+        holder.wait()
+    assert "waited" in stacko("list-images").out.split()
