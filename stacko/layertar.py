@@ -149,21 +149,24 @@ class Unpacker:
         """Make sure rel is a real directory in this layer, never a symlink."""
         if not rel or rel in self._dirs:
             return
-        parent = rel.rpartition("/")[0]
-        self._ensure_dir(parent, member)
-        path = self._path(rel)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            self._implicit_dir(rel, path)
-        else:
-            if stat.S_ISLNK(st.st_mode):
-                raise HostileArchive(f"archive member {member!r} would be written through the "
-                                     f"symlink {rel!r}; refusing it")
-            if not stat.S_ISDIR(st.st_mode):
-                raise BadLayer(f"archive member {member!r} lies beneath {rel!r}, which is "
-                               "not a directory")
-        self._dirs.add(rel)
+        parts = rel.split("/")
+        for depth in range(1, len(parts) + 1):     # a loop: archives may nest deeply
+            sub = "/".join(parts[:depth])
+            if sub in self._dirs:
+                continue
+            path = self._path(sub)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self._implicit_dir(sub, path)
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise HostileArchive(f"archive member {member!r} would be written through "
+                                         f"the symlink {sub!r}; refusing it")
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BadLayer(f"archive member {member!r} lies beneath {sub!r}, which is "
+                                   "not a directory")
+            self._dirs.add(sub)
 
     def _implicit_dir(self, rel: str, path: str) -> None:
         """A directory the tar fills without naming: as in the layers beneath, or 0755."""

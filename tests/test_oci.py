@@ -366,6 +366,16 @@ def test_killed_import_leftovers_are_cleaned(stacko: Runner, root: Path, workdir
     assert os.listdir(root / "tmp") == []
 
 
+@pytest.mark.mounts
+def test_deep_paths(stacko: Runner, workdir: Path) -> None:
+    deep = "/".join(["d"] * 1500)
+    write_layout(workdir / "l", [[f(deep + "/file", b"deep")]])
+    stacko("import-image", "deep", str(workdir / "l"))
+    out = workdir / "out.tar"
+    stacko("export-image", "deep", str(out))
+    run_stacko(workdir / "fresh", "import-image", "deep", str(out))
+
+
 def test_names_are_checked_before_reading(stacko: Runner, workdir: Path) -> None:
     stacko("import-image", "a/b", str(workdir), rc=2)
 
