@@ -103,17 +103,31 @@ def same_metadata(a: os.stat_result, b: os.stat_result) -> bool:
 
 @dataclass
 class _Walk:
+    """An explicit stack rather than recursion: a layer may nest deeper than
+    Python's recursion limit (paths of thousands of levels are legal)."""
     changes: Dict[str, str] = field(default_factory=dict)
+    touched: Set[str] = field(default_factory=set)     # dirs with an A or D right in them
+    # Directories present below and above, decided once their entries are known.
+    pending: List[Tuple[str, os.stat_result, os.stat_result, bool]] = field(default_factory=list)
 
     def add(self, kind: str, path: str) -> None:
         self.changes.setdefault(path, kind)
+        if kind != "C":
+            self.touched.add(path.rsplit("/", 1)[0])
 
-    def directory(self, upper: str, rel: str, below: Tuple[str, ...], through: bool) -> bool:
-        """Record the changes under one upper directory; True when an entry right in it
-        was added or deleted.  below: the lower directories that made it before;
-        through: whether they still show through it now (False under an opaque or
-        replaced directory)."""
-        touched = False
+    def run(self, upper: str, lowers: Tuple[str, ...]) -> None:
+        todo: List[Tuple[str, str, Tuple[str, ...], bool]] = [(upper, "", lowers, True)]
+        while todo:
+            self.directory(*todo.pop(), todo)
+        for path, st, old, shows in self.pending:
+            if path in self.touched or not shows or not same_metadata(st, old):
+                self.add("C", path)
+
+    def directory(self, upper: str, rel: str, below: Tuple[str, ...], through: bool,
+                  todo: List[Tuple[str, str, Tuple[str, ...], bool]]) -> None:
+        """Record the changes right in one upper directory and queue its subdirectories.
+        below: the lower directories that made it before; through: whether they still
+        show through it now (False under an opaque or replaced directory)."""
         seen: Set[str] = set()
         try:
             entries = sorted(os.scandir(upper), key=lambda e: e.name)
@@ -122,37 +136,35 @@ class _Walk:
         for entry in entries:
             seen.add(entry.name)
             path = f"{rel}/{entry.name}"
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                raise StackoError(f"cannot read {entry.path}: {e.strerror}") from None
             old = look_below(below, entry.name) if below else Below()
             if is_whiteout(st):
                 if old.st is not None:     # a whiteout over nothing is a leftover, no change
                     self.add("D", path)
-                    touched = True
                 continue
             if old.st is None:
                 self.add("A", path)
-                touched = True
             elif not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(old.st.st_mode):
                 self.add("C", path)
             if stat.S_ISDIR(st.st_mode):
                 shows = through and not is_opaque(entry.path) and bool(old.dirs)
-                inner = self.directory(entry.path, path, old.dirs, shows)
-                if old.st is not None and stat.S_ISDIR(old.st.st_mode) and (
-                        inner or not shows or not same_metadata(st, old.st)):
-                    self.add("C", path)
+                todo.append((entry.path, path, old.dirs, shows))
+                if old.st is not None and stat.S_ISDIR(old.st.st_mode):
+                    self.pending.append((path, st, old.st, shows))
         if not through and below:
             # Replaced: what the lower directories held and the upper lacks is gone.
             for name in names_below(below):
                 if name not in seen:
                     self.add("D", f"{rel}/{name}")
-                    touched = True
-        return touched
 
 
 def layer_changes(upper: str, lowers: List[str]) -> List[Change]:
     """What the upper directory changes on top of lowers (top first), sorted by path."""
     walk = _Walk()
-    walk.directory(upper, "", tuple(lowers), True)
+    walk.run(upper, tuple(lowers))
     return [(walk.changes[p], show_path(p)) for p in sorted(walk.changes)]
 
 
@@ -193,15 +205,20 @@ def strip_private_xattrs(layer: str) -> int:
     directory so that it can serve as a lower layer anywhere; returns how many.
 
     The cost is one listxattr per entry, whatever the size of the files."""
-    def fail(e: OSError) -> None:
-        raise StackoError(f"cannot read {e.filename}: {e.strerror}")
-
     removed = 0
-    for directory, dirs, files in os.walk(layer, onerror=fail):
-        # os.walk lists a symlink to a directory among dirs and does not enter it.
-        links = [d for d in dirs if os.path.islink(os.path.join(directory, d))]
-        for entry in [""] + files + links:
-            removed += _strip_one(os.path.join(directory, entry) if entry else directory)
+    todo = [layer]              # iterative: os.walk recurses, and layers may nest deeply
+    while todo:
+        directory = todo.pop()
+        removed += _strip_one(directory)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            raise StackoError(f"cannot read {directory}: {e.strerror}") from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+            else:
+                removed += _strip_one(entry.path)
     return removed
 
 

@@ -314,3 +314,24 @@ def test_prune_usage(stacko: Runner) -> None:
     stacko("prune-stackpoint", "p", "--keep", "-1", rc=2)
     stacko("prune-stackpoint", "p", "--keep", "x", rc=2)
     stacko("prune-stackpoint", "nope", "--keep", "1", rc=1)
+
+
+@pytest.mark.mounts
+def test_diff_and_commit_of_a_deeply_nested_tree(stacko: Runner, root: Path) -> None:
+    """600 levels: deeper than Python's recursion limit allows a recursive walk."""
+    populate(stacko, "os", {"etc/a": "1"})
+    stacko("new-stackpoint", "p", "os")
+    merged = Path(stacko("mount-stackpoint", "p").out)
+    deep = "/".join(["d"] * 600)
+    try:
+        (merged / deep).mkdir(parents=True)
+        (merged / deep / "file").write_text("deep")
+        lines = stacko("diff-stackpoint", "p").stdout.splitlines()
+        assert len(lines) == 601 and lines[0] == "A /d" and lines[-1] == f"A /{deep}/file"
+        stacko("commit-stackpoint", "p", "snap")
+        assert (merged / deep / "file").read_text() == "deep"
+        assert stacko("diff-stackpoint", "p").stdout == ""
+    finally:
+        stacko("umount-stackpoint", "p")
+        # rm(1) removes any depth; pytest's own cleanup (shutil.rmtree) recurses per level.
+        subprocess.run(["rm", "-rf", str(root)], check=True)
