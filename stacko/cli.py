@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from stacko import __version__, run
+from stacko import __version__
 from stacko.errors import Interrupted, StackoError
 from stacko.state import DEFAULT_ROOT, Store
 
@@ -201,127 +201,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # --- the parser ------------------------------------------------------------------
-def common_options() -> argparse.ArgumentParser:
-    # SUPPRESS: given before or after the command, a shared option is not reset.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
-                        help=f"state directory (default: $STACKO_ROOT or {DEFAULT_ROOT})")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log every external command to stderr")
-    return common
+Arg = Tuple[Tuple[str, ...], Dict[str, Any]]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = common_options()
-    parser = argparse.ArgumentParser(
-        prog="stacko", parents=[common],
-        description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(textwrap.fill(", ".join(names.split()), width=78, initial_indent=title,
-                                       subsequent_indent="    ", break_on_hyphens=False)
-                         for title, names in (("image commands: ", IMAGE_COMMANDS),
-                                              ("stackpoint commands: ", POINT_COMMANDS),
-                                              ("changes and upkeep: ", UPKEEP_COMMANDS))))
-    parser.add_argument("--version", action="version", version=f"stacko {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-
-    def command(name: str, handler: Handler, help: str, aliases: Sequence[str] = ()
-                ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help, description=help,
-                           aliases=list(aliases))
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given")
-    p.add_argument("name", metavar="NAME", type=name)
-    p.add_argument("parent", metavar="PARENT", type=name, nargs="?")
-    p = command("edit-image", cmd_edit_image,
-                "mount an image so that writes land in its own layer; print the directory")
-    p.add_argument("name", metavar="NAME", type=name)
-    p.add_argument("--read-only", action="store_true",
-                   help="mount the image's stack read-only, for inspection")
-    p = command("close-image", cmd_close_image, "unmount an image opened by edit-image")
-    p.add_argument("name", metavar="NAME", type=name)
-    p = command("delete-image", cmd_delete_image, "remove an image and its layer")
-    p.add_argument("name", metavar="NAME", type=name)
-    p = command("list-images", cmd_list_images, "show the images, one name per line")
-    p.add_argument("--tree", action="store_true", help="draw parents above their children")
-    p.add_argument("--json", action="store_true", help="one JSON array of objects")
-    p = command("import-image", cmd_import_image,
-                "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)")
-    p.add_argument("name", metavar="NAME", type=name)
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("parent", metavar="PARENT", type=name, nargs="?")
-    p.add_argument("--ref", help="which image of a layout or archive that holds several")
-    p = command("export-image", cmd_export_image,
-                "write an image's stack as an OCI layout in a tar ('-': stdout)")
-    p.add_argument("name", metavar="NAME", type=name)
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
-                   help="layer compression (default: gzip)")
-
-    p = command("new-stackpoint", cmd_new_stackpoint,
-                "create a stackpoint and its first instance, of IMAGE (does not mount)")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("image", metavar="IMAGE", type=name)
-    p.add_argument("--path", metavar="DIR",
-                   help="the stackpoint's directory (default: <root>/stackpoints/POINT)")
-    p = command("delete-stackpoint", cmd_delete_stackpoint,
-                "remove a stackpoint and all its instances' data")
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("mount-stackpoint", cmd_mount_stackpoint,
-                "mount the current instance at the stackpoint's directory; print it")
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("--lazy", action="store_true",
-                   help="detach now even when busy; the kernel frees it when unused")
-    p = command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory")
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
-                "exit 0 when the stackpoint is mounted, 1 when not")
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("cutover-stackpoint", cmd_cutover_stackpoint,
-                "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
-                aliases=["cutover-stackpoint-instance"])
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("image", metavar="IMAGE", type=name)
-    p = command("fallback-stackpoint", cmd_fallback_stackpoint,
-                "switch a stackpoint back to the instance that was current before; mount it",
-                aliases=["fallback-stackpoint-instance"])
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("new-stackpoint-instance", cmd_new_stackpoint_instance,
-                "create an instance of IMAGE for POINT without making it current")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("image", metavar="IMAGE", type=name)
-    p = command("set-stackpoint-instance", cmd_set_stackpoint_instance,
-                "make POINT's instance of IMAGE current (remounting if mounted)")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("image", metavar="IMAGE", type=name)
-    p = command("delete-stackpoint-instance", cmd_delete_stackpoint_instance,
-                "delete a non-current instance and its data")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("image", metavar="IMAGE", type=name)
-    p = command("list-stackpoints", cmd_list_stackpoints,
-                "show each stackpoint: directory, current image, mounted, instances, history")
-    p.add_argument("--json", action="store_true", help="one JSON array of objects")
-
-    p = command("diff-stackpoint", cmd_diff_stackpoint,
-                "list what the current instance changed: A added, C changed, D deleted")
-    p.add_argument("point", metavar="POINT", type=name)
-    p = command("commit-stackpoint", cmd_commit_stackpoint,
-                "turn the current instance's changes into NEWIMAGE and switch to a fresh instance of it")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("new_image", metavar="NEWIMAGE", type=name)
-    p = command("prune-stackpoint", cmd_prune_stackpoint,
-                "delete the oldest non-current instances beyond the N most recent in the history")
-    p.add_argument("point", metavar="POINT", type=name)
-    p.add_argument("--keep", metavar="N", type=non_negative, required=True)
-    p = command("check", cmd_check,
-                "compare metadata, layer directories and mounts; report every mismatch")
-    p.add_argument("--repair", action="store_true",
-                   help="fix what can be fixed without losing user data, and say what was done")
-    return parser
+def arg(*flags: str, **kwargs: Any) -> Arg:
+    return flags, kwargs
 
 
 def name(text: str) -> str:
@@ -344,17 +228,143 @@ def non_negative(text: str) -> int:
     return value
 
 
+NAME = arg("name", metavar="NAME", type=name)
+PARENT = arg("parent", metavar="PARENT", type=name, nargs="?")
+POINT = arg("point", metavar="POINT", type=name)
+IMAGE = arg("image", metavar="IMAGE", type=name)
+JSON = arg("--json", action="store_true", help="one JSON array of objects")
+
+
+class Command:
+    def __init__(self, name: str, handler: Handler, help: str, *args: Arg,
+                 aliases: Sequence[str] = ()) -> None:
+        self.name, self.handler, self.help, self.args, self.aliases = \
+            name, handler, help, args, tuple(aliases)
+
+
+COMMANDS = [
+    Command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given",
+            NAME, PARENT),
+    Command("edit-image", cmd_edit_image,
+            "mount an image so that writes land in its own layer; print the directory", NAME,
+            arg("--read-only", action="store_true",
+                help="mount the image's stack read-only, for inspection")),
+    Command("close-image", cmd_close_image, "unmount an image opened by edit-image", NAME),
+    Command("delete-image", cmd_delete_image, "remove an image and its layer", NAME),
+    Command("list-images", cmd_list_images, "show the images, one name per line",
+            arg("--tree", action="store_true", help="draw parents above their children"), JSON),
+    Command("import-image", cmd_import_image,
+            "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)",
+            NAME, arg("path", metavar="PATH"), PARENT,
+            arg("--ref", help="which image of a layout or archive that holds several")),
+    Command("export-image", cmd_export_image,
+            "write an image's stack as an OCI layout in a tar ('-': stdout)",
+            NAME, arg("path", metavar="PATH"),
+            arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                help="layer compression (default: gzip)")),
+    Command("new-stackpoint", cmd_new_stackpoint,
+            "create a stackpoint and its first instance, of IMAGE (does not mount)", POINT, IMAGE,
+            arg("--path", metavar="DIR",
+                help="the stackpoint's directory (default: <root>/stackpoints/POINT)")),
+    Command("delete-stackpoint", cmd_delete_stackpoint,
+            "remove a stackpoint and all its instances' data", POINT),
+    Command("mount-stackpoint", cmd_mount_stackpoint,
+            "mount the current instance at the stackpoint's directory; print it", POINT),
+    Command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint", POINT,
+            arg("--lazy", action="store_true",
+                help="detach now even when busy; the kernel frees it when unused")),
+    Command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory", POINT),
+    Command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
+            "exit 0 when the stackpoint is mounted, 1 when not", POINT),
+    Command("cutover-stackpoint", cmd_cutover_stackpoint,
+            "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
+            POINT, IMAGE, aliases=["cutover-stackpoint-instance"]),
+    Command("fallback-stackpoint", cmd_fallback_stackpoint,
+            "switch a stackpoint back to the instance that was current before; mount it",
+            POINT, aliases=["fallback-stackpoint-instance"]),
+    Command("new-stackpoint-instance", cmd_new_stackpoint_instance,
+            "create an instance of IMAGE for POINT without making it current", POINT, IMAGE),
+    Command("set-stackpoint-instance", cmd_set_stackpoint_instance,
+            "make POINT's instance of IMAGE current (remounting if mounted)", POINT, IMAGE),
+    Command("delete-stackpoint-instance", cmd_delete_stackpoint_instance,
+            "delete a non-current instance and its data", POINT, IMAGE),
+    Command("list-stackpoints", cmd_list_stackpoints,
+            "show each stackpoint: directory, current image, mounted, instances, history", JSON),
+    Command("diff-stackpoint", cmd_diff_stackpoint,
+            "list what the current instance changed: A added, C changed, D deleted", POINT),
+    Command("commit-stackpoint", cmd_commit_stackpoint,
+            "turn the current instance's changes into NEWIMAGE and switch to a fresh instance of it",
+            POINT, arg("new_image", metavar="NEWIMAGE", type=name)),
+    Command("prune-stackpoint", cmd_prune_stackpoint,
+            "delete the oldest non-current instances beyond the N most recent in the history",
+            POINT, arg("--keep", metavar="N", type=non_negative, required=True)),
+    Command("check", cmd_check,
+            "compare metadata, layer directories and mounts; report every mismatch",
+            arg("--repair", action="store_true",
+                help="fix what can be fixed without losing user data, and say what was done")),
+]
+
+
+def common_options() -> argparse.ArgumentParser:
+    # SUPPRESS: given before or after the command, a shared option is not reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"state directory (default: $STACKO_ROOT or {DEFAULT_ROOT})")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log every external command to stderr")
+    return common
+
+
+def wanted_command(argv: Sequence[str]) -> Optional[Command]:
+    """The command named on the line, found without parsing it, or None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--root":
+            next(words, None)
+        elif not word.startswith("-"):
+            return next((c for c in COMMANDS if word == c.name or word in c.aliases), None)
+    return None
+
+
+def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
+    """The whole parser, or (for speed at every start) one with just the command
+    that was asked for; help and usage errors get the whole one."""
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="stacko", parents=[common],
+        description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(textwrap.fill(", ".join(names.split()), width=78, initial_indent=title,
+                                       subsequent_indent="    ", break_on_hyphens=False)
+                         for title, names in (("image commands: ", IMAGE_COMMANDS),
+                                              ("stackpoint commands: ", POINT_COMMANDS),
+                                              ("changes and upkeep: ", UPKEEP_COMMANDS))))
+    parser.add_argument("--version", action="version", version=f"stacko {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for command in COMMANDS if only is None else [only]:
+        p = sub.add_parser(command.name, parents=[common], help=command.help,
+                           description=command.help, aliases=list(command.aliases))
+        for flags, kwargs in command.args:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise Interrupted("terminated by a signal; what was begun has been undone")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    only = wanted_command(argv)
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(only).parse_args(argv)
     except SystemExit as e:           # -h, --version, or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
-    run.verbose = bool(getattr(args, "verbose", False))
+    if getattr(args, "verbose", False):
+        from stacko import run
+        run.verbose = True
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
