@@ -27,8 +27,13 @@ venv: $(VENV)/.installed
 test-deps:
 	@./tests/install-deps.sh
 
+# A fresh --basetemp: pytest's own clean-up of old temporary directories
+# recurses per level and cannot remove the 600-deep trees some tests make.
+TESTTMP := /tmp/stacko-tests.$(shell echo $$PPID)
 test: venv test-deps
-	$(PRIVATE) $(PY) -m pytest -q tests
+	rm -rf $(TESTTMP)
+	$(PRIVATE) $(PY) -m pytest -q -p no:cacheprovider --basetemp=$(TESTTMP) tests; \
+	    status=$$?; rm -rf $(TESTTMP); exit $$status
 
 unit: venv
 	$(PY) -m pytest -q tests -m "not mounts"

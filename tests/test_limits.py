@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,20 +86,28 @@ def test_eight_concurrent_invocations(stacko, root) -> None:
         stacko("umount-stackpoint", f"p{i}")
 
 
-def test_a_waiting_command_says_so(stacko, root) -> None:
+def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
     stacko("new-image", "base")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
+        "import fcntl, os, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "print('locked', flush=True)\n"
-        "time.sleep(2.5)\n"), str(root / "lock")], stdout=subprocess.PIPE)
+        "sys.stdin.readline()\n"), str(root / "lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == b"locked"
-        r = stacko("new-image", "waited")
-        assert "waiting for another stacko command" in r.stderr
-        r = stacko("new-image", "timeout", rc=1, env={"STACKO_LOCK_TIMEOUT": "0.5"}) \
-            if holder.poll() is None else None
+        before = snapshot(root)
+        r = stacko("new-image", "gives-up", rc=1, env={"STACKO_LOCK_TIMEOUT": "1.5"})
+        assert "waiting for another stacko command" in r.stderr and "gave up" in r.stderr
+        assert snapshot(root) == before
+        with ThreadPoolExecutor(1) as pool:
+            waiter = pool.submit(stacko, "new-image", "waited")
+            time.sleep(1.5)
+            holder.stdin.write(b"go\n")
+            holder.stdin.flush()
+            assert "waiting for another stacko command" in waiter.result().stderr
     finally:
+        holder.kill()
         holder.wait()
-    assert "waited" in stacko("list-images").out.split()
+    assert stacko("list-images").out.split() == ["base", "waited"]
