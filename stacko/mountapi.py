@@ -50,6 +50,7 @@ MOVE_MOUNT_BENEATH = 0x200
 MNT_DETACH = 0x2
 AT_FDCWD = -100
 
+Parameters = List[Tuple[str, Optional[str]]]   # fsconfig (key, value); None: a flag
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(8); "new" insists on this API
 BENEATH_SINCE = (6, 5)
 
@@ -180,10 +181,10 @@ def supports_beneath() -> bool:
 
 # --- overlay mounts -----------------------------------------------------------
 def overlay_parameters(lowers: Sequence[str], upper: Optional[str], work: Optional[str],
-                       extra: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+                       extra: Sequence[str]) -> Parameters:
     """The fsconfig calls for one overlay, in order: lowers are top first and
     absolute; extra holds ``key=value`` options (index=off …) or bare flags."""
-    params: List[Tuple[str, Optional[str]]] = [("source", "stacko")]
+    params: Parameters = [("source", "stacko")]
     params += [("lowerdir+", layer) for layer in lowers]
     if upper is not None and work is not None:
         params += [("upperdir", upper), ("workdir", work)]
@@ -193,11 +194,11 @@ def overlay_parameters(lowers: Sequence[str], upper: Optional[str], work: Option
     return params
 
 
-def describe(params: Sequence[Tuple[str, Optional[str]]]) -> str:
+def describe(params: Parameters) -> str:
     return " ".join(k if v is None else f"{k}={v}" for k, v in params)
 
 
-def make_overlay(params: Sequence[Tuple[str, Optional[str]]], read_only: bool = False) -> int:
+def make_overlay(params: Parameters, read_only: bool = False) -> int:
     """A detached overlay mount built from params; returns its mount fd."""
     fd = _step("fsopen", "overlay", lambda: fsopen("overlay"))
     try:
@@ -228,7 +229,11 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: Optional[str] = Non
                   work: Optional[str] = None, extra: Sequence[str] = (),
                   read_only: bool = False) -> None:
     """Mount one overlay at target, one ``lowerdir+`` per layer (absolute paths)."""
-    params = overlay_parameters(lowers, upper, work, extra)
+    mount_parameters(target, overlay_parameters(lowers, upper, work, extra), read_only)
+
+
+def mount_parameters(target: str, params: Parameters, read_only: bool = False) -> None:
+    """Mount the overlay that params describe at target."""
     run.debug(f"+ [mount API] overlay {describe(params)}{' ro' if read_only else ''} "
               f"-> move_mount {target}")
     mfd = make_overlay(params, read_only)
@@ -245,7 +250,7 @@ class PreparedOverlay:
     Closing it before attach() destroys the mount: nothing was ever visible.
     """
 
-    def __init__(self, params: Sequence[Tuple[str, Optional[str]]], read_only: bool = False) -> None:
+    def __init__(self, params: Parameters, read_only: bool = False) -> None:
         self.params = list(params)
         run.debug(f"+ [mount API] overlay {describe(self.params)} (detached, for a gapless switch)")
         self.fd: Optional[int] = make_overlay(self.params, read_only)
@@ -279,7 +284,7 @@ def detach_top(target: str) -> None:
     _step("umount2", f"{target} (detach)", lambda: umount2(target, MNT_DETACH))
 
 
-def replace_beneath(target: str, params: Sequence[Tuple[str, Optional[str]]],
+def replace_beneath(target: str, params: Parameters,
                     read_only: bool = False) -> int:
     """Gapless replace: the new overlay goes beneath the one at target, then the
     old one is detached.  Returns the device number of the new mount."""

@@ -60,6 +60,53 @@ def _holds(base: str, mount_point: str, prefix: str, device: Optional[int]) -> b
     return False
 
 
+def device_holders(device: int) -> List[Holder]:
+    """Processes whose cwd, root, executable, open files or mapped files lie on
+    device: how a detached mount, which has no path any more, is found.
+
+    overlayfs gives all its files the device number of its own superblock when
+    its layers share one filesystem, as stacko's layers under the root do.
+    """
+    wanted = f"{os.major(device):02x}:{os.minor(device):02x}"
+    found: List[Holder] = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        base = f"/proc/{entry}"
+        if _on_device(base, device, wanted):
+            found.append(Holder(int(entry), _command(base)))
+    return sorted(found, key=lambda h: h.pid)
+
+
+def _on_device(base: str, device: int, wanted: str) -> bool:
+    links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
+    try:
+        links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
+    except OSError:
+        pass
+    for link in links:
+        try:
+            if os.stat(link).st_dev == device:
+                return True
+        except OSError:
+            continue
+    try:
+        with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(None, 5)     # address perms offset dev inode path
+                if len(fields) == 6 and fields[3] == wanted:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def describe(holders: List[Holder]) -> str:
+    return ("process" + ("es " if len(holders) > 1 else " ")
+            + ", ".join(f"{h.pid} ({h.command})" for h in holders))
+
+
 def _command(base: str) -> str:
     try:
         with open(f"{base}/comm", encoding="utf-8", errors="replace") as f:

@@ -72,12 +72,35 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class DetachedMount:
+    """An earlier mount of an instance, detached from the stackpoint's directory
+    by a gapless switch while processes may still hold files in it.  Until they
+    let go it still writes the instance's upper layer, so the instance must not
+    be mounted again.  A device number means something only within one boot."""
+
+    image: str
+    device: int          # st_dev of the overlay's files
+    boot_id: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"image": self.image, "device": self.device, "boot_id": self.boot_id}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "DetachedMount":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: a detached-mount record is not an object")
+        return cls(image=_get(data, "image", str, source), device=_get(data, "device", int, source),
+                   boot_id=_get(data, "boot_id", str, source))
+
+
+@dataclass(frozen=True)
 class Stackpoint:
     name: str
     current: str
     path: Optional[str] = None          # None: <root>/stackpoints/<name>
     history: Tuple[str, ...] = ()       # earlier current images, oldest first
     instances: Tuple[Instance, ...] = field(default_factory=tuple)
+    detached: Tuple[DetachedMount, ...] = ()   # earlier mounts that may still be held
 
     def instance(self, image: str) -> Optional[Instance]:
         for inst in self.instances:
@@ -96,7 +119,8 @@ class Stackpoint:
 
     def without_instance(self, image: str) -> "Stackpoint":
         return replace(self, instances=tuple(i for i in self.instances if i.image != image),
-                       history=tuple(h for h in self.history if h != image))
+                       history=tuple(h for h in self.history if h != image),
+                       detached=tuple(d for d in self.detached if d.image != image))
 
     def switched_to(self, image: str) -> "Stackpoint":
         """Make image current; the present current goes on top of the history."""
@@ -106,9 +130,12 @@ class Stackpoint:
         return replace(self, current=image, history=history + (self.current,))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "current": self.current, "path": self.path,
+        data = {"name": self.name, "current": self.current, "path": self.path,
                 "history": list(self.history),
                 "instances": [i.to_dict() for i in self.instances]}
+        if self.detached:      # absent, not empty, in files written before there were any
+            data["detached"] = [d.to_dict() for d in self.detached]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "Stackpoint":
@@ -120,7 +147,9 @@ class Stackpoint:
             raise CorruptState(f"{source}: field 'history' holds a non-string")
         point = cls(name=_get(data, "name", str, source), current=_get(data, "current", str, source),
                     path=_get(data, "path", str, source, optional=True), history=tuple(history),
-                    instances=tuple(Instance.from_dict(i, source) for i in instances))
+                    instances=tuple(Instance.from_dict(i, source) for i in instances),
+                    detached=tuple(DetachedMount.from_dict(d, source)
+                                   for d in _get(data, "detached", list, source, optional=True) or ()))
         if point.instance(point.current) is None:
             raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
                                f"of its current image {point.current!r}")

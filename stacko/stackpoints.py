@@ -225,16 +225,16 @@ def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint
     mounted = mounted_instance(store, old)
     if mount or mounted is not None:
         overlay.require_root(action)
-    new = _refuse_if_held(store, new, new.current, action)
-    gapless = mounted is not None and mounted != new.current_instance() \
-        and overlay.gapless_switch()
-    if mounted is not None:
-        run.debug(f"{action}: switching {directory} "
-                  + ("without a gap (new mount beneath the old, then the old detached)"
-                     if gapless else "by unmount-then-mount"))
     with contextlib.ExitStack() as undo:
         if created is not None:
             undo.callback(store.remove_layer, created.layer)
+        new = _refuse_if_held(store, new, new.current, action)
+        gapless = mounted is not None and mounted != new.current_instance() \
+            and overlay.gapless_switch()
+        if mounted is not None:
+            run.debug(f"{action}: switching {directory} "
+                      + ("without a gap (new mount beneath the old, then the old detached)"
+                         if gapless else "by unmount-then-mount"))
         if gapless:
             assert mounted is not None
             _replace_mount(store, images, points, new, mounted, undo)
