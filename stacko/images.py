@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 from stacko import overlay
@@ -111,6 +111,10 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
         overlay.mount_overlay(target, store.layers_dir, lowers, read_only=True)
     else:
         lowers = layers[1:] or [EMPTY_LOWER]
+        if chain[0].diff_id is not None:
+            # Its layer is about to change: it no longer matches the layer it was
+            # imported from, and must not be reused for that layer by a later import.
+            store.save_images({**images, name: replace(chain[0], diff_id=None)})
         overlay.mount_overlay(target, store.layers_dir, lowers, upper=layers[0],
                               work=os.path.relpath(store.work_path(layers[0]), store.layers_dir))
     return target

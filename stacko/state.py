@@ -205,13 +205,11 @@ class Store:
 
 
 def remove_tree(path: str) -> None:
-    import shutil  # here, not at the top: listings never remove anything
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise StackoError(f"cannot remove {e.filename or path}: {e.strerror}") from None
+    """rm -rf, which never crosses into another filesystem and, unlike
+    shutil.rmtree, does not recurse once per level (layers may be deep)."""
+    from stacko import run
+    if os.path.lexists(path):
+        run.run(["rm", "-rf", "--one-file-system", "--", path])
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -138,3 +138,18 @@ def test_verbose_logs_external_commands_to_stderr(stacko) -> None:
     assert r.out.endswith("/edit/base")          # stdout: only the data
     r = stacko("close-image", "base", "-v")
     assert "umount" in r.stderr and r.stdout == ""
+
+
+def test_editing_an_imported_image_forgets_its_layer_digest(stacko, root, workdir) -> None:
+    import tarfile
+    archive = workdir / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        import io
+        tar.addfile(info, io.BytesIO(b"hi"))
+    stacko("import-image", "imported", str(archive))
+    assert json.loads((root / "images.json").read_text())["images"]["imported"].get("diff_id")
+    stacko("edit-image", "imported")
+    stacko("close-image", "imported")
+    assert not json.loads((root / "images.json").read_text())["images"]["imported"].get("diff_id")
