@@ -194,10 +194,10 @@ def cmd_prune_stackpoint(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from stacko import check
-    problems = check.check(store(args), repair=args.repair)
-    for line in problems:
+    report = check.check(store(args), repair=args.repair)
+    for line in report:
         out(line)
-    return 1 if problems and not args.repair else 0
+    return 1 if report.remaining else 0      # with --repair: what could not be repaired
 
 
 # --- the parser ------------------------------------------------------------------

@@ -24,6 +24,7 @@ import fcntl
 import functools
 import json
 import os
+import stat
 import sys
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
@@ -81,6 +82,7 @@ class Store:
         elif not os.path.exists(os.path.join(self.root, "lock")):
             yield   # nothing was ever written here: nothing to read consistently
             return
+        self._refuse_unsafe_root()
         path = os.path.join(self.root, "lock")
         try:
             fd = os.open(path, (os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
@@ -102,6 +104,25 @@ class Store:
         finally:
             self._lock_fd, self._exclusive = None, False
             os.close(fd)
+
+    def _refuse_unsafe_root(self) -> None:
+        """Whoever may write the root could plant layers or metadata that root then
+        mounts or removes: refuse a root that another user can write to."""
+        me = os.geteuid()
+        for path in (self.root, self.layers_dir, self.work_dir, self.images_file,
+                     self.stackpoints_file, os.path.join(self.root, "lock")):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid not in (0, me):
+                raise StackoError(f"refusing to work in {self.root}: {path} belongs to "
+                                  f"user {st.st_uid}, who could change what stacko mounts",
+                                  hint=f"chown -R root: {self.root}")
+            if st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
+                raise StackoError(f"refusing to work in {self.root}: {path} is writable by "
+                                  f"other users (mode {stat.S_IMODE(st.st_mode):04o})",
+                                  hint=f"chmod go-w {path}")
 
     def _create_root(self) -> None:
         try:

@@ -1,0 +1,446 @@
+"""stacko check [--repair]: compare the metadata, the layer directories and the
+kernel's mount table, and report (or repair) every mismatch.
+
+What a killed or failed command can leave, given the order the commands keep
+(directories before records, unmount before forget, forget before remove):
+
+* a layer directory ``l/ID`` that no record names (new-image, new-stackpoint,
+  cutover killed between making the layer and recording it; delete-* killed
+  between forgetting and removing; import-image killed between moving its
+  layers into ``l/`` and recording them);
+* a workdir ``w/ID`` without its layer;
+* staging directories under ``tmp/`` (import-image, export-image);
+* an edit mount left open, a stackpoint mounted on an instance that is no
+  longer current (a switch killed between recording and mounting), overlay
+  mounts of layers that no record names;
+* a layer that is both an image's and an instance's (commit-stackpoint killed
+  between its two metadata writes).
+
+Repairs never lose user data: an unnamed layer is removed only when it is
+empty; one that holds files is moved to ``orphans/ID`` and named in the report.
+Records whose directories are missing are only reported: that usually means a
+filesystem is not mounted, and forgetting the records would make it permanent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from stacko import images as images_mod
+from stacko import overlay, run, stackpoints
+from stacko.errors import StackoError
+from stacko.records import Image, Instance, Stackpoint
+from stacko.state import Store, remove_tree
+
+ORPHANS = "orphans"       # <root>/orphans/ID: unnamed layers that held files
+LAYER_KEYS = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
+
+
+@dataclass
+class Problem:
+    text: str
+    repair: Optional[Callable[[], str]] = None   # returns what it did; raises if it could not
+    cannot: str = ""                             # why there is no repair
+
+
+class Report(list):
+    """The report lines; ``remaining`` counts the problems left unrepaired."""
+
+    remaining: int = 0
+
+
+def check(store: Store, repair: bool = False) -> Report:
+    report = Report()
+    with store.locked(exclusive=repair):
+        # Mounts first: repairing a stale mount frees the layer beneath it, which
+        # the second phase then sees unmounted.
+        for phase in (mount_problems, directory_problems):
+            for problem in phase(store):
+                line, left = settle(problem, repair)
+                report.append(line)
+                report.remaining += left
+    n, s = report.remaining, "s" if report.remaining != 1 else ""
+    if n and repair:
+        run.log(f"stacko: error: check: {n} problem{s} could not be repaired")
+    elif n:
+        run.log(f"stacko: error: check: {n} problem{s} found")
+        run.log("stacko: hint: `stacko check --repair` fixes what it can without losing data")
+    elif repair and report:
+        run.log("stacko: check: every problem was repaired")
+    return report
+
+
+def settle(problem: Problem, repair: bool) -> Tuple[str, int]:
+    """The report line of one problem, repaired if asked; and 1 if it remains."""
+    if not repair:
+        return problem.text, 1
+    if problem.repair is None:
+        return f"{problem.text}; not repaired: {problem.cannot}", 1
+    try:
+        return f"{problem.text}; repaired: {problem.repair()}", 0
+    except StackoError as e:
+        return f"{problem.text}; not repaired: {e.message}", 1
+    except OSError as e:
+        return f"{problem.text}; not repaired: {e.strerror or e}", 1
+
+
+def mount_problems(store: Store) -> List[Problem]:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    table = overlay.mounts()
+    return (stackpoint_mounts(store, images, points, table) + edit_mounts(store, images, table)
+            + stale_mounts(store, named_layers(images, points), table))
+
+
+def directory_problems(store: Store) -> List[Problem]:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    table = overlay.mounts()
+    named = named_layers(images, points)
+    return (interrupted_commits(store, images, points)
+            + missing_directories(store, images, points)
+            + unnamed_layers(store, named, table) + staging_leftovers(store, table))
+
+
+def named_layers(images: Dict[str, Image], points: Dict[str, Stackpoint]) -> Dict[str, str]:
+    """Layer id -> what names it."""
+    named = {i.layer: f"image {i.name!r}" for i in images.values()}
+    for point in points.values():
+        for inst in point.instances:
+            named.setdefault(inst.layer, f"the instance of {inst.image!r} of stackpoint "
+                                         f"{point.name!r}")
+    return named
+
+
+def listdir(path: str) -> List[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def is_empty(path: str) -> bool:
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
+
+
+# --- the mount table ---------------------------------------------------------------
+def mount_layers(store: Store, m: overlay.Mount) -> Set[str]:
+    """The layer ids an overlay mount uses (upper, work and lowers)."""
+    if m.fstype != "overlay":
+        return set()
+    found = set()
+    # The values are split on ',' (escaped by the kernel as \054 inside a value),
+    # then the ':' between legacy lowerdirs, which stacko's own paths never hold.
+    for item in m.super_options.split(","):
+        key, _, value = item.partition("=")
+        if key not in LAYER_KEYS:
+            continue
+        value = overlay.decode_mountinfo_field(value)
+        for part in value.split(":") if key == "lowerdir" else [value]:
+            path = os.path.normpath(os.path.join(store.layers_dir,
+                                                 overlay.unescape_option(part)))
+            if os.path.dirname(path) in (store.layers_dir, store.work_dir):
+                found.add(os.path.basename(path))
+    return found
+
+
+def mounts_at(path: str, table: List[overlay.Mount]) -> List[overlay.Mount]:
+    """The mounts stacked at path, bottom first (a mount put beneath another,
+    by a gapless switch, is the parent of the one above it)."""
+    here = [m for m in table if m.mount_point == path]
+    ids = {m.mount_id for m in here}
+    bottom = [m for m in here if m.parent_id not in ids]
+    ordered: List[overlay.Mount] = []
+    while bottom:
+        m = bottom.pop()
+        ordered.append(m)
+        bottom += [n for n in here if n.parent_id == m.mount_id and n not in ordered]
+    return ordered + [m for m in here if m not in ordered]
+
+
+def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Optional[Instance]:
+    upper = m.option("upperdir") if m.fstype == "overlay" else None
+    for inst in point.instances:
+        if upper in (inst.layer, store.layer_path(inst.layer)):
+            return inst
+    return None
+
+
+def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
+                      table: List[overlay.Mount]) -> List[Problem]:
+    problems = []
+    for name in sorted(points):
+        point = points[name]
+        directory = store.stackpoint_dir(point)
+        stacked = mounts_at(directory, table)
+        if not stacked:
+            continue
+        top = stacked[-1]
+        inst = instance_of_mount(store, point, top)
+        if inst is None:
+            problems.append(Problem(
+                f"stackpoint {name!r}: something else is mounted at {directory} "
+                f"({top.fstype} from {top.source})",
+                cannot=f"not stacko's mount; unmount it with `umount {directory}`"))
+        elif inst.image != point.current or len(stacked) > 1:
+            what = (f"has its instance of {inst.image!r} mounted, but its current instance "
+                    f"is of {point.current!r}" if inst.image != point.current else
+                    f"has {len(stacked)} mounts stacked at {directory}")
+            problems.append(Problem(f"stackpoint {name!r} {what} (an interrupted switch)",
+                                    lambda point=point: remount_current(store, images, point)))
+    return problems
+
+
+def remount_current(store: Store, images: Dict[str, Image], point: Stackpoint) -> str:
+    """Unmount what is not the current instance, then mount the current one."""
+    overlay.require_root("check --repair")
+    directory = store.stackpoint_dir(point)
+    done = []
+    for _ in range(16):
+        stacked = mounts_at(directory, overlay.mounts())
+        if not stacked:
+            stackpoints._mount(store, images, point, point.current_instance())
+            done.append(f"mounted its current instance of {point.current!r}")
+            break
+        inst = instance_of_mount(store, point, stacked[-1])
+        if inst is None:
+            raise StackoError(f"something else is mounted at {directory}")
+        if inst.image == point.current and len(stacked) == 1:
+            break
+        overlay.umount(directory)
+        done.append(f"unmounted its instance of {inst.image!r}")
+    return ", then ".join(done) or "nothing left to do"
+
+
+def edit_mounts(store: Store, images: Dict[str, Image],
+                table: List[overlay.Mount]) -> List[Problem]:
+    problems = []
+    for m in table:
+        if os.path.dirname(m.mount_point) != store.edit_dir:
+            continue
+        name = os.path.basename(m.mount_point)
+        if name not in images:
+            problems.append(Problem(f"stale mount at {m.mount_point}: no image {name!r}",
+                                    lambda m=m: unmount(m.mount_point)))
+        else:
+            mode = "read-only" if m.read_only else "for editing"
+            problems.append(Problem(
+                f"image {name!r} is open {mode} at {m.mount_point} "
+                f"(edit-image without close-image)",
+                lambda m=m: unmount(m.mount_point) + " (as close-image does)"))
+    mounted = {m.mount_point for m in table}
+    for name in listdir(store.edit_dir):
+        path = store.edit_path(name)
+        if path not in mounted and is_empty(path):
+            problems.append(Problem(f"leftover empty directory {path}",
+                                    lambda path=path: remove_empty(path)))
+    return problems
+
+
+def unmount(path: str) -> str:
+    overlay.require_root("check --repair")
+    overlay.umount(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+    return f"unmounted {path}"
+
+
+def remove_empty(path: str) -> str:
+    os.rmdir(path)
+    return f"removed {path}"
+
+
+def stale_mounts(store: Store, named: Dict[str, str],
+                 table: List[overlay.Mount]) -> List[Problem]:
+    """Overlay mounts of layers that no record names (or under tmp/)."""
+    problems = []
+    for m in table:
+        if os.path.dirname(m.mount_point) == store.edit_dir:
+            continue          # edit_mounts() says what is wrong with those
+        unnamed = sorted(layer for layer in mount_layers(store, m) if layer not in named)
+        if unnamed:
+            problems.append(Problem(
+                f"stale mount at {m.mount_point}: it uses layer"
+                f"{'s' if len(unnamed) > 1 else ''} {', '.join(unnamed)} that no record names",
+                lambda m=m: unmount(m.mount_point)))
+        elif m.mount_point.startswith(store.tmp_dir + "/"):
+            problems.append(Problem(f"stale mount at {m.mount_point}",
+                                    lambda m=m: unmount(m.mount_point)))
+    return problems
+
+
+# --- records and directories -------------------------------------------------------
+def interrupted_commits(store: Store, images: Dict[str, Image],
+                        points: Dict[str, Stackpoint]) -> List[Problem]:
+    from stacko import changes
+    problems = []
+    for point_name, image_name, layer in changes.interrupted_commits(images, points):
+        problems.append(Problem(
+            f"layer {store.layer_path(layer)} is both image {image_name!r}'s and an instance of "
+            f"stackpoint {point_name!r} (an interrupted commit-stackpoint)",
+            lambda p=point_name, i=image_name, l=layer: finish_commit(store, p, i, l)))
+    return problems
+
+
+def finish_commit(store: Store, point_name: str, image_name: str, layer: str) -> str:
+    """Give the layer to the image for good: the stackpoint loses that instance and,
+    if it was current, gets a fresh instance of the image (same files as before)."""
+    images = store.load_images()
+    points = store.load_stackpoints()
+    point = points[point_name]
+    old = next(i for i in point.instances if i.layer == layer)
+    was_current = old.image == point.current
+    directory = store.stackpoint_dir(point)
+    mounted = stackpoints.mounted_instance(store, point)
+    if mounted is not None and mounted == old:
+        overlay.require_root("check --repair")
+        overlay.umount(directory)
+    else:
+        mounted = None
+    new = point.without_instance(old.image)
+    fresh = None
+    if was_current:
+        existing = new.instance(image_name)
+        if existing is None:
+            fresh = Instance(image=image_name, layer=store.new_layer(),
+                             created=images_mod.now())
+            new = new.with_instance(fresh)
+        new = replace(new, current=image_name)
+    try:
+        store.save_stackpoints({**points, point_name: new})
+    except BaseException:
+        if fresh is not None:
+            store.remove_layer(fresh.layer)
+        raise
+    done = f"the instance of {old.image!r} became image {image_name!r}"
+    if was_current:
+        done += f"; stackpoint {point_name!r} is on an instance of {image_name!r}"
+    if mounted is not None:
+        stackpoints._mount(store, images, new, new.current_instance())
+        done += ", mounted"
+    return done
+
+
+def missing_directories(store: Store, images: Dict[str, Image],
+                        points: Dict[str, Stackpoint]) -> List[Problem]:
+    problems = []
+    owners: List[Tuple[str, str]] = [(f"image {i.name!r}", i.layer)
+                                     for _, i in sorted(images.items())]
+    for name in sorted(points):
+        owners += [(f"the instance of {i.image!r} of stackpoint {name!r}", i.layer)
+                   for i in points[name].instances]
+    for what, layer in owners:
+        path = store.layer_path(layer)
+        if not os.path.isdir(path):
+            problems.append(Problem(
+                f"{what}: its layer {path} is missing",
+                cannot="its data is gone or on a filesystem that is not mounted; restore it, "
+                       "or delete the record with stacko's delete commands"))
+        elif not os.path.isdir(store.work_path(layer)):
+            problems.append(Problem(f"{what}: its workdir {store.work_path(layer)} is missing",
+                                    lambda layer=layer: make_workdir(store, layer)))
+    return problems
+
+
+def make_workdir(store: Store, layer: str) -> str:
+    os.makedirs(store.work_dir, mode=0o700, exist_ok=True)
+    os.mkdir(store.work_path(layer), 0o700)
+    return f"made {store.work_path(layer)}"
+
+
+def unnamed_layers(store: Store, named: Dict[str, str],
+                   table: List[overlay.Mount]) -> List[Problem]:
+    problems = []
+    used: Set[str] = set()
+    for m in table:
+        used |= mount_layers(store, m)
+    for layer in listdir(store.layers_dir):
+        if layer in named:
+            continue
+        path = store.layer_path(layer)
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            problems.append(Problem(f"{path} is not a layer directory",
+                                    cannot="stacko never makes one; look at it and remove it"))
+            continue
+        if layer in used:
+            problems.append(Problem(f"layer {path}: no record names it, and it is mounted",
+                                    cannot="unmount the stale mount first (see above)"))
+            continue
+        if is_empty(path):
+            problems.append(Problem(
+                f"layer {path}: no record names it (empty: left by an interrupted command)",
+                lambda layer=layer: remove_layer(store, layer)))
+        else:
+            problems.append(Problem(
+                f"layer {path}: no record names it, and it holds files "
+                "(left by an interrupted command)",
+                lambda layer=layer: keep_orphan(store, layer)))
+    for layer in listdir(store.work_dir):
+        if layer in named or os.path.lexists(store.layer_path(layer)):
+            continue
+        path = store.work_path(layer)
+        if layer in used or overlay.mounts_under(path, table):
+            problems.append(Problem(f"workdir {path}: its layer is gone, and it is mounted",
+                                    cannot="unmount the stale mount first"))
+            continue
+        problems.append(Problem(f"workdir {path} has no layer",
+                                lambda path=path: remove_path(path)))
+    return problems
+
+
+def remove_layer(store: Store, layer: str) -> str:
+    store.remove_layer(layer)
+    return f"removed it (and {store.work_path(layer)})"
+
+
+def remove_path(path: str) -> str:
+    if overlay.mounts_under(path):
+        raise StackoError(f"{path} has a mount beneath it")
+    remove_tree(path)
+    return "removed it"
+
+
+def keep_orphan(store: Store, layer: str) -> str:
+    """Keep the files, out of the way: <root>/orphans/ID."""
+    path = store.layer_path(layer)
+    if overlay.mounts_under(path):
+        raise StackoError(f"{path} has a mount beneath it")
+    orphans = os.path.join(store.root, ORPHANS)
+    os.makedirs(orphans, mode=0o700, exist_ok=True)
+    target = os.path.join(orphans, layer)
+    if os.path.lexists(target):
+        raise StackoError(f"{target} exists already")
+    os.rename(path, target)
+    remove_path(store.work_path(layer))
+    return f"kept its files: moved it to {target}; remove that when you no longer need it"
+
+
+def staging_leftovers(store: Store, table: List[overlay.Mount]) -> List[Problem]:
+    problems = []
+    exclusive = store._exclusive
+    for entry in listdir(store.tmp_dir):
+        path = os.path.join(store.tmp_dir, entry)
+        if not exclusive and staging_alive(entry):
+            continue      # an export (shared lock) at work right now
+        if overlay.mounts_under(path, table):
+            problems.append(Problem(f"leftover staging directory {path} has a mount beneath it",
+                                    cannot="unmount it first"))
+            continue
+        problems.append(Problem(f"leftover staging directory {path} (an interrupted "
+                                "import-image or export-image)",
+                                lambda path=path: remove_path(path)))
+    return problems
+
+
+def staging_alive(entry: str) -> bool:
+    """Whether the process named in import-PID-… / export-PID-… still runs."""
+    parts = entry.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    return os.path.exists(f"/proc/{parts[1]}")
