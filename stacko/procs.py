@@ -2,40 +2,51 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     pid: int
     command: str
 
 
-def _inside(path: str, mount_point: str, prefix: str) -> bool:
+def _inside(path: str, prefix: str) -> bool:
+    """Whether path is the mount point (prefix less its slash) or lies under it."""
     path = path.removesuffix(" (deleted)")
-    return path == mount_point or path.startswith(prefix)
+    return path == prefix[:-1] or path.startswith(prefix)
 
 
-def holders(mount_point: str, device: Optional[int] = None) -> List[Holder]:
-    """Processes whose cwd, root, open files or mapped files lie under mount_point.
+def holders(mount_point: Optional[str] = None, device: Optional[int] = None) -> List[Holder]:
+    """Processes whose cwd, root, executable, open files or mapped files lie under
+    mount_point (by path) or on device (by device number).
 
-    A link is counted by its path and, when device is given, by the device
-    number of the file it points to (which survives a lazy unmount).
+    The device number is how a detached mount, which has no path any more, is
+    found: overlayfs gives all its files the device number of its own superblock
+    when its layers share one filesystem, as stacko's layers under the root do.
     """
-    prefix = mount_point.rstrip("/") + "/"
+    prefix = mount_point.rstrip("/") + "/" if mount_point is not None else None
+    wanted = f"{os.major(device):02x}:{os.minor(device):02x}" if device is not None else None
+
+    def by_path(path: str) -> bool:
+        return prefix is not None and _inside(path, prefix)
+
     found: List[Holder] = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         base = f"/proc/{entry}"
-        if _holds(base, mount_point, prefix, device):
+        if _holds(base, by_path, device, wanted):
             found.append(Holder(int(entry), _command(base)))
     return sorted(found, key=lambda h: h.pid)
 
 
-def _holds(base: str, mount_point: str, prefix: str, device: Optional[int]) -> bool:
+def device_holders(device: int) -> List[Holder]:
+    return holders(device=device)
+
+
+def _holds(base: str, by_path: Callable[[str], bool], device: Optional[int],
+           wanted: Optional[str]) -> bool:
     links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
     try:
         links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
@@ -43,7 +54,7 @@ def _holds(base: str, mount_point: str, prefix: str, device: Optional[int]) -> b
         pass
     for link in links:
         try:
-            if _inside(os.readlink(link), mount_point, prefix):
+            if by_path(os.readlink(link)):
                 return True
             if device is not None and os.stat(link).st_dev == device:
                 return True
@@ -52,50 +63,8 @@ def _holds(base: str, mount_point: str, prefix: str, device: Optional[int]) -> b
     try:
         with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
-                fields = line.split(None, 5)
-                if len(fields) == 6 and _inside(fields[5].rstrip("\n"), mount_point, prefix):
-                    return True
-    except OSError:
-        pass
-    return False
-
-
-def device_holders(device: int) -> List[Holder]:
-    """Processes whose cwd, root, executable, open files or mapped files lie on
-    device: how a detached mount, which has no path any more, is found.
-
-    overlayfs gives all its files the device number of its own superblock when
-    its layers share one filesystem, as stacko's layers under the root do.
-    """
-    wanted = f"{os.major(device):02x}:{os.minor(device):02x}"
-    found: List[Holder] = []
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        base = f"/proc/{entry}"
-        if _on_device(base, device, wanted):
-            found.append(Holder(int(entry), _command(base)))
-    return sorted(found, key=lambda h: h.pid)
-
-
-def _on_device(base: str, device: int, wanted: str) -> bool:
-    links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
-    try:
-        links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
-    except OSError:
-        pass
-    for link in links:
-        try:
-            if os.stat(link).st_dev == device:
-                return True
-        except OSError:
-            continue
-    try:
-        with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
                 fields = line.split(None, 5)     # address perms offset dev inode path
-                if len(fields) == 6 and fields[3] == wanted:
+                if len(fields) == 6 and (fields[3] == wanted or by_path(fields[5].rstrip("\n"))):
                     return True
     except OSError:
         pass
