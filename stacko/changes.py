@@ -18,13 +18,13 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
 from stacko import overlay, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
-from stacko.records import Image, Instance, Stackpoint, check_name
+from stacko.records import Image, Instance, Stackpoint, check_name, replace
 from stacko.state import Store, locked, remove_tree
 
 OPAQUE = "trusted.overlay.opaque"

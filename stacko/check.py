@@ -26,13 +26,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
 from stacko import overlay, run, stackpoints
 from stacko.errors import StackoError
-from stacko.records import Image, Instance, Stackpoint
+from stacko.records import Image, Instance, Stackpoint, replace
 from stacko.state import Store, remove_tree
 
 ORPHANS = "orphans"       # <root>/orphans/ID: unnamed layers that held files

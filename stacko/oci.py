@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 from stacko import images as images_mod
@@ -28,7 +27,7 @@ from stacko.layertar import BadLayer, HostileArchive, unpack_layer
 from stacko.ociexport import write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
-from stacko.records import NAME_RE, Image, check_name
+from stacko.records import NAME_RE, Image, check_name, replace
 from stacko.state import Store, locked, remove_tree
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]

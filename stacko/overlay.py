@@ -30,21 +30,22 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, TypeVar, cast
+from typing import (TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Sequence, TypeVar,
+                    cast)
 
-from stacko import mountapi, procs, run
+from stacko import procs, run
 from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL
 PARAMETERS = "/sys/module/overlay/parameters"
 F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from stacko import mountapi
 MOUNT_ENV = {"LIBMOUNT_FORCE_MOUNT2": "always"}
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     mount_id: int
     parent_id: int
     device: str              # "major:minor"
@@ -166,6 +167,7 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                   upper: Optional[str] = None, work: Optional[str] = None,
                   read_only: bool = False) -> None:
     """Mount one overlay at target; layer paths are relative to layers_dir."""
+    from stacko import mountapi     # here: ctypes is not needed to read the mount table
     if mountapi.supports_new_api():
         params = new_api_parameters(layers_dir, lowers, upper, work)
         try:
@@ -195,6 +197,7 @@ def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: Optional[s
 
     def absolute(path: str) -> str:
         return os.path.normpath(os.path.join(layers_dir, path))
+    from stacko import mountapi
     return mountapi.overlay_parameters(
         [absolute(p) for p in lowers],
         # The kernel unescapes upperdir and workdir (ovl_mount_dir) but not lowerdir+.
@@ -213,6 +216,7 @@ def check_depth(lowers: Sequence[str]) -> None:
 def gapless_switch() -> bool:
     """Whether a mounted directory can be switched to another overlay without a
     moment in which it shows nothing (MOVE_MOUNT_BENEATH, Linux 6.5)."""
+    from stacko import mountapi
     return mountapi.supports_beneath()
 
 
@@ -220,6 +224,7 @@ def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: Optional[str]
                     work: Optional[str]) -> mountapi.PreparedOverlay:
     """A detached overlay, not yet visible anywhere (for replace: see mountapi)."""
     try:
+        from stacko import mountapi
         return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work))
     except MountFailed as e:
         raise MountFailed(f"cannot build the new mount: {e.message}", hint=kernel_hint(),
@@ -228,6 +233,7 @@ def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: Optional[str]
 
 def detach_top(target: str) -> None:
     """Detach the top mount at target lazily (its holders keep it)."""
+    from stacko import mountapi
     mountapi.detach_top(target)
 
 

@@ -1,11 +1,23 @@
-"""The records kept in the metadata files, and the rules for names."""
+"""The records kept in the metadata files, and the rules for names.
+
+Records are typed NamedTuples, immutable like frozen dataclasses, because every
+stacko command loads them and importing dataclasses (with inspect) would cost
+more than a listing's whole work; ``replace`` changes fields as
+dataclasses.replace does."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, TypeVar
 
 from stacko.errors import CorruptState, InvalidName
+
+R = TypeVar("R", bound=tuple)
+
+
+def replace(record: R, **changes: Any) -> R:
+    """A copy of record with some fields changed."""
+    return record._replace(**changes)  # type: ignore[attr-defined]
+
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
@@ -29,8 +41,7 @@ def _get(data: Dict[str, Any], key: str, kind: type, source: str, optional: bool
     return value
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     name: str
     layer: str
     parent: Optional[str] = None
@@ -54,8 +65,7 @@ class Image:
                    diff_id=_get(data, "diff_id", str, source, optional=True))
 
 
-@dataclass(frozen=True)
-class Instance:
+class Instance(NamedTuple):
     image: str
     layer: str
     created: str = ""
@@ -71,8 +81,7 @@ class Instance:
                    created=data.get("created") or "")
 
 
-@dataclass(frozen=True)
-class DetachedMount:
+class DetachedMount(NamedTuple):
     """An earlier mount of an instance, detached from the stackpoint's directory
     by a gapless switch while processes may still hold files in it.  Until they
     let go it still writes the instance's upper layer, so the instance must not
@@ -93,13 +102,12 @@ class DetachedMount:
                    boot_id=_get(data, "boot_id", str, source))
 
 
-@dataclass(frozen=True)
-class Stackpoint:
+class Stackpoint(NamedTuple):
     name: str
     current: str
     path: Optional[str] = None          # None: <root>/stackpoints/<name>
     history: Tuple[str, ...] = ()       # earlier current images, oldest first
-    instances: Tuple[Instance, ...] = field(default_factory=tuple)
+    instances: Tuple[Instance, ...] = ()
     detached: Tuple[DetachedMount, ...] = ()   # earlier mounts that may still be held
 
     def instance(self, image: str) -> Optional[Instance]:
@@ -115,10 +123,10 @@ class Stackpoint:
 
     def with_instance(self, inst: Instance) -> "Stackpoint":
         others = tuple(i for i in self.instances if i.image != inst.image)
-        return replace(self, instances=others + (inst,))
+        return self._replace(instances=others + (inst,))
 
     def without_instance(self, image: str) -> "Stackpoint":
-        return replace(self, instances=tuple(i for i in self.instances if i.image != image),
+        return self._replace(instances=tuple(i for i in self.instances if i.image != image),
                        history=tuple(h for h in self.history if h != image),
                        detached=tuple(d for d in self.detached if d.image != image))
 
@@ -127,7 +135,7 @@ class Stackpoint:
         if image == self.current:
             return self
         history = tuple(h for h in self.history if h not in (image, self.current))
-        return replace(self, current=image, history=history + (self.current,))
+        return self._replace(current=image, history=history + (self.current,))
 
     def to_dict(self) -> Dict[str, Any]:
         data = {"name": self.name, "current": self.current, "path": self.path,

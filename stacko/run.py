@@ -9,8 +9,7 @@ import contextlib
 import os
 import shlex
 import sys
-from dataclasses import dataclass
-from typing import IO, Callable, Iterator, List, Mapping, Optional, Sequence
+from typing import IO, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 from stacko.errors import CommandFailed
 
@@ -27,8 +26,7 @@ def debug(message: str) -> None:
         log(message)
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     argv: tuple
     returncode: int
     stdout: str

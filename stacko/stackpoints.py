@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from stacko import images as images_mod
 from stacko import overlay, procs, run
 from stacko.errors import (AlreadyExists, HeldByProcesses, InstanceNotFound, StackoError,
                            StackpointBusy, StackpointNotFound, UsageError)
-from stacko.records import DetachedMount, Image, Instance, Stackpoint, check_name
+from stacko.records import DetachedMount, Image, Instance, Stackpoint, check_name, replace
 from stacko.state import Store, locked
 
 
@@ -341,8 +340,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     store.remove_layer(inst.layer)
 
 
-@dataclass(frozen=True)
-class StackpointInfo:
+class StackpointInfo(NamedTuple):
     point: Stackpoint
     directory: str
     mounted: Optional[str]     # the image whose instance is mounted
