@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import textwrap
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from stacko import __version__
@@ -329,6 +328,7 @@ def wanted_command(argv: Sequence[str]) -> Optional[Command]:
 def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
     """The whole parser, or (for speed at every start) one with just the command
     that was asked for; help and usage errors get the whole one."""
+    import textwrap   # here: only help needs it, and every start would pay for it
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="stacko", parents=[common],
