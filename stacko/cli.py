@@ -325,20 +325,25 @@ def wanted_command(argv: Sequence[str]) -> Optional[Command]:
     return None
 
 
+def command_groups() -> str:
+    """The epilog of the whole parser's help: the commands by group."""
+    import textwrap   # here: only the help shows it, and every start would pay for it
+    return "\n".join(textwrap.fill(", ".join(names.split()), width=78, initial_indent=title,
+                                   subsequent_indent="    ", break_on_hyphens=False)
+                     for title, names in (("image commands: ", IMAGE_COMMANDS),
+                                          ("stackpoint commands: ", POINT_COMMANDS),
+                                          ("changes and upkeep: ", UPKEEP_COMMANDS)))
+
+
 def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
     """The whole parser, or (for speed at every start) one with just the command
     that was asked for; help and usage errors get the whole one."""
-    import textwrap   # here: only help needs it, and every start would pay for it
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="stacko", parents=[common],
         description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(textwrap.fill(", ".join(names.split()), width=78, initial_indent=title,
-                                       subsequent_indent="    ", break_on_hyphens=False)
-                         for title, names in (("image commands: ", IMAGE_COMMANDS),
-                                              ("stackpoint commands: ", POINT_COMMANDS),
-                                              ("changes and upkeep: ", UPKEEP_COMMANDS))))
+        epilog=command_groups() if only is None else None)
     parser.add_argument("--version", action="version", version=f"stacko {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for command in COMMANDS if only is None else [only]:
