@@ -24,7 +24,6 @@ import ctypes
 import errno
 import functools
 import os
-import platform
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -118,7 +117,7 @@ def fs_log(fd: int) -> List[str]:
 
 # --- what this kernel can do ---------------------------------------------------
 def kernel_version(release: Optional[str] = None) -> Tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", platform.release() if release is None else release)
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release if release is None else release)
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
@@ -139,7 +138,7 @@ def _probe_new_api() -> bool:
 
     Nothing is created: the context is closed before FSCONFIG_CMD_CREATE.
     """
-    if platform.machine() not in ARCHITECTURES:
+    if os.uname().machine not in ARCHITECTURES:
         return False
     try:
         fd = fsopen("overlay")

@@ -97,8 +97,27 @@ def _held(store: Store, point: Stackpoint, record: DetachedMount,
                     m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)):
                 return f"a mount at {m.mount_point}"
             return ""
-    found = procs.device_holders(record.device)
+    found = [h for h in procs.device_holders(record.device)
+             if not _reused_in_namespace_of(h.pid, record.device, store, inst)]
     return procs.describe(found) if found else ""
+
+
+def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Optional[Instance]) -> bool:
+    """Whether pid's files on device belong to another filesystem that is mounted
+    in pid's own mount namespace: device numbers are freed with a superblock and
+    soon handed to the next one, maybe in a namespace whose table we cannot see.
+    Our detached overlay is in no namespace's table, unless a copy of it is still
+    attached there (then its upperdir is this instance's layer)."""
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            table = overlay.parse_mountinfo(f.read())
+    except OSError:
+        return False
+    for m in table:
+        if overlay.device_number(m) == device:
+            return not (inst is not None and m.fstype == "overlay" and
+                        m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)))
+    return False
 
 
 def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) -> Stackpoint:
