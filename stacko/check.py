@@ -150,20 +150,6 @@ def mount_layers(store: Store, m: overlay.Mount) -> Set[str]:
     return found
 
 
-def mounts_at(path: str, table: List[overlay.Mount]) -> List[overlay.Mount]:
-    """The mounts stacked at path, bottom first (a mount put beneath another,
-    by a gapless switch, is the parent of the one above it)."""
-    here = [m for m in table if m.mount_point == path]
-    ids = {m.mount_id for m in here}
-    bottom = [m for m in here if m.parent_id not in ids]
-    ordered: List[overlay.Mount] = []
-    while bottom:
-        m = bottom.pop()
-        ordered.append(m)
-        bottom += [n for n in here if n.parent_id == m.mount_id and n not in ordered]
-    return ordered + [m for m in here if m not in ordered]
-
-
 def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Optional[Instance]:
     upper = m.option("upperdir") if m.fstype == "overlay" else None
     for inst in point.instances:
@@ -178,7 +164,7 @@ def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, 
     for name in sorted(points):
         point = points[name]
         directory = store.stackpoint_dir(point)
-        stacked = mounts_at(directory, table)
+        stacked = overlay.stacked_at(directory, table)
         if not stacked:
             continue
         top = stacked[-1]
@@ -203,7 +189,7 @@ def remount_current(store: Store, images: Dict[str, Image], point: Stackpoint) -
     directory = store.stackpoint_dir(point)
     done = []
     for _ in range(16):
-        stacked = mounts_at(directory, overlay.mounts())
+        stacked = overlay.stacked_at(directory, overlay.mounts())
         if not stacked:
             stackpoints._mount(store, images, point, point.current_instance())
             done.append(f"mounted its current instance of {point.current!r}")

@@ -28,7 +28,12 @@ def store(args: argparse.Namespace) -> Store:
 
 
 def out(line: str) -> None:
-    print(line, flush=True)
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        raise                   # main() ends quietly: the reader went away
+    except OSError as e:        # stdout on a full or failing disk
+        raise StackoError(f"cannot write to stdout: {e.strerror or e}") from None
 
 
 def print_json(data: Any) -> None:

@@ -100,7 +100,13 @@ class Unpacker:
         try:
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
                 for member in tar:
-                    self._member(tar, member)
+                    try:
+                        self._member(tar, member)
+                    except (ValueError, OverflowError) as e:
+                        # A NUL in a PAX name or link target, an owner or a time
+                        # beyond what the system can store.
+                        raise BadLayer(f"archive member {member.name!r} has an impossible "
+                                       f"value ({e}); refusing it") from None
         except tarfile.TarError as e:
             raise BadLayer(f"the layer is not a valid tar archive: {e}") from None
         except EOFError:
@@ -278,6 +284,8 @@ def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = ()) -> No
         Unpacker(root, lowers).unpack(stream)
     except OSError as e:
         raise BadLayer(f"cannot unpack into {e.filename or root}: {e.strerror}") from None
+    except (ValueError, OverflowError) as e:      # a directory's owner or time, set last
+        raise BadLayer(f"the layer has an impossible value ({e}); refusing it") from None
 
 
 # --- packing -------------------------------------------------------------------

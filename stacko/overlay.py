@@ -104,12 +104,24 @@ def mounts() -> List[Mount]:
 
 
 def find_mount(path: str, table: Optional[List[Mount]] = None) -> Optional[Mount]:
-    """The mount on top at path (the last one mounted there), if any."""
-    found = None
-    for m in table if table is not None else mounts():
-        if m.mount_point == path:
-            found = m
-    return found
+    """The mount on top at path (the one that shows there), if any."""
+    stacked = stacked_at(path, table)
+    return stacked[-1] if stacked else None
+
+
+def stacked_at(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
+    """The mounts at path, bottom first.  A mount put beneath another
+    (MOVE_MOUNT_BENEATH) is listed after it but is its parent, so the order
+    comes from the parent ids, not from the order of the table."""
+    here = [m for m in (table if table is not None else mounts()) if m.mount_point == path]
+    ids = {m.mount_id for m in here}
+    todo = [m for m in here if m.parent_id not in ids]
+    ordered: List[Mount] = []
+    while todo:
+        m = todo.pop()
+        ordered.append(m)
+        todo += [n for n in here if n.parent_id == m.mount_id and n not in ordered]
+    return ordered + [m for m in here if m not in ordered]      # a loop: never
 
 
 def mounts_under(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:

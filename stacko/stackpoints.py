@@ -45,6 +45,11 @@ def mounted_instance(store: Store, point: Stackpoint,
                          hint=f"unmount it with `umount {directory}` first")
 
 
+def _is_instance(store: Store, m: overlay.Mount, inst: Instance) -> bool:
+    return m.fstype == "overlay" and \
+        m.option("upperdir") in (inst.layer, store.layer_path(inst.layer))
+
+
 def _new_instance(store: Store, images: Dict[str, Image], point_name: str, image: str) -> Instance:
     images_mod.refuse_if_editing(store, images, image, f"make an instance of {image!r}")
     return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
@@ -204,10 +209,18 @@ def mount_stackpoint(store: Store, name: str) -> str:
     if mounted is not None and mounted.image == point.current:
         return store.stackpoint_dir(point)
     if mounted is not None:
-        raise StackpointBusy(
-            f"stackpoint {name!r} has its instance of {mounted.image!r} mounted, "
-            f"but its current instance is of {point.current!r}",
-            hint=f"run `stacko umount-stackpoint {name}`, then mount it again")
+        # A switch killed between recording the new instance and mounting it
+        # left the old one mounted: finish it as the switch would have (the
+        # record is already right, so only the mount changes).
+        directory = store.stackpoint_dir(point)
+        stacked = overlay.stacked_at(directory)
+        if len(stacked) > 1 and _is_instance(store, stacked[-2], point.current_instance()):
+            # Killed after the new mount went beneath the old one: detach the old.
+            overlay.detach_top(directory)
+            return directory
+        points = store.load_stackpoints()
+        _switch(store, images, points, point, None, mount=True, action="mount-stackpoint")
+        return store.stackpoint_dir(point)
     return _mount(store, images, point, point.current_instance())
 
 

@@ -258,6 +258,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         if isinstance(e, OSError):
             raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    # The new file is in place: failing now would tell the caller that nothing
+    # changed while it did, and its undo would unmake what the file records (a
+    # listed image without its layer).  Should the rename not reach the disk, a
+    # power cut leaves the old file, which is what a crash just before the rename
+    # leaves: every command is ordered for that.  So this is a warning.
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -265,7 +270,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         finally:
             os.close(dfd)
     except OSError as e:
-        raise StackoError(f"cannot sync {directory}: {e.strerror}") from None
+        print(f"stacko: warning: cannot sync {directory}: {e.strerror}; {path} is written "
+              "but may not survive a power cut", file=sys.stderr)
 
 
 def wait_for_lock(fd: int, how: int, path: str) -> None:
