@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Dict, List, NamedTuple, Optional
 
 from stacko import images as images_mod
@@ -117,12 +118,15 @@ def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Optional[
         with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             table = overlay.parse_mountinfo(f.read())
     except OSError:
-        return False
+        return True          # it has exited since: it holds nothing
     for m in table:
         if overlay.device_number(m) == device:
             return not (inst is not None and m.fstype == "overlay" and
                         m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)))
     return False
+
+
+GRACE = (0.05, 0.1, 0.2, 0.4)     # seconds between the checks before a refusal
 
 
 def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) -> Stackpoint:
@@ -134,6 +138,11 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
     keep = []
     for record in point.detached:
         holders = _held(store, point, record, table)
+        for delay in GRACE if holders and record.image == image else ():
+            time.sleep(delay)    # a reader that had a file open at the switch closes it
+            holders = _held(store, point, record, table)
+            if not holders:
+                break
         if holders and record.image == image:
             raise HeldByProcesses(
                 f"{action}: the instance of {image!r} of stackpoint {point.name!r} is still "
