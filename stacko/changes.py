@@ -371,6 +371,10 @@ def prune(store: Store, name: str, keep: int) -> List[str]:
         raise StackpointBusy(f"the instance of {mounted.image!r} is mounted at "
                              f"{store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
+    for image in doomed:
+        # An instance whose mount a gapless switch detached may still be written
+        # by the processes that hold it: its data must stay.
+        point = stackpoints._refuse_if_held(store, point, image, "prune-stackpoint")
     pruned = point
     for image in doomed:
         pruned = pruned.without_instance(image)

@@ -238,7 +238,8 @@ def test_instance_with_held_detached_mount_is_refused(stacko: Runner, root: Path
     before = snapshot(root)
     pid = str(reader[0].proc.pid)
     for argv in (["fallback-stackpoint", "p"], ["set-stackpoint-instance", "p", "a"],
-                 ["cutover-stackpoint", "p", "a"], ["delete-stackpoint-instance", "p", "a"]):
+                 ["cutover-stackpoint", "p", "a"], ["delete-stackpoint-instance", "p", "a"],
+                 ["prune-stackpoint", "p", "--keep", "0"]):
         r = stacko(*argv, rc=1)
         assert f"{pid} (python" in r.stderr and "'a'" in r.stderr, r.stderr
         assert snapshot(root) == before
