@@ -27,6 +27,7 @@ Kernel facts this module relies on:
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -276,6 +277,18 @@ def kernel_hint() -> Optional[str]:
 
 def umount(target: str, lazy: bool = False) -> None:
     """Unmount target; when it is busy, name the processes that hold it."""
+    from stacko import mountapi
+    if mountapi.supports_new_api():       # then umount2 is at hand too: no umount(8) to start
+        run.debug(f"+ [mount API] umount2 {target}" + (" MNT_DETACH" if lazy else ""))
+        try:
+            mountapi.umount2(target, mountapi.MNT_DETACH if lazy else 0)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise MountBusy(f"{target} is busy: {busy_reason(target)}",
+                                hint="stop those processes, or unmount with --lazy") from None
+            raise MountFailed(f"cannot unmount {target}: {mountapi.errno_name(e.errno)} "
+                              f"({e.strerror})", errno=e.errno or 0) from None
+        return
     argv = ["umount"] + (["--lazy"] if lazy else []) + [target]
     try:
         run.run(argv)
