@@ -123,3 +123,13 @@ def groups(cmds: Sequence[Command]) -> List[Tuple[str, List[Command]]]:
     if by_name:
         out.append(("OTHER COMMANDS", list(by_name.values())))
     return out
+
+
+def emit(text: str, argv: List[str]) -> int:
+    """A generator's output: to the file named by argv[1], else to stdout."""
+    if len(argv) > 1 and argv[1] != "-":
+        with open(argv[1], "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -156,13 +156,7 @@ def render() -> str:
 
 
 def main(argv: List[str]) -> int:
-    text = render()
-    if len(argv) > 1 and argv[1] != "-":
-        with open(argv[1], "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return cliref.emit(render(), argv)
 
 
 if __name__ == "__main__":
