@@ -146,8 +146,8 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
         if holders and record.image == image:
             raise HeldByProcesses(
                 f"{action}: the instance of {image!r} of stackpoint {point.name!r} is still "
-                f"mounted from before a gapless switch, detached from "
-                f"{store.stackpoint_dir(point)} but used by {holders}",
+                f"mounted, detached from {store.stackpoint_dir(point)} (by a gapless switch "
+                f"or a lazy unmount) but used by {holders}",
                 hint="two mounts must never write one upper layer: stop those processes "
                      "(or let them close the old files), then try again")
         if holders:
@@ -230,16 +230,34 @@ def mount_stackpoint(store: Store, name: str) -> str:
         points = store.load_stackpoints()
         _switch(store, images, points, point, None, mount=True, action="mount-stackpoint")
         return store.stackpoint_dir(point)
+    _refuse_if_held(store, point, point.current, "mount-stackpoint")
     return _mount(store, images, point, point.current_instance())
 
 
 @overlay.needs_root("umount-stackpoint")
 @locked(exclusive=True)
 def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
-    point = get(store.load_stackpoints(), name)
-    if mounted_instance(store, point) is None:
+    points = store.load_stackpoints()
+    point = get(points, name)
+    mounted = mounted_instance(store, point)
+    if mounted is None:
         return
-    overlay.umount(store.stackpoint_dir(point), lazy=lazy)
+    directory = store.stackpoint_dir(point)
+    if not lazy:
+        overlay.umount(directory)
+        return
+    # A lazily detached mount lives on while processes hold it, and it still
+    # writes the instance's upper layer: record it, as a gapless switch does, so
+    # that the instance is not mounted again (or committed) until they let go.
+    top = overlay.find_mount(directory)
+    assert top is not None, f"{directory} was mounted a moment ago"
+    record = DetachedMount(mounted.image, overlay.device_number(top), overlay.boot_id())
+    store.save_stackpoints({**points, name: replace(point, detached=point.detached + (record,))})
+    try:
+        overlay.umount(directory, lazy=True)
+    except BaseException:
+        store.save_stackpoints(points)
+        raise
 
 
 @locked(exclusive=False)

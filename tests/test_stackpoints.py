@@ -229,3 +229,23 @@ def test_something_else_mounted_on_the_directory_is_not_taken_for_the_stackpoint
         assert "tmpfs" in stacko("mount-stackpoint", "sys", rc=1).stderr
     finally:
         subprocess.run(["umount", d], check=True)
+
+
+@pytest.mark.parametrize("api", ["legacy", "auto"])
+def test_a_lazily_unmounted_instance_still_held_is_not_mounted_twice(two_apps, root, api) -> None:
+    stacko = two_apps
+    env = {"STACKO_MOUNT_API": api}
+    d = stacko("mount-stackpoint", "sys", env=env).out
+    holder = subprocess.Popen(["sleep", "60"], cwd=d)
+    try:
+        time.sleep(0.2)
+        stacko("umount-stackpoint", "sys", "--lazy", env=env)
+        stacko("is-stackpoint-mounted", "sys", rc=1)
+        before = snapshot(root)
+        r = stacko("mount-stackpoint", "sys", rc=1, env=env)
+        assert f"{holder.pid} (sleep)" in r.stderr and "lazy" in r.stderr
+        assert snapshot(root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (Path(stacko("mount-stackpoint", "sys", env=env).out) / "app").read_text() == "one"
