@@ -11,10 +11,4 @@ for tool in mount unshare; do
     command -v "$tool" >/dev/null 2>&1 || want+=(util-linux)
 done
 [ ${#want[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-    echo "stacko: install ${want[*]} first (as root: apt-get install ${want[*]})" >&2
-    exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${want[@]}" >/dev/null
+exec "$(dirname "$0")/apt-install.sh" "${want[@]}"
