@@ -284,8 +284,7 @@ def umount(target: str, lazy: bool = False) -> None:
             mountapi.umount2(target, mountapi.MNT_DETACH if lazy else 0)
         except OSError as e:
             if e.errno == errno.EBUSY:
-                raise MountBusy(f"{target} is busy: {busy_reason(target)}",
-                                hint="stop those processes, or unmount with --lazy") from None
+                raise busy(target) from None
             raise MountFailed(f"cannot unmount {target}: {mountapi.errno_name(e.errno)} "
                               f"({e.strerror})", errno=e.errno or 0) from None
         return
@@ -294,18 +293,23 @@ def umount(target: str, lazy: bool = False) -> None:
         run.run(argv)
     except CommandFailed as e:
         if "busy" in e.stderr:
-            raise MountBusy(f"{target} is busy: {busy_reason(target)}",
-                            hint="stop those processes, or unmount with --lazy") from None
+            raise busy(target) from None
         raise CommandFailed(f"cannot unmount {target}: {e.stderr.strip() or e.message}",
                             returncode=e.returncode, stderr=e.stderr) from None
 
 
+def busy(target: str) -> MountBusy:
+    """The error for an unmount the kernel refused with EBUSY, whichever path asked."""
+    return MountBusy(f"{target} is busy: {busy_reason(target)}",
+                     hint="stop those processes, or unmount with --lazy")
+
+
 def busy_reason(target: str) -> str:
-    users: List[str] = [f"{p.pid} ({p.command})" for p in procs.holders(target)]
+    users = procs.holders(target)
     beneath = [m.mount_point for m in mounts_under(target) if m.mount_point != target]
     reasons = []
     if users:
-        reasons.append("used by process" + ("es " if len(users) > 1 else " ") + ", ".join(users))
+        reasons.append("used by " + procs.describe(users))
     if beneath:
         reasons.append("mounts beneath it: " + ", ".join(beneath))
     return "; ".join(reasons) or "held by the kernel or a process stacko cannot see"

@@ -105,7 +105,9 @@ def test_cutover_of_an_unmounted_stackpoint_mounts_it(two_apps) -> None:
     assert stacko("cutover-stackpoint", "sys", "apps-2.0").out == d    # to the current: no-op
 
 
-def test_busy_umount_names_the_process_and_lazy_detaches(two_apps) -> None:
+@pytest.mark.parametrize("api", ["legacy", "auto"])     # umount(8), or umount2 itself
+def test_busy_umount_names_the_process_and_lazy_detaches(two_apps, monkeypatch, api) -> None:
+    monkeypatch.setenv("STACKO_MOUNT_API", api)
     stacko = two_apps
     d = stacko("mount-stackpoint", "sys").out
     holder = subprocess.Popen(["sleep", "60"], cwd=d)
