@@ -18,7 +18,6 @@ cannot run, its baselines are None.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -192,36 +191,7 @@ def layer_tar(index: int, files: int, size: int) -> bytes:
 def make_archive(target: Path, layers: int, files: int = 1, size: int = 64,
                  name: str = "bench") -> None:
     """An OCI archive (oci-archive tar) of layers uncompressed layers."""
-    blobs: Dict[str, bytes] = {}
-
-    def put(data: bytes) -> Dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"digest": "sha256:" + digest, "size": len(data)}
-
-    descriptors, diff_ids = [], []
-    for i in range(layers):
-        tar = layer_tar(i, files, size)
-        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", **put(tar)})
-    config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           **put(json.dumps(config).encode())},
-                "layers": descriptors}
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        **put(json.dumps(manifest).encode()),
-        "annotations": {"org.opencontainers.image.ref.name": name}}]}
-    members = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
-               "index.json": json.dumps(index).encode()}
-    members.update({f"blobs/sha256/{d}": data for d, data in blobs.items()})
-    with tarfile.open(target, "w") as tar:
-        for member, data in members.items():
-            info = tarfile.TarInfo(member)
-            info.size, info.mtime = len(data), 0
-            tar.addfile(info, io.BytesIO(data))
+    common.write_oci_archive(target, [layer_tar(i, files, size) for i in range(layers)], name)
 
 
 class Podman:

@@ -8,7 +8,6 @@ podman runs with a throw-away storage root; without podman the baseline is None.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,9 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
+
+import common
 
 TITLE = "OCI import and export (medium image: 3 layers, ~3000 files, ~40 MB)"
 REPEAT = 3
@@ -49,37 +50,10 @@ def _layer(seed: int, files: int, size: int) -> bytes:
 
 
 def make_archive(target: Path) -> None:
-    layout = target.with_suffix(".layout")
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> Dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": "sha256:" + digest, "size": len(data)}
-
-    layers, diff_ids = [], []
-    for seed, files in ((1, 2000), (2, 800), (3, 200)):
-        tar = _layer(seed, files, 13_000)
-        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       **put(gzip.compress(tar, compresslevel=6, mtime=0))})
-    config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           **put(json.dumps(config).encode())},
-                "layers": layers}
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        **put(json.dumps(manifest).encode()),
-        "annotations": {"org.opencontainers.image.ref.name": "medium"}}]}
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    with tarfile.open(target, "w") as tar:
-        for entry in ("oci-layout", "index.json", "blobs"):
-            tar.add(layout / entry, arcname=entry)
-    shutil.rmtree(layout)
+    tars = [_layer(seed, files, 13_000) for seed, files in ((1, 2000), (2, 800), (3, 200))]
+    common.write_oci_archive(target, tars, "medium",
+                             compress=lambda t: gzip.compress(t, compresslevel=6, mtime=0),
+                             media_type="application/vnd.oci.image.layer.v1.tar+gzip")
 
 
 def timed(argv: Sequence[str], setup=None) -> float:

@@ -7,12 +7,16 @@ of subprocesses.  Nothing here is a test: no figure is ever asserted.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -210,3 +214,38 @@ def machine_info() -> Dict[str, object]:
             "executable": sys.executable, "mount": mount_version,
             "loadavg": list(load) if load else None,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_oci_archive(target: "os.PathLike[str]", layer_tars: Sequence[bytes], name: str,
+                      compress: Optional[Callable[[bytes], bytes]] = None,
+                      media_type: str = "application/vnd.oci.image.layer.v1.tar") -> None:
+    """An oci-archive (OCI layout in a tar) of the given layer tars, bottom first;
+    compress (e.g. gzip) is applied to each layer blob, media_type names it."""
+    blobs: Dict[str, bytes] = {}
+
+    def put(data: bytes) -> Dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return {"digest": "sha256:" + digest, "size": len(data)}
+
+    descriptors = [{"mediaType": media_type, **put(compress(t) if compress else t)}
+                   for t in layer_tars]
+    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in layer_tars]
+    config = {"architecture": "amd64", "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           **put(json.dumps(config).encode())},
+                "layers": descriptors}
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **put(json.dumps(manifest).encode()),
+        "annotations": {"org.opencontainers.image.ref.name": name}}]}
+    members = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+               "index.json": json.dumps(index).encode()}
+    members.update({f"blobs/sha256/{d}": data for d, data in blobs.items()})
+    with tarfile.open(target, "w") as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))

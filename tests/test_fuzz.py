@@ -21,14 +21,14 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Runner, _mounts_under, run_stacko, snapshot
-from ocigen import d, f, fifo, hard, layer_tar, sym, write_layout
+from ocigen import d, f, fifo, hard, layer_tar, sym
 
 IS_ROOT = os.geteuid() == 0
 REPO = str(Path(__file__).resolve().parent.parent)
