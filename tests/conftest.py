@@ -8,7 +8,10 @@ that no test can ever mount on the host.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
+import random
+import tarfile
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -141,3 +144,15 @@ def populate(stacko: Runner, image: str, files: Dict[str, str], parent: Optional
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     stacko("close-image", image)
+
+
+def random_tar(path: Path, files: int, size: int, dirs: int = 0, seed: int = 1) -> Path:
+    """A rootfs tarball of incompressible files (in dirs directories when dirs > 0)."""
+    rng = random.Random(seed)
+    with tarfile.open(path, "w") as tar:
+        for n in range(files):
+            data = rng.randbytes(size)
+            info = tarfile.TarInfo(f"d{n % dirs}/f{n}" if dirs else f"f{n}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

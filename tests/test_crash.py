@@ -27,14 +27,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import _mounts_under
+from conftest import _mounts_under, random_tar
 
 pytestmark = pytest.mark.mounts
 
@@ -254,15 +253,7 @@ class DeleteStackpoint(Scenario):
 @pytest.fixture(scope="module")
 def big_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rootfs tarball big enough that an import takes a while (16 MB, 800 files)."""
-    path = tmp_path_factory.mktemp("archive") / "big.tar"
-    rng = random.Random(1)
-    with tarfile.open(path, "w") as tar:
-        for n in range(800):
-            data = rng.randbytes(20_000)
-            info = tarfile.TarInfo(f"d{n % 40}/f{n}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return random_tar(tmp_path_factory.mktemp("archive") / "big.tar", 800, 20_000, dirs=40)
 
 
 class Import(Scenario):

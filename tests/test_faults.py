@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import _mounts_under
+from conftest import _mounts_under, random_tar
 from test_crash import (BASE, REPO, SCENARIOS, Scenario, image, images_listed, run_injected,
                         strace_argv, sto, unmount_all)
 
@@ -179,13 +179,7 @@ def test_import_that_does_not_fit(small_disk: Path, workdir: Path) -> None:
     root = small_disk / "root"
     image(root, "base", BASE)
     image(root, "old", {"data/keep": "old data"}, "base")
-    archive = workdir / "big.tar"
-    with tarfile.open(archive, "w") as tar:
-        for n in range(40):
-            data = os.urandom(200_000)
-            info = tarfile.TarInfo(f"f{n}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    archive = random_tar(workdir / "big.tar", 40, 200_000)
     before = state(root)
     status, out, err = sto(root, "import-image", "big", str(archive), "base", rc=None)
     assert status == 1, (out, err)
