@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,3 +112,31 @@ def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
         holder.kill()
         holder.wait()
     assert stacko("list-images").out.split() == ["base", "waited"]
+
+
+@pytest.mark.parametrize("signum, status, says", [(signal.SIGTERM, 1, "terminated"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_ends_a_waiting_command_cleanly(stacko, root, signum, status, says) -> None:
+    stacko("new-image", "base")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.readline()\n"), str(root / "lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        before = snapshot(root)
+        waiter = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root),
+                                   "new-image", "never"], stderr=subprocess.PIPE,
+                                  env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+        time.sleep(1.5)                      # it is waiting for the lock by now
+        waiter.send_signal(signum)
+        err = waiter.communicate(timeout=30)[1].decode()
+        assert waiter.returncode == status, err
+        assert says in err and "Traceback" not in err
+        assert snapshot(root) == before
+    finally:
+        holder.kill()
+        holder.wait()
