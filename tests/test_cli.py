@@ -52,6 +52,10 @@ def test_version_and_help_need_no_root_and_no_state(tmp_path, capsys) -> None:
 def test_every_contract_command_is_there() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(ALL_COMMANDS) <= set(sub.choices)
+    # the help's groups (and the man page's) name each command of the table once
+    from stacko import cli
+    grouped = (cli.IMAGE_COMMANDS + " " + cli.POINT_COMMANDS + " " + cli.UPKEEP_COMMANDS).split()
+    assert sorted(grouped) == sorted(c.name for c in cli.COMMANDS)
 
 
 def test_usage_errors_exit_2(root) -> None:
