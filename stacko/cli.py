@@ -232,76 +232,116 @@ def non_negative(text: str) -> int:
     return value
 
 
-NAME = arg("name", metavar="NAME", type=name)
-PARENT = arg("parent", metavar="PARENT", type=name, nargs="?")
-POINT = arg("point", metavar="POINT", type=name)
-IMAGE = arg("image", metavar="IMAGE", type=name)
+def described(argument: Arg, help: str) -> Arg:
+    """argument with the help it has in one command."""
+    flags, kwargs = argument
+    return flags, {**kwargs, "help": help}
+
+
+NAME = arg("name", metavar="NAME", type=name, help="the image")
+PARENT = arg("parent", metavar="PARENT", type=name, nargs="?",
+             help="an existing image to stack the new one on (default: none, a bottom image)")
+POINT = arg("point", metavar="POINT", type=name, help="the stackpoint")
+IMAGE = arg("image", metavar="IMAGE", type=name, help="the image")
 JSON = arg("--json", action="store_true", help="one JSON array of objects")
+
+IMPORT_FORMATS = """\
+PATH may be (recognised from its content, never from its name):
+  an OCI image layout directory      (skopeo copy ... oci:DIR, umoci)
+  an OCI archive                     (podman save --format oci-archive)
+  a docker archive                   (docker save, podman save)
+  a rootfs tarball, one layer        (tar -C DIR -c .)
+Tarballs may be gzip or zstd compressed.  '-' reads the archive from stdin.
+A layout or archive that holds several images needs --ref to choose one."""
 
 
 class Command:
     def __init__(self, name: str, handler: Handler, help: str, *args: Arg,
-                 aliases: Sequence[str] = ()) -> None:
+                 aliases: Sequence[str] = (), epilog: Optional[str] = None) -> None:
         self.name, self.handler, self.help, self.args, self.aliases = \
             name, handler, help, args, tuple(aliases)
+        self.epilog = epilog
 
 
 COMMANDS = [
     Command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given",
-            NAME, PARENT),
+            described(NAME, "the name of the new image"), PARENT),
     Command("edit-image", cmd_edit_image,
-            "mount an image so that writes land in its own layer; print the directory", NAME,
+            "mount an image so that writes land in its own layer; print the directory",
+            described(NAME, "the image to mount"),
             arg("--read-only", action="store_true",
                 help="mount the image's stack read-only, for inspection")),
-    Command("close-image", cmd_close_image, "unmount an image opened by edit-image", NAME),
-    Command("delete-image", cmd_delete_image, "remove an image and its layer", NAME),
+    Command("close-image", cmd_close_image, "unmount an image opened by edit-image",
+            described(NAME, "the image to unmount")),
+    Command("delete-image", cmd_delete_image, "remove an image and its layer",
+            described(NAME, "the image to remove")),
     Command("list-images", cmd_list_images, "show the images, one name per line",
             arg("--tree", action="store_true", help="draw parents above their children"), JSON),
     Command("import-image", cmd_import_image,
             "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)",
-            NAME, arg("path", metavar="PATH"), PARENT,
-            arg("--ref", help="which image of a layout or archive that holds several")),
+            described(NAME, "the name of the new (top) image"),
+            arg("path", metavar="PATH", help="what to import ('-': stdin); see below"),
+            described(PARENT, "an existing image to stack a rootfs tarball on"),
+            arg("--ref", help="which image of a layout or archive that holds several "
+                              "(its ref name or repository tag)"),
+            epilog=IMPORT_FORMATS),
     Command("export-image", cmd_export_image,
             "write an image's stack as an OCI layout in a tar ('-': stdout)",
-            NAME, arg("path", metavar="PATH"),
+            described(NAME, "the image to export, with the images beneath it"),
+            arg("path", metavar="PATH", help="the tar file to write ('-': stdout)"),
             arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                 help="layer compression (default: gzip)")),
     Command("new-stackpoint", cmd_new_stackpoint,
-            "create a stackpoint and its first instance, of IMAGE (does not mount)", POINT, IMAGE,
+            "create a stackpoint and its first instance, of IMAGE (does not mount)",
+            described(POINT, "the name of the new stackpoint"),
+            described(IMAGE, "the image its first instance shows"),
             arg("--path", metavar="DIR",
                 help="the stackpoint's directory (default: <root>/stackpoints/POINT)")),
     Command("delete-stackpoint", cmd_delete_stackpoint,
-            "remove a stackpoint and all its instances' data", POINT),
+            "remove a stackpoint and all its instances' data",
+            described(POINT, "the stackpoint to remove")),
     Command("mount-stackpoint", cmd_mount_stackpoint,
-            "mount the current instance at the stackpoint's directory; print it", POINT),
-    Command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint", POINT,
+            "mount the current instance at the stackpoint's directory; print it",
+            described(POINT, "the stackpoint to mount")),
+    Command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint",
+            described(POINT, "the stackpoint to unmount"),
             arg("--lazy", action="store_true",
                 help="detach now even when busy; the kernel frees it when unused")),
-    Command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory", POINT),
+    Command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory",
+            POINT),
     Command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
             "exit 0 when the stackpoint is mounted, 1 when not", POINT),
     Command("cutover-stackpoint", cmd_cutover_stackpoint,
             "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
-            POINT, IMAGE, aliases=["cutover-stackpoint-instance"]),
+            described(POINT, "the stackpoint to switch"),
+            described(IMAGE, "the image to switch it to"),
+            aliases=["cutover-stackpoint-instance"]),
     Command("fallback-stackpoint", cmd_fallback_stackpoint,
             "switch a stackpoint back to the instance that was current before; mount it",
-            POINT, aliases=["fallback-stackpoint-instance"]),
+            described(POINT, "the stackpoint to switch back"),
+            aliases=["fallback-stackpoint-instance"]),
     Command("new-stackpoint-instance", cmd_new_stackpoint_instance,
-            "create an instance of IMAGE for POINT without making it current", POINT, IMAGE),
+            "create an instance of IMAGE for POINT without making it current", POINT,
+            described(IMAGE, "the image of the new instance")),
     Command("set-stackpoint-instance", cmd_set_stackpoint_instance,
-            "make POINT's instance of IMAGE current (remounting if mounted)", POINT, IMAGE),
+            "make POINT's instance of IMAGE current (remounting if mounted)", POINT,
+            described(IMAGE, "the image whose instance becomes current")),
     Command("delete-stackpoint-instance", cmd_delete_stackpoint_instance,
-            "delete a non-current instance and its data", POINT, IMAGE),
+            "delete a non-current instance and its data", POINT,
+            described(IMAGE, "the image whose instance to delete")),
     Command("list-stackpoints", cmd_list_stackpoints,
             "show each stackpoint: directory, current image, mounted, instances, history", JSON),
     Command("diff-stackpoint", cmd_diff_stackpoint,
             "list what the current instance changed: A added, C changed, D deleted", POINT),
     Command("commit-stackpoint", cmd_commit_stackpoint,
             "turn the current instance's changes into NEWIMAGE and switch to a fresh instance of it",
-            POINT, arg("new_image", metavar="NEWIMAGE", type=name)),
+            described(POINT, "the stackpoint whose changes to commit"),
+            arg("new_image", metavar="NEWIMAGE", type=name,
+                help="the name of the new image, stacked on the current one")),
     Command("prune-stackpoint", cmd_prune_stackpoint,
             "delete the oldest non-current instances beyond the N most recent in the history",
-            POINT, arg("--keep", metavar="N", type=non_negative, required=True)),
+            POINT, arg("--keep", metavar="N", type=non_negative, required=True,
+                       help="how many instances of the history to keep")),
     Command("check", cmd_check,
             "compare metadata, layer directories and mounts; report every mismatch",
             arg("--repair", action="store_true",
@@ -319,15 +359,55 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def wanted_command(argv: Sequence[str]) -> Optional[Command]:
-    """The command named on the line, found without parsing it, or None."""
+def command_word(argv: Sequence[str]) -> Optional[str]:
+    """The word of the line that names the command, found without parsing it."""
     words = iter(argv)
     for word in words:
         if word == "--root":
             next(words, None)
+        elif word == "--":
+            return next(words, None)
         elif not word.startswith("-"):
-            return next((c for c in COMMANDS if word == c.name or word in c.aliases), None)
+            return word
     return None
+
+
+def wanted_command(argv: Sequence[str]) -> Optional[Command]:
+    """The command named on the line, found without parsing it, or None."""
+    word = command_word(argv)
+    return next((c for c in COMMANDS if word == c.name or word in c.aliases), None)
+
+
+def suggestions(word: str) -> List[str]:
+    """Commands the user may have meant by word: those it begins; else those
+    nearly as close in spelling as the closest; else those containing it."""
+    import difflib    # here: only a mistyped command pays for it
+    names = [c.name for c in COMMANDS]
+    found = [n for n in names if n.startswith(word)]
+    if not found:
+        ratio = {c.name: max(difflib.SequenceMatcher(None, word, n).ratio()
+                             for n in (c.name,) + c.aliases) for c in COMMANDS}
+        best = max(ratio.values())
+        found = sorted((n for n in names if ratio[n] >= max(0.75, best - 0.08)),
+                       key=lambda n: -ratio[n])
+    if not found:
+        found = [n for n in names if word in n]
+    return found[:4]
+
+
+def unknown_command(parser: argparse.ArgumentParser, word: str) -> int:
+    """A word that names no command: say which ones it may have meant, not all."""
+    close = suggestions(word) if word else []
+    if len(close) == 1:
+        guess = f"; did you mean {close[0]}?"
+    elif close:
+        guess = f"; did you mean {', '.join(close[:-1])} or {close[-1]}?"
+    else:
+        guess = ""
+    sys.stderr.write(parser.format_usage())
+    print(f"stacko: error: unknown command {word!r}{guess}", file=sys.stderr)
+    print("stacko: hint: `stacko -h` lists the commands", file=sys.stderr)
+    return 2
 
 
 def command_groups() -> str:
@@ -353,7 +433,9 @@ def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for command in COMMANDS if only is None else [only]:
         p = sub.add_parser(command.name, parents=[common], help=command.help,
-                           description=command.help, aliases=list(command.aliases))
+                           description=command.help, aliases=list(command.aliases),
+                           epilog=command.epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         for flags, kwargs in command.args:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(handler=command.handler)
@@ -368,6 +450,14 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = wanted_command(argv)
+    if only is None and not {"-h", "--help", "--version"} & set(argv):
+        word = command_word(argv)
+        parser = build_parser()
+        if word is None:        # as `stacko -h`, on stderr since it is no result
+            parser.print_help(sys.stderr)
+            print("stacko: error: no command given", file=sys.stderr)
+            return 2
+        return unknown_command(parser, word)
     try:
         args = build_parser(only).parse_args(argv)
     except SystemExit as e:           # -h, --version, or a usage error (2)
