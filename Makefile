@@ -14,7 +14,7 @@ all: venv
 
 # A regular (not editable) install: an editable one costs every start of the
 # command ~20 ms for its import hook.  Tests run the checkout itself.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard stacko/*.py)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard stacko/*.py stacko/*/*.py)
 	./tools/ensure-python.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
