@@ -287,7 +287,8 @@ COMMANDS = [
             epilog=IMPORT_FORMATS),
     Command("export-image", cmd_export_image,
             "write an image's stack as an OCI layout in a tar ('-': stdout)",
-            described(NAME, "the image to export, with the images beneath it"),
+            # No type=name: export_image checks it, and can tell a swapped PATH NAME.
+            arg("name", metavar="NAME", help="the image to export, with the images beneath it"),
             arg("path", metavar="PATH", help="the tar file to write ('-': stdout)"),
             arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                 help="layer compression (default: gzip)")),

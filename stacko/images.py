@@ -5,7 +5,7 @@ import os
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from stacko import overlay
+from stacko import overlay, words
 from stacko.errors import AlreadyExists, ImageInUse, ImageNotFound, StackTooDeep, StackoError
 from stacko.records import Image, Stackpoint, check_name, replace
 from stacko.state import Store, locked
@@ -65,7 +65,11 @@ def new_image(store: Store, name: str, parent: Optional[str] = None) -> Image:
     check_name(name, "image name")
     images = store.load_images()
     if name in images:
-        raise AlreadyExists(f"image {name!r} exists already")
+        hint = None
+        if parent is not None and parent not in images:
+            hint = (f"to stack a new image {parent!r} on {name!r}, the order is NAME PARENT: "
+                    f"`stacko new-image {parent} {name}`")
+        raise AlreadyExists(f"image {name!r} exists already", hint=hint)
     if parent is not None:
         depth = len(stack_of(images, parent)) + 1
         if depth > overlay.MAX_LAYERS:
@@ -96,13 +100,14 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
                          hint=f"run `stacko close-image {name}` first")
     if not read_only:
         points = store.load_stackpoints()
-        users = [f"image {c!r}" for c in children_of(images, name)]
-        users += [f"stackpoint {p!r}" for p in instances_of(points, name)]
-        if users:
+        kids, users = children_of(images, name), instances_of(points, name)
+        if kids or users:
+            groups = ([words.named("image", kids)] if kids else []) \
+                + ([words.named("stackpoint", users)] if users else [])
             raise ImageInUse(
-                f"cannot edit image {name!r}: {', '.join(users)} stack"
-                f"{'s' if len(users) == 1 else ''} on it, and overlayfs forbids changing "
-                "a lower layer that is in use",
+                f"cannot edit image {name!r}: {words.join(groups)} stack"
+                f"{'s' if len(kids) + len(users) == 1 else ''} on it, and overlayfs forbids "
+                "changing a lower layer that is in use",
                 hint="make a new image on top of it instead, or use --read-only to look inside")
     os.makedirs(target, mode=0o755, exist_ok=True)
     layers = [i.layer for i in chain]
@@ -138,11 +143,14 @@ def close_image(store: Store, name: str) -> None:
 def delete_image(store: Store, name: str) -> None:
     images = store.load_images()
     image = get(images, name)
-    users = [f"image {c!r}" for c in children_of(images, name)]
-    users += [f"an instance of stackpoint {p!r}" for p in instances_of(store.load_stackpoints(), name)]
-    if users:
-        raise ImageInUse(f"cannot delete image {name!r}: {', '.join(users)} "
-                         f"{'uses' if len(users) == 1 else 'use'} it")
+    kids, users = children_of(images, name), instances_of(store.load_stackpoints(), name)
+    if kids or users:
+        groups = [words.named("image", kids)] if kids else []
+        if users:
+            groups.append(("an instance of " if len(users) == 1 else "instances of ")
+                          + words.named("stackpoint", users))
+        raise ImageInUse(f"cannot delete image {name!r}: {words.join(groups)} "
+                         f"{'uses' if len(kids) + len(users) == 1 else 'use'} it")
     if edit_mount(store, name) is not None:
         raise ImageInUse(f"cannot delete image {name!r}: it is mounted at {store.edit_path(name)}",
                          hint=f"run `stacko close-image {name}` first")

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 from stacko import images as images_mod
 from stacko import overlay
-from stacko.errors import AlreadyExists, StackoError, StackTooDeep
+from stacko.errors import (AlreadyExists, ImageNotFound, InvalidName, StackoError,
+                           StackTooDeep)
 from stacko.layertar import BadLayer, HostileArchive, unpack_layer
 from stacko.ociexport import write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
@@ -205,7 +206,13 @@ def progress(message: str) -> None:
 @locked(exclusive=False)
 def export_image(store: Store, name: str, path: str, compression: str = "gzip") -> None:
     images = store.load_images()
-    chain = images_mod.stack_of(images, name)
+    try:
+        chain = images_mod.stack_of(images, name)
+    except (ImageNotFound, InvalidName) as e:
+        if path in images and name not in images:
+            raise type(e)(e.message, hint=f"{path!r} is an image: the order is NAME PATH, "
+                                          f"`stacko export-image {path} {name}`") from None
+        raise
     images_mod.refuse_if_editing(store, images, name, f"export {name!r}")
     os.makedirs(store.tmp_dir, mode=0o700, exist_ok=True)
     staging = os.path.join(store.tmp_dir, f"export-{os.getpid()}-{secrets.token_hex(4)}")

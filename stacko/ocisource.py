@@ -22,7 +22,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
-from stacko import run
+from stacko import run, words
 from stacko.errors import StackoError, UsageError
 from stacko.layertar import clean_name
 
@@ -45,6 +45,14 @@ class BadArchive(StackoError):
 
 class DigestMismatch(BadArchive):
     pass
+
+
+class RefNotFound(StackoError):
+    """--ref names no image of the archive: the data lacks it (exit 1, not 2)."""
+
+
+class RefAmbiguous(StackoError):
+    """The archive holds several images and no --ref chose one."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,8 @@ def check_digest(digest: Any, what: str) -> str:
 class Container:
     """Named files of a layout or archive, read-only."""
 
+    what = "the archive"        # for messages: "the OCI layout DIR", "the archive FILE"
+
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
@@ -202,7 +212,7 @@ def host_architecture() -> str:
 
 def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
     index = box.read_json("index.json")
-    descriptor = pick_ref(index, ref, "index.json")
+    descriptor = pick_ref(index, ref, "index.json", box.what)
     while descriptor.get("mediaType") in INDEX_TYPES:
         nested = box.read_json(blob_name(descriptor, "index"), descriptor["digest"])
         descriptor = pick_platform(nested)
@@ -237,7 +247,7 @@ def blob_name(descriptor: Any, what: str) -> str:
     return "blobs/sha256/" + digest[len("sha256:"):]
 
 
-def pick_ref(index: Any, ref: Optional[str], where: str) -> Dict[str, Any]:
+def pick_ref(index: Any, ref: Optional[str], where: str, what: str) -> Dict[str, Any]:
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BadArchive(f"{where} lists no image")
@@ -247,16 +257,19 @@ def pick_ref(index: Any, ref: Optional[str], where: str) -> Dict[str, Any]:
         for name, m in refs:
             if name == ref:
                 return m
-        raise UsageError(f"the archive has no image {ref!r}; it has: {describe_refs(refs)}")
+        raise RefNotFound(f"{what} has no image {ref!r}; it has {describe_refs(refs)}")
     if len(refs) != 1:
-        raise UsageError(f"the archive holds {len(refs)} images; choose one with --ref: "
-                         f"{describe_refs(refs)}")
+        raise RefAmbiguous(f"{what} holds {len(refs)} images: {describe_refs(refs)}",
+                           hint="choose one with --ref")
     return refs[0][1]
 
 
 def describe_refs(refs: List[Any]) -> str:
     names = sorted(str(name) for name, _ in refs if name)
-    return ", ".join(names) if names else "(none has a ref name)"
+    if not names:
+        return "none with a ref name"
+    return words.join([repr(n) for n in names]) + ("" if len(names) == len(refs) else
+                                f" and {len(refs) - len(names)} without a ref name")
 
 
 def pick_platform(index: Any) -> Dict[str, Any]:
@@ -301,7 +314,7 @@ def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
     refs = [(tag, e) for e in entries for tag in (e.get("RepoTags") or [None])]
     if ref is not None or len(entries) > 1:
         entry = pick_ref({"manifests": [{"annotations": {REF_ANNOTATION: t}, "e": e}
-                                        for t, e in refs]}, ref, "manifest.json")["e"]
+                                        for t, e in refs]}, ref, "manifest.json", box.what)["e"]
     else:
         entry = entries[0]
     config_name, layers = entry.get("Config"), entry.get("Layers")
@@ -333,6 +346,7 @@ def open_source(path: str, staging: str) -> Iterator[Source]:
     """Recognise what PATH holds; compressed or piped input is spooled into staging."""
     if path != "-" and os.path.isdir(path):
         box = DirContainer(path)
+        box.what = f"the layout directory {path}"
         if box.exists("index.json"):
             yield Source("oci", lambda ref: oci_layers(box, ref))
         elif box.exists("manifest.json"):
@@ -349,6 +363,7 @@ def open_source(path: str, staging: str) -> Iterator[Source]:
     with tar:
         try:
             box = TarContainer(tar)
+            box.what = "the archive on stdin" if path == "-" else f"the archive {path}"
         except (tarfile.TarError, EOFError) as e:
             raise BadArchive(f"{path} is a corrupt tar archive: {e}") from None
         if box.exists("oci-layout") and box.exists("index.json"):

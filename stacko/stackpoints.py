@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional
 
 from stacko import images as images_mod
 from stacko import overlay, procs, run
-from stacko.errors import (AlreadyExists, HeldByProcesses, InstanceNotFound, StackoError,
-                           StackpointBusy, StackpointNotFound, UsageError)
+from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
+                           StackoError, StackpointBusy, StackpointNotFound, UsageError)
 from stacko.records import DetachedMount, Image, Instance, Stackpoint, check_name, replace
 from stacko.state import Store, locked
 
@@ -28,6 +28,21 @@ def get(points: Dict[str, Stackpoint], name: str) -> Stackpoint:
     except KeyError:
         raise StackpointNotFound(f"no stackpoint named {name!r}",
                                  hint="`stacko list-stackpoints` shows the stackpoints") from None
+
+
+@contextlib.contextmanager
+def order_hint(images: Dict[str, Image], points: Dict[str, Stackpoint], name: str, image: str,
+               command: str, new_point: bool = False) -> Iterator[None]:
+    """A lookup that fails because POINT and IMAGE were given the other way round
+    gets a hint saying so (new_point: POINT is a name not made yet)."""
+    try:
+        yield
+    except (ImageNotFound, StackpointNotFound) as e:
+        if name in images and image not in images and (new_point or image in points):
+            what = "" if new_point else f"{image!r} is a stackpoint and "
+            raise type(e)(e.message, hint=f"{what}{name!r} is an image: the order is POINT IMAGE, "
+                                         f"`stacko {command} {image} {name}`") from None
+        raise
 
 
 def mounted_instance(store: Store, point: Stackpoint,
@@ -175,8 +190,9 @@ def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
 def new_stackpoint(store: Store, name: str, image: str, path: Optional[str] = None) -> Stackpoint:
     check_name(name, "stackpoint name")
     images = store.load_images()
-    images_mod.get(images, image)
     points = store.load_stackpoints()
+    with order_hint(images, points, name, image, "new-stackpoint", new_point=True):
+        images_mod.get(images, image)
     if name in points:
         raise AlreadyExists(f"stackpoint {name!r} exists already")
     directory = _check_path(store, points, path) if path is not None else None
@@ -311,9 +327,10 @@ def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint
 @locked(exclusive=True)
 def cutover(store: Store, name: str, image: str) -> str:
     images = store.load_images()
-    images_mod.get(images, image)
     points = store.load_stackpoints()
-    point = get(points, name)
+    with order_hint(images, points, name, image, "cutover-stackpoint"):
+        images_mod.get(images, image)
+        point = get(points, name)
     if image == point.current:
         return mount_stackpoint(store, name)
     inst = point.instance(image)
@@ -348,9 +365,10 @@ def fallback(store: Store, name: str) -> str:
 @locked(exclusive=True)
 def new_instance(store: Store, name: str, image: str) -> None:
     images = store.load_images()
-    images_mod.get(images, image)
     points = store.load_stackpoints()
-    point = get(points, name)
+    with order_hint(images, points, name, image, "new-stackpoint-instance"):
+        images_mod.get(images, image)
+        point = get(points, name)
     if point.instance(image) is not None:
         raise AlreadyExists(f"stackpoint {name!r} has an instance of {image!r} already")
     inst = _new_instance(store, images, name, image)
@@ -374,7 +392,8 @@ def _instance(point: Stackpoint, image: str) -> Instance:
 def set_instance(store: Store, name: str, image: str) -> None:
     images = store.load_images()
     points = store.load_stackpoints()
-    point = get(points, name)
+    with order_hint(images, points, name, image, "set-stackpoint-instance"):
+        point = get(points, name)
     _instance(point, image)
     if image == point.current:
         return
@@ -385,7 +404,8 @@ def set_instance(store: Store, name: str, image: str) -> None:
 @locked(exclusive=True)
 def delete_instance(store: Store, name: str, image: str) -> None:
     points = store.load_stackpoints()
-    point = get(points, name)
+    with order_hint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
+        point = get(points, name)
     inst = _instance(point, image)
     if image == point.current:
         raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",

@@ -258,10 +258,12 @@ def test_ref_choice(stacko: Runner, workdir: Path) -> None:
     layout = workdir / "multi"
     write_layout(layout, [[f("a", b"a")]], ref="first")
     write_layout(layout, [[f("b", b"b")]], ref="second", add=True)
-    r = stacko("import-image", "x", str(layout), rc=2)
-    assert "first, second" in r.stderr and "--ref" in r.stderr
-    r = stacko("import-image", "x", str(layout), "--ref", "third", rc=2)
-    assert "first, second" in r.stderr
+    # which image to import is a question about the data (exit 1), not bad usage (2)
+    r = stacko("import-image", "x", str(layout), rc=1)
+    assert f"the layout directory {layout} holds 2 images: 'first' and 'second'" in r.stderr
+    assert "choose one with --ref" in r.stderr and "archive" not in r.stderr
+    r = stacko("import-image", "x", str(layout), "--ref", "third", rc=1)
+    assert "has no image 'third'; it has 'first' and 'second'" in r.stderr
     stacko("import-image", "x", str(layout), "--ref", "second")
     assert (view(stacko, "x") / "b").exists()
 

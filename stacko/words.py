@@ -1,0 +1,21 @@
+"""Lists in messages, in plain English: "images 'a' and 'b'", not "image 'a', image 'b'"."""
+from __future__ import annotations
+
+SHOWN = 8          # names shown before "and N more": a message is not a listing
+
+
+def join(items: list[str] | tuple[str, ...], last: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+def named(noun: str, names: list[str] | tuple[str, ...], plural: str = "") -> str:
+    """"image 'a'", "images 'a' and 'b'", "images 'a', 'b', … and 12 more"."""
+    names = list(names)
+    quoted = [repr(n) for n in names[:SHOWN]]
+    if len(names) > SHOWN:
+        quoted.append(f"{len(names) - SHOWN} more")
+    return f"{noun if len(names) == 1 else plural or noun + 's'} {join(quoted)}"

@@ -1,0 +1,114 @@
+"""Messages a new admin can act on: hints for arguments given the other way
+round, and lists of names in plain English.  Each check looks at what the user
+sees: the stderr text, the exit status, an empty stdout, an unchanged state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Runner, snapshot
+from stacko import words
+
+
+@pytest.fixture
+def system(stacko: Runner) -> Runner:
+    """Images deb12 and deb12-v2 (on deb12), and a stackpoint sys of deb12."""
+    stacko("new-image", "deb12")
+    stacko("new-image", "deb12-v2", "deb12")
+    stacko("new-stackpoint", "sys", "deb12")
+    return stacko
+
+
+def refused(stacko: Runner, root: Path, *argv: str, rc: int = 1) -> str:
+    before = snapshot(root)
+    r = stacko(*argv, rc=rc)
+    assert r.stdout == ""
+    assert snapshot(root) == before
+    return r.stderr
+
+
+@pytest.mark.mounts       # cutover needs root; it is refused before anything mounts
+def test_cutover_with_image_and_point_swapped(system: Runner, root: Path) -> None:
+    err = refused(system, root, "cutover-stackpoint", "deb12-v2", "sys")
+    assert "stacko: error: no image named 'sys'\n" in err
+    assert "stacko: hint: 'sys' is a stackpoint and 'deb12-v2' is an image: the order is " \
+        "POINT IMAGE, `stacko cutover-stackpoint sys deb12-v2`" in err
+
+
+@pytest.mark.parametrize("command", ["set-stackpoint-instance", "new-stackpoint-instance",
+                                     "delete-stackpoint-instance"])
+def test_instance_commands_with_image_and_point_swapped(system: Runner, root: Path,
+                                                        command: str) -> None:
+    err = refused(system, root, command, "deb12", "sys")
+    assert "stacko: error: no " in err
+    assert f"the order is POINT IMAGE, `stacko {command} sys deb12`" in err
+
+
+def test_new_stackpoint_with_image_first(system: Runner, root: Path) -> None:
+    err = refused(system, root, "new-stackpoint", "deb12", "web")
+    assert "stacko: error: no image named 'web'\n" in err
+    assert "'deb12' is an image: the order is POINT IMAGE, " \
+        "`stacko new-stackpoint web deb12`" in err
+
+
+def test_no_order_hint_when_the_order_is_right(system: Runner, root: Path) -> None:
+    err = refused(system, root, "set-stackpoint-instance", "sys", "nope")
+    assert "order" not in err
+    err = refused(system, root, "new-image", "deb12")
+    assert "stacko: error: image 'deb12' exists already\n" in err and "hint" not in err
+
+
+def test_new_image_with_parent_first(system: Runner, root: Path) -> None:
+    err = refused(system, root, "new-image", "deb12", "deb13")
+    assert "stacko: error: image 'deb12' exists already\n" in err
+    assert "stacko: hint: to stack a new image 'deb13' on 'deb12', the order is NAME PARENT: " \
+        "`stacko new-image deb13 deb12`" in err
+
+
+@pytest.mark.parametrize("path, rc", [("/tmp/deb12.tar", 2), ("deb12.tar", 1)])
+def test_export_with_path_first(system: Runner, root: Path, workdir: Path,
+                                path: str, rc: int) -> None:
+    # A path is no image name (exit 2, as for any invalid name), a word may be
+    # one that is not there (exit 1): both say the order.
+    err = refused(system, root, "export-image", path, "deb12", rc=rc)
+    assert f"the order is NAME PATH, `stacko export-image deb12 {path}`" in err
+    assert not Path(path).exists()
+
+
+def test_delete_image_names_its_users_in_plain_english(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "a")
+    stacko("new-image", "b", "a")
+    stacko("new-image", "c", "a")
+    stacko("new-stackpoint", "p", "a")
+    stacko("new-stackpoint", "q", "a")
+    err = refused(stacko, root, "delete-image", "a")
+    assert "stacko: error: cannot delete image 'a': images 'b' and 'c' and instances of " \
+        "stackpoints 'p' and 'q' use it\n" in err
+    stacko("delete-stackpoint", "q")
+    stacko("delete-image", "c")
+    err = refused(stacko, root, "delete-image", "a")
+    assert "cannot delete image 'a': image 'b' and an instance of stackpoint 'p' use it\n" in err
+
+
+@pytest.mark.mounts
+def test_edit_image_names_its_users_in_plain_english(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "a")
+    stacko("new-image", "b", "a")
+    stacko("new-image", "c", "a")
+    err = refused(stacko, root, "edit-image", "a")
+    assert "cannot edit image 'a': images 'b' and 'c' stack on it," in err
+    stacko("delete-image", "c")
+    assert "cannot edit image 'a': image 'b' stacks on it," in refused(stacko, root,
+                                                                       "edit-image", "a")
+
+
+def test_words() -> None:
+    assert words.join([]) == ""
+    assert words.join(["a"]) == "a"
+    assert words.join(["a", "b"]) == "a and b"
+    assert words.join(["a", "b", "c"], "or") == "a, b or c"
+    assert words.named("image", ["a"]) == "image 'a'"
+    assert words.named("image", ["a", "b", "c"]) == "images 'a', 'b' and 'c'"
+    many = words.named("image", [f"i{n}" for n in range(20)])
+    assert many.startswith("images 'i0', 'i1'") and many.endswith("'i7' and 12 more")
