@@ -286,7 +286,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
         raise StackTooDeep(f"cannot commit stackpoint {name!r} as {new_image!r}: its stack "
                            f"would have {depth} layers, and overlayfs mounts at most "
                            f"{overlay.MAX_LAYERS}")
-    directory = store.stackpoint_dir(point)
+    directory = stackpoints.checked_dir(store, point)
     mounted = stackpoints.mounted_instance(store, point)
     if mounted is not None and mounted != old:
         raise StackpointBusy(

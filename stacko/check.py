@@ -36,7 +36,6 @@ from stacko.records import Image, Instance, Stackpoint, replace
 from stacko.state import Store, remove_tree
 
 ORPHANS = "orphans"       # <root>/orphans/ID: unnamed layers that held files
-LAYER_KEYS = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
 
 
 @dataclass
@@ -132,22 +131,7 @@ def is_empty(path: str) -> bool:
 # --- the mount table ---------------------------------------------------------------
 def mount_layers(store: Store, m: overlay.Mount) -> Set[str]:
     """The layer ids an overlay mount uses (upper, work and lowers)."""
-    if m.fstype != "overlay":
-        return set()
-    found = set()
-    # The values are split on ',' (escaped by the kernel as \054 inside a value),
-    # then the ':' between legacy lowerdirs, which stacko's own paths never hold.
-    for item in m.super_options.split(","):
-        key, _, value = item.partition("=")
-        if key not in LAYER_KEYS:
-            continue
-        value = overlay.decode_mountinfo_field(value)
-        for part in value.split(":") if key == "lowerdir" else [value]:
-            path = os.path.normpath(os.path.join(store.layers_dir,
-                                                 overlay.unescape_option(part)))
-            if os.path.dirname(path) in (store.layers_dir, store.work_dir):
-                found.add(os.path.basename(path))
-    return found
+    return overlay.layers_of(m, store.layers_dir, store.work_dir)
 
 
 def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Optional[Instance]:
@@ -164,6 +148,13 @@ def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, 
     for name in sorted(points):
         point = points[name]
         directory = store.stackpoint_dir(point)
+        resolved = os.path.realpath(directory)
+        if resolved != directory:
+            problems.append(Problem(
+                f"stackpoint {name!r}: its directory was {directory} and now resolves to "
+                f"{resolved}; stacko refuses to mount or unmount it there",
+                cannot=f"put the directory back at {directory}"))
+            continue
         stacked = overlay.stacked_at(directory, table)
         if not stacked:
             continue

@@ -125,6 +125,37 @@ def stacked_at(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
     return ordered + [m for m in here if m not in ordered]      # a loop: never
 
 
+LAYER_KEYS = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
+
+
+def layers_of(m: Mount, layers_dir: str, work_dir: str) -> set[str]:
+    """The layer ids (names in layers_dir or work_dir) an overlay mount uses."""
+    if m.fstype != "overlay":
+        return set()
+    found = set()
+    # The values are split on ',' (escaped by the kernel as \054 inside a value),
+    # then the ':' between legacy lowerdirs, which stacko's own paths never hold.
+    # mount(8) leaves them relative to layers_dir, the new API absolute.
+    for item in m.super_options.split(","):
+        key, _, value = item.partition("=")
+        if key not in LAYER_KEYS:
+            continue
+        value = decode_mountinfo_field(value)
+        for part in value.split(":") if key == "lowerdir" else [value]:
+            path = os.path.normpath(os.path.join(layers_dir, unescape_option(part)))
+            if os.path.dirname(path) in (layers_dir, work_dir):
+                found.add(os.path.basename(path))
+    return found
+
+
+def layer_users(layer: str, layers_dir: str, work_dir: str,
+                table: Optional[List[Mount]] = None) -> List[Mount]:
+    """Every overlay mount, wherever it is mounted, that uses layer: the mount
+    table is the truth, whatever the records or a moved directory say."""
+    return [m for m in (table if table is not None else mounts())
+            if layer in layers_of(m, layers_dir, work_dir)]
+
+
 def mounts_under(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
     prefix = path.rstrip("/") + "/"
     return [m for m in (table if table is not None else mounts())

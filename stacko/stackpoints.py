@@ -45,10 +45,29 @@ def order_hint(images: Dict[str, Image], points: Dict[str, Stackpoint], name: st
         raise
 
 
+def checked_dir(store: Store, point: Stackpoint) -> str:
+    """The stackpoint's directory, for a command that mounts or unmounts there.
+
+    The kernel names a mount point by its resolved path, and the directory was
+    resolved when the stackpoint was made: if it resolves elsewhere now (a moved
+    directory, a symlink put in its path), the mount there would not be found,
+    and a second overlay would be stacked on the same upper layer.  Refuse."""
+    directory = store.stackpoint_dir(point)
+    resolved = os.path.realpath(directory)
+    if resolved != directory:
+        raise StackpointBusy(
+            f"the directory of stackpoint {point.name!r} was {directory} and now resolves "
+            f"to {resolved} (a moved directory or a symlink in its path)",
+            hint=f"put the directory back at {directory}; until then `umount {resolved}` "
+                 "unmounts what is mounted there")
+    return directory
+
+
 def mounted_instance(store: Store, point: Stackpoint,
                      table: Optional[List[overlay.Mount]] = None) -> Optional[Instance]:
-    """The instance of point that the kernel has mounted at its directory, if any."""
-    directory = store.stackpoint_dir(point)
+    """The instance of point that the kernel has mounted at its directory, if any
+    (the directory as it resolves now, which is how the kernel names mounts)."""
+    directory = os.path.realpath(store.stackpoint_dir(point))
     m = overlay.find_mount(directory, table)
     if m is None:
         return None
@@ -71,8 +90,20 @@ def _new_instance(store: Store, images: Dict[str, Image], point_name: str, image
     return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
 
 
+def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance) -> None:
+    """Two overlays must never share an upper layer: whatever the records say,
+    the mount table tells whether this instance's layer is mounted anywhere."""
+    users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir)
+    if users:
+        raise StackpointBusy(
+            f"the instance of {inst.image!r} of stackpoint {point.name!r} is mounted at "
+            f"{users[0].mount_point} already",
+            hint="two mounts must never write one layer: unmount that one first")
+
+
 def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Instance) -> str:
-    directory = store.stackpoint_dir(point)
+    directory = checked_dir(store, point)
+    refuse_if_mounted_elsewhere(store, point, inst)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
     overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
@@ -93,6 +124,7 @@ def _replace_mount(store: Store, images: Dict[str, Image], points: Dict[str, Sta
     record = DetachedMount(mounted.image, overlay.device_number(top), overlay.boot_id())
     new = replace(new, detached=new.detached + (record,))
     inst = new.current_instance()
+    refuse_if_mounted_elsewhere(store, new, inst)
     lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
     with overlay.prepare_overlay(store.layers_dir, lowers, inst.layer,
                                  store.work_path(inst.layer)) as prepared:
@@ -215,6 +247,14 @@ def delete_stackpoint(store: Store, name: str) -> None:
     if mounted_instance(store, point) is not None:
         raise StackpointBusy(f"stackpoint {name!r} is mounted at {store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
+    table = overlay.mounts()
+    for inst in point.instances:
+        users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
+        if users:
+            raise StackpointBusy(
+                f"cannot delete stackpoint {name!r}: its instance of {inst.image!r} is "
+                f"mounted at {users[0].mount_point}",
+                hint=f"unmount it first (`umount {users[0].mount_point}`)")
     rest = dict(points)
     del rest[name]
     store.save_stackpoints(rest)
@@ -230,6 +270,7 @@ def delete_stackpoint(store: Store, name: str) -> None:
 def mount_stackpoint(store: Store, name: str) -> str:
     images = store.load_images()
     point = get(store.load_stackpoints(), name)
+    checked_dir(store, point)
     mounted = mounted_instance(store, point)
     if mounted is not None and mounted.image == point.current:
         return store.stackpoint_dir(point)
@@ -255,10 +296,10 @@ def mount_stackpoint(store: Store, name: str) -> str:
 def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
     points = store.load_stackpoints()
     point = get(points, name)
+    directory = checked_dir(store, point)
     mounted = mounted_instance(store, point)
     if mounted is None:
         return
-    directory = store.stackpoint_dir(point)
     if not lazy:
         overlay.umount(directory)
         return
@@ -299,6 +340,7 @@ def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint
     mounted = mounted_instance(store, old)
     if mount or mounted is not None:
         overlay.require_root(action)
+        checked_dir(store, old)
     with contextlib.ExitStack() as undo:
         if created is not None:
             undo.callback(store.remove_layer, created.layer)

@@ -216,11 +216,19 @@ class Store:
         """Remove a layer's data; never follows into a mount beneath it."""
         from stacko import overlay
 
+        table = overlay.mounts()
         for path in (self.work_path(layer), self.layer_path(layer)):
-            busy = overlay.mounts_under(path)
+            busy = overlay.mounts_under(path, table)
             if busy:
                 raise StackoError(f"{path} has a mount beneath it ({busy[0].mount_point}); "
                                   "not removing it")
+        # Whatever the records say, a layer that a mount uses (maybe at a directory
+        # moved since) is live data: never remove it beneath that mount.
+        users = overlay.layer_users(layer, self.layers_dir, self.work_dir, table)
+        if users:
+            raise StackoError(f"{self.layer_path(layer)} is in use by the overlay mounted at "
+                              f"{users[0].mount_point}; not removing it",
+                              hint=f"unmount it first (`umount {users[0].mount_point}`)")
         for path in (self.work_path(layer), self.layer_path(layer)):
             remove_tree(path)
 
