@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
-from stacko import overlay, run, stackpoints
+from stacko import overlay, run, stackpoints, words
 from stacko.errors import StackoError
 from stacko.records import Image, Instance, Stackpoint, replace
 from stacko.state import Store, remove_tree
@@ -61,6 +61,8 @@ def check(store: Store, repair: bool = False) -> Report:
                 line, left = settle(problem, repair)
                 report.append(line)
                 report.remaining += left
+        if not report:      # say what "nothing wrong" covered: a wrong --root shows
+            run.log(f"stacko: check: nothing wrong in {store.root} ({looked_at(store)})")
     n, s = report.remaining, "s" if report.remaining != 1 else ""
     if n and repair:
         run.log(f"stacko: error: check: {n} problem{s} could not be repaired")
@@ -70,6 +72,18 @@ def check(store: Store, repair: bool = False) -> Report:
     elif repair and report:
         run.log("stacko: check: every problem was repaired")
     return report
+
+
+def looked_at(store: Store) -> str:
+    images = store.load_images()
+    points = store.load_stackpoints()
+    instances = sum(len(p.instances) for p in points.values())
+    mounts = sum(1 for m in overlay.mounts() if mount_layers(store, m))
+    return (f"checked {words.count(len(images), 'image')}, "
+            f"{words.count(len(points), 'stackpoint')} with "
+            f"{words.count(instances, 'instance')}, "
+            f"{words.count(len(listdir(store.layers_dir)), 'layer directory', 'layer directories')}"
+            f" and {words.count(mounts, 'overlay mount')} of its layers")
 
 
 def settle(problem: Problem, repair: bool) -> Tuple[str, int]:

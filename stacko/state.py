@@ -80,6 +80,7 @@ class Store:
         if exclusive:
             self._create_root()
         elif not os.path.exists(os.path.join(self.root, "lock")):
+            self._warn_if_absent()   # a mistyped --root would otherwise list nothing, silently
             yield   # nothing was ever written here: nothing to read consistently
             return
         self._refuse_unsafe_root()
@@ -104,6 +105,27 @@ class Store:
         finally:
             self._lock_fd, self._exclusive = None, False
             os.close(fd)
+
+    def absence(self) -> Optional[str]:
+        """Why no stacko state exists at the root, or None when some does (or
+        when we may not look: then reading it says so)."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return "it does not exist"
+        except NotADirectoryError:
+            return "it is not a directory"
+        except OSError:
+            return None
+        if not {"images.json", "stackpoints.json"} & set(names):
+            return "it holds no images.json nor stackpoints.json"
+        return None
+
+    def _warn_if_absent(self) -> None:
+        why = self.absence()
+        if why is not None:
+            print(f"stacko: warning: no stacko state exists in {self.root} ({why}; "
+                  "see --root and $STACKO_ROOT)", file=sys.stderr)
 
     def _refuse_unsafe_root(self) -> None:
         """Whoever may write the root could plant layers or metadata that root then

@@ -19,3 +19,8 @@ def named(noun: str, names: list[str] | tuple[str, ...], plural: str = "") -> st
     if len(names) > SHOWN:
         quoted.append(f"{len(names) - SHOWN} more")
     return f"{noun if len(names) == 1 else plural or noun + 's'} {join(quoted)}"
+
+
+def count(n: int, noun: str, plural: str = "") -> str:
+    """"1 image", "3 images", "0 images"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -3,6 +3,7 @@ round, and lists of names in plain English.  Each check looks at what the user
 sees: the stderr text, the exit status, an empty stdout, an unchanged state."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,52 @@ def test_words() -> None:
     assert words.named("image", ["a", "b", "c"]) == "images 'a', 'b' and 'c'"
     many = words.named("image", [f"i{n}" for n in range(20)])
     assert many.startswith("images 'i0', 'i1'") and many.endswith("'i7' and 12 more")
+
+
+# --- a root that is not there ------------------------------------------------------
+LISTINGS = [("list-images",), ("list-images", "--json"), ("list-images", "--tree"),
+            ("list-stackpoints",), ("list-stackpoints", "--json"), ("check",)]
+
+
+@pytest.mark.parametrize("argv", LISTINGS)
+def test_a_root_that_is_not_there_is_named_on_stderr(tmp_path: Path, argv) -> None:
+    from conftest import run_stacko
+    typo = tmp_path / "typo"
+    r = run_stacko(typo, *argv)                          # exit 0, as before
+    assert r.stdout == ("[]\n" if "--json" in argv else "")
+    assert f"stacko: warning: no stacko state exists in {typo} (it does not exist; " \
+        "see --root and $STACKO_ROOT)\n" in r.stderr
+    assert not typo.exists()
+    typo.mkdir()                                         # a directory, but no stacko state
+    r = run_stacko(typo, *argv)
+    assert "no stacko state exists in" in r.stderr and "no images.json" in r.stderr
+    assert r.stdout == ("[]\n" if "--json" in argv else "")
+    assert os.listdir(typo) == []
+
+
+def test_a_root_with_state_gets_no_warning(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "a")
+    stacko("delete-image", "a")          # nothing left, but stacko state all the same
+    for argv in LISTINGS[:-1]:
+        assert "warning" not in stacko(*argv).stderr
+
+
+def test_an_unknown_name_in_a_missing_root_says_why(tmp_path: Path) -> None:
+    from conftest import run_stacko
+    r = run_stacko(tmp_path / "typo", "get-stackpoint-dir", "sys", rc=1)
+    assert "no stacko state exists in" in r.stderr and "no stackpoint named 'sys'" in r.stderr
+
+
+def test_check_says_what_it_looked_at(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "a")
+    stacko("new-image", "b", "a")
+    stacko("new-stackpoint", "p", "b")
+    r = stacko("check")
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines == [f"stacko: check: nothing wrong in {root} (checked 2 images, 1 stackpoint "
+                     "with 1 instance, 3 layer directories and 0 overlay mounts of its layers)"]
+    # and a check that finds something does not say "nothing wrong"
+    (root / "l" / "zzzzz").mkdir()
+    r = stacko("check", rc=1)
+    assert "nothing wrong" not in r.stderr and "zzzzz" in r.stdout
