@@ -7,15 +7,16 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from stacko import overlay, words
 from stacko.errors import AlreadyExists, ImageInUse, ImageNotFound, StackTooDeep, StackoError
-from stacko.records import Image, Stackpoint, check_name, replace
+from stacko.records import Image, Stackpoint, check_name, replace, utc_time
 from stacko.state import Store, locked
 
 EMPTY_LOWER = "../e"     # relative to the layers directory, like every layer
 
 
 def now() -> str:
-    """UTC, ISO 8601, to the second (time, not datetime: cheaper to import)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    """RFC 3339 in UTC to the second, as every time stacko writes and prints
+    (records.utc_time); time, not datetime: cheaper to import."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def get(images: Dict[str, Image], name: str) -> Image:
@@ -175,7 +176,8 @@ class ImageInfo(NamedTuple):
                 "children": list(self.children), "instances": list(self.instances),
                 "mounted": self.mounted is not None, "mode": self.mounted,
                 "edit_dir": store.edit_path(self.image.name) if self.mounted else None,
-                "layer": store.layer_path(self.image.layer), "created": self.image.created}
+                "layer": store.layer_path(self.image.layer),
+                "created": utc_time(self.image.created)}
 
 
 @locked(exclusive=False)

@@ -28,7 +28,7 @@ from stacko.layertar import BadLayer, HostileArchive, unpack_layer
 from stacko.ociexport import write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
-from stacko.records import NAME_RE, Image, check_name, replace
+from stacko.records import NAME_RE, Image, check_name, replace, utc_time
 from stacko.state import Store, locked, remove_tree
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
@@ -96,7 +96,8 @@ def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optio
         image_name = name if top else lower_name(name, n, spec, taken)
         taken.add(image_name)
         planned.append(Image(name=image_name, layer="", parent=parent,
-                             created=spec.created or now, diff_id=spec.diff_id))
+                             created=utc_time(spec.created or "") or now,
+                             diff_id=spec.diff_id))
         parent = image_name
     return planned
 

@@ -28,7 +28,7 @@ from stacko.errors import StackoError
 from stacko.layertar import pack_layer
 from stacko.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
-from stacko.records import Image
+from stacko.records import Image, utc_time
 from stacko.state import Store
 
 CHUNK = 1 << 20
@@ -184,14 +184,14 @@ def write_archive(store: Store, chain: List[Image], name: str, path: str, compre
         diff_ids.append(diff_id)
         entry = {"created_by": f"stacko image {image.name}"}
         if image.created:
-            entry["created"] = image.created
+            entry["created"] = utc_time(image.created)
         history.append(entry)
     progress("")
     config: Dict[str, Any] = {"architecture": host_architecture(), "os": "linux", "config": {},
                               "rootfs": {"type": "layers", "diff_ids": diff_ids},
                               "history": history}
     if chain[-1].created:
-        config["created"] = chain[-1].created
+        config["created"] = utc_time(chain[-1].created)
     config_blob = json_blob(config, staging, blobs)
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
                 "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,

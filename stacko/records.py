@@ -32,6 +32,33 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+UTC_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+ISO_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:[.,]\d+)?"
+                         r"([Zz]|[+-]\d\d:?\d\d)?")
+
+
+def utc_time(text: str) -> str:
+    """A time as stacko writes it, RFC 3339 in UTC to the second ("…T20:22:05Z"),
+    from what records or archives hold ("…+00:00", "….187251933Z", "…+02:00").
+    What is not a time at all is left as it is, for the reader to see."""
+    if not text or UTC_TIME_RE.fullmatch(text):
+        return text
+    m = ISO_TIME_RE.fullmatch(text.strip())
+    if m is None:
+        return text
+    import datetime   # here: times already in our form (nearly all) do without it
+    offset = m.group(3) or "+00:00"          # RFC 3339 wants an offset; none: UTC
+    if offset in ("Z", "z"):
+        offset = "+00:00"
+    elif ":" not in offset:
+        offset = offset[:3] + ":" + offset[3:]
+    try:
+        when = datetime.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{offset}")
+        return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):
+        return text
+
+
 def _get(data: Dict[str, Any], key: str, kind: type, source: str, optional: bool = False) -> Any:
     value = data.get(key)
     if value is None and optional:

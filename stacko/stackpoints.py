@@ -17,7 +17,8 @@ from stacko import images as images_mod
 from stacko import overlay, procs, run
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
-from stacko.records import DetachedMount, Image, Instance, Stackpoint, check_name, replace
+from stacko.records import (DetachedMount, Image, Instance, Stackpoint, check_name, replace,
+                            utc_time)
 from stacko.state import Store, locked
 
 
@@ -471,7 +472,8 @@ class StackpointInfo(NamedTuple):
         return {"name": p.name, "dir": self.directory, "current": p.current,
                 "mounted": self.mounted is not None, "mounted_image": self.mounted,
                 "history": list(p.history),
-                "instances": [{"image": i.image, "created": i.created} for i in p.instances]}
+                "instances": [{"image": i.image, "created": utc_time(i.created)}
+                              for i in p.instances]}
 
 
 @locked(exclusive=False)

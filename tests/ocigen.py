@@ -97,10 +97,11 @@ def _put(layout: Path, data: bytes) -> Dict[str, object]:
 
 def write_layout(layout: Path, layers: Sequence[Sequence[Member]], ref: str = "latest",
                  compression: Sequence[str] = (), names: Sequence[Optional[str]] = (),
-                 add: bool = False) -> Dict[str, object]:
+                 add: bool = False, created: Sequence[str] = ()) -> Dict[str, object]:
     """An OCI layout with one image of the given layers (bottom first).
 
-    compression: per layer ("gzip" unless given); names: stacko annotations.
+    compression: per layer ("gzip" unless given); names: stacko annotations;
+    created: per layer, the config's history times.
     add=True adds the image to a layout that exists."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
@@ -115,6 +116,8 @@ def write_layout(layout: Path, layers: Sequence[Sequence[Member]], ref: str = "l
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
     config = {"architecture": "amd64", "os": "linux", "config": {},
               "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    if created:
+        config["history"] = [{"created": when} for when in created]
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
                    **_put(layout, json.dumps(config).encode())}
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -3,7 +3,9 @@ round, and lists of names in plain English.  Each check looks at what the user
 sees: the stderr text, the exit status, an empty stdout, an unchanged state."""
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,48 @@ def test_check_says_what_it_looked_at(stacko: Runner, root: Path) -> None:
     (root / "l" / "zzzzz").mkdir()
     r = stacko("check", rc=1)
     assert "nothing wrong" not in r.stderr and "zzzzz" in r.stdout
+
+
+# --- one timestamp format ------------------------------------------------------------
+UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.mark.mounts
+def test_every_time_in_json_is_rfc3339_utc(stacko: Runner, root: Path, workdir: Path) -> None:
+    from ocigen import f, write_layout
+    layout = workdir / "layout"
+    write_layout(layout, [[f("a", b"a")], [f("b", b"b")]],
+                 created=["2026-11-25T20:22:05.187251933Z", "2026-11-25T22:22:21+02:00"])
+    stacko("import-image", "app", str(layout))
+    stacko("new-image", "mine")
+    stacko("new-stackpoint", "p", "app")
+    # a record written by an earlier stacko, in the form it used then
+    data = json.loads((root / "images.json").read_text())
+    data["images"]["mine"]["created"] = "2026-11-25T20:22:21+00:00"
+    (root / "images.json").write_text(json.dumps(data))
+    points = json.loads((root / "stackpoints.json").read_text())
+    points["stackpoints"]["p"]["instances"][0]["created"] = "2026-11-25T21:00:00.5+01:00"
+    (root / "stackpoints.json").write_text(json.dumps(points))
+
+    listed = {i["name"]: i["created"] for i in json.loads(stacko("list-images", "--json").out)}
+    assert listed["app.layer-1"] == "2026-11-25T20:22:05Z"
+    assert listed["app"] == "2026-11-25T20:22:21Z"
+    assert listed["mine"] == "2026-11-25T20:22:21Z"
+    [point] = json.loads(stacko("list-stackpoints", "--json").out)
+    assert point["instances"][0]["created"] == "2026-11-25T20:00:00Z"
+    times = [v for v in listed.values()] + [i["created"] for i in point["instances"]]
+    times += [e["time"] for e in point.get("events", [])]
+    assert all(UTC.fullmatch(t) for t in times), times
+    # and new records are written so
+    stacko("new-image", "fresh")
+    record = json.loads((root / "images.json").read_text())["images"]
+    assert UTC.fullmatch(record["fresh"]["created"]) and record["app"]["created"].endswith("Z")
+
+
+def test_utc_time() -> None:
+    from stacko.records import utc_time
+    assert utc_time("2026-11-25T20:22:21+00:00") == "2026-11-25T20:22:21Z"
+    assert utc_time("2026-11-25T20:22:05.187251933Z") == "2026-11-25T20:22:05Z"
+    assert utc_time("2026-11-26T01:52:05-0130") == "2026-11-26T03:22:05Z"
+    assert utc_time("2026-11-25T20:22:05") == "2026-11-25T20:22:05Z"
+    assert utc_time("") == "" and utc_time("yesterday") == "yesterday"
