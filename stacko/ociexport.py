@@ -9,21 +9,16 @@ does not grow with the image.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import io
 import json
 import os
-import shutil
-import struct
 import sys
 import tarfile
-import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Deque, Dict, List, Tuple
+from typing import IO, Any, Callable, Dict, List, Tuple
 
-from stacko import run
+from stacko.compression import compressor
 from stacko.errors import StackoError
 from stacko.layertar import pack_layer
 from stacko.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
@@ -31,9 +26,6 @@ from stacko.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_A
 from stacko.records import Image, utc_time
 from stacko.state import Store
 
-CHUNK = 1 << 20
-GZIP_LEVEL = 6            # what Go's compress/gzip and the container tools default to
-ZSTD_LEVEL = 3
 LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
                "none": "application/vnd.oci.image.layer.v1.tar"}
@@ -62,69 +54,6 @@ class HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-class ParallelGzip:
-    """A gzip writer that deflates 1 MiB blocks on all CPUs, as pigz does.
-
-    zlib lets go of the GIL while it compresses, so threads scale.  Each block
-    is deflated on its own, primed with the 32 KiB before it and ended with a
-    sync flush; the blocks join into one ordinary gzip member.  The output
-    depends only on the data, never on timing or the number of threads.
-    """
-
-    BLOCK = 1 << 20
-    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"   # no name, no time, OS unknown
-
-    def __init__(self, out: IO[bytes], level: int) -> None:
-        self.out, self.level = out, level
-        self.workers = max(1, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers)
-        self.pending: Deque[Future] = collections.deque()
-        self.buffer = bytearray()
-        self.previous = b""
-        self.crc = 0
-        self.size = 0
-        self.out.write(self.HEADER)
-
-    def write(self, data: bytes) -> int:
-        self.buffer += data
-        while len(self.buffer) > self.BLOCK:
-            self._submit(bytes(self.buffer[:self.BLOCK]), last=False)
-            del self.buffer[:self.BLOCK]
-        return len(data)
-
-    def _submit(self, block: bytes, last: bool) -> None:
-        self.crc = zlib.crc32(block, self.crc)
-        self.size += len(block)
-        self.pending.append(self.pool.submit(self._deflate, block, self.previous, last,
-                                             self.level))
-        self.previous = block[-32768:]
-        while len(self.pending) > 2 * self.workers or \
-                (self.pending and self.pending[0].done()):
-            self.out.write(self.pending.popleft().result())
-
-    @staticmethod
-    def _deflate(block: bytes, primer: bytes, last: bool, level: int) -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
-                             *((primer,) if primer else ()))
-        return c.compress(block) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-
-    def finish(self) -> None:
-        """Deflate what is left and write the gzip trailer."""
-        self._submit(bytes(self.buffer), last=True)
-        while self.pending:
-            self.out.write(self.pending.popleft().result())
-        self.out.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
-
-    def flush(self) -> None:
-        pass
-
-    def __enter__(self) -> "ParallelGzip":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 @dataclass(frozen=True)
 class Blob:
     digest: str
@@ -136,24 +65,11 @@ def write_layer(layer_dir: str, target: str, compression: str) -> Tuple[Blob, st
     """Pack one layer into target; returns the blob and the layer's diff_id."""
     with open(target, "wb") as f:
         stored = HashingWriter(f)
-        if compression == "zstd":
-            holder: List[HashingWriter] = []
-
-            def feed(sink: IO[bytes]) -> None:
-                holder.append(HashingWriter(sink))
-                pack_layer(layer_dir, holder[0])  # type: ignore[arg-type]
-            with run.pipe_through(["zstd", "-q", "-c", f"-{ZSTD_LEVEL}", "--no-progress"],
-                                  feed) as out:
-                shutil.copyfileobj(out, stored, CHUNK)  # type: ignore[arg-type]
-            diff = holder[0]
-        elif compression == "gzip":
-            with ParallelGzip(stored, GZIP_LEVEL) as packed:  # type: ignore[arg-type]
-                diff = HashingWriter(packed)  # type: ignore[arg-type]
-                pack_layer(layer_dir, diff)  # type: ignore[arg-type]
-                packed.finish()
-        else:
-            diff = stored
+        with compressor(stored, compression) as packed:  # type: ignore[arg-type]
+            # Uncompressed, the blob is the tar: one hash serves as both digests.
+            diff = stored if compression == "none" else HashingWriter(packed)  # type: ignore[arg-type]
             pack_layer(layer_dir, diff)  # type: ignore[arg-type]
+            packed.finish()
         f.flush()
     return Blob(stored.digest, stored.size, target), diff.digest
 

@@ -9,7 +9,6 @@ from validated digests, and the digests of layers are checked while unpacking.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -22,13 +21,12 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
-from stacko import run, words
+from stacko import words
+from stacko.compression import GZIP_MAGIC, ZSTD_MAGIC, decompressed
 from stacko.errors import StackoError, UsageError
 from stacko.layertar import clean_name
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_JSON = 16 << 20
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 NAME_ANNOTATION = "io.stacko.image.name"
@@ -89,39 +87,6 @@ class HashingReader:
     @property
     def digest(self) -> str:
         return "sha256:" + self.hash.hexdigest()
-
-
-class PrefixedReader:
-    """Gives back the bytes already peeked at, then the rest of the stream."""
-
-    def __init__(self, prefix: bytes, inner: IO[bytes]) -> None:
-        self.prefix, self.inner = prefix, inner
-
-    def read(self, n: int = -1) -> bytes:
-        if self.prefix:
-            if n is None or n < 0:
-                data, self.prefix = self.prefix + self.inner.read(), b""
-            else:
-                data, self.prefix = self.prefix[:n], self.prefix[n:]
-            return data
-        return self.inner.read(n)
-
-
-@contextlib.contextmanager
-def decompressed(raw: IO[bytes]) -> Iterator[IO[bytes]]:
-    """The uncompressed stream of raw: gzip and zstd are told by their magic."""
-    head = raw.read(4)
-    stream = PrefixedReader(head, raw)
-    if head.startswith(GZIP_MAGIC):
-        with gzip.GzipFile(fileobj=stream, mode="rb") as plain:  # type: ignore[arg-type]
-            yield plain  # type: ignore[misc]
-    elif head.startswith(ZSTD_MAGIC):
-        def feed(sink: IO[bytes]) -> None:
-            shutil.copyfileobj(stream, sink, CHUNK)  # type: ignore[arg-type]
-        with run.pipe_through(["zstd", "-d", "-c", "-q"], feed) as plain:
-            yield plain
-    else:
-        yield stream  # type: ignore[misc]
 
 
 def check_digest(digest: Any, what: str) -> str:
@@ -403,7 +368,7 @@ def spool(path: str, staging: str) -> str:
         try:
             with decompressed(raw) as plain, open(target, "wb") as out:
                 shutil.copyfileobj(plain, out, CHUNK)  # type: ignore[misc]
-        except (OSError, EOFError, gzip.BadGzipFile) as e:  # type: ignore[attr-defined]
+        except (OSError, EOFError) as e:     # corrupt: OSError; cut short: EOFError
             raise BadArchive(f"cannot decompress {path}: {e}") from None
         return target
     finally:

@@ -5,11 +5,10 @@ that their messages are predictable; ``-v`` logs each command to stderr.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
-from typing import IO, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from stacko.errors import CommandFailed
 
@@ -72,64 +71,3 @@ def run(argv: Sequence[str], *, check: bool = True, cwd: Optional[str] = None,
 def describe_failure(result: Result) -> str:
     detail = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
     return f"{result.argv[0]} failed: {detail}"
-
-
-@contextlib.contextmanager
-def pipe_through(argv: Sequence[str], feed: Callable[[IO[bytes]], None]) -> Iterator[IO[bytes]]:
-    """Stream data through a filter command (zstd -d, zstd -c …).
-
-    A thread calls feed(stdin) and closes it; the caller reads the command's
-    stdout from the yielded file.  On leaving, the command must have exited 0
-    and the feeder must have finished, or CommandFailed (or the feeder's own
-    error) is raised.
-    """
-    import subprocess
-    import tempfile
-    import threading
-
-    argv = [str(a) for a in argv]
-    debug(f"+ {shlex.join(argv)}")
-    errors: List[BaseException] = []
-    with tempfile.TemporaryFile() as stderr:
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=stderr, env=child_env(), close_fds=True)
-        except FileNotFoundError:
-            raise CommandFailed(f"{argv[0]}: command not found",
-                                hint=f"install the package that provides {argv[0]}",
-                                returncode=127) from None
-        assert proc.stdin is not None and proc.stdout is not None
-
-        def pump() -> None:
-            try:
-                feed(proc.stdin)
-            except BrokenPipeError:
-                pass                    # the command stopped reading: its status says why
-            except BaseException as e:  # handed to the caller's thread below
-                errors.append(e)
-            finally:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        try:
-            yield proc.stdout
-            while proc.stdout.read(1 << 20):   # drain, so that the command can finish
-                pass
-        except BaseException:
-            proc.kill()
-            raise
-        finally:
-            proc.stdout.close()
-            returncode = proc.wait()
-            thread.join()
-        if errors:
-            raise errors[0]
-        if returncode != 0:
-            stderr.seek(0)
-            text = stderr.read().decode("utf-8", "replace")
-            raise CommandFailed(describe_failure(Result(tuple(argv), returncode, "", text)),
-                                returncode=returncode, stderr=text)
