@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 from stacko import __version__
 from stacko.errors import Interrupted, StackoError
@@ -36,7 +36,7 @@ def out(line: str) -> None:
         raise StackoError(f"cannot write to stdout: {e.strerror or e}") from None
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     out(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -205,10 +205,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # --- the parser ------------------------------------------------------------------
-Arg = Tuple[Tuple[str, ...], Dict[str, Any]]
+Arg = tuple[tuple[str, ...], dict[str, object]]
 
 
-def arg(*flags: str, **kwargs: Any) -> Arg:
+def arg(*flags: str, **kwargs: object) -> Arg:
     return flags, kwargs
 
 
@@ -257,7 +257,7 @@ A layout or archive that holds several images needs --ref to choose one."""
 
 class Command:
     def __init__(self, name: str, handler: Handler, help: str, *args: Arg,
-                 aliases: Sequence[str] = (), epilog: Optional[str] = None) -> None:
+                 aliases: Sequence[str] = (), epilog: str | None = None) -> None:
         self.name, self.handler, self.help, self.args, self.aliases = \
             name, handler, help, args, tuple(aliases)
         self.epilog = epilog
@@ -350,9 +350,35 @@ COMMANDS = [
 ]
 
 
+def terminal_columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, told the terminal's width: left to find it itself,
+    it imports shutil (and with it bz2, lzma and zlib) for every parser, on
+    every start, help or not."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = terminal_columns() - 2          # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 def common_options() -> argparse.ArgumentParser:
     # SUPPRESS: given before or after the command, a shared option is not reset.
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
     common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
                         help=f"state directory (default: $STACKO_ROOT or {DEFAULT_ROOT})")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -360,7 +386,7 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def command_word(argv: Sequence[str]) -> Optional[str]:
+def command_word(argv: Sequence[str]) -> str | None:
     """The word of the line that names the command, found without parsing it."""
     words = iter(argv)
     for word in words:
@@ -373,13 +399,13 @@ def command_word(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def wanted_command(argv: Sequence[str]) -> Optional[Command]:
+def wanted_command(argv: Sequence[str]) -> Command | None:
     """The command named on the line, found without parsing it, or None."""
     word = command_word(argv)
     return next((c for c in COMMANDS if word == c.name or word in c.aliases), None)
 
 
-def suggestions(word: str) -> List[str]:
+def suggestions(word: str) -> list[str]:
     """Commands the user may have meant by word: those it begins; else those
     nearly as close in spelling as the closest; else those containing it."""
     import difflib    # here: only a mistyped command pays for it
@@ -421,14 +447,14 @@ def command_groups() -> str:
                                           ("changes and upkeep: ", UPKEEP_COMMANDS)))
 
 
-def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
+def build_parser(only: Command | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (for speed at every start) one with just the command
     that was asked for; help and usage errors get the whole one."""
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="stacko", parents=[common],
         description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
         epilog=command_groups() if only is None else None)
     parser.add_argument("--version", action="version", version=f"stacko {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -436,7 +462,7 @@ def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, parents=[common], help=command.help,
                            description=command.help, aliases=list(command.aliases),
                            epilog=command.epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=Formatter)
         for flags, kwargs in command.args:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(handler=command.handler)
@@ -444,11 +470,11 @@ def build_parser(only: Optional[Command] = None) -> argparse.ArgumentParser:
 
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def _terminate(signum: int, frame: object) -> None:
     raise Interrupted("terminated by a signal; what was begun has been undone")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = wanted_command(argv)
     if only is None and not {"-h", "--help", "--version"} & set(argv):
