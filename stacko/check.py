@@ -54,9 +54,15 @@ class Report(list):
 def check(store: Store, repair: bool = False) -> Report:
     report = Report()
     with store.locked(exclusive=repair):
+        # Records that fail validation come first, and alone: every other check
+        # (and every repair) acts on the records, and stacko acts on none it
+        # cannot trust.
+        bad = [Problem(text, cannot="stacko does not guess what a bad record meant: fix it "
+                                    "by hand, or restore the file from a backup")
+               for text in store.violations()]
         # Mounts first: repairing a stale mount frees the layer beneath it, which
         # the second phase then sees unmounted.
-        for phase in (mount_problems, directory_problems):
+        for phase in ((lambda store: bad),) if bad else (mount_problems, directory_problems):
             for problem in phase(store):
                 line, left = settle(problem, repair)
                 report.append(line)
@@ -415,7 +421,7 @@ def keep_orphan(store: Store, layer: str) -> str:
 def staging_leftovers(store: Store, table: List[overlay.Mount]) -> List[Problem]:
     problems = []
     exclusive = store._exclusive
-    for entry in listdir(store.tmp_dir):
+    for entry in store.staging_entries():     # only stacko's own names, in a stacko root
         path = os.path.join(store.tmp_dir, entry)
         if not exclusive and staging_alive(entry):
             continue      # an export (shared lock) at work right now

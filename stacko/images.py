@@ -182,8 +182,8 @@ class ImageInfo(NamedTuple):
 
 @locked(exclusive=False)
 def list_images(store: Store) -> List[ImageInfo]:
-    images = store.load_images()
-    points = store.load_stackpoints()
+    images = store.load_images(strict=False)      # only shown: a bad record is listed
+    points = store.load_stackpoints(strict=False)
     # One pass over each table, not one per image: listings of 1,000 images.
     prefix = store.edit_dir + "/"
     edits = {name: overlay.find_mount(prefix + name, table)

@@ -73,7 +73,7 @@ def clean_staging(store: Store) -> None:
         return
     if overlay.mounts_under(store.tmp_dir):
         return          # never rmtree beneath a mount; `stacko check` will say so
-    for entry in os.listdir(store.tmp_dir):
+    for entry in store.staging_entries():     # only stacko's own, never an admin's files
         remove_tree(os.path.join(store.tmp_dir, entry))
 
 

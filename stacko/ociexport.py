@@ -128,16 +128,31 @@ def write_archive(store: Store, chain: List[Image], name: str, path: str, compre
 
 
 def write_file(path: str, produce: Callable[[IO[bytes]], None]) -> None:
-    """Write path through a temp file beside it: never a half-written archive."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.stacko-{os.getpid()}.tmp")
+    """Write path through a temp file beside it: never a half-written archive.
+
+    The directory may be shared (/tmp): the temp file gets a name nobody can
+    guess and is created with O_EXCL|O_NOFOLLOW (mkstemp), so that a symlink
+    planted there can never make root write through it."""
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".stacko.tmp",
+                                   dir=directory)
+    except OSError as e:
+        raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)      # what open() would have made, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
             produce(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        if fd >= 0:
+            os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
@@ -145,6 +160,20 @@ def write_file(path: str, produce: Callable[[IO[bytes]], None]) -> None:
         if isinstance(e, OSError):
             raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    try:
+        sync_directory(directory)
+    except OSError as e:      # the archive is whole and in place: only its name may not last
+        print(f"stacko: warning: cannot sync {directory}: {e.strerror}; {path} is written "
+              "but may not survive a power cut", file=sys.stderr)
+
+
+def sync_directory(directory: str) -> None:
+    """After a rename: make the new name survive a power cut."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:

@@ -478,7 +478,7 @@ class StackpointInfo(NamedTuple):
 
 @locked(exclusive=False)
 def list_stackpoints(store: Store) -> List[StackpointInfo]:
-    points = store.load_stackpoints()
+    points = store.load_stackpoints(strict=False)     # only shown: a bad record is listed
     table = overlay.mounts()
     infos = []
     for name in sorted(points):

@@ -10,7 +10,8 @@ Layout of a root::
     e/                 an empty directory, the second lower of one-layer read-only mounts
     edit/NAME          where edit-image mounts an image
     stackpoints/NAME   default stackpoint directories
-    tmp/               staging for imports
+    tmp/               staging for imports and exports: import-PID-X, export-PID-X
+    .stacko-root       marks a stacko root: stacko cleans up only in a marked root
 
 Layer directories get short names because overlayfs takes its options in one
 page (4096 bytes) of mount data: mounts are made from inside ``l/`` with
@@ -24,6 +25,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -36,6 +38,9 @@ VERSION = 1
 DEFAULT_ROOT = "/var/lib/stacko"
 LAYER_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 LAYER_ID_LEN = 5
+MARKER = ".stacko-root"
+# The only names stacko ever makes in <root>/tmp, and so the only ones it removes.
+STAGING_RE = re.compile(r"(?:import|export)-[0-9]+-[0-9A-Za-z]+")
 
 T = TypeVar("T")
 
@@ -77,13 +82,13 @@ class Store:
                 raise AssertionError("exclusive lock requested inside a shared one")
             yield
             return
+        self._refuse_unsafe_root()
         if exclusive:
             self._create_root()
         elif not os.path.exists(os.path.join(self.root, "lock")):
             self._warn_if_absent()   # a mistyped --root would otherwise list nothing, silently
             yield   # nothing was ever written here: nothing to read consistently
             return
-        self._refuse_unsafe_root()
         path = os.path.join(self.root, "lock")
         try:
             fd = os.open(path, (os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
@@ -131,6 +136,27 @@ class Store:
         """Whoever may write the root could plant layers or metadata that root then
         mounts or removes: refuse a root that another user can write to."""
         me = os.geteuid()
+        # The root's parents too: whoever may write one of them could rename the
+        # root away and put a symlink (or a root of theirs) in its place.  A
+        # sticky directory (/tmp) lets nobody rename what is not theirs.
+        parent = os.path.dirname(self.root)
+        while True:
+            try:
+                st = os.lstat(parent)
+            except OSError:
+                st = None
+            if st is not None and st.st_uid not in (0, me):
+                raise StackoError(f"refusing to work in {self.root}: its parent {parent} belongs "
+                                  f"to user {st.st_uid}, who could swap the root for another",
+                                  hint="choose a root whose parents belong to root")
+            if st is not None and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                raise StackoError(f"refusing to work in {self.root}: its parent {parent} is "
+                                  f"writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), "
+                                  "who could swap the root for another",
+                                  hint=f"chmod go-w {parent}")
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
         for path in (self.root, self.layers_dir, self.work_dir, self.images_file,
                      self.stackpoints_file, os.path.join(self.root, "lock")):
             try:
@@ -147,19 +173,69 @@ class Store:
                                   hint=f"chmod go-w {path}")
 
     def _create_root(self) -> None:
+        """Make the root, or add what is missing; a directory that holds other
+        things and no stacko state is refused (``--root /var`` is a typo, and
+        stacko would clean up in its tmp/)."""
         try:
             os.makedirs(os.path.dirname(self.root), exist_ok=True)
             try:
                 os.mkdir(self.root, 0o700)
+                fresh = True
             except FileExistsError:
-                pass
+                fresh = False
+            marker = os.path.join(self.root, MARKER)
+            if not os.path.lexists(marker):
+                if not fresh and not self._earlier_root():
+                    raise StackoError(
+                        f"{self.root} is not a stacko root (it has no {MARKER} and holds other "
+                        "files); refusing to make one there",
+                        hint="give --root (or STACKO_ROOT) a new or empty directory")
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, b"a stacko state root: stacko cleans up only where this is\n")
+                finally:
+                    os.close(fd)
             for sub in (self.layers_dir, self.work_dir, self.empty_dir, self.edit_dir):
                 os.makedirs(sub, mode=0o755 if sub != self.work_dir else 0o700, exist_ok=True)
         except OSError as e:
             raise StackoError(f"cannot create the state root {self.root}: {e.strerror}") from None
 
+    def _earlier_root(self) -> bool:
+        """An empty directory, or a root made before there was a marker."""
+        try:
+            if not os.listdir(self.root):
+                return True
+        except OSError:
+            return False
+
+        def is_a(name: str, kind: Callable[[int], bool]) -> bool:
+            try:
+                return kind(os.lstat(os.path.join(self.root, name)).st_mode)
+            except OSError:
+                return False
+        return is_a("images.json", stat.S_ISREG) or is_a("stackpoints.json", stat.S_ISREG) \
+            or (is_a("lock", stat.S_ISREG) and is_a("l", stat.S_ISDIR))
+
+    def staging_entries(self) -> list[str]:
+        """The leftovers stacko may remove from <root>/tmp: only names it makes, and
+        only in a marked root."""
+        if not os.path.isfile(os.path.join(self.root, MARKER)):
+            return []
+        try:
+            names = os.listdir(self.tmp_dir)
+        except OSError:
+            return []
+        return sorted(n for n in names if STAGING_RE.fullmatch(n))
+
     # --- metadata ----------------------------------------------------------
-    def load_images(self) -> Dict[str, Image]:
+    # Every record is validated as it is read (validate.py).  A violation makes
+    # loading fail with CorruptState naming the file, record and field, for every
+    # command that changes or mounts anything; listings and `check` pass
+    # strict=False and get the records as they are: they only show them, and
+    # check reports each violation (and then touches nothing).
+    def load_images(self, strict: bool = True) -> Dict[str, Image]:
+        from stacko import validate
         data = self._read(self.images_file, "images")
         images = {}
         for name, raw in data.items():
@@ -167,13 +243,16 @@ class Store:
             if image.name != name:
                 raise CorruptState(f"{self.images_file}: record {name!r} names {image.name!r}")
             images[name] = image
+        if strict:
+            refuse_violations(validate.image_violations(images, self.images_file))
         return images
 
     def save_images(self, images: Dict[str, Image]) -> None:
         self._write(self.images_file, "images",
                     {name: images[name].to_dict() for name in sorted(images)})
 
-    def load_stackpoints(self) -> Dict[str, Stackpoint]:
+    def load_stackpoints(self, strict: bool = True) -> Dict[str, Stackpoint]:
+        from stacko import validate
         data = self._read(self.stackpoints_file, "stackpoints")
         points = {}
         for name, raw in data.items():
@@ -181,7 +260,31 @@ class Store:
             if point.name != name:
                 raise CorruptState(f"{self.stackpoints_file}: record {name!r} names {point.name!r}")
             points[name] = point
+        if strict:
+            refuse_violations(validate.stackpoint_violations(points, self.stackpoints_file,
+                                                             self.root))
         return points
+
+    def violations(self) -> list[str]:
+        """Every record that would be refused, one message each (for check)."""
+        from stacko import validate
+        images = self.load_images(strict=False)
+        points = self.load_stackpoints(strict=False)
+        return (validate.image_violations(images, self.images_file)
+                + validate.stackpoint_violations(points, self.stackpoints_file, self.root)
+                + validate.shared_layers(images, points, self.images_file,
+                                         self.stackpoints_file))
+
+    def layer_owner(self, layer: str) -> str:
+        """What record names layer ("" when none does)."""
+        for image in self.load_images(strict=False).values():
+            if image.layer == layer:
+                return f"image {image.name!r}"
+        for point in self.load_stackpoints(strict=False).values():
+            for inst in point.instances:
+                if inst.layer == layer:
+                    return f"the instance of {inst.image!r} of stackpoint {point.name!r}"
+        return ""
 
     def save_stackpoints(self, points: Dict[str, Stackpoint]) -> None:
         self._write(self.stackpoints_file, "stackpoints",
@@ -235,9 +338,18 @@ class Store:
         raise StackoError(f"cannot find a free layer name in {self.layers_dir}")
 
     def remove_layer(self, layer: str) -> None:
-        """Remove a layer's data; never follows into a mount beneath it."""
-        from stacko import overlay
+        """Remove a layer's data; never follows into a mount beneath it.  Every
+        caller forgets the layer first: one that a record still names (two
+        records given one layer by a hand edit) is someone's data, kept."""
+        from stacko import overlay, validate
 
+        if not validate.LAYER_RE.fullmatch(layer):
+            raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
+        owner = self.layer_owner(layer)
+        if owner:
+            raise CorruptState(f"layer {self.layer_path(layer)} is still {owner}'s; "
+                               "not removing it",
+                               hint="`stacko check` reports the records that share it")
         table = overlay.mounts()
         for path in (self.work_path(layer), self.layer_path(layer)):
             busy = overlay.mounts_under(path, table)
@@ -255,6 +367,15 @@ class Store:
             remove_tree(path)
 
 
+def refuse_violations(found: list[str]) -> None:
+    if found:
+        more = f" (and {len(found) - 1} more problem{'s' if len(found) > 2 else ''})" \
+            if len(found) > 1 else ""
+        raise CorruptState(f"{found[0]}{more}",
+                           hint="stacko acts on no record it cannot trust: fix it by hand, or "
+                                "restore the file from a backup; `stacko check` lists them all")
+
+
 def remove_tree(path: str) -> None:
     """rm -rf, which never crosses into another filesystem and, unlike
     shutil.rmtree, does not recurse once per level (layers may be deep)."""
@@ -270,8 +391,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         mode = os.stat(path).st_mode & 0o644
     except OSError:
         pass
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    import tempfile     # mkstemp: O_EXCL|O_NOFOLLOW, never through a planted symlink
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:
+        raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         os.fchmod(fd, mode)     # whatever the umask
         try:

@@ -70,3 +70,194 @@ def test_check_reports_a_stackpoint_whose_directory_moved(stacko: Runner, workdi
     (workdir / "p").symlink_to("moved")
     r = stacko("check", rc=1)
     assert "now resolves to" in r.stdout and str(workdir / "moved" / "data") in r.stdout
+
+
+# --- 3: records are validated when they are read -------------------------------------
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("layer", ["../../victim", "/VICTIM", "l/../..", "ABCDE", ""])
+def test_a_layer_id_that_stacko_never_makes_is_refused(stacko: Runner, root: Path,
+                                                      workdir: Path, layer: str) -> None:
+    victim = workdir / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep\n")
+    stacko("new-image", "base")
+    stacko("new-image", "other")
+    layer = layer.replace("VICTIM", str(victim).lstrip("/"))
+    edit_json(root / "images.json", lambda d: d["images"]["base"].update(layer=layer))
+    before = snapshot(root)
+    for argv in (("delete-image", "base"), ("delete-image", "other"), ("new-image", "x")):
+        r = stacko(*argv, rc=1)
+        assert "images.json" in r.stderr and "'base'" in r.stderr and "'layer'" in r.stderr, \
+            r.stderr
+    assert (victim / "keep").read_text() == "keep\n"
+    assert snapshot(root) == before
+    assert stacko("list-images").out.split() == ["base", "other"]     # listings still work
+    r = stacko("check", rc=1)
+    assert "'base'" in r.stdout and "'layer'" in r.stdout
+    stacko("check", "--repair", rc=1)
+    assert snapshot(root) == before and (victim / "keep").exists()
+
+
+@pytest.mark.mounts
+def test_a_stackpoint_path_inside_the_root_is_never_mounted(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "base")
+    stacko("new-stackpoint", "sp", "base")
+    edit_json(root / "stackpoints.json",
+              lambda d: d["stackpoints"]["sp"].update(path=str(root / "l")))
+    before = snapshot(root)
+    r = stacko("mount-stackpoint", "sp", rc=1)
+    assert "stackpoints.json" in r.stderr and "'path'" in r.stderr, r.stderr
+    assert snapshot(root) == before
+    assert "'path'" in stacko("check", rc=1).stdout
+
+
+def test_check_reports_every_violation(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "a")
+    stacko("new-image", "b", "a")
+    stacko("new-image", "c")
+    stacko("new-stackpoint", "sp", "c")
+    stacko("new-stackpoint", "sq", "c")
+
+    def images(d: dict) -> None:
+        d["images"]["a"]["parent"] = "b"                               # a loop
+        d["images"]["c"]["layer"] = d["images"]["b"]["layer"]          # a shared layer
+
+    def points(d: dict) -> None:
+        d["stackpoints"]["sp"]["history"] = ["nothing"]
+        d["stackpoints"]["sq"]["instances"][0]["layer"] = \
+            d["stackpoints"]["sp"]["instances"][0]["layer"]
+    edit_json(root / "images.json", images)
+    edit_json(root / "stackpoints.json", points)
+    before = snapshot(root)
+    report = stacko("check", rc=1).stdout
+    assert "loop" in report and "'history'" in report and report.count("too") >= 2, report
+    stacko("delete-stackpoint", "sq", rc=1)
+    stacko("delete-image", "c", rc=1)
+    assert snapshot(root) == before
+
+
+def test_a_layer_another_record_names_is_never_removed(stacko: Runner, root: Path) -> None:
+    """An image given the layer of a stackpoint's instance: deleting the image
+    must not remove the instance's data."""
+    stacko("new-image", "base")
+    stacko("new-image", "decoy")
+    stacko("new-stackpoint", "sp", "base")
+    layer = json.loads((root / "stackpoints.json").read_text())["stackpoints"]["sp"][
+        "instances"][0]["layer"]
+    (root / "l" / layer / "mine").write_text("precious\n")
+    edit_json(root / "images.json", lambda d: d["images"]["decoy"].update(layer=layer))
+    r = stacko("delete-image", "decoy", rc=1)
+    assert layer in r.stderr, r.stderr
+    assert (root / "l" / layer / "mine").read_text() == "precious\n"
+
+
+# --- 2: only stacko's own staging, only in a stacko root -----------------------------
+def tiny_tar(path: Path) -> Path:
+    import io
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    return path
+
+
+def test_a_directory_that_is_no_stacko_root_is_never_cleaned(workdir: Path) -> None:
+    from conftest import run_stacko
+    var = workdir / "var"
+    (var / "tmp" / "import-1-ab").mkdir(parents=True)
+    (var / "tmp" / "user-file").write_text("mine\n")
+    (var / "cache").mkdir()
+    archive = tiny_tar(workdir / "a.tar")
+    for argv in (("check", "--repair"), ("import-image", "x", str(archive)), ("new-image", "x")):
+        r = run_stacko(var, *argv, rc=1)
+        assert "not a stacko root" in r.stderr, r.stderr
+    assert sorted(os.listdir(var)) == ["cache", "tmp"]
+    assert sorted(os.listdir(var / "tmp")) == ["import-1-ab", "user-file"]
+    r = run_stacko(var, "check", rc=None)
+    assert "user-file" not in r.stdout and "import-1-ab" not in r.stdout
+
+
+def test_only_stacko_staging_names_are_removed(stacko: Runner, root: Path, workdir: Path) -> None:
+    stacko("new-image", "base")
+    assert (root / ".stacko-root").is_file()
+    tmp = root / "tmp"
+    (tmp / "import-999991-0a1b2c3d").mkdir(parents=True)
+    (tmp / "export-999992-0a1b2c3d").mkdir()
+    (tmp / "notes").write_text("an admin's\n")
+    (tmp / "import-me").mkdir()
+    report = stacko("check", rc=1).stdout
+    assert "import-999991-" in report and "export-999992-" in report
+    assert "notes" not in report and "import-me" not in report
+    stacko("check", "--repair")
+    assert sorted(os.listdir(tmp)) == ["import-me", "notes"]
+    (tmp / "import-999993-0a1b2c3d").mkdir()
+    stacko("import-image", "x", str(tiny_tar(workdir / "a.tar")))
+    assert sorted(os.listdir(tmp)) == ["import-me", "notes"]
+
+
+def test_a_root_made_by_an_earlier_stacko_gets_its_marker(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "base")
+    (root / ".stacko-root").unlink()
+    assert stacko("list-images").out == "base"
+    stacko("new-image", "other")
+    assert (root / ".stacko-root").is_file()
+
+
+def test_an_empty_directory_becomes_a_root(stacko: Runner, root: Path) -> None:
+    root.mkdir()
+    stacko("new-image", "base")
+    assert (root / ".stacko-root").is_file()
+
+
+def test_a_parent_writable_by_others_is_refused(workdir: Path) -> None:
+    from conftest import run_stacko
+    shared = workdir / "shared"
+    shared.mkdir()
+    run_stacko(shared / "root", "new-image", "base")
+    os.chmod(shared, 0o777)
+    for argv in (("new-image", "x"), ("list-images",)):
+        r = run_stacko(shared / "root", *argv, rc=1)
+        assert str(shared) in r.stderr and "writable by other users" in r.stderr, r.stderr
+    os.chmod(shared, 0o1777)       # sticky, like /tmp: others cannot swap the root
+    run_stacko(shared / "root", "new-image", "x")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_parent_owned_by_another_user_is_refused(workdir: Path) -> None:
+    from conftest import run_stacko
+    home = workdir / "home"
+    home.mkdir()
+    run_stacko(home / "root", "new-image", "base")
+    os.chown(home, 65534, 65534)
+    r = run_stacko(home / "root", "list-images", rc=1)
+    assert "belongs to user 65534" in r.stderr and str(home) in r.stderr, r.stderr
+
+
+# --- 5: temporary files never follow a planted symlink -------------------------------
+def test_export_never_writes_through_a_planted_temp_name(tmp_path: Path) -> None:
+    from stacko import ociexport
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "out.tar"
+    for name in (f".out.tar.stacko-{os.getpid()}.tmp", f".out.tar.{os.getpid()}.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    ociexport.write_file(str(out), lambda f: f.write(b"archive"))
+    assert victim.read_text() == "precious\n"
+    assert out.read_bytes() == b"archive" and not out.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == ["out.tar", "victim"]
+
+
+def test_metadata_writes_never_follow_a_planted_temp_name(tmp_path: Path) -> None:
+    from stacko import state
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    target = tmp_path / "images.json"
+    (tmp_path / f".images.json.{os.getpid()}.tmp").symlink_to(victim)
+    state.atomic_write(str(target), b"{}\n")
+    assert victim.read_text() == "precious\n" and target.read_bytes() == b"{}\n"
