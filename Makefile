@@ -64,15 +64,19 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 MANDIR ?= $(PREFIX)/share/man
 PIP_INSTALL_FLAGS ?=
+# The mount at boot, and the confirmation of a tentative cutover after a good boot.
+UNITS := stacko-stackpoint@.service stacko-confirm@.service
 
 install: man completion
 	$(PYTHON) -m pip install --root "$(or $(DESTDIR),/)" $(if $(DESTDIR),--ignore-installed) \
 	  $(PIP_INSTALL_FLAGS) .
 	bindir=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))') && \
 	  mkdir -p "$(DESTDIR)$(UNITDIR)" && \
-	  sed "s|/usr/local/bin/stacko|$$bindir/stacko|g" contrib/stacko-stackpoint@.service \
-	    > "$(DESTDIR)$(UNITDIR)/stacko-stackpoint@.service" && \
-	  chmod 644 "$(DESTDIR)$(UNITDIR)/stacko-stackpoint@.service"
+	  for unit in $(UNITS); do \
+	    sed "s|/usr/local/bin/stacko|$$bindir/stacko|g" contrib/$$unit \
+	      > "$(DESTDIR)$(UNITDIR)/$$unit" && \
+	    chmod 644 "$(DESTDIR)$(UNITDIR)/$$unit" || exit 1; \
+	  done
 	install -D -m 644 build/stacko.bash "$(DESTDIR)$(BASHCOMPDIR)/stacko"
 	install -D -m 644 build/stacko.8 "$(DESTDIR)$(MANDIR)/man8/stacko.8"
 

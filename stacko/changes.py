@@ -278,6 +278,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     images = store.load_images()
     points = store.load_stackpoints()
     point = stackpoints.get(points, name)
+    stackpoints.refuse_if_checking(point, "commit-stackpoint")
     if new_image in images:
         raise AlreadyExists(f"image {new_image!r} exists already")
     old = point.current_instance()
@@ -363,6 +364,7 @@ def prune(store: Store, name: str, keep: int) -> List[str]:
         raise StackoError(f"--keep must be 0 or more, not {keep}")
     points = store.load_stackpoints()
     point = stackpoints.get(points, name)
+    stackpoints.refuse_if_checking(point, "prune-stackpoint")
     doomed = list(point.history[:len(point.history) - keep]) if keep else list(point.history)
     if not doomed:
         return []

@@ -110,7 +110,8 @@ def mount_problems(store: Store) -> List[Problem]:
     images = store.load_images()
     points = store.load_stackpoints()
     table = overlay.mounts()
-    return (stackpoint_mounts(store, images, points, table) + edit_mounts(store, images, table)
+    return (interrupted_checks(store, points) + stackpoint_mounts(store, images, points, table)
+            + edit_mounts(store, images, table)
             + stale_mounts(store, named_layers(images, points), table))
 
 
@@ -167,6 +168,8 @@ def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, 
     problems = []
     for name in sorted(points):
         point = points[name]
+        if point.checking is not None:
+            continue      # being checked, or interrupted_checks() undoes it
         directory = store.stackpoint_dir(point)
         resolved = os.path.realpath(directory)
         if resolved != directory:
@@ -192,6 +195,31 @@ def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, 
             problems.append(Problem(f"stackpoint {name!r} {what} (an interrupted switch)",
                                     lambda point=point: remount_current(store, images, point)))
     return problems
+
+
+def interrupted_checks(store: Store, points: Dict[str, Stackpoint]) -> List[Problem]:
+    """Checked cutovers whose command died during the check: undone (see checked.py)."""
+    from stacko import events
+    problems = []
+    for name in sorted(points):
+        pending = points[name].checking
+        if pending is None or events.check_alive(pending):
+            continue
+        problems.append(Problem(
+            f"stackpoint {name!r}: the checked cutover to {pending.image!r} was interrupted "
+            f"during its check (process {pending.pid} is gone)",
+            lambda name=name: undo_check(store, name)))
+    return problems
+
+
+def undo_check(store: Store, name: str) -> str:
+    point = stackpoints.get(store.load_stackpoints(), name)
+    pending = point.checking
+    assert pending is not None
+    if stackpoints.mounted_instance(store, point) is not None:
+        overlay.require_root("check --repair")
+    stackpoints.undo_interrupted_check(store, name, mount=False)
+    return f"fell back to {pending.previous!r}, as the failed check would have"
 
 
 def remount_current(store: Store, images: Dict[str, Image], point: Stackpoint) -> str:

@@ -18,8 +18,8 @@ IMAGE_COMMANDS = "new-image edit-image close-image delete-image list-images impo
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
-                  "delete-stackpoint-instance list-stackpoints")
-UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint check"
+                  "delete-stackpoint-instance list-stackpoints confirm-stackpoint")
+UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint df check"
 
 
 def store(args: argparse.Namespace) -> Store:
@@ -127,8 +127,23 @@ def cmd_is_stackpoint_mounted(args: argparse.Namespace) -> int:
 
 
 def cmd_cutover_stackpoint(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from stacko import checked
+        timeout = CHECK_TIMEOUT if args.check_timeout is None else args.check_timeout
+        out(checked.checked_cutover(store(args), args.point, args.image, args.check,
+                                    timeout=timeout, tries=args.tries))
+        return 0
+    if args.check_timeout is not None:
+        from stacko.errors import UsageError
+        raise UsageError("--check-timeout needs --check")
     from stacko import stackpoints
-    out(stackpoints.cutover(store(args), args.point, args.image))
+    out(stackpoints.cutover(store(args), args.point, args.image, tries=args.tries))
+    return 0
+
+
+def cmd_confirm_stackpoint(args: argparse.Namespace) -> int:
+    from stacko import stackpoints
+    stackpoints.confirm(store(args), args.point)
     return 0
 
 
@@ -162,13 +177,18 @@ def cmd_list_stackpoints(args: argparse.Namespace) -> int:
     if args.json:
         print_json([i.to_dict() for i in infos])
         return 0
-    rows = [("NAME", "CURRENT", "MOUNTED", "DIR", "INSTANCES", "HISTORY")]
+    from stacko import events
+    rows = [("NAME", "CURRENT", "MOUNTED", "DIR", "INSTANCES", "HISTORY", "LAST EVENT")]
     for i in infos:
         mounted = "no" if i.mounted is None else ("yes" if i.mounted == i.point.current
                                                    else f"yes ({i.mounted})")
-        rows.append((i.point.name, i.point.current, mounted, i.directory,
+        tentative = i.point.tentative
+        current = i.point.current if tentative is None or tentative.image != i.point.current \
+            else f"{i.point.current} (tentative, {tentative.tries_left} left)"
+        rows.append((i.point.name, current, mounted, i.directory,
                      ",".join(x.image for x in i.point.instances),
-                     ",".join(reversed(i.point.history)) or "-"))
+                     ",".join(reversed(i.point.history)) or "-",
+                     events.describe(i.point.events[-1]) if i.point.events else "-"))
     if infos:
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         for r in rows:
@@ -196,6 +216,17 @@ def cmd_prune_stackpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_df(args: argparse.Namespace) -> int:
+    from stacko import df
+    report = df.disk_usage(store(args))
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for line in df.render(report):
+            out(line)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from stacko import check
     report = check.check(store(args), repair=args.repair)
@@ -220,6 +251,19 @@ def name(text: str) -> str:
         return check_name(text)
     except InvalidName as e:
         raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
+
+
+CHECK_TIMEOUT = 60.0
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 1e9:       # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
 
 
 def non_negative(text: str) -> int:
@@ -316,6 +360,14 @@ COMMANDS = [
             "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
             described(POINT, "the stackpoint to switch"),
             described(IMAGE, "the image to switch it to"),
+            arg("--check", metavar="CMD",
+                help="then run CMD with sh -c in the stackpoint's directory; if it fails or "
+                     "times out, fall back to the instance that was current before, exit 1"),
+            arg("--check-timeout", metavar="S", type=seconds,
+                help=f"seconds CMD may run (default: {CHECK_TIMEOUT:g})"),
+            arg("--tries", metavar="N", type=non_negative,
+                help="tentative: after N mounts of the unmounted stackpoint (N boots) "
+                     "without confirm-stackpoint, mount-stackpoint falls back"),
             aliases=["cutover-stackpoint-instance"]),
     Command("fallback-stackpoint", cmd_fallback_stackpoint,
             "switch a stackpoint back to the instance that was current before; mount it",
@@ -331,7 +383,11 @@ COMMANDS = [
             "delete a non-current instance and its data", POINT,
             described(IMAGE, "the image whose instance to delete")),
     Command("list-stackpoints", cmd_list_stackpoints,
-            "show each stackpoint: directory, current image, mounted, instances, history", JSON),
+            "show each stackpoint: directory, current image, mounted, instances, history, "
+            "last event", JSON),
+    Command("confirm-stackpoint", cmd_confirm_stackpoint,
+            "make a tentative cutover (--tries N) permanent; nothing tentative: do nothing",
+            POINT),
     Command("diff-stackpoint", cmd_diff_stackpoint,
             "list what the current instance changed: A added, C changed, D deleted", POINT),
     Command("commit-stackpoint", cmd_commit_stackpoint,
@@ -343,6 +399,9 @@ COMMANDS = [
             "delete the oldest non-current instances beyond the N most recent in the history",
             POINT, arg("--keep", metavar="N", type=non_negative, required=True,
                        help="how many instances of the history to keep")),
+    Command("df", cmd_df,
+            "disk usage of images and instances, what is reclaimable, free space",
+            arg("--json", action="store_true", help="one JSON object")),
     Command("check", cmd_check,
             "compare metadata, layer directories and mounts; report every mismatch",
             arg("--repair", action="store_true",

@@ -129,6 +129,90 @@ class DetachedMount(NamedTuple):
                    boot_id=_get(data, "boot_id", str, source))
 
 
+def _get_int(data: Dict[str, Any], key: str, source: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptState(f"{source}: field {key!r} is missing or not a whole number")
+    return value
+
+
+class Event(NamedTuple):
+    """One switch of a stackpoint, kept so that an admin can tell what happened
+    and why (a rollback above all).  time: RFC 3339 UTC with Z."""
+
+    time: str
+    action: str              # cutover, fallback, set, check-failed, boot-fallback, confirm …
+    from_: Optional[str]     # the image that was current before ("from" on disk)
+    to: Optional[str]        # the image that is current after
+    reason: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"time": self.time, "action": self.action, "from": self.from_, "to": self.to,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Event":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: an event record is not an object")
+        return cls(time=_get(data, "time", str, source), action=_get(data, "action", str, source),
+                   from_=_get(data, "from", str, source, optional=True),
+                   to=_get(data, "to", str, source, optional=True),
+                   reason=data.get("reason") if isinstance(data.get("reason"), str) else "")
+
+
+class Tentative(NamedTuple):
+    """A cutover (--tries N) that lasts N mounts of the unmounted stackpoint
+    (N boots) unless confirm-stackpoint makes it permanent."""
+
+    image: str               # the image the tentative cutover went to
+    tries_left: int
+    tries: int               # N, as given
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"image": self.image, "tries_left": self.tries_left, "tries": self.tries}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Tentative":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: a tentative record is not an object")
+        return cls(image=_get(data, "image", str, source),
+                   tries_left=_get_int(data, "tries_left", source),
+                   tries=_get_int(data, "tries", source))
+
+
+class PendingCheck(NamedTuple):
+    """A checked cutover whose check is running (or was killed while running):
+    recorded with the switch, before the check starts, so that the next
+    mount-stackpoint or check --repair can undo a cutover whose command died.
+    The process is named by pid, start time and boot, which pid reuse cannot fake."""
+
+    previous: str            # the image that was current before: what an undo goes back to
+    image: str               # the image under check
+    command: str
+    pid: int
+    start: int               # the process's start time (clock ticks since boot)
+    boot_id: str
+    started: str             # RFC 3339 UTC
+    token: str = ""          # STACKO_CHECK_ID in the check's environment
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"previous": self.previous, "image": self.image, "command": self.command,
+                "pid": self.pid, "start": self.start, "boot_id": self.boot_id,
+                "started": self.started, "token": self.token}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "PendingCheck":
+        if not isinstance(data, dict):
+            raise CorruptState(f"{source}: a pending-check record is not an object")
+        return cls(previous=_get(data, "previous", str, source),
+                   image=_get(data, "image", str, source),
+                   command=_get(data, "command", str, source),
+                   pid=_get_int(data, "pid", source), start=_get_int(data, "start", source),
+                   boot_id=_get(data, "boot_id", str, source),
+                   started=_get(data, "started", str, source),
+                   token=data.get("token") if isinstance(data.get("token"), str) else "")
+
+
 class Stackpoint(NamedTuple):
     name: str
     current: str
@@ -136,6 +220,9 @@ class Stackpoint(NamedTuple):
     history: Tuple[str, ...] = ()       # earlier current images, oldest first
     instances: Tuple[Instance, ...] = ()
     detached: Tuple[DetachedMount, ...] = ()   # earlier mounts that may still be held
+    tentative: Optional[Tentative] = None      # a cutover --tries N not yet confirmed
+    events: Tuple[Event, ...] = ()             # the last switches, oldest first
+    checking: Optional[PendingCheck] = None    # a cutover --check whose check runs
 
     def instance(self, image: str) -> Optional[Instance]:
         for inst in self.instances:
@@ -170,6 +257,12 @@ class Stackpoint(NamedTuple):
                 "instances": [i.to_dict() for i in self.instances]}
         if self.detached:      # absent, not empty, in files written before there were any
             data["detached"] = [d.to_dict() for d in self.detached]
+        if self.tentative is not None:
+            data["tentative"] = self.tentative.to_dict()
+        if self.events:
+            data["events"] = [e.to_dict() for e in self.events]
+        if self.checking is not None:
+            data["checking"] = self.checking.to_dict()
         return data
 
     @classmethod
@@ -184,7 +277,13 @@ class Stackpoint(NamedTuple):
                     path=_get(data, "path", str, source, optional=True), history=tuple(history),
                     instances=tuple(Instance.from_dict(i, source) for i in instances),
                     detached=tuple(DetachedMount.from_dict(d, source)
-                                   for d in _get(data, "detached", list, source, optional=True) or ()))
+                                   for d in _get(data, "detached", list, source, optional=True) or ()),
+                    tentative=(Tentative.from_dict(data["tentative"], source)
+                               if data.get("tentative") is not None else None),
+                    events=tuple(Event.from_dict(e, source)
+                                 for e in _get(data, "events", list, source, optional=True) or ()),
+                    checking=(PendingCheck.from_dict(data["checking"], source)
+                              if data.get("checking") is not None else None))
         if point.instance(point.current) is None:
             raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
                                f"of its current image {point.current!r}")

@@ -71,3 +71,132 @@ def run(argv: Sequence[str], *, check: bool = True, cwd: Optional[str] = None,
 def describe_failure(result: Result) -> str:
     detail = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
     return f"{result.argv[0]} failed: {detail}"
+
+
+# --- an admin's check command (cutover-stackpoint --check) ---------------------------
+CHECK_KEEP = 64 * 1024     # bytes of a check's output kept: the tail is what says why
+CHECK_LINES = 10           # lines of that tail shown in a failure
+CHECK_GRACE = 2.0          # seconds between SIGTERM and SIGKILL for a check that timed out
+
+
+class CheckResult(NamedTuple):
+    returncode: Optional[int]      # negative: killed by that signal; None: timed out
+    output: str                    # the tail of stdout and stderr together
+
+    @property
+    def passed(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        if self.returncode is None:
+            return "timed out"
+        if self.returncode < 0:
+            import signal
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = str(-self.returncode)
+            return f"was killed by {name}"
+        if self.returncode == 127:
+            return "exited with status 127 (command not found?)"
+        return f"exited with status {self.returncode}"
+
+    def last_lines(self, count: int = CHECK_LINES, width: int = 300) -> list[str]:
+        lines = self.output.rstrip("\n").split("\n")[-count:] if self.output.strip() else []
+        # A long line keeps its end, which is where a message usually is.
+        return [line if len(line) <= width else "…" + line[1 - width:] for line in lines]
+
+
+def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float) -> CheckResult:
+    """Run `sh -c command` in cwd, stdout and stderr to one bounded buffer.
+
+    The check runs in a session (and process group) of its own, so that it is
+    ended whole: on timeout (SIGTERM, then SIGKILL after CHECK_GRACE), when
+    stacko is interrupted, and when its shell exits but leaves children behind
+    (they are killed: a check that outlives its verdict would act on a stackpoint
+    that may have fallen back).  Only the last CHECK_KEEP bytes are kept, so a
+    check that prints gigabytes costs no memory.  The child also gets
+    PR_SET_PDEATHSIG, so the shell dies with a SIGKILLed stacko.  A child that
+    calls setsid itself escapes all this, as it would escape systemd's
+    KillMode=process-group; it is the admin's to not do that.
+    """
+    import ctypes
+    import select
+    import signal
+    import subprocess
+    import time
+
+    debug(f"+ (cd {shlex.quote(cwd)} && "
+          + "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
+          + f"sh -c {shlex.quote(command)})")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def die_with_stacko() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    proc = subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            close_fds=True, preexec_fn=die_with_stacko)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    tail = bytearray()
+    deadline = time.monotonic() + timeout
+    timed_out = False
+
+    def read_some() -> bool:
+        """Read what is there; False at end of file."""
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            tail.extend(chunk)
+            if len(tail) > 2 * CHECK_KEEP:
+                del tail[:-CHECK_KEEP]
+
+    def exited() -> bool:
+        # WNOWAIT: the shell stays a zombie, so its pid (the group's id) cannot be
+        # reused before the group is killed below.
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    try:
+        open_ = True
+        while not exited():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if open_:
+                ready, _, _ = select.select([fd], [], [], min(left, 0.1))
+                if ready:
+                    open_ = read_some()
+            else:
+                time.sleep(min(left, 0.05))
+        if timed_out:
+            _signal_group(proc.pid, signal.SIGTERM)
+            end = time.monotonic() + CHECK_GRACE
+            while not exited() and time.monotonic() < end:
+                time.sleep(0.05)
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)     # what it left behind, or all of it
+        proc.wait()
+    # What the group wrote before it ended; a grandchild in another group that
+    # still holds the pipe must not keep stacko waiting.
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end and select.select([fd], [], [], 0.05)[0] and read_some():
+        pass
+    proc.stdout.close()
+    output = bytes(tail[-CHECK_KEEP:]).decode("utf-8", "replace")
+    return CheckResult(None if timed_out else proc.returncode, output)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass

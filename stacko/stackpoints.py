@@ -14,11 +14,11 @@ import time
 from typing import Dict, Iterator, List, NamedTuple, Optional
 
 from stacko import images as images_mod
-from stacko import overlay, procs, run
+from stacko import events, overlay, procs, run
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
-from stacko.records import (DetachedMount, Image, Instance, Stackpoint, check_name, replace,
-                            utc_time)
+from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
+                            replace, utc_time)
 from stacko.state import Store, locked
 
 
@@ -203,6 +203,18 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
     return replace(point, detached=tuple(keep))
 
 
+def refuse_if_checking(point: Stackpoint, action: str) -> None:
+    """A checked cutover runs its check without the lock (a long check must not
+    block listings and boot mounts); meanwhile nothing else may change that
+    stackpoint, or the undo of a failed check would undo someone else's work."""
+    pending = point.checking
+    if pending is not None and not events.is_mine(pending) and events.check_alive(pending):
+        raise StackpointBusy(
+            f"{action}: stackpoint {point.name!r} is being checked after its cutover to "
+            f"{pending.image!r} (process {pending.pid} runs `{events.one_line(pending.command, 80)}`)",
+            hint="wait for the check to end; it keeps or undoes the cutover")
+
+
 def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
     directory = os.path.realpath(os.path.abspath(path))
     if directory == "/":
@@ -245,6 +257,7 @@ def new_stackpoint(store: Store, name: str, image: str, path: Optional[str] = No
 def delete_stackpoint(store: Store, name: str) -> None:
     points = store.load_stackpoints()
     point = get(points, name)
+    refuse_if_checking(point, "delete-stackpoint")
     if mounted_instance(store, point) is not None:
         raise StackpointBusy(f"stackpoint {name!r} is mounted at {store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
@@ -272,6 +285,8 @@ def mount_stackpoint(store: Store, name: str) -> str:
     images = store.load_images()
     point = get(store.load_stackpoints(), name)
     checked_dir(store, point)
+    if point.checking is not None and not events.check_alive(point.checking):
+        return undo_interrupted_check(store, name, mount=True)
     mounted = mounted_instance(store, point)
     if mounted is not None and mounted.image == point.current:
         return store.stackpoint_dir(point)
@@ -288,8 +303,97 @@ def mount_stackpoint(store: Store, name: str) -> str:
         points = store.load_stackpoints()
         _switch(store, images, points, point, None, mount=True, action="mount-stackpoint")
         return store.stackpoint_dir(point)
+    if point.tentative is not None:
+        return _boot_try(store, images, point)
     _refuse_if_held(store, point, point.current, "mount-stackpoint")
     return _mount(store, images, point, point.current_instance())
+
+
+def _boot_try(store: Store, images: Dict[str, Image], point: Stackpoint) -> str:
+    """Mount a tentative stackpoint that was not mounted (a boot): use one try,
+    or, with none left, fall back to the instance that was current before."""
+    points = store.load_stackpoints()
+    tentative = point.tentative
+    assert tentative is not None
+    if tentative.image != point.current:
+        new = replace(point, tentative=None)     # moved on since (commit-stackpoint)
+    elif tentative.tries_left > 0:
+        new = replace(point, tentative=tentative._replace(tries_left=tentative.tries_left - 1))
+    elif not point.history:
+        # Its earlier instance was deleted: nothing to fall back to, and a boot must go on.
+        run.log(f"stacko: warning: stackpoint {point.name!r}: the tentative cutover to "
+                f"{tentative.image!r} was not confirmed, but there is no earlier instance "
+                f"to fall back to; mounting {point.current!r}")
+        new = events.add(replace(point, tentative=None), "boot-fallback", point.current,
+                         point.current, "not confirmed, and no earlier instance to fall back to")
+    else:
+        new = None
+    if new is not None:
+        _refuse_if_held(store, new, new.current, "mount-stackpoint")
+        # The try is used before the mount: a boot that dies mounting it has used it.
+        store.save_stackpoints({**points, point.name: new})
+        try:
+            return _mount(store, images, new, new.current_instance())
+        except BaseException:
+            store.save_stackpoints(points)
+            raise
+    previous = point.history[-1]
+    boots = f"{tentative.tries} boot{'s' if tentative.tries != 1 else ''}"
+    new = replace(point, current=previous, history=point.history[:-1], tentative=None)
+    new = events.add(new, "boot-fallback", point.current, previous,
+                     f"the tentative cutover was not confirmed after {boots}")
+    _switch(store, images, points, new, None, mount=True, action="mount-stackpoint")
+    run.log(f"stacko: stackpoint {point.name!r}: the cutover to {point.current!r} was not "
+            f"confirmed after {boots}; fell back to {previous!r}")
+    return store.stackpoint_dir(point)
+
+
+def back_from_check(point: Stackpoint, action: str, reason: str) -> Stackpoint:
+    """point back on the instance that was current before its checked cutover,
+    as a fallback leaves it: the checked instance is kept, off the history."""
+    pending = point.checking
+    assert pending is not None
+    history = point.history
+    history = history[:-1] if history and history[-1] == pending.previous \
+        else tuple(h for h in history if h != pending.previous)
+    new = replace(point, current=pending.previous, history=history, checking=None,
+                  tentative=None)
+    return events.add(new, action, pending.image, pending.previous, reason)
+
+
+@locked(exclusive=True)
+def undo_interrupted_check(store: Store, name: str, mount: bool) -> str:
+    """Undo a checked cutover whose command died during its check: an update
+    that never proved itself is not trusted, so the stackpoint falls back to
+    the instance that was current before (the checked one is kept).  The
+    stackpoint ends mounted if it was, or if mount is true."""
+    images = store.load_images()
+    points = store.load_stackpoints()
+    point = get(points, name)
+    pending = point.checking
+    assert pending is not None
+    if point.current != pending.image or point.instance(pending.previous) is None:
+        # Moved on since (by hand), or the earlier instance is gone: only forget.
+        new = events.add(replace(point, checking=None), "check-interrupted", point.current,
+                         point.current, f"the check of {pending.image!r} was interrupted; "
+                         "nothing to fall back to")
+        store.save_stackpoints({**points, name: new})
+        return mount_stackpoint(store, name) if mount else store.stackpoint_dir(point)
+    left = events.end_leftovers(pending)
+    if left:
+        run.log(f"stacko: ended what the interrupted check left running: process"
+                f"{'es' if len(left) > 1 else ''} {', '.join(map(str, left))}")
+    directory = store.stackpoint_dir(point)
+    stacked = overlay.stacked_at(directory)
+    if len(stacked) > 1 and _is_instance(store, stacked[-2], point.current_instance()):
+        overlay.detach_top(directory)     # killed inside the gapless switch: finish it first
+    new = back_from_check(point, "check-interrupted",
+                          f"the check `{pending.command}` was interrupted (process "
+                          f"{pending.pid} died); fell back")
+    _switch(store, images, points, new, None, mount=mount, action="undo of a checked cutover")
+    run.log(f"stacko: stackpoint {name!r}: the checked cutover to {pending.image!r} was "
+            f"interrupted during its check; fell back to {pending.previous!r}")
+    return directory
 
 
 @overlay.needs_root("umount-stackpoint")
@@ -301,6 +405,7 @@ def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
     mounted = mounted_instance(store, point)
     if mounted is None:
         return
+    refuse_if_checking(point, "umount-stackpoint")
     if not lazy:
         overlay.umount(directory)
         return
@@ -337,6 +442,7 @@ def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint
     mounted again, which fails while processes hold the old tree.
     """
     old = points[new.name]
+    refuse_if_checking(old, action)
     directory = store.stackpoint_dir(old)
     mounted = mounted_instance(store, old)
     if mount or mounted is not None:
@@ -368,7 +474,10 @@ def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint
 
 @overlay.needs_root("cutover-stackpoint")
 @locked(exclusive=True)
-def cutover(store: Store, name: str, image: str) -> str:
+def cutover(store: Store, name: str, image: str, tries: int | None = None,
+            check: str | None = None) -> str:
+    """tries: make it tentative (see _boot_try).  check: record that this process
+    runs that check next (see checked.py), in the same write as the switch."""
     images = store.load_images()
     points = store.load_stackpoints()
     with order_hint(images, points, name, image, "cutover-stackpoint"):
@@ -381,7 +490,13 @@ def cutover(store: Store, name: str, image: str) -> str:
     if inst is None:
         inst = created = _new_instance(store, images, name, image)
     try:
-        new = point.with_instance(inst).switched_to(image)
+        new = replace(point.with_instance(inst).switched_to(image), checking=None,
+                      tentative=None if tries is None else Tentative(image, tries, tries))
+        reasons = ([f"tentative, {tries} tr{'ies' if tries != 1 else 'y'}"]
+                   if tries is not None else []) + ([f"checked by `{check}`"] if check else [])
+        new = events.add(new, "cutover", point.current, image, "; ".join(reasons))
+        if check is not None:
+            new = replace(new, checking=events.pending_check(point.current, image, check))
     except BaseException:
         if created is not None:
             store.remove_layer(created.layer)
@@ -400,7 +515,9 @@ def fallback(store: Store, name: str) -> str:
         raise StackoError(f"stackpoint {name!r} has no earlier instance to fall back to",
                           hint="`stacko list-stackpoints` shows its history")
     # Walking back: the present instance is kept, but not put on the history.
-    new = replace(point, current=point.history[-1], history=point.history[:-1])
+    new = replace(point, current=point.history[-1], history=point.history[:-1], tentative=None,
+                  checking=None)
+    new = events.add(new, "fallback", point.current, new.current, "fallback-stackpoint")
     _switch(store, images, points, new, None, mount=True, action="fallback-stackpoint")
     return store.stackpoint_dir(point)
 
@@ -440,8 +557,25 @@ def set_instance(store: Store, name: str, image: str) -> None:
     _instance(point, image)
     if image == point.current:
         return
-    _switch(store, images, points, point.switched_to(image), None, mount=False,
-            action="set-stackpoint-instance")
+    new = replace(point.switched_to(image), tentative=None, checking=None)
+    new = events.add(new, "set", point.current, image, "set-stackpoint-instance")
+    _switch(store, images, points, new, None, mount=False, action="set-stackpoint-instance")
+
+
+@locked(exclusive=True)
+def confirm(store: Store, name: str) -> bool:
+    """Make a tentative cutover permanent; False when nothing was tentative."""
+    points = store.load_stackpoints()
+    point = get(points, name)
+    tentative = point.tentative
+    if tentative is None:
+        return False
+    used = tentative.tries - tentative.tries_left
+    new = events.add(replace(point, tentative=None), "confirm", point.current, point.current,
+                     f"confirmed after {used} of {tentative.tries} "
+                     f"tr{'ies' if tentative.tries != 1 else 'y'}")
+    store.save_stackpoints({**points, name: new})
+    return True
 
 
 @locked(exclusive=True)
@@ -450,6 +584,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     with order_hint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
         point = get(points, name)
     inst = _instance(point, image)
+    refuse_if_checking(point, "delete-stackpoint-instance")
     if image == point.current:
         raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",
                           hint="switch to another instance first, or delete the stackpoint")
@@ -473,7 +608,14 @@ class StackpointInfo(NamedTuple):
                 "mounted": self.mounted is not None, "mounted_image": self.mounted,
                 "history": list(p.history),
                 "instances": [{"image": i.image, "created": utc_time(i.created)}
-                              for i in p.instances]}
+                              for i in p.instances],
+                "tentative": None if p.tentative is None else
+                {"tries_left": p.tentative.tries_left, "tries": p.tentative.tries},
+                "events": [e.to_dict() for e in p.events],
+                "checking": None if p.checking is None else
+                {"image": p.checking.image, "previous": p.checking.previous,
+                 "command": p.checking.command, "pid": p.checking.pid,
+                 "started": p.checking.started, "running": events.check_alive(p.checking)}}
 
 
 @locked(exclusive=False)

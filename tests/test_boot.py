@@ -1,6 +1,7 @@
 """The systemd template unit contrib/stacko-stackpoint@.service, and `make install`."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -130,6 +131,7 @@ def test_make_install_puts_everything_under_destdir(tmp_path: Path) -> None:
         pytest.skip(f"pip cannot build the package offline: {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, proc.stderr
     unit = dest / "usr/lib/systemd/system/stacko-stackpoint@.service"
+    confirm = dest / "usr/lib/systemd/system/stacko-confirm@.service"
     assert (dest / "usr/share/man/man8/stacko.8").read_text().startswith(".\\\"")
     assert "complete -F _stacko stacko" in \
         (dest / "usr/share/bash-completion/completions/stacko").read_text()
@@ -138,4 +140,60 @@ def test_make_install_puts_everything_under_destdir(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=True).stdout.strip()
     # The unit runs the console script where pip put it, under DESTDIR here.
     assert f"ExecStart={scripts}/stacko mount-stackpoint %i" in unit.read_text()
+    assert f"ExecStart={scripts}/stacko confirm-stackpoint %i" in confirm.read_text()
     assert (dest / scripts.lstrip("/") / "stacko").exists()
+
+
+CONFIRM = REPO / "contrib" / "stacko-confirm@.service"
+
+
+def test_confirm_unit_runs_after_a_complete_boot() -> None:
+    """systemd's automatic boot assessment: boot-complete.target is reached only
+    when the admin's health checks ordered before it succeeded."""
+    unit = parse_unit(CONFIRM.read_text())
+    assert "boot-complete.target" in unit["Unit"]["Requires"]
+    assert "boot-complete.target" in unit["Unit"]["After"]
+    assert "stacko-stackpoint@%i.service" in unit["Unit"]["After"]
+    assert unit["Service"]["Type"] == ["oneshot"]
+    assert unit["Service"]["ExecStart"] == [f"{INSTALLED_PATH} confirm-stackpoint %i"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_confirm_unit_verifies(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is missing: tests/install-deps.sh installs it (package "
+                    "systemd) when the tests run as root")
+    man = tmp_path / "man" / "man8"
+    man.mkdir(parents=True)
+    subprocess.run([sys.executable, str(REPO / "tools" / "gen_manpage.py"),
+                    str(man / "stacko.8")], check=True)
+    env = dict(os.environ, MANPATH=str(tmp_path / "man"), SYSTEMD_LOG_COLOR="0")
+    units = tmp_path / "units"
+    units.mkdir()
+    # The mount unit it is ordered after, beside it, as `make install` puts them.
+    (units / "stacko-stackpoint@web-1.service").write_text(
+        UNIT.read_text().replace(INSTALLED_PATH, stacko_executable(tmp_path)))
+    unit = units / "stacko-confirm@web-1.service"
+    unit.write_text(CONFIRM.read_text().replace(INSTALLED_PATH, stacko_executable(tmp_path)))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    if "Failed to initialize manager" in proc.stderr or "Failed to setup" in proc.stderr:
+        pytest.skip(f"systemd-analyze cannot run in this container: {proc.stderr.strip()}")
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.mounts
+def test_confirm_unit_command_confirms(stacko: Runner, root: Path, tmp_path: Path) -> None:
+    populate(stacko, "v1", {"f": "1"})
+    populate(stacko, "v2", {"f": "2"})
+    stacko("new-stackpoint", "web-1", "v1")
+    stacko("mount-stackpoint", "web-1")
+    stacko("cutover-stackpoint", "web-1", "v2", "--tries", "1")
+    text = CONFIRM.read_text().replace(INSTALLED_PATH, stacko_executable(tmp_path))
+    argv = [w.replace("%i", "web-1")
+            for w in shlex.split(parse_unit(text)["Service"]["ExecStart"][0])]
+    env = dict(os.environ, STACKO_ROOT=str(root))
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    point = next(p for p in json.loads(stacko("list-stackpoints", "--json").out))
+    assert point["tentative"] is None and point["events"][-1]["action"] == "confirm"
+    subprocess.run(argv, env=env, check=True, capture_output=True)     # again: nothing to do

@@ -181,6 +181,7 @@ def test_a_normal_user_is_told_that_mounting_needs_root(monkeypatch) -> None:
         before = snapshot(Path(root))
         for argv in (("mount-stackpoint", "p"), ("umount-stackpoint", "p"), ("edit-image", "a"),
                      ("close-image", "a"), ("cutover-stackpoint", "p", "a"),
+                     ("cutover-stackpoint", "p", "a", "--check", "true"),
                      ("fallback-stackpoint", "p")):
             r = run_stacko(root, *argv, rc=1, user=nobody)
             assert "needs root" in r.stderr, argv

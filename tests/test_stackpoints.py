@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -209,8 +210,13 @@ def test_list_stackpoints_text(two_apps, root) -> None:
     stacko = two_apps
     assert stacko("list-stackpoints").out.splitlines()[1].split()[:3] == ["sys", "apps-1.0", "no"]
     stacko("cutover-stackpoint", "sys", "apps-2.0")
-    row = stacko("list-stackpoints").out.splitlines()[1]
-    assert row.split()[:3] == ["sys", "apps-2.0", "yes"] and row.endswith("apps-1.0")
+    head, row = stacko("list-stackpoints").out.splitlines()[:2]
+    assert row.split()[:3] == ["sys", "apps-2.0", "yes"]
+    # HISTORY, then LAST EVENT appended after it (columns start where their titles do)
+    history = row[head.index("HISTORY"):head.index("LAST EVENT")].strip()
+    assert history == "apps-1.0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ cutover apps-1.0 -> apps-2.0",
+                        row[head.index("LAST EVENT"):])
 
 
 def test_reboot_after_cutover_mounts_the_new_instance(two_apps, root) -> None:

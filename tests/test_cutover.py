@@ -1,0 +1,368 @@
+"""Updates that undo themselves: tentative cutovers (--tries, confirm-stackpoint),
+checked cutovers (--check), and the events every switch leaves; on both mount
+backends (the new mount API with its gapless switch, and mount(8))."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Runner, populate, snapshot
+from stacko import mountapi
+
+pytestmark = pytest.mark.mounts
+
+RFC3339_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.fixture(params=["", "legacy"], ids=["default", "legacy"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "":
+        monkeypatch.delenv(mountapi.ENV, raising=False)
+    else:
+        monkeypatch.setenv(mountapi.ENV, request.param)
+    return request.param
+
+
+@pytest.fixture
+def point(backend: str, stacko: Runner) -> Path:
+    """Stackpoint p on image old (f=old), mounted; image new (f=new) stacked on it."""
+    populate(stacko, "old", {"f": "old\n"})
+    populate(stacko, "new", {"f": "new\n"}, parent="old")
+    stacko("new-stackpoint", "p", "old")
+    return Path(stacko("mount-stackpoint", "p").out)
+
+
+def info(stacko: Runner, name: str = "p") -> dict:
+    return next(p for p in json.loads(stacko("list-stackpoints", "--json").out)
+                if p["name"] == name)
+
+
+def boot(stacko: Runner, root: Path) -> None:
+    """What a reboot does to a stackpoint: its mounts are gone (nothing held them)."""
+    stacko("umount-stackpoint", "p")
+
+
+def gone(marker: str) -> bool:
+    """No process has marker in its command line."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        return False
+            except OSError:
+                pass
+    return True
+
+
+# --- tentative cutovers ------------------------------------------------------------
+def test_tentative_cutover_falls_back_after_its_tries(point: Path, stacko: Runner,
+                                                      root: Path) -> None:
+    assert stacko("cutover-stackpoint", "p", "new", "--tries", "2").out == str(point)
+    assert (point / "f").read_text() == "new\n"
+    (point / "written-on-new").write_text("x")
+    assert info(stacko)["tentative"] == {"tries_left": 2, "tries": 2}
+    for left in (1, 0):                      # two boots on the new instance
+        boot(stacko, root)
+        result = stacko("mount-stackpoint", "p")
+        assert result.stderr == "" and (point / "f").read_text() == "new\n"
+        assert info(stacko)["tentative"]["tries_left"] == left
+    stacko("mount-stackpoint", "p")          # mounted already: no try used
+    assert info(stacko)["tentative"]["tries_left"] == 0
+    boot(stacko, root)
+    result = stacko("mount-stackpoint", "p")   # the third boot: not confirmed, fall back
+    assert result.out == str(point)
+    assert "not confirmed" in result.stderr and "fell back to 'old'" in result.stderr
+    assert (point / "f").read_text() == "old\n" and not (point / "written-on-new").exists()
+    state = info(stacko)
+    assert state["current"] == "old" and state["tentative"] is None and state["mounted"]
+    assert "new" in [i["image"] for i in state["instances"]]        # kept, with its changes
+    last = state["events"][-1]
+    assert (last["action"], last["from"], last["to"]) == ("boot-fallback", "new", "old")
+    assert "not confirmed after 2 boots" in last["reason"]
+    stacko("cutover-stackpoint", "p", "new")                        # the changes are still there
+    assert (point / "written-on-new").read_text() == "x"
+
+
+def test_confirm_makes_a_tentative_cutover_permanent(point: Path, stacko: Runner,
+                                                     root: Path) -> None:
+    stacko("cutover-stackpoint", "p", "new", "--tries", "1")
+    boot(stacko, root)
+    stacko("mount-stackpoint", "p")
+    assert stacko("confirm-stackpoint", "p").out == ""
+    state = info(stacko)
+    assert state["tentative"] is None
+    assert (state["events"][-1]["action"], state["events"][-1]["reason"]) == \
+        ("confirm", "confirmed after 1 of 1 try")
+    for _ in range(3):
+        boot(stacko, root)
+        assert stacko("mount-stackpoint", "p").stderr == ""
+        assert (point / "f").read_text() == "new\n"
+
+
+def test_confirm_of_a_stackpoint_that_is_not_tentative_changes_nothing(point: Path,
+                                                                       stacko: Runner,
+                                                                       root: Path) -> None:
+    before = snapshot(root)
+    assert stacko("confirm-stackpoint", "p").out == ""
+    assert snapshot(root) == before
+    stacko("confirm-stackpoint", "nope", rc=1)
+    stacko("confirm-stackpoint", "../x", rc=2)
+    assert snapshot(root) == before
+
+
+def test_tries_zero_lasts_until_the_next_boot(point: Path, stacko: Runner, root: Path) -> None:
+    stacko("cutover-stackpoint", "p", "new", "--tries", "0")
+    assert (point / "f").read_text() == "new\n"
+    boot(stacko, root)
+    assert "fell back" in stacko("mount-stackpoint", "p").stderr
+    assert (point / "f").read_text() == "old\n"
+
+
+def test_another_switch_ends_the_tentative_state(point: Path, stacko: Runner, root: Path) -> None:
+    stacko("cutover-stackpoint", "p", "new", "--tries", "0")
+    stacko("fallback-stackpoint", "p")
+    stacko("cutover-stackpoint", "p", "new")     # an admin's plain cutover: permanent
+    assert info(stacko)["tentative"] is None
+    boot(stacko, root)
+    assert stacko("mount-stackpoint", "p").stderr == ""
+    assert (point / "f").read_text() == "new\n"
+
+
+def test_bad_tries_and_timeouts_are_usage_errors(point: Path, stacko: Runner, root: Path) -> None:
+    before = snapshot(root)
+    stacko("cutover-stackpoint", "p", "new", "--tries", "-1", rc=2)
+    stacko("cutover-stackpoint", "p", "new", "--tries", "x", rc=2)
+    stacko("cutover-stackpoint", "p", "new", "--check", "true", "--check-timeout", "0", rc=2)
+    stacko("cutover-stackpoint", "p", "new", "--check", "true", "--check-timeout", "nan", rc=2)
+    stacko("cutover-stackpoint", "p", "new", "--check-timeout", "5", rc=2)
+    assert snapshot(root) == before
+
+
+# --- events ------------------------------------------------------------------------
+def test_every_switch_leaves_an_event(point: Path, stacko: Runner, root: Path) -> None:
+    stacko("cutover-stackpoint", "p", "new")
+    stacko("fallback-stackpoint", "p")
+    stacko("set-stackpoint-instance", "p", "new")
+    events = info(stacko)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in events] == [
+        ("cutover", "old", "new"), ("fallback", "new", "old"), ("set", "old", "new")]
+    for e in events:
+        assert set(e) >= {"time", "action", "from", "to", "reason"}
+        assert RFC3339_Z.fullmatch(e["time"])
+    head, row = stacko("list-stackpoints").out.splitlines()[:2]
+    assert head.split()[-2:] == ["LAST", "EVENT"]
+    assert re.search(r"Z set old -> new: set-stackpoint-instance$", row)
+
+
+def test_events_are_bounded(point: Path, stacko: Runner, root: Path) -> None:
+    stacko("umount-stackpoint", "p")
+    stacko("new-stackpoint-instance", "p", "new")
+    for n in range(28):
+        stacko("set-stackpoint-instance", "p", "new" if n % 2 == 0 else "old")
+    events = info(stacko)["events"]
+    assert len(events) == 28 and events[-1]["to"] == "old"
+    from stacko import events as events_mod
+    data = json.loads((root / "stackpoints.json").read_text())
+    many = [{"time": "2020-01-01T00:00:00Z", "action": "set", "from": "old", "to": "new",
+             "reason": str(n)} for n in range(events_mod.MAX_EVENTS)]
+    data["stackpoints"]["p"]["events"] = many
+    (root / "stackpoints.json").write_text(json.dumps(data))
+    stacko("set-stackpoint-instance", "p", "new")
+    events = info(stacko)["events"]
+    assert len(events) == events_mod.MAX_EVENTS >= 20
+    assert events[0]["reason"] == "1" and events[-1]["reason"] == "set-stackpoint-instance"
+
+
+# --- checked cutovers --------------------------------------------------------------
+def test_a_check_that_passes_keeps_the_cutover(point: Path, stacko: Runner, root: Path,
+                                               tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    check = (f'echo "$PWD $STACKO_STACKPOINT $STACKO_IMAGE $STACKO_DIR $(cat f)" > "{seen}"; '
+             "echo all good")
+    assert stacko("cutover-stackpoint", "p", "new", "--check", check).out == str(point)
+    assert seen.read_text() == f"{point} p new {point} new\n"
+    state = info(stacko)
+    assert state["current"] == "new" and state["checking"] is None
+    assert [e["action"] for e in state["events"]] == ["cutover", "check-passed"]
+    assert (point / "f").read_text() == "new\n"
+
+
+def failed_check(stacko: Runner, point: Path, check: str, *options: str) -> str:
+    """Run a checked cutover that must fail: exit 1, back on old, new kept."""
+    result = stacko("cutover-stackpoint", "p", "new", "--check", check, *options, rc=1)
+    assert result.out == ""
+    assert "'new'" in result.stderr and "fell back to image 'old'" in result.stderr
+    assert (point / "f").read_text() == "old\n"
+    state = info(stacko)
+    assert state["current"] == "old" and state["mounted"] and state["checking"] is None
+    assert "new" in [i["image"] for i in state["instances"]]
+    last = state["events"][-1]
+    assert (last["action"], last["from"], last["to"]) == ("check-failed", "new", "old")
+    return result.stderr
+
+
+def test_a_check_that_fails_falls_back_and_shows_its_last_lines(point: Path, stacko: Runner,
+                                                                root: Path) -> None:
+    (point / "on-old").write_text("kept")
+    stderr = failed_check(stacko, point,
+                          "for i in $(seq 1 30); do echo line $i; done; echo oops >&2; exit 3")
+    assert "exited with status 3" in stderr
+    assert "line 22" in stderr and "line 21" not in stderr and "oops" in stderr
+    assert (point / "on-old").read_text() == "kept"
+    assert info(stacko)["events"][-1]["reason"].startswith("the check `for i in")
+
+
+def test_a_check_that_does_not_exist(point: Path, stacko: Runner, root: Path) -> None:
+    stderr = failed_check(stacko, point, "/no/such/check-command")
+    assert "127" in stderr and "not found" in stderr
+
+
+def test_a_check_that_is_killed(point: Path, stacko: Runner, root: Path) -> None:
+    assert "killed by SIGKILL" in failed_check(stacko, point, "kill -KILL $$")
+
+
+def test_a_check_that_prints_megabytes_is_bounded(point: Path, stacko: Runner,
+                                                  root: Path) -> None:
+    stderr = failed_check(stacko, point,
+                          "head -c 50000000 /dev/zero | tr '\\0' 'x' | fold -w 1000; "
+                          "echo the end; exit 1")
+    assert "the end" in stderr and len(stderr) < 10_000
+
+
+def test_a_check_that_times_out_is_ended_whole(point: Path, stacko: Runner,
+                                               root: Path) -> None:
+    marker = "stacko-test-timeout-marker"
+    stderr = failed_check(stacko, point, f"echo waiting; sh -c 'sleep 300; : {marker}' & "
+                                         f"trap '' TERM; sleep 300; : {marker}",
+                          "--check-timeout", "1")
+    assert "timed out after 1 s" in stderr and "waiting" in stderr
+    assert gone(marker)
+
+
+def test_a_check_that_leaves_children_behind(point: Path, stacko: Runner, root: Path) -> None:
+    """The shell exits at once; its child holds the output pipe.  stacko does not
+    wait for it, and ends it."""
+    marker = "stacko-test-child-marker"
+    stderr = failed_check(stacko, point, f"sh -c 'sleep 300; : {marker}' & echo bye; exit 1",
+                          "--check-timeout", "300")
+    assert "exited with status 1" in stderr and "bye" in stderr
+    assert gone(marker)
+
+
+def background_checked_cutover(root: Path, started: Path, marker: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "stacko", "--root", str(root), "cutover-stackpoint", "p",
+            "new", "--check",
+            f"touch '{started}'; {sys.executable} -c 'import time; time.sleep(300)' {marker}"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(600):
+        if started.exists():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the check never started: {proc.communicate()}")
+
+
+def kill_marked(marker: str) -> None:
+    """End the orphaned `sleep` of a check whose stacko was SIGKILLed (its shell
+    dies with stacko; what the shell started lives on, as after any SIGKILL)."""
+    for _ in range(200):
+        if gone(marker):
+            return
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if marker.encode() in f.read():
+                            os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError(f"processes marked {marker} do not end")
+
+
+@pytest.mark.parametrize("finisher", ["mount-stackpoint", "check --repair"])
+def test_a_cutover_killed_during_its_check_is_undone(point: Path, stacko: Runner, root: Path,
+                                                     tmp_path: Path, finisher: str) -> None:
+    marker = f"stacko-test-killed-{os.getpid()}"
+    proc = background_checked_cutover(root, tmp_path / "started", marker)
+    try:
+        # The check runs without the lock: listings and other stackpoints go on...
+        state = info(stacko)
+        assert state["current"] == "new" and state["checking"]["running"] is True
+        assert (point / "f").read_text() == "new\n"
+        # ...but nothing may change this stackpoint under the check.
+        before = snapshot(root)
+        assert "being checked" in stacko("fallback-stackpoint", "p", rc=1).stderr
+        stacko("umount-stackpoint", "p", rc=1)
+        stacko("delete-stackpoint-instance", "p", "old", rc=1)
+        assert snapshot(root) == before
+        assert stacko("check").stderr == ""          # a running check is no problem
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = info(stacko)
+        assert state["current"] == "new" and state["checking"]["running"] is False
+        assert not gone(marker)        # what the check started outlives a SIGKILLed stacko
+        if finisher == "mount-stackpoint":
+            result = stacko("mount-stackpoint", "p")
+            assert result.out == str(point) and "interrupted" in result.stderr
+        else:
+            assert "interrupted during its check" in stacko("check", rc=1).out
+            assert "fell back" in stacko("check", "--repair").out
+        assert gone(marker)            # ...until the undo ends it
+    finally:
+        proc.kill()
+        kill_marked(marker)
+    assert (point / "f").read_text() == "old\n"
+    state = info(stacko)
+    assert state["current"] == "old" and state["checking"] is None and state["mounted"]
+    assert "new" in [i["image"] for i in state["instances"]]
+    assert state["events"][-1]["action"] == "check-interrupted"
+    stacko("check")
+
+
+def test_a_cutover_killed_during_its_check_is_undone_after_a_reboot(
+        point: Path, stacko: Runner, root: Path, tmp_path: Path) -> None:
+    marker = f"stacko-test-reboot-{os.getpid()}"
+    proc = background_checked_cutover(root, tmp_path / "started", marker)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_marked(marker)
+    subprocess.run(["umount", "-l", str(point)], check=True)   # the reboot
+    assert "interrupted" in stacko("mount-stackpoint", "p").stderr
+    assert (point / "f").read_text() == "old\n"
+
+
+def test_sigterm_during_the_check_falls_back(point: Path, stacko: Runner, root: Path,
+                                             tmp_path: Path) -> None:
+    marker = f"stacko-test-term-{os.getpid()}"
+    proc = background_checked_cutover(root, tmp_path / "started", marker)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and b"Traceback" not in err and b"stacko: error:" in err
+    assert gone(marker)
+    assert (point / "f").read_text() == "old\n"
+    state = info(stacko)
+    assert state["current"] == "old" and state["checking"] is None
+    assert state["events"][-1]["action"] == "check-failed"
+
+
+def test_check_and_tries_together(point: Path, stacko: Runner, root: Path) -> None:
+    stacko("cutover-stackpoint", "p", "new", "--check", "test -f f", "--tries", "1")
+    assert info(stacko)["tentative"] == {"tries_left": 1, "tries": 1}
+    failed = stacko("cutover-stackpoint", "p", "old")
+    assert failed.out == str(point) and info(stacko)["tentative"] is None
