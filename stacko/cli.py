@@ -387,7 +387,7 @@ COMMANDS = [
             "last event", JSON),
     Command("confirm-stackpoint", cmd_confirm_stackpoint,
             "make a tentative cutover (--tries N) permanent; nothing tentative: do nothing",
-            POINT),
+            described(POINT, "the stackpoint whose tentative cutover to confirm")),
     Command("diff-stackpoint", cmd_diff_stackpoint,
             "list what the current instance changed: A added, C changed, D deleted", POINT),
     Command("commit-stackpoint", cmd_commit_stackpoint,
