@@ -306,7 +306,7 @@ def test_a_cutover_killed_during_its_check_is_undone(point: Path, stacko: Runner
         stacko("umount-stackpoint", "p", rc=1)
         stacko("delete-stackpoint-instance", "p", "old", rc=1)
         assert snapshot(root) == before
-        assert stacko("check").stderr == ""          # a running check is no problem
+        assert "nothing wrong" in stacko("check").stderr     # a running check is no problem
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = info(stacko)
