@@ -12,13 +12,17 @@ cleanup() {   # unmount whatever is left under the scratch root, then remove it
 }
 trap cleanup EXIT
 
-say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: piped or logged, the output stays plain text.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+say() { printf '\n%s# %s%s\n' "$bold" "$*" "$plain"; }
 run() { printf '$ stacko %s\n' "$*" >&2; "$STACKO" "$@"; }
 show() { printf '  %s:\n' "$1"; (cd "$1" && find . -mindepth 1 -type f | sort | while read -r f; do
     printf '    %-28s %s\n' "${f#./}" "$(head -c 60 "$f")"; done); }
 
 say "create and populate a new image 'foundation-libs0.1' (root: $STACKO_ROOT)"
 run new-image foundation-libs0.1
+# edit-image mounts the image and prints where: what is written there lands in
+# the image's own layer, until close-image.
 dir=$(run edit-image foundation-libs0.1); echo "$dir"
 mkdir -p "$dir/lib" "$dir/etc"
 echo "libfoundation 0.1" > "$dir/lib/libfoundation.so"
@@ -43,11 +47,13 @@ run is-stackpoint-mounted system1fs || echo "(exit $?: not mounted)"
 run mount-stackpoint system1fs
 show "$sp"
 
-say "time to upgrade: image 'apps-2.0' and a cutover"
-run new-image apps-2.0 foundation-libs0.1
-dir=$(run edit-image apps-2.0)
-mkdir -p "$dir/bin"; echo "app version 2.0" > "$dir/bin/app"
-run close-image apps-2.0
+say "time to upgrade: image 'apps-2.0', imported from a build directory, and a cutover"
+build=$STACKO_ROOT.build; trap 'rm -rf "$build"; cleanup' EXIT
+mkdir -p "$build/bin"; echo "app version 2.0" > "$build/bin/app"
+# The other way an image gets its files: import-image copies a directory (a
+# chroot, a build tree), a rootfs tarball or an OCI image as the new layer.
+run import-image apps-2.0 "$build" foundation-libs0.1
+show "$build"
 run cutover-stackpoint system1fs apps-2.0
 show "$sp"
 

@@ -295,6 +295,10 @@ PATH may be (recognised from its content, never from its name):
   an OCI archive                     (podman save --format oci-archive)
   a docker archive                   (docker save, podman save)
   a rootfs tarball, one layer        (tar -C DIR -c .)
+  a plain directory, one layer       (a chroot or build tree: owners, modes, times,
+                                      xattrs, hard links and devices are kept; data
+                                      is cloned where the filesystem can; other
+                                      filesystems mounted inside are not entered)
 Tarballs may be gzip or zstd compressed.  '-' reads the archive from stdin.
 A layout or archive that holds several images needs --ref to choose one."""
 
@@ -322,7 +326,7 @@ COMMANDS = [
     Command("list-images", cmd_list_images, "show the images, one name per line",
             arg("--tree", action="store_true", help="draw parents above their children"), JSON),
     Command("import-image", cmd_import_image,
-            "import an OCI layout, OCI or docker archive, or rootfs tarball ('-': stdin)",
+            "import an OCI layout, OCI or docker archive, rootfs tarball or directory",
             described(NAME, "the name of the new (top) image"),
             arg("path", metavar="PATH", help="what to import ('-': stdin); see below"),
             described(PARENT, "an existing image to stack a rootfs tarball on"),

@@ -127,10 +127,10 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
 
 
 def unpack_all(store: Store, staging: str, below: List[Image], specs: List[LayerSpec],
-               planned: List[Image]) -> Dict[str, Tuple[str, str]]:
+               planned: List[Image]) -> Dict[str, Tuple[str, Optional[str]]]:
     """Unpack the new layers; returns image name -> (staged directory, diff_id)."""
     lowers = [store.layer_path(i.layer) for i in below]        # top first
-    new: Dict[str, Tuple[str, str]] = {}
+    new: Dict[str, Tuple[str, Optional[str]]] = {}
     todo = [(spec, image) for spec, image in zip(specs, planned) if not image.layer]
     done = 0
     for spec, image in zip(specs, planned):
@@ -147,8 +147,12 @@ def unpack_all(store: Store, staging: str, below: List[Image], specs: List[Layer
     return new
 
 
-def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> str:
-    """Unpack one layer, checking its digests as it streams by; returns its diff_id."""
+def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> Optional[str]:
+    """Unpack one layer, checking its digests as it streams by; returns its diff_id
+    (None for a directory, which is copied: there is no tar to have one)."""
+    if spec.copy_into is not None:
+        spec.copy_into(target)
+        return None
     with spec.open_blob() as blob:
         raw = HashingReader(blob)
         try:
@@ -173,7 +177,7 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> str:
     return diff.digest
 
 
-def record(store: Store, images: Dict[str, Image], new: Dict[str, Tuple[str, str]],
+def record(store: Store, images: Dict[str, Image], new: Dict[str, Tuple[str, Optional[str]]],
            planned: List[Image]) -> None:
     """Rename the staged layers into l/, then write images.json; undo on failure."""
     placed: List[str] = []

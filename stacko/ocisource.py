@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from stacko import words
-from stacko.compression import GZIP_MAGIC, ZSTD_MAGIC, decompressed
+from stacko.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
 from stacko.errors import StackoError, UsageError
 from stacko.layertar import clean_name
 
@@ -63,6 +63,7 @@ class LayerSpec:
     diff_id: Optional[str] = None       # of the uncompressed tar
     name: Optional[str] = None          # stacko image name kept in an annotation
     created: Optional[str] = None       # from the config's history
+    copy_into: Optional[Callable[[str], None]] = None   # a directory's: copies it, no blob
 
 
 # --- streams -------------------------------------------------------------------
@@ -301,14 +302,16 @@ def digest_in_name(name: str) -> Optional[str]:
 # --- opening a PATH ----------------------------------------------------------------
 @dataclass
 class Source:
-    kind: str                            # "oci", "docker" or "rootfs"
+    kind: str                            # "oci", "docker", "rootfs" or "dir"
     layers: Callable[[Optional[str]], List[LayerSpec]]
     closers: List[Callable[[], None]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
 def open_source(path: str, staging: str) -> Iterator[Source]:
-    """Recognise what PATH holds; compressed or piped input is spooled into staging."""
+    """Recognise what PATH holds.  A rootfs tarball that comes through a pipe or
+    compressed is unpacked as it streams by; an OCI or docker archive, which is
+    read in any order, is spooled into staging first (uncompressed)."""
     if path != "-" and os.path.isdir(path):
         box = DirContainer(path)
         box.what = f"the layout directory {path}"
@@ -317,43 +320,8 @@ def open_source(path: str, staging: str) -> Iterator[Source]:
         elif box.exists("manifest.json"):
             yield Source("docker", lambda ref: docker_layers(box, ref))
         else:
-            raise BadArchive(f"{path} is a directory but no OCI image layout (no index.json)")
+            yield Source("dir", lambda ref: plain_directory(path, ref))
         return
-    plain = spool(path, staging)
-    try:
-        tar = tarfile.open(plain, mode="r:")
-    except (tarfile.TarError, OSError) as e:
-        raise BadArchive(f"{path} is not a tar archive, nor a gzip or zstd compressed one "
-                         f"({e})") from None
-    with tar:
-        try:
-            box = TarContainer(tar)
-            box.what = "the archive on stdin" if path == "-" else f"the archive {path}"
-        except (tarfile.TarError, EOFError) as e:
-            raise BadArchive(f"{path} is a corrupt tar archive: {e}") from None
-        if box.exists("oci-layout") and box.exists("index.json"):
-            yield Source("oci", lambda ref: oci_layers(box, ref))
-        elif box.exists("manifest.json") and is_docker_manifest(box):
-            yield Source("docker", lambda ref: docker_layers(box, ref))
-        else:
-            def rootfs(ref: Optional[str]) -> List[LayerSpec]:
-                if ref is not None:
-                    raise UsageError("--ref chooses an image of an OCI or docker archive; "
-                                     f"{path} is a plain rootfs tarball")
-                return [LayerSpec(open_blob=lambda: open(plain, "rb"), what=path)]
-            yield Source("rootfs", rootfs)
-
-
-def is_docker_manifest(box: Container) -> bool:
-    try:
-        data = box.read_json("manifest.json")
-    except BadArchive:
-        return False
-    return isinstance(data, list) and all(isinstance(e, dict) and "Layers" in e for e in data)
-
-
-def spool(path: str, staging: str) -> str:
-    """A seekable, uncompressed copy of PATH (PATH itself when it is one already)."""
     try:
         raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
@@ -363,15 +331,132 @@ def spool(path: str, staging: str) -> str:
             head = raw.read(4)
             raw.seek(0)
             if not head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
-                return path       # seekable and plain: read in place
-        target = os.path.join(staging, "input.tar")
-        try:
-            with decompressed(raw) as plain, open(target, "wb") as out:
-                shutil.copyfileobj(plain, out, CHUNK)  # type: ignore[misc]
-        except (OSError, EOFError) as e:     # corrupt: OSError; cut short: EOFError
-            raise BadArchive(f"cannot decompress {path}: {e}") from None
-        return target
+                with tar_source(path, path) as source:      # seekable and plain: in place
+                    yield source
+                return
+        with decompressed(raw) as plain:
+            peek = RecordingReader(plain)
+            rootfs = is_rootfs_stream(peek)
+            stream = PrefixedReader(bytes(peek.kept), plain)
+            if rootfs:
+                yield Source("rootfs", lambda ref: streamed_rootfs(path, stream, ref))
+                return
+            spooled = spool(path, stream, staging)
+        with tar_source(spooled, path) as source:
+            yield source
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()
+
+
+def not_a_rootfs_archive(path: str) -> UsageError:
+    return UsageError("--ref chooses an image of an OCI or docker archive; "
+                      f"{path} is a plain rootfs tarball")
+
+
+@contextlib.contextmanager
+def tar_source(plain: str, path: str) -> Iterator[Source]:
+    """The source of an uncompressed tar file: an archive, or a rootfs tarball."""
+    try:
+        tar = tarfile.open(plain, mode="r:")
+    except (tarfile.TarError, OSError) as e:
+        raise BadArchive(f"{path} is not a tar archive, nor a gzip or zstd compressed one "
+                         f"({e})") from None
+    with tar:
+        try:
+            box = TarContainer(tar)
+        except (tarfile.TarError, EOFError) as e:
+            raise BadArchive(f"{path} is a corrupt tar archive: {e}") from None
+        box.what = "the archive on stdin" if path == "-" else f"the archive {path}"
+        if box.exists("oci-layout") and box.exists("index.json"):
+            yield Source("oci", lambda ref: oci_layers(box, ref))
+        elif box.exists("manifest.json") and is_docker_manifest(box):
+            yield Source("docker", lambda ref: docker_layers(box, ref))
+        else:
+            def rootfs(ref: Optional[str]) -> List[LayerSpec]:
+                if ref is not None:
+                    raise not_a_rootfs_archive(path)
+                return [LayerSpec(open_blob=lambda: open(plain, "rb"), what=path)]
+            yield Source("rootfs", rootfs)
+
+
+def streamed_rootfs(path: str, stream: IO[bytes], ref: Optional[str]) -> List[LayerSpec]:
+    if ref is not None:
+        raise not_a_rootfs_archive(path)
+    opened: List[bool] = []
+
+    def open_once() -> IO[bytes]:
+        assert not opened, "a stream is read once"
+        opened.append(True)
+        return contextlib.nullcontext(stream)  # type: ignore[return-value]
+    return [LayerSpec(open_blob=open_once, what="stdin" if path == "-" else path)]
+
+
+def plain_directory(path: str, ref: Optional[str]) -> List[LayerSpec]:
+    if ref is not None:
+        raise UsageError(f"--ref chooses an image of an OCI or docker archive; {path} is a "
+                         "plain directory")
+    from stacko import dirsource
+    return [LayerSpec(open_blob=no_blob, what=path,
+                      copy_into=lambda target: dirsource.copy_tree(path, target))]
+
+
+def no_blob() -> IO[bytes]:
+    raise AssertionError("a directory is copied, not read as a blob")
+
+
+class RecordingReader:
+    """Reads through, keeping a copy of everything read (a peek to be given back)."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.kept = bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.kept += data
+        return data
+
+
+#: Names an OCI or docker archive holds at its top: a tar whose first entry is
+#: one of these is spooled and looked at whole; anything else is a rootfs.
+ARCHIVE_NAMES = re.compile(r"(oci-layout|index\.json|manifest\.json|repositories|blobs"
+                           r"|(sha256:)?[0-9a-f]{64}(\.json|\.tar)?)(/.*)?")
+PEEK_MEMBERS = 16
+
+
+def is_rootfs_stream(peek: RecordingReader) -> bool:
+    """Whether the tar stream is a rootfs tarball (streamed) rather than an
+    archive: told from its first entries, read from a small prefix only."""
+    try:
+        tar = tarfile.open(fileobj=peek, mode="r|")  # type: ignore[call-overload]
+        for _ in range(PEEK_MEMBERS):
+            member = tar.next()
+            if member is None:
+                return True                          # empty: an empty layer
+            name = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+            if name:
+                return ARCHIVE_NAMES.fullmatch(name) is None
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        pass               # not a tar, or a corrupt one: spool it, and say why from there
+    return False
+
+
+def spool(path: str, stream: IO[bytes], staging: str) -> str:
+    """An uncompressed copy of the stream in staging, for an archive read in any order."""
+    target = os.path.join(staging, "input.tar")
+    try:
+        with open(target, "wb") as out:
+            shutil.copyfileobj(stream, out, CHUNK)  # type: ignore[misc]
+    except (OSError, EOFError) as e:
+        raise BadArchive(f"cannot decompress {path}: {e}") from None
+    return target
+
+
+def is_docker_manifest(box: Container) -> bool:
+    try:
+        data = box.read_json("manifest.json")
+    except BadArchive:
+        return False
+    return isinstance(data, list) and all(isinstance(e, dict) and "Layers" in e for e in data)
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 want=()
 # Each entry is TOOL or TOOL:PACKAGE when the Debian package is named otherwise.
-for entry in umoci skopeo strace zstd systemd-analyze:systemd groff:groff-base; do
+for entry in umoci skopeo strace zstd systemd-analyze:systemd groff:groff-base mkfs.xfs:xfsprogs; do
     tool=${entry%%:*}
     command -v "$tool" >/dev/null 2>&1 || want+=("${entry#*:}")
 done

@@ -44,7 +44,7 @@ def test_import_image_help_lists_the_formats(capsys) -> None:
     assert cli.main(["import-image", "-h"]) == 0
     help_text = capsys.readouterr().out
     for fmt in ("OCI image layout directory", "OCI archive", "docker archive",
-                "rootfs tarball", "gzip or zstd", "stdin", "--ref"):
+                "rootfs tarball", "plain directory", "gzip or zstd", "stdin", "--ref"):
         assert fmt in help_text, fmt
 
 

@@ -1,0 +1,188 @@
+"""import-image NAME DIR: a plain directory tree (a chroot, a build tree) as one
+layer, with what `tar -C DIR -c . | stacko import-image NAME -` would keep:
+owners, modes, times, xattrs, hard links, symlinks, devices and fifos.
+
+File data is cloned where the filesystem shares extents (FICLONE: btrfs, XFS,
+bcachefs…), copied in the kernel otherwise (copy_file_range, then sendfile),
+and only read and written by us as a last resort.
+
+What a layer tar would not carry is not copied either: sockets, and the
+``trusted.overlay.*`` xattrs, which describe one overlayfs mount (see
+layertar).  Like ``tar --one-file-system``, the copy does not cross into other
+filesystems mounted inside DIR (a chroot's /proc or /dev): their mount points
+become empty directories and are named on stderr.
+
+The tree is read with lstat and O_NOFOLLOW: a symlink in DIR is copied as a
+symlink and never followed.  Everything is written under a fresh staging
+directory that only root can reach.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from stacko import run
+from stacko.errors import StackoError
+from stacko.layertar import OVERLAY_XATTR_PREFIX
+
+FICLONE = 0x40049409            # _IOW(0x94, 9, int), linux/fs.h
+CHUNK = 1 << 30                 # per copy_file_range/sendfile call
+NO_CLONE = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS,
+            errno.EPERM, errno.EBADF, errno.ETXTBSY)
+
+
+class BadSource(StackoError):
+    """The directory cannot be read as a whole."""
+
+
+def copy_tree(source: str, target: str) -> None:
+    """Copy the tree at source into target (an empty directory we made)."""
+    try:
+        top = os.lstat(source)
+    except OSError as e:
+        raise BadSource(f"cannot read {source}: {e.strerror}") from None
+    copier = Copier(source, target, top.st_dev)
+    try:
+        copier.run(top)
+    except OSError as e:
+        where = e.filename or source
+        raise BadSource(f"cannot import {source}: {where}: {e.strerror or e}") from None
+    if copier.skipped_mounts:
+        shown = ", ".join(copier.skipped_mounts[:5])
+        more = len(copier.skipped_mounts) - 5
+        run.log(f"stacko: {source}: other filesystems mounted inside were not imported "
+                f"(their mount points are empty): {shown}" + (f" and {more} more" if more > 0 else ""))
+
+
+class Copier:
+    def __init__(self, source: str, target: str, device: int) -> None:
+        self.source, self.target, self.device = source, target, device
+        self.links: dict[tuple[int, int], str] = {}      # (dev, ino) -> target path
+        self.skipped_mounts: list[str] = []
+        self.clone = True           # until the filesystem says it cannot
+        self.kernel_copy = True
+
+    def run(self, top: os.stat_result) -> None:
+        # Pre-order, iteratively (a tree may be deeper than Python recurses);
+        # directories get their times last, after their entries are written.
+        dirs: list[tuple[str, str, os.stat_result]] = [(self.source, self.target, top)]
+        todo: list[tuple[str, str]] = [(self.source, self.target)]
+        while todo:
+            src_dir, dst_dir = todo.pop()
+            with os.scandir(src_dir) as it:
+                names = sorted(e.name for e in it)
+            for name in names:
+                src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
+                st = os.lstat(src)
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(dst, 0o700)
+                    dirs.append((src, dst, st))
+                    if st.st_dev != self.device:
+                        self.skipped_mounts.append(src)
+                    else:
+                        todo.append((src, dst))
+                else:
+                    self.entry(src, dst, st)
+        for src, dst, st in reversed(dirs):      # children before their parents
+            self.attrs(src, dst, st)
+
+    def entry(self, src: str, dst: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                os.link(self.links[key], dst, follow_symlinks=False)
+                return      # one inode: its attributes are set once
+            self.copy_file(src, dst, st)
+            if st.st_nlink > 1:
+                self.links[key] = dst
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+        else:
+            return          # sockets belong to a running process, not to an image
+        self.attrs(src, dst, st)
+
+    def copy_file(self, src: str, dst: str, st: os.stat_result) -> None:
+        fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+            try:
+                self.copy_data(fd_in, fd_out, st.st_size, dst)
+            finally:
+                os.close(fd_out)
+        finally:
+            os.close(fd_in)
+
+    def copy_data(self, fd_in: int, fd_out: int, size: int, dst: str) -> None:
+        if size == 0:
+            return
+        if self.clone:
+            import fcntl
+            try:
+                fcntl.ioctl(fd_out, FICLONE, fd_in)
+                return
+            except OSError as e:
+                if e.errno not in NO_CLONE:
+                    raise OSError(e.errno, e.strerror, dst) from None
+                self.clone = False          # not on this filesystem (pair): stop asking
+        copied = 0
+        if self.kernel_copy:
+            try:
+                while True:
+                    n = os.copy_file_range(fd_in, fd_out, CHUNK)
+                    if n == 0:
+                        return
+                    copied += n
+            except OSError as e:
+                if e.errno not in NO_CLONE or copied:
+                    raise OSError(e.errno, e.strerror, dst) from None
+                self.kernel_copy = False
+        while True:      # sendfile to a regular file: Linux 2.6.33 and later
+            try:
+                n = os.sendfile(fd_out, fd_in, None, CHUNK)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS) or copied:
+                    raise OSError(e.errno, e.strerror, dst) from None
+                break
+            if n == 0:
+                return
+            copied += n
+        while True:
+            data = os.read(fd_in, 1 << 20)
+            if not data:
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd_out, view):]
+
+    @staticmethod
+    def xattrs(src: str, dst: str) -> None:
+        try:
+            names = os.listxattr(src, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return
+            raise
+        for name in sorted(names):
+            if name.startswith(OVERLAY_XATTR_PREFIX):
+                continue            # one overlay mount's bookkeeping, not the file's
+            try:
+                value = os.getxattr(src, name, follow_symlinks=False)
+            except OSError as e:
+                if e.errno == errno.ENODATA:
+                    continue        # removed since it was listed
+                raise
+            os.setxattr(dst, name, value, follow_symlinks=False)
+
+    def attrs(self, src: str, dst: str, st: os.stat_result) -> None:
+        # chown clears setuid bits and file capabilities (security.capability):
+        # owner first, then the xattrs, then the mode, as layertar does.
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+        self.xattrs(src, dst)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
