@@ -124,6 +124,9 @@ def test_import_of_a_cut_tarball_is_refused(stacko: Runner, root: Path, workdir:
     stacko("new-image", "existing")
     before = snapshot(root)
     r = stacko("import-image", "cut", str(archive), rc=1)
-    assert f"cannot decompress {archive}" in r.stderr, r.stderr
+    # spooled: "cannot decompress PATH"; a rootfs streamed in: "layer PATH is corrupt"
+    # or "layer PATH: the layer tar ends early"
+    assert f"cannot decompress {archive}" in r.stderr or f"layer {archive}" in r.stderr, \
+        r.stderr
     assert "truncated" in r.stderr or "ended before" in r.stderr, r.stderr
     assert snapshot(root) == before
