@@ -105,7 +105,12 @@ def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance)
 def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Instance) -> str:
     directory = checked_dir(store, point)
     refuse_if_mounted_elsewhere(store, point, inst)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as e:     # FileExistsError: a file took the directory's place
+        raise StackoError(f"cannot mount stackpoint {point.name!r} at {directory}: "
+                          f"{'it is not a directory' if os.path.lexists(directory) else e.strerror}"
+                          ) from None
     lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
     overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
                           work=os.path.relpath(store.work_path(inst.layer), store.layers_dir))
@@ -216,12 +221,19 @@ def refuse_if_checking(point: Stackpoint, action: str) -> None:
 
 
 def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
+    from stacko import validate
     directory = os.path.realpath(os.path.abspath(path))
-    if directory == "/":
-        raise UsageError("a stackpoint cannot be mounted on /")
-    if directory == store.root or directory.startswith(store.root + "/"):
-        raise UsageError(f"{directory} is inside the state root {store.root}",
-                         hint="choose a directory outside it")
+    problem = validate.path_problem(directory, store.root)     # the rules records obey too
+    if problem:
+        raise UsageError(problem, hint="choose a directory outside the state root")
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UsageError(f"{directory} is not a directory")
+    m = overlay.find_mount(directory)
+    if m is not None:
+        # /proc, /dev, a disk: the overlay would hide it, and unmounting the
+        # stackpoint would not give it back to whoever uses it.
+        raise UsageError(f"{directory} is a mount point ({m.fstype} from {m.source})",
+                         hint="choose an empty directory that nothing is mounted on")
     for other in points.values():
         theirs = store.stackpoint_dir(other)
         if directory == theirs or directory.startswith(theirs + "/") \
@@ -261,6 +273,8 @@ def delete_stackpoint(store: Store, name: str) -> None:
     if mounted_instance(store, point) is not None:
         raise StackpointBusy(f"stackpoint {name!r} is mounted at {store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
+    for inst in point.instances:     # as mount, prune and delete-stackpoint-instance do
+        _refuse_if_held(store, point, inst.image, "delete-stackpoint")
     table = overlay.mounts()
     for inst in point.instances:
         users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)

@@ -39,6 +39,7 @@ DEFAULT_ROOT = "/var/lib/stacko"
 LAYER_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 LAYER_ID_LEN = 5
 MARKER = ".stacko-root"
+INTENT = "lock.intent"      # a writer waiting for the lock holds this: see Store._acquire
 # The only names stacko ever makes in <root>/tmp, and so the only ones it removes.
 STAGING_RE = re.compile(r"(?:import|export)-[0-9]+-[0-9A-Za-z]+")
 
@@ -85,14 +86,13 @@ class Store:
         self._refuse_unsafe_root()
         if exclusive:
             self._create_root()
-        elif not os.path.exists(os.path.join(self.root, "lock")):
+        elif not os.path.lexists(os.path.join(self.root, "lock")):
             self._warn_if_absent()   # a mistyped --root would otherwise list nothing, silently
             yield   # nothing was ever written here: nothing to read consistently
             return
         path = os.path.join(self.root, "lock")
         try:
-            fd = os.open(path, (os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
-                         | os.O_CLOEXEC, 0o600)
+            fd = open_lock_file(path, exclusive)
         except PermissionError as e:
             if exclusive:
                 raise StackoError(f"cannot open the lock {path}: {e.strerror}",
@@ -101,10 +101,8 @@ class Store:
             # ever replaced by rename.
             yield
             return
-        except OSError as e:
-            raise StackoError(f"cannot open the lock {path}: {e.strerror}") from None
         try:
-            wait_for_lock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, path)
+            self._acquire(fd, exclusive, path)
             self._lock_fd, self._exclusive = fd, exclusive
             yield
         finally:
@@ -132,6 +130,42 @@ class Store:
             print(f"stacko: warning: no stacko state exists in {self.root} ({why}; "
                   "see --root and $STACKO_ROOT)", file=sys.stderr)
 
+    def _acquire(self, fd: int, exclusive: bool, path: str) -> None:
+        """flock gives a waiting writer no priority: readers that keep overlapping
+        would hold the shared lock forever.  So a writer that has to wait first
+        takes <root>/lock.intent exclusively (one writer at a time), and every
+        reader takes it shared, for a moment, before the lock itself: from the
+        moment a writer waits, no new reader starts, and the writer gets in once
+        the readers already in are done."""
+        start = time.monotonic()
+        intent_path = os.path.join(self.root, INTENT)
+        if not exclusive:
+            try:
+                intent = open_lock_file(intent_path, False)
+            except FileNotFoundError:
+                intent = None       # no writer ever had to wait here
+            except PermissionError:
+                intent = None       # a reader that may not lock: see locked()
+            if intent is not None:
+                try:
+                    wait_for_lock(intent, fcntl.LOCK_SH, path, start)
+                finally:
+                    os.close(intent)
+            wait_for_lock(fd, fcntl.LOCK_SH, path, start)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StackoError(f"cannot lock {path}: {e.strerror}") from None
+        intent = open_lock_file(intent_path, True)
+        try:
+            wait_for_lock(intent, fcntl.LOCK_EX, path, start)
+            wait_for_lock(fd, fcntl.LOCK_EX, path, start)
+        finally:
+            os.close(intent)        # the lock is ours: readers may queue again
+
     def _refuse_unsafe_root(self) -> None:
         """Whoever may write the root could plant layers or metadata that root then
         mounts or removes: refuse a root that another user can write to."""
@@ -158,7 +192,8 @@ class Store:
                 break
             parent = os.path.dirname(parent)
         for path in (self.root, self.layers_dir, self.work_dir, self.images_file,
-                     self.stackpoints_file, os.path.join(self.root, "lock")):
+                     self.stackpoints_file, os.path.join(self.root, "lock"),
+                     os.path.join(self.root, INTENT)):
             try:
                 st = os.lstat(path)
             except OSError:
@@ -429,9 +464,31 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
               "but may not survive a power cut", file=sys.stderr)
 
 
-def wait_for_lock(fd: int, how: int, path: str) -> None:
+def open_lock_file(path: str, create: bool) -> int:
+    """Open a lock file without ever blocking in open (a FIFO planted there would
+    hang every command) nor following a symlink (whose target root would create)."""
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) \
+        | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StackoError(f"the lock {path} is a symlink; refusing to follow it",
+                              hint=f"remove it (`rm {path}`): stacko makes it again") from None
+        if isinstance(e, (PermissionError, FileNotFoundError)):
+            raise
+        raise StackoError(f"cannot open the lock {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise StackoError(f"the lock {path} is not a regular file", hint=f"remove it (`rm {path}`): "
+                          "stacko makes it again")
+    return fd
+
+
+def wait_for_lock(fd: int, how: int, path: str, start: float | None = None) -> None:
     timeout = float(os.environ.get("STACKO_LOCK_TIMEOUT", "300"))
-    start = time.monotonic()
+    start = time.monotonic() if start is None else start
     told = False
     while True:
         try:

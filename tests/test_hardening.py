@@ -261,3 +261,117 @@ def test_metadata_writes_never_follow_a_planted_temp_name(tmp_path: Path) -> Non
     (tmp_path / f".images.json.{os.getpid()}.tmp").symlink_to(victim)
     state.atomic_write(str(target), b"{}\n")
     assert victim.read_text() == "precious\n" and target.read_bytes() == b"{}\n"
+
+
+# --- 4: delete-stackpoint and a lazily detached mount still held ----------------------
+@pytest.mark.mounts
+def test_delete_stackpoint_refuses_while_a_detached_mount_is_held(stacko: Runner,
+                                                                root: Path) -> None:
+    populate(stacko, "base", {"f": "base\n"})
+    stacko("new-stackpoint", "sp", "base")
+    d = stacko("mount-stackpoint", "sp").out
+    holder = subprocess.Popen(["sleep", "60"], cwd=d)
+    try:
+        time.sleep(0.2)
+        stacko("umount-stackpoint", "sp", "--lazy")
+        before = snapshot(root)
+        r = stacko("delete-stackpoint", "sp", rc=1)
+        assert f"{holder.pid} (sleep)" in r.stderr, r.stderr
+        assert snapshot(root) == before
+        stacko("delete-image", "base", rc=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    stacko("delete-stackpoint", "sp")
+    stacko("delete-image", "base")
+
+
+# --- 6: --path above the root, a file, a mount point ---------------------------------
+@pytest.mark.mounts
+def test_path_above_the_root_a_file_or_a_mount_point_is_refused(stacko: Runner, root: Path,
+                                                                workdir: Path) -> None:
+    stacko("new-image", "base")
+    afile = workdir / "afile"
+    afile.write_text("x")
+    before = snapshot(root)
+    for path, why in ((workdir, "state root"), (afile, "not a directory"),
+                      (Path("/proc"), "mount point"), (Path("/dev"), "mount point")):
+        r = stacko("new-stackpoint", "sp", "base", "--path", str(path), rc=2)
+        assert why in r.stderr, r.stderr
+    assert snapshot(root) == before
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.mounts
+def test_a_directory_that_became_a_file_is_an_error(stacko: Runner, root: Path,
+                                                    workdir: Path) -> None:
+    stacko("new-image", "base")
+    stacko("new-stackpoint", "sp", "base", "--path", str(workdir / "d"))
+    (workdir / "d").rmdir()
+    (workdir / "d").write_text("x")
+    r = stacko("mount-stackpoint", "sp", rc=1)
+    assert "not a directory" in r.stderr, r.stderr
+
+
+# --- 10: the lock --------------------------------------------------------------------
+def run_with_timeout(root: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run([sys.executable, "-m", "stacko", "--root", str(root), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_a_fifo_lock_is_refused_not_waited_on(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "base")
+    (root / "lock").unlink()
+    os.mkfifo(root / "lock", 0o600)
+    for argv in (("list-images",), ("new-image", "x"), ("check",)):
+        r = run_with_timeout(root, *argv)          # hung forever before
+        assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_a_symlinked_lock_is_never_followed(stacko: Runner, root: Path, workdir: Path) -> None:
+    stacko("new-image", "base")
+    (root / "lock").unlink()
+    target = workdir / "elsewhere"
+    (root / "lock").symlink_to(target)
+    for argv in (("new-image", "x"), ("list-images",)):
+        r = stacko(*argv, rc=1)
+        assert "symlink" in r.stderr, r.stderr
+    assert not target.exists()
+    assert json.loads((root / "images.json").read_text())["images"].keys() == {"base"}
+
+
+READER = """
+import os, sys, time
+from stacko.state import Store
+store, stop = Store(sys.argv[1]), sys.argv[2]
+while not os.path.exists(stop):
+    with store.locked(exclusive=False):
+        time.sleep(0.25)
+"""
+
+
+def test_readers_never_starve_a_writer(stacko: Runner, root: Path, workdir: Path) -> None:
+    """Eight readers that always overlap (the shared lock is never free) and a
+    writer with a short timeout: before, it gave up; now it gets in."""
+    import sys
+    stacko("new-image", "base")
+    stop = workdir / "stop"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    readers = []
+    try:
+        for _ in range(8):
+            readers.append(subprocess.Popen([sys.executable, "-c", READER, str(root), str(stop)],
+                                            env=env))
+            time.sleep(0.04)
+        time.sleep(1.0)
+        for n in range(3):
+            stacko("new-image", f"w{n}", env={"STACKO_LOCK_TIMEOUT": "8"})
+        assert all(p.poll() is None for p in readers)      # they were looping all along
+    finally:
+        stop.touch()
+        for p in readers:
+            p.wait(timeout=30)
+    assert all(p.returncode == 0 for p in readers)
