@@ -5,13 +5,12 @@ Every expected failure is a StackoError: the CLI prints ``stacko: error: …``
 """
 from __future__ import annotations
 
-from typing import Optional
 
 
 class StackoError(Exception):
     exit_code = 1
 
-    def __init__(self, message: str, hint: Optional[str] = None) -> None:
+    def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -68,7 +67,7 @@ class MountBusy(StackoError):
 
 
 class CommandFailed(StackoError):
-    def __init__(self, message: str, hint: Optional[str] = None, *,
+    def __init__(self, message: str, hint: str | None = None, *,
                  returncode: int = 1, stderr: str = "") -> None:
         super().__init__(message, hint)
         self.returncode = returncode
@@ -78,7 +77,7 @@ class CommandFailed(StackoError):
 class MountFailed(StackoError):
     """A mount system call (fsopen, fsconfig, fsmount, move_mount, umount2) failed."""
 
-    def __init__(self, message: str, hint: Optional[str] = None, *, errno: int = 0) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, errno: int = 0) -> None:
         super().__init__(message, hint)
         self.errno = errno
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from stacko import overlay, words
 from stacko.errors import AlreadyExists, ImageInUse, ImageNotFound, StackTooDeep, StackoError
-from stacko.records import Image, Stackpoint, check_name, replace, utc_time
+from stacko.records import Image, Stackpoint, check_name, record, replace, utc_time
 from stacko.state import Store, locked
 
 EMPTY_LOWER = "../e"     # relative to the layers directory, like every layer
@@ -19,7 +18,7 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def get(images: Dict[str, Image], name: str) -> Image:
+def get(images: dict[str, Image], name: str) -> Image:
     check_name(name, "image name")
     try:
         return images[name]
@@ -28,7 +27,7 @@ def get(images: Dict[str, Image], name: str) -> Image:
                             hint="`stacko list-images` shows the images") from None
 
 
-def stack_of(images: Dict[str, Image], name: str) -> List[Image]:
+def stack_of(images: dict[str, Image], name: str) -> list[Image]:
     """The image and its ancestors, top first."""
     chain = [get(images, name)]
     while chain[-1].parent is not None:
@@ -38,20 +37,20 @@ def stack_of(images: Dict[str, Image], name: str) -> List[Image]:
     return chain
 
 
-def children_of(images: Dict[str, Image], name: str) -> List[str]:
+def children_of(images: dict[str, Image], name: str) -> list[str]:
     return sorted(i.name for i in images.values() if i.parent == name)
 
 
-def instances_of(points: Dict[str, Stackpoint], name: str) -> List[str]:
+def instances_of(points: dict[str, Stackpoint], name: str) -> list[str]:
     """The stackpoints that have an instance of image name."""
     return sorted(p.name for p in points.values() if p.instance(name) is not None)
 
 
-def edit_mount(store: Store, name: str) -> Optional[overlay.Mount]:
+def edit_mount(store: Store, name: str) -> overlay.Mount | None:
     return overlay.find_mount(store.edit_path(name))
 
 
-def refuse_if_editing(store: Store, images: Dict[str, Image], name: str, doing: str) -> None:
+def refuse_if_editing(store: Store, images: dict[str, Image], name: str, doing: str) -> None:
     """Nothing may stack on an image while its own layer is open for writing."""
     table = overlay.mounts()     # once, not once per layer of a 500-deep stack
     for image in stack_of(images, name):
@@ -62,7 +61,7 @@ def refuse_if_editing(store: Store, images: Dict[str, Image], name: str, doing: 
 
 
 @locked(exclusive=True)
-def new_image(store: Store, name: str, parent: Optional[str] = None) -> Image:
+def new_image(store: Store, name: str, parent: str | None = None) -> Image:
     check_name(name, "image name")
     images = store.load_images()
     if name in images:
@@ -165,11 +164,12 @@ def delete_image(store: Store, name: str) -> None:
         pass
 
 
-class ImageInfo(NamedTuple):
+@record
+class ImageInfo:
     image: Image
-    children: Tuple[str, ...]
-    instances: Tuple[str, ...]
-    mounted: Optional[str]        # None, "rw" or "ro"
+    children: tuple[str, ...]
+    instances: tuple[str, ...]
+    mounted: str | None        # None, "rw" or "ro"
 
     def to_dict(self, store: Store) -> dict:
         return {"name": self.image.name, "parent": self.image.parent,
@@ -181,18 +181,18 @@ class ImageInfo(NamedTuple):
 
 
 @locked(exclusive=False)
-def list_images(store: Store) -> List[ImageInfo]:
+def list_images(store: Store) -> list[ImageInfo]:
     images = store.load_images(strict=False)      # only shown: a bad record is listed
     points = store.load_stackpoints(strict=False)
     # One pass over each table, not one per image: listings of 1,000 images.
     prefix = store.edit_dir + "/"
     edits = {name: overlay.find_mount(prefix + name, table)
              for name, table in _edit_mount_tables(prefix).items()}
-    kids: Dict[str, List[str]] = {}
+    kids: dict[str, list[str]] = {}
     for image in images.values():
         if image.parent is not None:
             kids.setdefault(image.parent, []).append(image.name)
-    users: Dict[str, List[str]] = {}
+    users: dict[str, list[str]] = {}
     for point_name in sorted(points):
         for inst in points[point_name].instances:
             users.setdefault(inst.image, []).append(point_name)
@@ -205,9 +205,9 @@ def list_images(store: Store) -> List[ImageInfo]:
     return infos
 
 
-def _edit_mount_tables(prefix: str) -> Dict[str, List[overlay.Mount]]:
+def _edit_mount_tables(prefix: str) -> dict[str, list[overlay.Mount]]:
     """The mounts at <root>/edit/NAME, by NAME (a list: mounts may be stacked)."""
-    found: Dict[str, List[overlay.Mount]] = {}
+    found: dict[str, list[overlay.Mount]] = {}
     for m in overlay.mounts():
         name = m.mount_point[len(prefix):]
         if m.mount_point.startswith(prefix) and "/" not in name:
@@ -215,13 +215,13 @@ def _edit_mount_tables(prefix: str) -> Dict[str, List[overlay.Mount]]:
     return found
 
 
-def draw_tree(infos: List[ImageInfo]) -> List[str]:
+def draw_tree(infos: list[ImageInfo]) -> list[str]:
     """Lines of the image forest, parents above their children."""
     by_name = {i.image.name: i for i in infos}
-    lines: List[str] = []
+    lines: list[str] = []
     roots = [i.image.name for i in infos if i.image.parent not in by_name]
     # Iterative, so that a 500-deep stack needs no deep recursion.
-    todo: List[Tuple[str, str, str]] = [(r, "", "") for r in reversed(roots)]
+    todo: list[tuple[str, str, str]] = [(r, "", "") for r in reversed(roots)]
     while todo:
         name, lead, rest = todo.pop()
         lines.append(lead + name)

@@ -25,7 +25,7 @@ import errno
 import functools
 import os
 import re
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from stacko import run
 from stacko.errors import MountFailed, StackoError
@@ -49,7 +49,7 @@ MOVE_MOUNT_BENEATH = 0x200
 MNT_DETACH = 0x2
 AT_FDCWD = -100
 
-Parameters = List[Tuple[str, Optional[str]]]   # fsconfig (key, value); None: a flag
+Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(8); "new" insists on this API
 BENEATH_SINCE = (6, 5)
 
@@ -66,7 +66,7 @@ def _call(name: str, number: int, *args: object) -> int:
     return int(result)
 
 
-def errno_name(err: Optional[int]) -> str:
+def errno_name(err: int | None) -> str:
     return errno.errorcode.get(err or 0, f"errno {err}")
 
 
@@ -79,7 +79,7 @@ def fsopen(fstype: str) -> int:
     return _call("fsopen", SYS_FSOPEN, ctypes.c_char_p(_b(fstype)), ctypes.c_uint(FSOPEN_CLOEXEC))
 
 
-def fsconfig(fd: int, cmd: int, key: Optional[str] = None, value: Optional[str] = None) -> None:
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
     _call("fsconfig", SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd),
           ctypes.c_char_p(_b(key) if key is not None else None),
           ctypes.c_char_p(_b(value) if value is not None else None), ctypes.c_int(0))
@@ -101,7 +101,7 @@ def umount2(target: str, flags: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def fs_log(fd: int) -> List[str]:
+def fs_log(fd: int) -> list[str]:
     """The messages the filesystem wrote to its context (``e overlay: …``)."""
     lines = []
     for _ in range(32):
@@ -116,7 +116,7 @@ def fs_log(fd: int) -> List[str]:
 
 
 # --- what this kernel can do ---------------------------------------------------
-def kernel_version(release: Optional[str] = None) -> Tuple[int, int]:
+def kernel_version(release: str | None = None) -> tuple[int, int]:
     match = re.match(r"(\d+)\.(\d+)", os.uname().release if release is None else release)
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
@@ -179,7 +179,7 @@ def supports_beneath() -> bool:
 
 
 # --- overlay mounts -----------------------------------------------------------
-def overlay_parameters(lowers: Sequence[str], upper: Optional[str], work: Optional[str],
+def overlay_parameters(lowers: Sequence[str], upper: str | None, work: str | None,
                        extra: Sequence[str]) -> Parameters:
     """The fsconfig calls for one overlay, in order: lowers are top first and
     absolute; extra holds ``key=value`` options (index=off …) or bare flags."""
@@ -214,7 +214,7 @@ def make_overlay(params: Parameters, read_only: bool = False) -> int:
         os.close(fd)
 
 
-def _step(call: str, what: str, action, log_fd: Optional[int] = None):  # type: ignore[no-untyped-def]
+def _step(call: str, what: str, action, log_fd: int | None = None):  # type: ignore[no-untyped-def]
     try:
         return action()
     except OSError as e:
@@ -224,8 +224,8 @@ def _step(call: str, what: str, action, log_fd: Optional[int] = None):  # type: 
                           errno=e.errno or 0) from None
 
 
-def mount_overlay(target: str, lowers: Sequence[str], upper: Optional[str] = None,
-                  work: Optional[str] = None, extra: Sequence[str] = (),
+def mount_overlay(target: str, lowers: Sequence[str], upper: str | None = None,
+                  work: str | None = None, extra: Sequence[str] = (),
                   read_only: bool = False) -> None:
     """Mount one overlay at target, one ``lowerdir+`` per layer (absolute paths)."""
     mount_parameters(target, overlay_parameters(lowers, upper, work, extra), read_only)
@@ -252,7 +252,7 @@ class PreparedOverlay:
     def __init__(self, params: Parameters, read_only: bool = False) -> None:
         self.params = list(params)
         run.debug(f"+ [mount API] overlay {describe(self.params)} (detached, for a gapless switch)")
-        self.fd: Optional[int] = make_overlay(self.params, read_only)
+        self.fd: int | None = make_overlay(self.params, read_only)
         self.device = os.fstat(self.fd).st_dev
 
     def attach_beneath(self, target: str) -> None:

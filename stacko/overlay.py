@@ -31,22 +31,24 @@ import errno
 import functools
 import os
 import re
-from typing import (TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Sequence, TypeVar,
-                    cast)
+from collections.abc import Callable, Sequence
 
 from stacko import procs, run
 from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
+from stacko.records import record
+from stacko.records import record
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL
 PARAMETERS = "/sys/module/overlay/parameters"
-F = TypeVar("F", bound=Callable[..., Any])
-if TYPE_CHECKING:
-    from stacko import mountapi
+# mountapi (and ctypes with it) is imported inside the functions that mount, never
+# here: reading the mount table must not pay for it.  Annotations naming it are
+# never evaluated (from __future__ import annotations).
 MOUNT_ENV = {"LIBMOUNT_FORCE_MOUNT2": "always"}
 
 
-class Mount(NamedTuple):
+@record
+class Mount:
     mount_id: int
     parent_id: int
     device: str              # "major:minor"
@@ -57,7 +59,7 @@ class Mount(NamedTuple):
     source: str
     super_options: str
 
-    def option(self, key: str) -> Optional[str]:
+    def option(self, key: str) -> str | None:
         """One value of the super options (overlay's upperdir=, lowerdir= …)."""
         # The kernel writes each value with ',', ' ', tab, newline and '\\' as
         # octal escapes, so splitting on ',' comes first and decoding after; what
@@ -81,7 +83,7 @@ def decode_mountinfo_field(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def parse_mountinfo(text: str) -> List[Mount]:
+def parse_mountinfo(text: str) -> list[Mount]:
     mounts = []
     for line in text.splitlines():
         fields = line.split(" ")
@@ -99,25 +101,25 @@ def parse_mountinfo(text: str) -> List[Mount]:
     return mounts
 
 
-def mounts() -> List[Mount]:
+def mounts() -> list[Mount]:
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         return parse_mountinfo(f.read())
 
 
-def find_mount(path: str, table: Optional[List[Mount]] = None) -> Optional[Mount]:
+def find_mount(path: str, table: list[Mount] | None = None) -> Mount | None:
     """The mount on top at path (the one that shows there), if any."""
     stacked = stacked_at(path, table)
     return stacked[-1] if stacked else None
 
 
-def stacked_at(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
+def stacked_at(path: str, table: list[Mount] | None = None) -> list[Mount]:
     """The mounts at path, bottom first.  A mount put beneath another
     (MOVE_MOUNT_BENEATH) is listed after it but is its parent, so the order
     comes from the parent ids, not from the order of the table."""
     here = [m for m in (table if table is not None else mounts()) if m.mount_point == path]
     ids = {m.mount_id for m in here}
     todo = [m for m in here if m.parent_id not in ids]
-    ordered: List[Mount] = []
+    ordered: list[Mount] = []
     while todo:
         m = todo.pop()
         ordered.append(m)
@@ -149,14 +151,14 @@ def layers_of(m: Mount, layers_dir: str, work_dir: str) -> set[str]:
 
 
 def layer_users(layer: str, layers_dir: str, work_dir: str,
-                table: Optional[List[Mount]] = None) -> List[Mount]:
+                table: list[Mount] | None = None) -> list[Mount]:
     """Every overlay mount, wherever it is mounted, that uses layer: the mount
     table is the truth, whatever the records or a moved directory say."""
     return [m for m in (table if table is not None else mounts())
             if layer in layers_of(m, layers_dir, work_dir)]
 
 
-def mounts_under(path: str, table: Optional[List[Mount]] = None) -> List[Mount]:
+def mounts_under(path: str, table: list[Mount] | None = None) -> list[Mount]:
     prefix = path.rstrip("/") + "/"
     return [m for m in (table if table is not None else mounts())
             if m.mount_point == path or m.mount_point.startswith(prefix)]
@@ -171,7 +173,7 @@ def unescape_option(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
 
 
-def kernel_defaults_off() -> List[str]:
+def kernel_defaults_off() -> list[str]:
     """Options that keep layers portable, for the features this kernel knows.
 
     index=off: no inode index tied to this upper/lower pairing (a layer may later
@@ -185,8 +187,8 @@ def kernel_defaults_off() -> List[str]:
     return [f"{w}=off" for w in wanted]
 
 
-def build_options(lowers: Sequence[str], upper: Optional[str] = None,
-                  work: Optional[str] = None, extra: Sequence[str] = ()) -> str:
+def build_options(lowers: Sequence[str], upper: str | None = None,
+                  work: str | None = None, extra: Sequence[str] = ()) -> str:
     """The mount data for one overlay: lowers are top first."""
     if not lowers:
         raise ValueError("an overlay needs at least one lower layer")
@@ -208,7 +210,7 @@ def build_options(lowers: Sequence[str], upper: Optional[str] = None,
 
 # --- mounting ----------------------------------------------------------------
 def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
-                  upper: Optional[str] = None, work: Optional[str] = None,
+                  upper: str | None = None, work: str | None = None,
                   read_only: bool = False) -> None:
     """Mount one overlay at target; layer paths are relative to layers_dir."""
     from stacko import mountapi     # here: ctypes is not needed to read the mount table
@@ -232,8 +234,8 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                             hint=kernel_hint(), returncode=e.returncode, stderr=e.stderr) from None
 
 
-def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: Optional[str] = None,
-                       work: Optional[str] = None) -> mountapi.Parameters:
+def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: str | None = None,
+                       work: str | None = None) -> mountapi.Parameters:
     """The fsconfig calls for one stack: absolute layer paths, no escaping."""
     check_depth(lowers)
     if (upper is None) != (work is None):
@@ -264,8 +266,8 @@ def gapless_switch() -> bool:
     return mountapi.supports_beneath()
 
 
-def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: Optional[str],
-                    work: Optional[str]) -> mountapi.PreparedOverlay:
+def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: str | None,
+                    work: str | None) -> mountapi.PreparedOverlay:
     """A detached overlay, not yet visible anywhere (for replace: see mountapi)."""
     try:
         from stacko import mountapi
@@ -296,7 +298,7 @@ def boot_id() -> str:
         return ""
 
 
-def kernel_hint() -> Optional[str]:
+def kernel_hint() -> str | None:
     try:
         with open("/proc/filesystems", encoding="ascii") as f:
             if "overlay" not in f.read():
@@ -347,14 +349,14 @@ def busy_reason(target: str) -> str:
 
 
 
-def needs_root(action: str) -> Callable[[F], F]:
+def needs_root(action: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Decorator for commands that always mount or unmount: refuse before the lock."""
-    def wrap(func: F) -> F:
+    def wrap(func: Callable[..., object]) -> Callable[..., object]:
         @functools.wraps(func)
-        def inner(*args: Any, **kwargs: Any) -> Any:
+        def inner(*args: object, **kwargs: object) -> object:
             require_root(action)
             return func(*args, **kwargs)
-        return cast(F, inner)
+        return inner
     return wrap
 
 

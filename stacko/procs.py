@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, List, NamedTuple, Optional
+from collections.abc import Callable
+
+from stacko.records import record
 
 
-class Holder(NamedTuple):
+@record
+class Holder:
     pid: int
     command: str
 
@@ -16,7 +19,7 @@ def _inside(path: str, prefix: str) -> bool:
     return path == prefix[:-1] or path.startswith(prefix)
 
 
-def holders(mount_point: Optional[str] = None, device: Optional[int] = None) -> List[Holder]:
+def holders(mount_point: str | None = None, device: int | None = None) -> list[Holder]:
     """Processes whose cwd, root, executable, open files or mapped files lie under
     mount_point (by path) or on device (by device number).
 
@@ -30,7 +33,7 @@ def holders(mount_point: Optional[str] = None, device: Optional[int] = None) -> 
     def by_path(path: str) -> bool:
         return prefix is not None and _inside(path, prefix)
 
-    found: List[Holder] = []
+    found: list[Holder] = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
@@ -41,12 +44,12 @@ def holders(mount_point: Optional[str] = None, device: Optional[int] = None) -> 
     return sorted(found, key=lambda h: h.pid)
 
 
-def device_holders(device: int) -> List[Holder]:
+def device_holders(device: int) -> list[Holder]:
     return holders(device=device)
 
 
-def _holds(base: str, by_path: Callable[[str], bool], device: Optional[int],
-           wanted: Optional[str]) -> bool:
+def _holds(base: str, by_path: Callable[[str], bool], device: int | None,
+           wanted: str | None) -> bool:
     links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
     try:
         links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
@@ -71,7 +74,7 @@ def _holds(base: str, by_path: Callable[[str], bool], device: Optional[int],
     return False
 
 
-def describe(holders: List[Holder]) -> str:
+def describe(holders: list[Holder]) -> str:
     return ("process" + ("es " if len(holders) > 1 else " ")
             + ", ".join(f"{h.pid} ({h.command})" for h in holders))
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 from stacko.errors import CommandFailed
+from stacko.records import record
 
 verbose = False
 
@@ -25,14 +26,15 @@ def debug(message: str) -> None:
         log(message)
 
 
-class Result(NamedTuple):
+@record
+class Result:
     argv: tuple
     returncode: int
     stdout: str
     stderr: str
 
 
-def child_env(extra: Optional[Mapping[str, str]] = None) -> dict:
+def child_env(extra: Mapping[str, str] | None = None) -> dict:
     env = dict(os.environ)
     env["LC_ALL"] = "C.UTF-8"
     env.pop("LANGUAGE", None)
@@ -41,8 +43,8 @@ def child_env(extra: Optional[Mapping[str, str]] = None) -> dict:
     return env
 
 
-def run(argv: Sequence[str], *, check: bool = True, cwd: Optional[str] = None,
-        env: Optional[Mapping[str, str]] = None) -> Result:
+def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
+        env: Mapping[str, str] | None = None) -> Result:
     """Run argv; a non-zero exit raises CommandFailed unless check is False."""
     import subwrap  # imported here: listing commands never pay for subprocess
 
@@ -79,8 +81,9 @@ CHECK_LINES = 10           # lines of that tail shown in a failure
 CHECK_GRACE = 2.0          # seconds between SIGTERM and SIGKILL for a check that timed out
 
 
-class CheckResult(NamedTuple):
-    returncode: Optional[int]      # negative: killed by that signal; None: timed out
+@record
+class CheckResult:
+    returncode: int | None      # negative: killed by that signal; None: timed out
     output: str                    # the tail of stdout and stderr together
 
     @property

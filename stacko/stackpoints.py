@@ -11,18 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional
+from collections.abc import Iterator
 
 from stacko import images as images_mod
 from stacko import events, overlay, procs, run
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
-                            replace, utc_time)
+                            record, replace, utc_time)
 from stacko.state import Store, locked
 
 
-def get(points: Dict[str, Stackpoint], name: str) -> Stackpoint:
+def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
     check_name(name, "stackpoint name")
     try:
         return points[name]
@@ -32,7 +32,7 @@ def get(points: Dict[str, Stackpoint], name: str) -> Stackpoint:
 
 
 @contextlib.contextmanager
-def order_hint(images: Dict[str, Image], points: Dict[str, Stackpoint], name: str, image: str,
+def order_hint(images: dict[str, Image], points: dict[str, Stackpoint], name: str, image: str,
                command: str, new_point: bool = False) -> Iterator[None]:
     """A lookup that fails because POINT and IMAGE were given the other way round
     gets a hint saying so (new_point: POINT is a name not made yet)."""
@@ -65,7 +65,7 @@ def checked_dir(store: Store, point: Stackpoint) -> str:
 
 
 def mounted_instance(store: Store, point: Stackpoint,
-                     table: Optional[List[overlay.Mount]] = None) -> Optional[Instance]:
+                     table: list[overlay.Mount] | None = None) -> Instance | None:
     """The instance of point that the kernel has mounted at its directory, if any
     (the directory as it resolves now, which is how the kernel names mounts)."""
     directory = os.path.realpath(store.stackpoint_dir(point))
@@ -86,7 +86,7 @@ def _is_instance(store: Store, m: overlay.Mount, inst: Instance) -> bool:
         m.option("upperdir") in (inst.layer, store.layer_path(inst.layer))
 
 
-def _new_instance(store: Store, images: Dict[str, Image], point_name: str, image: str) -> Instance:
+def _new_instance(store: Store, images: dict[str, Image], point_name: str, image: str) -> Instance:
     images_mod.refuse_if_editing(store, images, image, f"make an instance of {image!r}")
     return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
 
@@ -102,7 +102,7 @@ def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance)
             hint="two mounts must never write one layer: unmount that one first")
 
 
-def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Instance) -> str:
+def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Instance) -> str:
     directory = checked_dir(store, point)
     refuse_if_mounted_elsewhere(store, point, inst)
     try:
@@ -117,7 +117,7 @@ def _mount(store: Store, images: Dict[str, Image], point: Stackpoint, inst: Inst
     return directory
 
 
-def _replace_mount(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
+def _replace_mount(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
                    new: Stackpoint, mounted: Instance, undo: contextlib.ExitStack) -> None:
     """The gapless switch: build new's overlay detached, record, tuck it beneath
     the mounted one, detach that one.  The directory shows the old tree until
@@ -143,7 +143,7 @@ def _replace_mount(store: Store, images: Dict[str, Image], points: Dict[str, Sta
 
 
 def _held(store: Store, point: Stackpoint, record: DetachedMount,
-          table: List[overlay.Mount]) -> str:
+          table: list[overlay.Mount]) -> str:
     """Who still holds an instance's detached mount: "" when nobody does."""
     if record.boot_id != overlay.boot_id():
         return ""            # rebooted since: that mount is gone
@@ -161,7 +161,7 @@ def _held(store: Store, point: Stackpoint, record: DetachedMount,
     return procs.describe(found) if found else ""
 
 
-def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Optional[Instance]) -> bool:
+def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Instance | None) -> bool:
     """Whether pid's files on device belong to another filesystem that is mounted
     in pid's own mount namespace: device numbers are freed with a superblock and
     soon handed to the next one, maybe in a namespace whose table we cannot see.
@@ -220,7 +220,7 @@ def refuse_if_checking(point: Stackpoint, action: str) -> None:
             hint="wait for the check to end; it keeps or undoes the cutover")
 
 
-def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
+def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
     from stacko import validate
     directory = os.path.realpath(os.path.abspath(path))
     problem = validate.path_problem(directory, store.root)     # the rules records obey too
@@ -244,7 +244,7 @@ def _check_path(store: Store, points: Dict[str, Stackpoint], path: str) -> str:
 
 
 @locked(exclusive=True)
-def new_stackpoint(store: Store, name: str, image: str, path: Optional[str] = None) -> Stackpoint:
+def new_stackpoint(store: Store, name: str, image: str, path: str | None = None) -> Stackpoint:
     check_name(name, "stackpoint name")
     images = store.load_images()
     points = store.load_stackpoints()
@@ -323,7 +323,7 @@ def mount_stackpoint(store: Store, name: str) -> str:
     return _mount(store, images, point, point.current_instance())
 
 
-def _boot_try(store: Store, images: Dict[str, Image], point: Stackpoint) -> str:
+def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     """Mount a tentative stackpoint that was not mounted (a boot): use one try,
     or, with none left, fall back to the instance that was current before."""
     points = store.load_stackpoints()
@@ -447,8 +447,8 @@ def is_mounted(store: Store, name: str) -> bool:
     return mounted_instance(store, get(store.load_stackpoints(), name)) is not None
 
 
-def _switch(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
-            new: Stackpoint, created: Optional[Instance], mount: bool, action: str) -> None:
+def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
+            new: Stackpoint, created: Instance | None, mount: bool, action: str) -> None:
     """Move a stackpoint from its recorded state to new, or leave it as it was.
 
     A mounted stackpoint switches without a gap where the kernel can
@@ -611,10 +611,11 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     store.remove_layer(inst.layer)
 
 
-class StackpointInfo(NamedTuple):
+@record
+class StackpointInfo:
     point: Stackpoint
     directory: str
-    mounted: Optional[str]     # the image whose instance is mounted
+    mounted: str | None     # the image whose instance is mounted
 
     def to_dict(self) -> dict:
         p = self.point
@@ -633,7 +634,7 @@ class StackpointInfo(NamedTuple):
 
 
 @locked(exclusive=False)
-def list_stackpoints(store: Store) -> List[StackpointInfo]:
+def list_stackpoints(store: Store) -> list[StackpointInfo]:
     points = store.load_stackpoints(strict=False)     # only shown: a bad record is listed
     table = overlay.mounts()
     infos = []

@@ -29,7 +29,7 @@ import re
 import stat
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterator
 
 from stacko.errors import CorruptState, LockTimeout, StackoError
 from stacko.records import Image, Stackpoint
@@ -42,8 +42,6 @@ MARKER = ".stacko-root"
 INTENT = "lock.intent"      # a writer waiting for the lock holds this: see Store._acquire
 # The only names stacko ever makes in <root>/tmp, and so the only ones it removes.
 STAGING_RE = re.compile(r"(?:import|export)-[0-9]+-[0-9A-Za-z]+")
-
-T = TypeVar("T")
 
 
 class Store:
@@ -58,7 +56,7 @@ class Store:
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.images_file = os.path.join(self.root, "images.json")
         self.stackpoints_file = os.path.join(self.root, "stackpoints.json")
-        self._lock_fd: Optional[int] = None
+        self._lock_fd: int | None = None
         self._exclusive = False
 
     # --- paths -------------------------------------------------------------
@@ -109,7 +107,7 @@ class Store:
             self._lock_fd, self._exclusive = None, False
             os.close(fd)
 
-    def absence(self) -> Optional[str]:
+    def absence(self) -> str | None:
         """Why no stacko state exists at the root, or None when some does (or
         when we may not look: then reading it says so)."""
         try:
@@ -269,7 +267,7 @@ class Store:
     # command that changes or mounts anything; listings and `check` pass
     # strict=False and get the records as they are: they only show them, and
     # check reports each violation (and then touches nothing).
-    def load_images(self, strict: bool = True) -> Dict[str, Image]:
+    def load_images(self, strict: bool = True) -> dict[str, Image]:
         from stacko import validate
         data = self._read(self.images_file, "images")
         images = {}
@@ -282,11 +280,11 @@ class Store:
             refuse_violations(validate.image_violations(images, self.images_file))
         return images
 
-    def save_images(self, images: Dict[str, Image]) -> None:
+    def save_images(self, images: dict[str, Image]) -> None:
         self._write(self.images_file, "images",
                     {name: images[name].to_dict() for name in sorted(images)})
 
-    def load_stackpoints(self, strict: bool = True) -> Dict[str, Stackpoint]:
+    def load_stackpoints(self, strict: bool = True) -> dict[str, Stackpoint]:
         from stacko import validate
         data = self._read(self.stackpoints_file, "stackpoints")
         points = {}
@@ -321,11 +319,11 @@ class Store:
                     return f"the instance of {inst.image!r} of stackpoint {point.name!r}"
         return ""
 
-    def save_stackpoints(self, points: Dict[str, Stackpoint]) -> None:
+    def save_stackpoints(self, points: dict[str, Stackpoint]) -> None:
         self._write(self.stackpoints_file, "stackpoints",
                     {name: points[name].to_dict() for name in sorted(points)})
 
-    def _read(self, path: str, key: str) -> Dict[str, Any]:
+    def _read(self, path: str, key: str) -> dict[str, object]:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -349,7 +347,7 @@ class Store:
             raise CorruptState(f"{path} is corrupt: {key!r} is not an object")
         return records
 
-    def _write(self, path: str, key: str, records: Dict[str, Any]) -> None:
+    def _write(self, path: str, key: str, records: dict[str, object]) -> None:
         assert self._exclusive, "metadata written without the exclusive lock"
         text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
         atomic_write(path, text.encode("utf-8"))
@@ -508,11 +506,14 @@ def wait_for_lock(fd: int, how: int, path: str, start: float | None = None) -> N
         time.sleep(0.02)
 
 
-def locked(exclusive: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
+Operation = Callable[..., object]     # a store operation; its first argument is the Store
+
+
+def locked(exclusive: bool) -> Callable[[Operation], Operation]:
     """Decorator: run a store operation (first argument: Store) under the lock."""
-    def wrap(func: Callable[..., T]) -> Callable[..., T]:
+    def wrap(func: Operation) -> Operation:
         @functools.wraps(func)
-        def inner(store: Store, *args: Any, **kwargs: Any) -> T:
+        def inner(store: Store, *args: object, **kwargs: object) -> object:
             with store.locked(exclusive):
                 return func(store, *args, **kwargs)
         return inner
