@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
-from stacko import overlay, procs, run, stackpoints
+from stacko import events, overlay, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
 from stacko.records import Image, Instance, Stackpoint, check_name, replace
 from stacko.state import Store, locked, remove_tree
@@ -314,6 +314,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     new_images = {**images, new_image: image}
     committed = replace(point.without_instance(old.image).with_instance(fresh),
                         current=new_image)
+    committed = events.add(committed, "commit", old.image, new_image, "commit-stackpoint")
     with contextlib.ExitStack() as undo:
         undo.callback(store.remove_layer, fresh.layer)
         if mounted is not None:

@@ -188,6 +188,11 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
     finally:
         _signal_group(proc.pid, signal.SIGKILL)     # what it left behind, or all of it
         proc.wait()
+        # Killed processes let go of their files (and the stackpoint, which a
+        # fallback by unmount must find free) only once they are gone.
+        end = time.monotonic() + CHECK_GRACE
+        while _signal_group(proc.pid, 0) and time.monotonic() < end:
+            time.sleep(0.01)
     # What the group wrote before it ended; a grandchild in another group that
     # still holds the pipe must not keep stacko waiting.
     end = time.monotonic() + 0.5
@@ -198,8 +203,10 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
     return CheckResult(None if timed_out else proc.returncode, output)
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Signal a process group; False when it has no process left."""
     try:
         os.killpg(pgid, signum)
+        return True
     except ProcessLookupError:
-        pass
+        return False

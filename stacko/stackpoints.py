@@ -497,6 +497,12 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
     with order_hint(images, points, name, image, "cutover-stackpoint"):
         images_mod.get(images, image)
         point = get(points, name)
+    if point.checking is not None and not events.check_alive(point.checking):
+        # An earlier checked cutover died in its check: undo it first, so that
+        # this one starts from the instance known to work.
+        undo_interrupted_check(store, name, mount=False)
+        points = store.load_stackpoints()
+        point = get(points, name)
     if image == point.current:
         return mount_stackpoint(store, name)
     inst = point.instance(image)
@@ -624,8 +630,8 @@ class StackpointInfo:
                 "history": list(p.history),
                 "instances": [{"image": i.image, "created": utc_time(i.created)}
                               for i in p.instances],
-                "tentative": None if p.tentative is None else
-                {"tries_left": p.tentative.tries_left, "tries": p.tentative.tries},
+                "tentative": None if p.tentative is None or p.tentative.image != p.current
+                else {"tries_left": p.tentative.tries_left, "tries": p.tentative.tries},
                 "events": [e.to_dict() for e in p.events],
                 "checking": None if p.checking is None else
                 {"image": p.checking.image, "previous": p.checking.previous,

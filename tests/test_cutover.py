@@ -152,15 +152,17 @@ def test_every_switch_leaves_an_event(point: Path, stacko: Runner, root: Path) -
     stacko("cutover-stackpoint", "p", "new")
     stacko("fallback-stackpoint", "p")
     stacko("set-stackpoint-instance", "p", "new")
+    stacko("commit-stackpoint", "p", "snap")
     events = info(stacko)["events"]
     assert [(e["action"], e["from"], e["to"]) for e in events] == [
-        ("cutover", "old", "new"), ("fallback", "new", "old"), ("set", "old", "new")]
+        ("cutover", "old", "new"), ("fallback", "new", "old"), ("set", "old", "new"),
+        ("commit", "new", "snap")]
     for e in events:
         assert set(e) >= {"time", "action", "from", "to", "reason"}
         assert RFC3339_Z.fullmatch(e["time"])
     head, row = stacko("list-stackpoints").out.splitlines()[:2]
     assert head.split()[-2:] == ["LAST", "EVENT"]
-    assert re.search(r"Z set old -> new: set-stackpoint-instance$", row)
+    assert re.search(r"Z commit new -> snap: commit-stackpoint$", row)
 
 
 def test_events_are_bounded(point: Path, stacko: Runner, root: Path) -> None:
@@ -366,3 +368,22 @@ def test_check_and_tries_together(point: Path, stacko: Runner, root: Path) -> No
     assert info(stacko)["tentative"] == {"tries_left": 1, "tries": 1}
     failed = stacko("cutover-stackpoint", "p", "old")
     assert failed.out == str(point) and info(stacko)["tentative"] is None
+
+
+def test_a_new_cutover_first_undoes_one_killed_during_its_check(point: Path, stacko: Runner,
+                                                                root: Path,
+                                                                tmp_path: Path) -> None:
+    marker = f"stacko-test-again-{os.getpid()}"
+    proc = background_checked_cutover(root, tmp_path / "started", marker)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stacko("cutover-stackpoint", "p", "new", "--check", "test -f f")
+        assert gone(marker)
+    finally:
+        kill_marked(marker)
+    state = info(stacko)
+    assert state["current"] == "new" and state["checking"] is None
+    assert [e["action"] for e in state["events"]] == [
+        "cutover", "check-interrupted", "cutover", "check-passed"]
+    assert (point / "f").read_text() == "new\n"
