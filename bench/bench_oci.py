@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -83,7 +82,7 @@ def podman_argv(base: Path) -> Optional[List[str]]:
 
 
 def run() -> List[dict]:
-    stacko = [sys.executable, "-m", "stacko"]
+    stacko = common.stacko_argv()      # the console script, as a user runs it
     with tempfile.TemporaryDirectory(prefix="stacko-bench-oci-") as scratch:
         base = Path(scratch)
         archive = base / "medium.tar"

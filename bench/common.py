@@ -249,3 +249,22 @@ def write_oci_archive(target: "os.PathLike[str]", layer_tars: Sequence[bytes], n
             info = tarfile.TarInfo(member)
             info.size, info.mtime = len(data), 0
             tar.addfile(info, io.BytesIO(data))
+
+
+def run_status(argv: Sequence[str]) -> int:
+    """Run argv, output discarded; its exit status (for commands whose status is
+    their answer, such as is-stackpoint-mounted)."""
+    return subprocess.run(list(argv), env=child_env(), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
+def import_times(command: Sequence[str]) -> Dict[str, float]:
+    """Self time (ms) of each module that `python -X importtime COMMAND...` imports."""
+    proc = run([sys.executable, "-X", "importtime", *command])
+    costs: Dict[str, float] = {}
+    for line in proc.stderr.decode("utf-8", "replace").splitlines():
+        if line.startswith("import time:") and "|" in line:
+            self_us, _, name = line[len("import time:"):].split("|")
+            if self_us.strip().isdigit():
+                costs[name.strip()] = int(self_us) / 1000.0
+    return costs
