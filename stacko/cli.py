@@ -93,7 +93,8 @@ def cmd_export_image(args: argparse.Namespace) -> int:
 # --- stackpoint commands --------------------------------------------------------
 def cmd_new_stackpoint(args: argparse.Namespace) -> int:
     from stacko import stackpoints
-    stackpoints.new_stackpoint(store(args), args.point, args.image, path=args.path)
+    stackpoints.new_stackpoint(store(args), args.point, args.image, path=args.path,
+                               nodev=args.nodev, nosuid=args.nosuid)
     return 0
 
 
@@ -345,7 +346,12 @@ COMMANDS = [
             described(POINT, "the name of the new stackpoint"),
             described(IMAGE, "the image its first instance shows"),
             arg("--path", metavar="DIR",
-                help="the stackpoint's directory (default: <root>/stackpoints/POINT)")),
+                help="the stackpoint's directory (default: <root>/stackpoints/POINT)"),
+            arg("--nodev", action="store_true",
+                help="mount it without device nodes (for images you do not trust); remembered"),
+            arg("--nosuid", action="store_true",
+                help="mount it without setuid and setgid (for images you do not trust); "
+                     "remembered")),
     Command("delete-stackpoint", cmd_delete_stackpoint,
             "remove a stackpoint and all its instances' data",
             described(POINT, "the stackpoint to remove")),

@@ -44,6 +44,7 @@ FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTRS = {"nosuid": 0x2, "nodev": 0x4}     # MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_BENEATH = 0x200
 MNT_DETACH = 0x2
@@ -197,8 +198,12 @@ def describe(params: Parameters) -> str:
     return " ".join(k if v is None else f"{k}={v}" for k, v in params)
 
 
-def make_overlay(params: Parameters, read_only: bool = False) -> int:
-    """A detached overlay mount built from params; returns its mount fd."""
+def make_overlay(params: Parameters, read_only: bool = False, attrs: Sequence[str] = ()) -> int:
+    """A detached overlay mount built from params; returns its mount fd.
+    attrs: "nodev", "nosuid" (flags of the mount, not of the overlay)."""
+    flags = MOUNT_ATTR_RDONLY if read_only else 0
+    for attr in attrs:
+        flags |= MOUNT_ATTRS[attr]
     fd = _step("fsopen", "overlay", lambda: fsopen("overlay"))
     try:
         for key, value in params:
@@ -209,7 +214,7 @@ def make_overlay(params: Parameters, read_only: bool = False) -> int:
             _step("fsconfig", "ro", lambda: fsconfig(fd, FSCONFIG_SET_FLAG, "ro"), fd)
         _step("fsconfig", "create", lambda: fsconfig(fd, FSCONFIG_CMD_CREATE), fd)
         return _step("fsmount", "overlay",
-                     lambda: fsmount(fd, MOUNT_ATTR_RDONLY if read_only else 0), fd)
+                     lambda: fsmount(fd, flags), fd)
     finally:
         os.close(fd)
 
@@ -231,11 +236,12 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None = None,
     mount_parameters(target, overlay_parameters(lowers, upper, work, extra), read_only)
 
 
-def mount_parameters(target: str, params: Parameters, read_only: bool = False) -> None:
+def mount_parameters(target: str, params: Parameters, read_only: bool = False,
+                     attrs: Sequence[str] = ()) -> None:
     """Mount the overlay that params describe at target."""
-    run.debug(f"+ [mount API] overlay {describe(params)}{' ro' if read_only else ''} "
-              f"-> move_mount {target}")
-    mfd = make_overlay(params, read_only)
+    run.debug(f"+ [mount API] overlay {describe(params)}{' ro' if read_only else ''}"
+              f"{''.join(' ' + a for a in attrs)} -> move_mount {target}")
+    mfd = make_overlay(params, read_only, attrs)
     try:
         _step("move_mount", f"to {target}",
               lambda: move_mount(mfd, target, MOVE_MOUNT_F_EMPTY_PATH))
@@ -249,10 +255,12 @@ class PreparedOverlay:
     Closing it before attach() destroys the mount: nothing was ever visible.
     """
 
-    def __init__(self, params: Parameters, read_only: bool = False) -> None:
+    def __init__(self, params: Parameters, read_only: bool = False,
+                 attrs: Sequence[str] = ()) -> None:
         self.params = list(params)
-        run.debug(f"+ [mount API] overlay {describe(self.params)} (detached, for a gapless switch)")
-        self.fd: int | None = make_overlay(self.params, read_only)
+        run.debug(f"+ [mount API] overlay {describe(self.params)}"
+                  f"{''.join(' ' + a for a in attrs)} (detached, for a gapless switch)")
+        self.fd: int | None = make_overlay(self.params, read_only, attrs)
         self.device = os.fstat(self.fd).st_dev
 
     def attach_beneath(self, target: str) -> None:

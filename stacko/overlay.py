@@ -211,13 +211,14 @@ def build_options(lowers: Sequence[str], upper: str | None = None,
 # --- mounting ----------------------------------------------------------------
 def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                   upper: str | None = None, work: str | None = None,
-                  read_only: bool = False) -> None:
-    """Mount one overlay at target; layer paths are relative to layers_dir."""
+                  read_only: bool = False, attrs: Sequence[str] = ()) -> None:
+    """Mount one overlay at target; layer paths are relative to layers_dir.
+    attrs: mount flags among "nodev" and "nosuid"."""
     from stacko import mountapi     # here: ctypes is not needed to read the mount table
     if mountapi.supports_new_api():
         params = new_api_parameters(layers_dir, lowers, upper, work)
         try:
-            mountapi.mount_parameters(target, params, read_only)
+            mountapi.mount_parameters(target, params, read_only, attrs)
         except MountFailed as e:
             raise MountFailed(f"cannot mount {target}: {e.message}", hint=kernel_hint(),
                               errno=e.errno) from None
@@ -226,6 +227,8 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     argv = ["mount", "-t", "overlay", "stacko", "-o", options]
     if read_only:
         argv[1:1] = ["-r"]
+    if attrs:     # flags of the mount: mount(8) takes them out of the overlay's data
+        argv += ["-o", ",".join(attrs)]
     argv.append(target)
     try:
         run.run(argv, cwd=layers_dir, env=MOUNT_ENV)
@@ -267,11 +270,12 @@ def gapless_switch() -> bool:
 
 
 def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: str | None,
-                    work: str | None) -> mountapi.PreparedOverlay:
+                    work: str | None, attrs: Sequence[str] = ()) -> mountapi.PreparedOverlay:
     """A detached overlay, not yet visible anywhere (for replace: see mountapi)."""
     try:
         from stacko import mountapi
-        return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work))
+        return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work),
+                                        attrs=attrs)
     except MountFailed as e:
         raise MountFailed(f"cannot build the new mount: {e.message}", hint=kernel_hint(),
                           errno=e.errno) from None

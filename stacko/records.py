@@ -243,6 +243,12 @@ class Stackpoint(NamedTuple):
     tentative: Optional[Tentative] = None      # a cutover --tries N not yet confirmed
     events: Tuple[Event, ...] = ()             # the last switches, oldest first
     checking: Optional[PendingCheck] = None    # a cutover --check whose check runs
+    nodev: bool = False       # mount without device nodes (new-stackpoint --nodev)
+    nosuid: bool = False      # mount without setuid and setgid (new-stackpoint --nosuid)
+
+    def mount_attrs(self) -> Tuple[str, ...]:
+        """The mount flags this stackpoint's overlay gets besides the defaults."""
+        return tuple(a for a, on in (("nodev", self.nodev), ("nosuid", self.nosuid)) if on)
 
     def instance(self, image: str) -> Optional[Instance]:
         for inst in self.instances:
@@ -283,6 +289,8 @@ class Stackpoint(NamedTuple):
             data["events"] = [e.to_dict() for e in self.events]
         if self.checking is not None:
             data["checking"] = self.checking.to_dict()
+        for attr in self.mount_attrs():      # absent when off, as in files written before
+            data[attr] = True
         return data
 
     @classmethod
@@ -303,7 +311,9 @@ class Stackpoint(NamedTuple):
                     events=tuple(Event.from_dict(e, source)
                                  for e in _get(data, "events", list, source, optional=True) or ()),
                     checking=(PendingCheck.from_dict(data["checking"], source)
-                              if data.get("checking") is not None else None))
+                              if data.get("checking") is not None else None),
+                    nodev=_get(data, "nodev", bool, source, optional=True) or False,
+                    nosuid=_get(data, "nosuid", bool, source, optional=True) or False)
         if point.instance(point.current) is None:
             raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
                                f"of its current image {point.current!r}")

@@ -113,6 +113,7 @@ def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Inst
                           ) from None
     lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
     overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
+                          attrs=point.mount_attrs(),
                           work=os.path.relpath(store.work_path(inst.layer), store.layers_dir))
     return directory
 
@@ -133,7 +134,7 @@ def _replace_mount(store: Store, images: dict[str, Image], points: dict[str, Sta
     refuse_if_mounted_elsewhere(store, new, inst)
     lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
     with overlay.prepare_overlay(store.layers_dir, lowers, inst.layer,
-                                 store.work_path(inst.layer)) as prepared:
+                                 store.work_path(inst.layer), new.mount_attrs()) as prepared:
         store.save_stackpoints({**points, new.name: new})
         undo.callback(store.save_stackpoints, points)
         prepared.attach_beneath(directory)
@@ -244,7 +245,8 @@ def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
 
 
 @locked(exclusive=True)
-def new_stackpoint(store: Store, name: str, image: str, path: str | None = None) -> Stackpoint:
+def new_stackpoint(store: Store, name: str, image: str, path: str | None = None,
+                   nodev: bool = False, nosuid: bool = False) -> Stackpoint:
     check_name(name, "stackpoint name")
     images = store.load_images()
     points = store.load_stackpoints()
@@ -254,7 +256,8 @@ def new_stackpoint(store: Store, name: str, image: str, path: str | None = None)
         raise AlreadyExists(f"stackpoint {name!r} exists already")
     directory = _check_path(store, points, path) if path is not None else None
     inst = _new_instance(store, images, name, image)
-    point = Stackpoint(name=name, current=image, path=directory, instances=(inst,))
+    point = Stackpoint(name=name, current=image, path=directory, instances=(inst,),
+                       nodev=nodev, nosuid=nosuid)
     try:
         store.save_stackpoints({**points, name: point})
     except BaseException:
@@ -633,6 +636,7 @@ class StackpointInfo:
                 "tentative": None if p.tentative is None or p.tentative.image != p.current
                 else {"tries_left": p.tentative.tries_left, "tries": p.tentative.tries},
                 "events": [e.to_dict() for e in p.events],
+                "nodev": p.nodev, "nosuid": p.nosuid,
                 "checking": None if p.checking is None else
                 {"image": p.checking.image, "previous": p.checking.previous,
                  "command": p.checking.command, "pid": p.checking.pid,

@@ -15,7 +15,7 @@ from conftest import Runner, populate, snapshot
 
 def mounts_at(path: Path) -> int:
     with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if line.split(" ")[4] == str(path))
+        return sum(1 for line in f if line.split(" ")[4].replace("\\040", " ") == str(path))
 
 
 # --- 1: a symlink in a stackpoint's path ---------------------------------------------
@@ -375,3 +375,51 @@ def test_readers_never_starve_a_writer(stacko: Runner, root: Path, workdir: Path
         for p in readers:
             p.wait(timeout=30)
     assert all(p.returncode == 0 for p in readers)
+
+
+# --- 9: --nodev / --nosuid -----------------------------------------------------------
+def mount_options(path: str) -> list:
+    with open("/proc/self/mountinfo") as f:
+        found = [line.split(" ")[5] for line in f
+                 if line.split(" ")[4].replace("\\040", " ") == path]
+    return found[-1].split(",") if found else []
+
+
+def device_tar(path: Path) -> Path:
+    import io
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        null = tarfile.TarInfo("null")
+        null.type, null.mode, null.devmajor, null.devminor = tarfile.CHRTYPE, 0o666, 1, 3
+        tar.addfile(null)
+        tool = tarfile.TarInfo("tool")
+        tool.mode, tool.size = 0o4755, 2
+        tar.addfile(tool, io.BytesIO(b"#!"))
+    return path
+
+
+@pytest.mark.mounts
+@pytest.mark.parametrize("api", ["legacy", "auto"])
+def test_nodev_nosuid_are_remembered_per_stackpoint(stacko: Runner, workdir: Path,
+                                                    api: str) -> None:
+    env = {"STACKO_MOUNT_API": api}
+    stacko("import-image", "os", str(device_tar(workdir / "os.tar")))
+    stacko("new-image", "os2", "os")
+    stacko("new-stackpoint", "safe", "os", "--nodev", "--nosuid", env=env)
+    stacko("new-stackpoint", "full", "os", env=env)
+    safe = stacko("mount-stackpoint", "safe", env=env).out
+    full = stacko("mount-stackpoint", "full", env=env).out
+    assert {"nodev", "nosuid"} <= set(mount_options(safe))
+    assert not {"nodev", "nosuid"} & set(mount_options(full))
+    with pytest.raises(PermissionError):          # the device node is dead here
+        open(os.path.join(safe, "null"), "rb").close()
+    open(os.path.join(full, "null"), "rb").close()   # and live in a full OS stackpoint
+    for step in (("cutover-stackpoint", "safe", "os2"), ("fallback-stackpoint", "safe")):
+        stacko(*step, env=env)
+        assert {"nodev", "nosuid"} <= set(mount_options(safe)), step
+    stacko("umount-stackpoint", "safe", env=env)
+    stacko("mount-stackpoint", "safe", env=env)
+    assert {"nodev", "nosuid"} <= set(mount_options(safe))
+    listing = {p["name"]: p for p in json.loads(stacko("list-stackpoints", "--json").out)}
+    assert listing["safe"]["nodev"] is True and listing["safe"]["nosuid"] is True
+    assert listing["full"]["nodev"] is False and listing["full"]["nosuid"] is False
