@@ -18,6 +18,7 @@ directory that only root can reach.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -36,18 +37,27 @@ class BadSource(StackoError):
     """The directory cannot be read as a whole."""
 
 
-def copy_tree(source: str, target: str) -> None:
-    """Copy the tree at source into target (an empty directory we made)."""
+def copy_tree(source: str, target: str, state_root: str = "") -> None:
+    """Copy the tree at source into target (an empty directory we made).  The
+    state root, should it lie inside source, is left out: the copy would chase
+    its own staging directory, which grows as it is copied."""
     try:
         top = os.lstat(source)
     except OSError as e:
         raise BadSource(f"cannot read {source}: {e.strerror}") from None
     copier = Copier(source, target, top.st_dev)
+    if state_root:
+        with contextlib.suppress(OSError):
+            st = os.stat(state_root)
+            copier.left_out = (st.st_dev, st.st_ino)
     try:
         copier.run(top)
     except OSError as e:
         where = e.filename or source
         raise BadSource(f"cannot import {source}: {where}: {e.strerror or e}") from None
+    if copier.left_out_at:
+        run.log(f"stacko: {source}: the stacko state root inside it, {copier.left_out_at}, "
+                "was not imported (its directory is empty)")
     if copier.skipped_mounts:
         shown = ", ".join(copier.skipped_mounts[:5])
         more = len(copier.skipped_mounts) - 5
@@ -60,6 +70,8 @@ class Copier:
         self.source, self.target, self.device = source, target, device
         self.links: dict[tuple[int, int], str] = {}      # (dev, ino) -> target path
         self.skipped_mounts: list[str] = []
+        self.left_out: tuple[int, int] | None = None     # (dev, ino) of the state root
+        self.left_out_at = ""
         self.clone = True           # until the filesystem says it cannot
         self.kernel_copy = True
 
@@ -80,6 +92,8 @@ class Copier:
                     dirs.append((src, dst, st))
                     if st.st_dev != self.device:
                         self.skipped_mounts.append(src)
+                    elif (st.st_dev, st.st_ino) == self.left_out:
+                        self.left_out_at = src
                     else:
                         todo.append((src, dst))
                 else:

@@ -50,7 +50,7 @@ def import_image(store: Store, name: str, path: str, parent: Optional[str] = Non
     staging = os.path.join(store.tmp_dir, f"import-{os.getpid()}-{secrets.token_hex(4)}")
     os.makedirs(staging, mode=0o700)
     try:
-        with open_source(path, staging) as source:
+        with open_source(path, staging, store.root) as source:
             specs = source.layers(ref)
             if not specs:
                 raise BadArchive(f"{path} holds an image without layers")

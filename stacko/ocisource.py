@@ -308,7 +308,7 @@ class Source:
 
 
 @contextlib.contextmanager
-def open_source(path: str, staging: str) -> Iterator[Source]:
+def open_source(path: str, staging: str, state_root: str = "") -> Iterator[Source]:
     """Recognise what PATH holds.  A rootfs tarball that comes through a pipe or
     compressed is unpacked as it streams by; an OCI or docker archive, which is
     read in any order, is spooled into staging first (uncompressed)."""
@@ -320,7 +320,7 @@ def open_source(path: str, staging: str) -> Iterator[Source]:
         elif box.exists("manifest.json"):
             yield Source("docker", lambda ref: docker_layers(box, ref))
         else:
-            yield Source("dir", lambda ref: plain_directory(path, ref))
+            yield Source("dir", lambda ref: plain_directory(path, ref, state_root))
         return
     try:
         raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
@@ -392,13 +392,13 @@ def streamed_rootfs(path: str, stream: IO[bytes], ref: Optional[str]) -> List[La
     return [LayerSpec(open_blob=open_once, what="stdin" if path == "-" else path)]
 
 
-def plain_directory(path: str, ref: Optional[str]) -> List[LayerSpec]:
+def plain_directory(path: str, ref: Optional[str], state_root: str) -> List[LayerSpec]:
     if ref is not None:
         raise UsageError(f"--ref chooses an image of an OCI or docker archive; {path} is a "
                          "plain directory")
     from stacko import dirsource
     return [LayerSpec(open_blob=no_blob, what=path,
-                      copy_into=lambda target: dirsource.copy_tree(path, target))]
+                      copy_into=lambda target: dirsource.copy_tree(path, target, state_root))]
 
 
 def no_blob() -> IO[bytes]:

@@ -132,6 +132,19 @@ def test_a_directory_on_a_parent_and_what_is_not_copied(stacko: Runner, root: Pa
     assert "trusted.overlay.opaque" not in os.listxattr(layer / "opt")
 
 
+def test_a_directory_that_holds_the_state_root(stacko: Runner, root: Path,
+                                               workdir: Path) -> None:
+    # root is workdir/"state root": the copy must not chase its own staging
+    (workdir / "etc").mkdir()
+    (workdir / "etc" / "motd").write_text("hi")
+    stacko("new-image", "before")
+    r = stacko("import-image", "all", str(workdir))
+    assert f"the stacko state root inside it, {root}, was not imported" in r.stderr
+    seen = view(stacko, "all")
+    assert (seen / "etc" / "motd").read_text() == "hi"
+    assert os.listdir(seen / "state root") == []
+
+
 def test_refused_directory_imports_change_nothing(stacko: Runner, root: Path,
                                                   workdir: Path) -> None:
     src = chroot_like(workdir / "chroot")
