@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 
-from stacko import run
+from stacko import run, words
 from stacko.errors import StackoError
 from stacko.layertar import OVERLAY_XATTR_PREFIX
 
@@ -59,10 +59,11 @@ def copy_tree(source: str, target: str, state_root: str = "") -> None:
         run.log(f"stacko: {source}: the stacko state root inside it, {copier.left_out_at}, "
                 "was not imported (its directory is empty)")
     if copier.skipped_mounts:
-        shown = ", ".join(copier.skipped_mounts[:5])
-        more = len(copier.skipped_mounts) - 5
+        shown = copier.skipped_mounts[:5]
+        if len(copier.skipped_mounts) > 5:
+            shown.append(f"{len(copier.skipped_mounts) - 5} more")
         run.log(f"stacko: {source}: other filesystems mounted inside were not imported "
-                f"(their mount points are empty): {shown}" + (f" and {more} more" if more > 0 else ""))
+                f"(their mount points are empty): {words.join(shown)}")
 
 
 class Copier:
