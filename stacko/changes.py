@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
-from stacko import events, overlay, procs, run, stackpoints
+from stacko import content, events, overlay, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
 from stacko.records import Image, Instance, Stackpoint, check_name, replace
 from stacko.state import Store, locked, remove_tree
@@ -311,7 +311,6 @@ def commit(store: Store, name: str, new_image: str) -> Image:
 
     image = Image(name=new_image, layer=old.layer, parent=old.image, created=images_mod.now())
     fresh = Instance(image=new_image, layer=store.new_layer(), created=images_mod.now())
-    new_images = {**images, new_image: image}
     committed = replace(point.without_instance(old.image).with_instance(fresh),
                         current=new_image)
     committed = events.add(committed, "commit", old.image, new_image, "commit-stackpoint")
@@ -321,6 +320,11 @@ def commit(store: Store, name: str, new_image: str) -> Image:
             overlay.umount(directory)       # busy after all (a race): MountBusy, nothing changed
             undo.callback(stackpoints._mount, store, images, point, old)
         strip_private_xattrs(store.layer_path(old.layer))
+        # Sealed: its manifest, and the instance's data made durable (syncfs)
+        # before images.json names it.  Hashing reads the data once.
+        undo.callback(content.remove, store.root, old.layer)
+        image = images_mod.seal(store, image)
+        new_images = {**images, new_image: image}
         store.save_images(new_images)
         undo.callback(store.save_images, images)
         store.save_stackpoints({**points, name: committed})

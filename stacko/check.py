@@ -51,7 +51,7 @@ class Report(list):
     remaining: int = 0
 
 
-def check(store: Store, repair: bool = False) -> Report:
+def check(store: Store, repair: bool = False, content: bool = False) -> Report:
     report = Report()
     with store.locked(exclusive=repair):
         # Records that fail validation come first, and alone: every other check
@@ -61,8 +61,10 @@ def check(store: Store, repair: bool = False) -> Report:
                                     "by hand, or restore the file from a backup")
                for text in store.violations()]
         # Mounts first: repairing a stale mount frees the layer beneath it, which
-        # the second phase then sees unmounted.
-        for phase in ((lambda store: bad),) if bad else (mount_problems, directory_problems):
+        # the second phase then sees unmounted.  Content last, and only when
+        # asked: it reads every byte of every image.
+        phases = [mount_problems, directory_problems] + ([content_problems] if content else [])
+        for phase in ((lambda store: bad),) if bad else phases:
             for problem in phase(store):
                 line, left = settle(problem, repair)
                 report.append(line)
@@ -469,3 +471,25 @@ def staging_alive(entry: str) -> bool:
     if len(parts) < 3 or not parts[1].isdigit():
         return False
     return os.path.exists(f"/proc/{parts[1]}")
+
+
+# --- content (--content) -------------------------------------------------------------
+def content_problems(store: Store) -> List[Problem]:
+    """verify-image of every image: one problem per difference from its manifest."""
+    from stacko.changes import show_path
+    problems = []
+    for name, image in sorted(store.load_images().items()):
+        if not os.path.isdir(store.layer_path(image.layer)):
+            continue          # missing_directories() reports it
+        try:
+            found = images_mod.verify_image(store, name)
+        except StackoError as e:
+            problems.append(Problem(e.message, cannot=e.hint or "see the message"))
+            continue
+        for kind, path in found:
+            what = {"M": "changed", "-": "missing", "+": "extra"}[kind]
+            problems.append(Problem(
+                f"image {name!r}: {kind} {show_path(path)} ({what} since it was sealed)",
+                cannot="the layer was changed or damaged outside stacko; restore the "
+                       "image from its source (import or pull it again)"))
+    return problems

@@ -14,7 +14,8 @@ from stacko.state import DEFAULT_ROOT, Store
 
 Handler = Callable[[argparse.Namespace], int]
 
-IMAGE_COMMANDS = "new-image edit-image close-image delete-image list-images import-image export-image"
+IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
+                  "export-image verify-image")
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
@@ -88,6 +89,32 @@ def cmd_export_image(args: argparse.Namespace) -> int:
     from stacko import oci
     oci.export_image(store(args), args.name, args.path, compression=args.compression)
     return 0
+
+
+def cmd_verify_image(args: argparse.Namespace) -> int:
+    from stacko import images
+    from stacko.changes import show_path
+    s = store(args)
+    status = 0
+    for image in args.names:
+        # Like grep with several files: each line names its image when there are several.
+        lead = f"{image}: " if len(args.names) > 1 else ""
+        try:
+            found = images.verify_image(s, image)
+        except StackoError as e:       # that image only: the others are still verified
+            print(f"stacko: error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"stacko: hint: {e.hint}", file=sys.stderr)
+            status = 1
+            continue
+        for kind, path in found:
+            out(f"{lead}{kind} {show_path(path)}")
+        if found:
+            print(f"stacko: error: image {image!r}: {len(found)} difference"
+                  f"{'s' if len(found) != 1 else ''} from the content recorded when it was "
+                  "sealed", file=sys.stderr)
+            status = 1
+    return status
 
 
 # --- stackpoint commands --------------------------------------------------------
@@ -230,7 +257,7 @@ def cmd_df(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from stacko import check
-    report = check.check(store(args), repair=args.repair)
+    report = check.check(store(args), repair=args.repair, content=args.content)
     for line in report:
         out(line)
     return 1 if report.remaining else 0      # with --repair: what could not be repaired
@@ -341,6 +368,10 @@ COMMANDS = [
             arg("path", metavar="PATH", help="the tar file to write ('-': stdout)"),
             arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                 help="layer compression (default: gzip)")),
+    Command("verify-image", cmd_verify_image,
+            "compare images' content with the manifest recorded when they were sealed: "
+            "M changed, - missing, + extra",
+            arg("names", metavar="NAME", type=name, nargs="+", help="the images to verify")),
     Command("new-stackpoint", cmd_new_stackpoint,
             "create a stackpoint and its first instance, of IMAGE (does not mount)",
             described(POINT, "the name of the new stackpoint"),
@@ -415,7 +446,10 @@ COMMANDS = [
     Command("check", cmd_check,
             "compare metadata, layer directories and mounts; report every mismatch",
             arg("--repair", action="store_true",
-                help="fix what can be fixed without losing user data, and say what was done")),
+                help="fix what can be fixed without losing user data, and say what was done"),
+            arg("--content", action="store_true",
+                help="also verify every image's content against its manifest, as "
+                     "verify-image does (reads all the data)")),
 ]
 
 

@@ -1,11 +1,13 @@
 """Images: immutable layers stacked on a parent.  No argparse here."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from stacko import overlay, words
-from stacko.errors import AlreadyExists, ImageInUse, ImageNotFound, StackTooDeep, StackoError
+from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, NeedsRoot, StackTooDeep,
+                           StackoError)
 from stacko.records import Image, Stackpoint, check_name, record, replace, utc_time
 from stacko.state import Store, locked
 
@@ -78,11 +80,28 @@ def new_image(store: Store, name: str, parent: str | None = None) -> Image:
         refuse_if_editing(store, images, parent, f"stack {name!r} on {parent!r}")
     image = Image(name=name, layer=store.new_layer(), parent=parent, created=now())
     try:
+        # Sealed from the start: an empty image has a manifest like any other,
+        # so verify-image works on every image that is not open for editing.
+        image = seal(store, image, whole_filesystem=False)
         store.save_images({**images, name: image})
     except BaseException:
         store.remove_layer(image.layer)
         raise
     return image
+
+
+def seal(store: Store, image: Image, whole_filesystem: bool = True) -> Image:
+    """Record the content manifest of image's layer, durably with the layer's data;
+    returns the record to save (with the manifest's digest and the layer's size).
+
+    whole_filesystem=False makes only the manifest durable, for a layer whose
+    data the caller knows to be durable already (a fresh, empty one)."""
+    from stacko import content, durable
+    manifest = content.build(store.layer_path(image.layer))
+    content.save(store.root, image.layer, manifest, fsync=not whole_filesystem)
+    if whole_filesystem:
+        durable.sync_filesystem(store.root)
+    return replace(image, manifest=manifest.digest, size=manifest.size)
 
 
 @overlay.needs_root("edit-image")
@@ -110,33 +129,61 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
                 "changing a lower layer that is in use",
                 hint="make a new image on top of it instead, or use --read-only to look inside")
     os.makedirs(target, mode=0o755, exist_ok=True)
+    if read_only:
+        _mount_edit(store, chain, read_only=True)
+    else:
+        if chain[0].diff_id is not None or chain[0].manifest is not None:
+            # Its layer is about to change: it no longer matches the layer it was
+            # imported from, and must not be reused for that layer by a later import;
+            # nor its manifest: close-image records a new one (unsealed until then).
+            store.save_images({**images, name: replace(chain[0], diff_id=None, manifest=None,
+                                                       size=None)})
+        try:
+            _mount_edit(store, chain, read_only=False)
+        except BaseException:
+            if chain[0].diff_id is not None or chain[0].manifest is not None:
+                store.save_images(images)      # nothing changed: still sealed
+            raise
+    return target
+
+
+def _mount_edit(store: Store, chain: list[Image], read_only: bool) -> None:
+    """Mount chain (top first) at the top image's edit directory."""
+    target = store.edit_path(chain[0].name)
     layers = [i.layer for i in chain]
     if read_only:
         lowers = layers if len(layers) > 1 else layers + [EMPTY_LOWER]
         overlay.mount_overlay(target, store.layers_dir, lowers, read_only=True)
     else:
         lowers = layers[1:] or [EMPTY_LOWER]
-        if chain[0].diff_id is not None:
-            # Its layer is about to change: it no longer matches the layer it was
-            # imported from, and must not be reused for that layer by a later import.
-            store.save_images({**images, name: replace(chain[0], diff_id=None)})
         overlay.mount_overlay(target, store.layers_dir, lowers, upper=layers[0],
                               work=os.path.relpath(store.work_path(layers[0]), store.layers_dir))
-    return target
 
 
 @overlay.needs_root("close-image")
 @locked(exclusive=True)
 def close_image(store: Store, name: str) -> None:
-    get(store.load_images(), name)
+    """Unmount the edit mount, then seal the image: record its content manifest
+    with its data durable.  An image that is not sealed (made before stacko
+    recorded manifests, or whose close-image failed after the unmount) is
+    sealed by close-image even when it is not mounted."""
+    images = store.load_images()
+    image = get(images, name)
     target = store.edit_path(name)
-    if edit_mount(store, name) is None:
-        return
-    overlay.umount(target)
-    try:
-        os.rmdir(target)
-    except OSError:
-        pass     # something else was mounted or left there: not ours to remove
+    mounted = edit_mount(store, name)
+    with contextlib.ExitStack() as undo:
+        if mounted is not None:
+            overlay.umount(target)
+            # Should sealing fail, the image is open again as it was: nothing changed.
+            undo.callback(_mount_edit, store, stack_of(images, name), mounted.read_only)
+        if image.manifest is None:
+            store.save_images({**images, name: seal(store, image)})
+        undo.pop_all()
+    if mounted is not None:
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass     # something else was mounted or left there: not ours to remove
 
 
 @locked(exclusive=True)
@@ -162,6 +209,41 @@ def delete_image(store: Store, name: str) -> None:
         os.rmdir(store.edit_path(name))
     except OSError:
         pass
+
+
+@locked(exclusive=False)
+def verify_image(store: Store, name: str) -> list[tuple[str, str]]:
+    """Recompute the content of image name's layer and compare it with the manifest
+    recorded when it was sealed: (kind, path) for each difference, sorted by path,
+    kind M (changed), - (missing) or + (extra)."""
+    from stacko import content
+    if os.geteuid() != 0:
+        # trusted.* attributes (opaque directories) are invisible to other users,
+        # and layer files may be readable by their owners only.
+        raise NeedsRoot("verify-image needs root: it reads every file of the layer",
+                        hint="run it as root, e.g. with sudo")
+    image = get(store.load_images(), name)
+    if image.manifest is None:
+        m = edit_mount(store, name)
+        if m is not None and not m.read_only:
+            raise content.ManifestMissing(
+                f"image {name!r} is open for editing: its content is not sealed yet",
+                hint=f"`stacko close-image {name}` seals it and records its manifest")
+        raise content.ManifestMissing(
+            f"image {name!r} has no content manifest (it was made before stacko "
+            "recorded them, or its close-image did not finish), so its content "
+            "cannot be verified",
+            hint=f"`stacko close-image {name}` records one from its present content")
+    try:
+        recorded = content.load(store.root, image.layer, image.manifest)
+    except content.ManifestMissing as e:
+        raise content.ManifestMissing(f"image {name!r}: {e.message}") from None
+    layer = store.layer_path(image.layer)
+    if not os.path.isdir(layer):
+        raise StackoError(f"image {name!r}: its layer {layer} is missing",
+                          hint="`stacko check` says more")
+    actual = content.build(layer, tolerant=True)
+    return content.compare(recorded, actual.entries)
 
 
 @record

@@ -16,6 +16,7 @@ created with O_EXCL|O_NOFOLLOW after removing what was there, as tar does.
 from __future__ import annotations
 
 import decimal
+import hashlib
 import os
 import shutil
 import stat
@@ -95,6 +96,9 @@ class Unpacker:
     _dirs: Set[str] = field(default_factory=set)          # checked: real directories
     _meta: Dict[str, _DirMeta] = field(default_factory=dict)
     _opaque: Set[str] = field(default_factory=set)
+    # inode -> sha256 of the data written, for the content manifest (content.py),
+    # so that the files are not read back to hash them.
+    hashes: Dict[int, str] = field(default_factory=dict)
 
     def unpack(self, stream: IO[bytes]) -> None:
         try:
@@ -232,8 +236,10 @@ class Unpacker:
                      0o600)
         with os.fdopen(fd, "wb") as out:
             source = tar.extractfile(member)
+            digest = hashlib.sha256()
             if source is not None:
-                shutil.copyfileobj(source, out, CHUNK)
+                shutil.copyfileobj(_Hashing(source, digest), out, CHUNK)
+            self.hashes[os.fstat(out.fileno()).st_ino] = digest.hexdigest()
 
     def _link(self, member: tarfile.TarInfo, path: str) -> None:
         target = clean_name(member.linkname, member.name)
@@ -279,9 +285,24 @@ class Unpacker:
                 os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
 
 
-def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = ()) -> None:
+class _Hashing:
+    """A reader that hashes what passes through it."""
+
+    def __init__(self, source: IO[bytes], digest: "hashlib._Hash") -> None:
+        self.source, self.digest = source, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+
+def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = ()) -> Dict[int, str]:
+    """Unpack a layer tar into root; returns inode -> sha256 of every file written."""
+    unpacker = Unpacker(root, lowers)
     try:
-        Unpacker(root, lowers).unpack(stream)
+        unpacker.unpack(stream)
+        return unpacker.hashes
     except OSError as e:
         raise BadLayer(f"cannot unpack into {e.filename or root}: {e.strerror}") from None
     except (ValueError, OverflowError) as e:      # a directory's owner or time, set last

@@ -20,6 +20,7 @@ import secrets
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from stacko import content, durable
 from stacko import images as images_mod
 from stacko import overlay
 from stacko.errors import (AlreadyExists, ImageNotFound, InvalidName, StackoError,
@@ -60,10 +61,10 @@ def import_image(store: Store, name: str, path: str, parent: Optional[str] = Non
                                    f"layers, and overlayfs mounts at most {overlay.MAX_LAYERS}")
             planned = plan_images(store, images, name, parent, below, specs)
             new = unpack_all(store, staging, below, specs, planned)
-        record(store, images, new, planned)
+        top = record(store, images, new, planned)[-1]
     finally:
         remove_tree(staging)
-    return planned[-1]
+    return top
 
 
 def clean_staging(store: Store) -> None:
@@ -127,10 +128,10 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
 
 
 def unpack_all(store: Store, staging: str, below: List[Image], specs: List[LayerSpec],
-               planned: List[Image]) -> Dict[str, Tuple[str, Optional[str]]]:
-    """Unpack the new layers; returns image name -> (staged directory, diff_id)."""
+               planned: List[Image]) -> Dict[str, Tuple[str, Optional[str], content.Manifest]]:
+    """Unpack the new layers; returns image name -> (staged directory, diff_id, manifest)."""
     lowers = [store.layer_path(i.layer) for i in below]        # top first
-    new: Dict[str, Tuple[str, Optional[str]]] = {}
+    new: Dict[str, Tuple[str, Optional[str], content.Manifest]] = {}
     todo = [(spec, image) for spec, image in zip(specs, planned) if not image.layer]
     done = 0
     for spec, image in zip(specs, planned):
@@ -141,24 +142,29 @@ def unpack_all(store: Store, staging: str, below: List[Image], specs: List[Layer
         os.mkdir(target, 0o755)
         done += 1
         progress(f"unpacking layer {done}/{len(todo)} ({image.name})")
-        new[image.name] = (target, unpack_verified(spec, target, lowers))
+        diff_id, hashes = unpack_verified(spec, target, lowers)
+        # The manifest in the same pass: the data was hashed as it was written,
+        # so this reads only metadata.
+        new[image.name] = (target, diff_id, content.build(target, known=hashes))
         lowers.insert(0, target)
     progress("")
     return new
 
 
-def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> Optional[str]:
+def unpack_verified(spec: LayerSpec, target: str,
+                    lowers: List[str]) -> Tuple[Optional[str], Optional[Dict[int, str]]]:
     """Unpack one layer, checking its digests as it streams by; returns its diff_id
-    (None for a directory, which is copied: there is no tar to have one)."""
+    (None for a directory, which is copied: there is no tar to have one) and the
+    sha256 of every file written (by inode), for its manifest (None when copied)."""
     if spec.copy_into is not None:
         spec.copy_into(target)
-        return None
+        return None, None
     with spec.open_blob() as blob:
         raw = HashingReader(blob)
         try:
             with decompressed(raw) as plain:  # type: ignore[arg-type]
                 diff = HashingReader(plain)
-                unpack_layer(diff, target, lowers)  # type: ignore[arg-type]
+                hashes = unpack_layer(diff, target, lowers)  # type: ignore[arg-type]
                 diff.drain()
             raw.drain()
         except (OSError, EOFError) as e:
@@ -174,31 +180,69 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: List[str]) -> Optional
     if spec.diff_id is not None and diff.digest != spec.diff_id:
         raise DigestMismatch(f"layer {spec.what} does not match its diff_id: expected "
                              f"{spec.diff_id}, found {diff.digest}", hint="the archive is corrupt")
-    return diff.digest
+    return diff.digest, hashes
 
 
-def record(store: Store, images: Dict[str, Image], new: Dict[str, Tuple[str, Optional[str]]],
-           planned: List[Image]) -> None:
-    """Rename the staged layers into l/, then write images.json; undo on failure."""
+def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
+           planned: List[Image]) -> List[Image]:
+    """Rename the staged layers into l/, make them durable, then write images.json;
+    undo on failure.
+
+    new maps image name -> (staged directory, diff_id[, manifest]); without a
+    manifest one is computed here from the staged files.  A new lower layer
+    whose content an existing image on the same parent holds already (same
+    manifest digest: an image coming back after an export) reuses that image.
+    Every import (and pull) records through here, so the syncfs that makes the
+    data durable before images.json names it is never skipped."""
     placed: List[str] = []
     try:
-        final = []
-        for image in planned:
-            if image.name in new:
-                layer = store.new_layer()
-                placed.append(layer)
-                staged, diff_id = new[image.name]
-                # rename(2) replaces the empty directory new_layer made, atomically.
-                os.rename(staged, store.layer_path(layer))
-                image = replace(image, layer=layer, diff_id=diff_id)
-            final.append(image)
+        final: List[Image] = []
+        renamed: Dict[str, str] = {}
+        reusing = True
+        for n, image in enumerate(planned):
+            if renamed.get(image.parent or "") is not None:
+                image = replace(image, parent=renamed[image.parent or ""])
+            if image.name not in new:
+                final.append(image)
+                continue
+            staged, diff_id, *rest = new[image.name]
+            manifest = rest[0] if rest else content.build(staged)
+            found = None
+            if reusing and n < len(planned) - 1:       # the top is NAME: always new
+                found = same_content(store, images, manifest.digest, image.parent)
+            if found is not None:
+                renamed[image.name] = found.name
+                final.append(found)
+                continue
+            reusing = False
+            layer = store.new_layer()
+            placed.append(layer)
+            content.save(store.root, layer, manifest, fsync=False)
+            # rename(2) replaces the empty directory new_layer made, atomically.
+            os.rename(staged, store.layer_path(layer))
+            final.append(replace(image, layer=layer, diff_id=diff_id,
+                                 manifest=manifest.digest, size=manifest.size))
+        # Durable before recorded: the layers' data, their renames and their
+        # manifests reach the disk before images.json names them.
+        durable.sync_filesystem(store.root)
         store.save_images({**images, **{i.name: i for i in final}})
+        return final
     except BaseException as e:
         for layer in placed:
             store.remove_layer(layer)
         if isinstance(e, OSError):
             raise StackoError(f"cannot move the imported layers into place: {e}") from None
         raise
+
+
+def same_content(store: Store, images: Dict[str, Image], digest: str,
+                 parent: Optional[str]) -> Optional[Image]:
+    """An existing, sealed image on parent whose content has this manifest digest."""
+    for image in sorted(images.values(), key=lambda i: i.name):
+        if image.manifest == digest and image.parent == parent \
+                and images_mod.edit_mount(store, image.name) is None:
+            return image
+    return None
 
 
 def progress(message: str) -> None:

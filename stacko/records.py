@@ -94,12 +94,21 @@ class Image(NamedTuple):
     parent: Optional[str] = None
     created: str = ""
     diff_id: Optional[str] = None   # sha256 of the layer's tar, for images that were imported
+    # The digest of the content manifest recorded when the image was sealed
+    # (content.py), and its layer's size in bytes (hard links once); None for
+    # an image open for editing, or made before stacko recorded manifests.
+    manifest: Optional[str] = None
+    size: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         data = {"name": self.name, "layer": self.layer, "parent": self.parent,
                 "created": self.created}
         if self.diff_id is not None:
             data["diff_id"] = self.diff_id
+        if self.manifest is not None:
+            data["manifest"] = self.manifest
+        if self.size is not None:
+            data["size"] = self.size
         return data
 
     @classmethod
@@ -109,7 +118,9 @@ class Image(NamedTuple):
         return cls(name=_get(data, "name", str, source), layer=_get(data, "layer", str, source),
                    parent=_get(data, "parent", str, source, optional=True),
                    created=data.get("created") or "",
-                   diff_id=_get(data, "diff_id", str, source, optional=True))
+                   diff_id=_get(data, "diff_id", str, source, optional=True),
+                   manifest=_get(data, "manifest", str, source, optional=True),
+                   size=_get(data, "size", int, source, optional=True))
 
 
 class Instance(NamedTuple):

@@ -358,6 +358,7 @@ class Store:
         # os.urandom, not secrets (which imports hashlib and random: ~5 ms a command).
         # 256 is not a multiple of 36, so some characters come a little more often:
         # harmless, an id only has to be free, and a taken one is drawn again.
+        from stacko import durable
         for _ in range(100):
             layer = "".join(LAYER_ID_CHARS[b % len(LAYER_ID_CHARS)]
                             for b in os.urandom(LAYER_ID_LEN))
@@ -367,7 +368,13 @@ class Store:
                 continue
             try:
                 os.mkdir(self.work_path(layer), 0o700)
-            except OSError:
+                # Durable before any record names them (a new instance is
+                # recorded right after); two fsyncs, not a syncfs, so that a
+                # busy filesystem does not slow a cutover down.
+                durable.sync_new_dirs(self.layer_path(layer), self.work_path(layer))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.work_path(layer))
                 os.rmdir(self.layer_path(layer))
                 raise
             return layer
@@ -377,7 +384,7 @@ class Store:
         """Remove a layer's data; never follows into a mount beneath it.  Every
         caller forgets the layer first: one that a record still names (two
         records given one layer by a hand edit) is someone's data, kept."""
-        from stacko import overlay, validate
+        from stacko import content, overlay, validate
 
         if not validate.LAYER_RE.fullmatch(layer):
             raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
@@ -401,6 +408,7 @@ class Store:
                               hint=f"unmount it first (`umount {users[0].mount_point}`)")
         for path in (self.work_path(layer), self.layer_path(layer)):
             remove_tree(path)
+        content.remove(self.root, layer)
 
 
 def refuse_violations(found: list[str]) -> None:
@@ -437,8 +445,10 @@ def _create_temp(path: str) -> tuple[int, str]:
     raise StackoError(f"cannot write {path}: no free name for a temporary file beside it")
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Temp file in the same directory, write, fsync, rename, fsync the directory."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> None:
+    """Temp file in the same directory, write, fsync, rename, fsync the directory.
+    fsync=False leaves both fsyncs to a durable.sync_filesystem that the caller
+    makes before it records anything that relies on the file."""
     directory = os.path.dirname(path)
     try:   # keep read access an admin granted (never write access for others)
         mode = os.stat(path).st_mode & 0o644
@@ -451,7 +461,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -461,6 +472,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         if isinstance(e, OSError):
             raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    if not fsync:
+        return
     # The new file is in place: failing now would tell the caller that nothing
     # changed while it did, and its undo would unmake what the file records (a
     # listed image without its layer).  Should the rename not reach the disk, a

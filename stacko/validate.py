@@ -16,6 +16,7 @@ import re
 from stacko.records import NAME_RE, Image, Stackpoint
 
 LAYER_RE = re.compile(r"[a-z0-9]{5}")     # what Store.new_layer makes
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def path_problem(path: str, root: str) -> str:
@@ -55,6 +56,10 @@ def image_violations(images: dict[str, Image], source: str) -> list[str]:
             owners[image.layer] = key
         if image.parent is not None and image.parent not in images:
             found.append(f"{where}: field 'parent' names {image.parent!r}, which is no image")
+        if image.manifest is not None and not DIGEST_RE.fullmatch(image.manifest):
+            found.append(f"{where}: field 'manifest' is {image.manifest!r}, not a sha256 digest")
+        if image.size is not None and (image.size < 0 or isinstance(image.size, bool)):
+            found.append(f"{where}: field 'size' is {image.size!r}, not a number of bytes")
     for key in sorted(images):      # parents must end: no loops
         seen = {key}
         parent = images[key].parent

@@ -1,0 +1,267 @@
+"""Content manifests: what an image's layer holds, path by path, recorded when
+the image is sealed (new-image, close-image, import-image, commit-stackpoint)
+so that verify-image and check --content can find what changed since.
+
+A manifest maps each path of the layer ("/" for its root, "/etc/passwd" …) to
+an entry:
+
+    {"type": "file", "mode": 420, "uid": 0, "gid": 0, "size": 12, "sha256": "…"}
+
+``type`` is dir, file, symlink (with ``target``), char or block (with
+``rdev`` [major, minor]), fifo, socket or whiteout (overlayfs's character
+device 0/0: a path deleted from the layers below; a whiteout has no other
+field).  A directory that hides the layers below (trusted.overlay.opaque=y)
+has ``"opaque": true``.  ``xattrs`` holds the extended attributes, their
+values in hex, except the kernel's trusted.overlay.* ones, which describe one
+mount rather than the content.  Times are left out: they change with every
+repacking and say nothing about the content.
+
+Its digest, the sha256 of its entries as canonical JSON, is the content's
+identity: two layers with the same digest hold the same files whatever tar
+they came from.  The manifest is kept in ``<root>/m/<layer id>.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from stacko.errors import StackoError
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+VERSION = 1
+CHUNK = 1 << 20
+
+
+class ManifestMissing(StackoError):
+    """An image has no content manifest, or its manifest cannot be read."""
+
+
+class Manifest:
+    """The entries of one layer, with their digest and the layer's size."""
+
+    def __init__(self, entries: dict[str, dict], size: int | None = None) -> None:
+        self.entries = entries
+        self.size = size if size is not None else _size_of(entries)
+        self.digest = digest_of(entries)
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"version": VERSION, "digest": self.digest, "size": self.size,
+                            "entries": self.entries}, sort_keys=True, separators=(",", ":"))
+                + "\n").encode("utf-8")
+
+
+def digest_of(entries: dict[str, dict]) -> str:
+    import hashlib
+    # ensure_ascii: a file name that is not UTF-8 (surrogateescape) is escaped,
+    # never an encoding error.
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _size_of(entries: dict[str, dict]) -> int:
+    return sum(e.get("size", 0) for e in entries.values())
+
+
+# --- building ----------------------------------------------------------------------
+def hash_file(path: str) -> str:
+    """sha256 of a file's data, read in large blocks (hashlib releases the GIL
+    while it hashes them, so several files hash in parallel)."""
+    import hashlib
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            fd = -1
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return h.hexdigest()
+
+
+def xattrs_of(path: str) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        if name.startswith(OVERLAY_XATTR_PREFIX):
+            continue
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=False).hex()
+        except OSError:
+            continue
+    return found
+
+
+def is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def entry_of(path: str, st: os.stat_result) -> dict:
+    """The entry of one path, without the sha256 of a file's data."""
+    mode = st.st_mode
+    if stat.S_ISCHR(mode) and st.st_rdev == 0:
+        return {"type": "whiteout"}
+    entry: dict = {"mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid}
+    if stat.S_ISREG(mode):
+        entry.update(type="file", size=st.st_size)
+    elif stat.S_ISDIR(mode):
+        entry["type"] = "dir"
+        if is_opaque(path):
+            entry["opaque"] = True
+    elif stat.S_ISLNK(mode):
+        entry.update(type="symlink", target=os.readlink(path))
+        del entry["mode"]          # a symlink's mode means nothing on Linux
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        entry.update(type="char" if stat.S_ISCHR(mode) else "block",
+                     rdev=[os.major(st.st_rdev), os.minor(st.st_rdev)])
+    elif stat.S_ISFIFO(mode):
+        entry["type"] = "fifo"
+    else:
+        entry["type"] = "socket"
+    xattrs = xattrs_of(path)
+    if xattrs:
+        entry["xattrs"] = xattrs
+    return entry
+
+
+def show(rel: str) -> str:
+    return "/" + rel
+
+
+def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
+          tolerant: bool = False) -> Manifest:
+    """The manifest of the layer directory root.
+
+    known maps inode numbers to the sha256 of files whose data was hashed as it
+    was written (import-image hashes while it unpacks): those are not read
+    again.  The other files are read and hashed by a few threads at once.
+    tolerant (verifying): a file that cannot be read (EIO on a damaged disk)
+    gets "unreadable: why" for its sha256, a difference, instead of an error."""
+    entries: dict[str, dict] = {}
+    to_hash: dict[int, list[str]] = {}     # inode -> the paths that name it
+    first_path: dict[int, str] = {}
+    sizes: dict[int, int] = {}
+    todo = [""]
+    while todo:           # iterative: a layer may nest deeper than recursion allows
+        rel = todo.pop()
+        path = os.path.join(root, rel) if rel else root
+        try:
+            st = os.lstat(path)
+            entry = entry_of(path, st)
+        except OSError as e:
+            raise StackoError(f"cannot read {path}: {e.strerror}") from None
+        entries[show(rel)] = entry
+        if entry["type"] == "dir":
+            try:
+                names = os.listdir(path)
+            except OSError as e:
+                raise StackoError(f"cannot read {path}: {e.strerror}") from None
+            todo.extend(f"{rel}/{n}" if rel else n for n in names)
+        elif entry["type"] == "file":
+            sizes[st.st_ino] = st.st_size
+            if known is not None and st.st_ino in known:
+                entry["sha256"] = known[st.st_ino]
+            else:
+                to_hash.setdefault(st.st_ino, []).append(show(rel))
+                first_path.setdefault(st.st_ino, path)
+    if to_hash:
+        for ino, digest in _hash_all(first_path, workers, tolerant):
+            for shown in to_hash[ino]:
+                entries[shown]["sha256"] = digest
+    # The size counts each inode once: hard links share their data.
+    return Manifest(entries, size=sum(sizes.values()))
+
+
+def _hash_all(paths: dict[int, str], workers: int, tolerant: bool) -> list[tuple[int, str]]:
+    def one(item: tuple[int, str]) -> tuple[int, str]:
+        try:
+            return item[0], hash_file(item[1])
+        except OSError as e:
+            if tolerant:
+                return item[0], f"unreadable: {e.strerror}"
+            raise StackoError(f"cannot read {item[1]}: {e.strerror}") from None
+
+    items = list(paths.items())
+    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    if len(items) < 2 or workers < 2:
+        return [one(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, items))
+
+
+# --- comparing ----------------------------------------------------------------------
+def compare(recorded: dict[str, dict], actual: dict[str, dict]) -> list[tuple[str, str]]:
+    """(kind, path) for every difference, sorted by path: M changed, - missing, + extra."""
+    found = []
+    for path in sorted(set(recorded) | set(actual)):
+        old, new = recorded.get(path), actual.get(path)
+        if old is None:
+            found.append(("+", path))
+        elif new is None:
+            found.append(("-", path))
+        elif old != new:
+            found.append(("M", path))
+    return found
+
+
+# --- storing ------------------------------------------------------------------------
+def manifest_dir(root: str) -> str:
+    return os.path.join(root, "m")
+
+
+def manifest_path(root: str, layer: str) -> str:
+    return os.path.join(manifest_dir(root), f"{layer}.json")
+
+
+def save(root: str, layer: str, manifest: Manifest, fsync: bool = True) -> None:
+    """Write the manifest atomically.  With fsync=False the caller syncs the
+    filesystem (durable.sync_filesystem) before it records the image, which
+    makes this file durable together with the layer's data."""
+    from stacko.state import atomic_write
+    directory = manifest_dir(root)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StackoError(f"cannot create {directory}: {e.strerror}") from None
+    atomic_write(manifest_path(root, layer), manifest.to_json(), fsync=fsync)
+
+
+def load(root: str, layer: str, digest: str) -> dict[str, dict]:
+    """The entries of a recorded manifest, checked against the digest the image
+    record holds (so a damaged manifest is not taken for damaged content)."""
+    path = manifest_path(root, layer)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+        entries = data["entries"]
+    except FileNotFoundError:
+        raise ManifestMissing(f"its content manifest {path} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ManifestMissing(f"its content manifest {path} cannot be read: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(entries, dict) or digest_of(entries) != digest:
+        raise ManifestMissing(f"its content manifest {path} does not match the digest "
+                              f"recorded in images.json ({digest}): the manifest is damaged")
+    return entries
+
+
+def remove(root: str, layer: str) -> None:
+    try:
+        os.unlink(manifest_path(root, layer))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,213 @@
+"""Content manifests, verify-image and check --content."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Runner, populate, random_tar, snapshot
+from ocigen import d, f, layer_tar, opq, sym, wh, write_layout
+
+from stacko import content
+
+mounts = pytest.mark.mounts
+
+
+def layer_of(root: Path, image: str) -> Path:
+    data = json.loads((root / "images.json").read_text())
+    return root / "l" / data["images"][image]["layer"]
+
+
+def record_of(root: Path, image: str) -> dict:
+    return json.loads((root / "images.json").read_text())["images"][image]
+
+
+# --- without root ---------------------------------------------------------------------
+def test_compare_names_each_difference() -> None:
+    a = {"/": {"type": "dir"}, "/x": {"type": "file", "sha256": "1"}, "/y": {"type": "fifo"}}
+    b = {"/": {"type": "dir"}, "/x": {"type": "file", "sha256": "2"}, "/z": {"type": "fifo"}}
+    assert content.compare(a, b) == [("M", "/x"), ("-", "/y"), ("+", "/z")]
+    assert content.compare(a, dict(a)) == []
+
+
+def test_manifest_digest_ignores_times_and_counts_hard_links_once(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "file").write_bytes(b"x" * 1000)
+    os.link(tmp_path / "a" / "file", tmp_path / "a" / "link")
+    os.symlink("file", tmp_path / "a" / "sym")
+    first = content.build(str(tmp_path / "a"))
+    assert first.size == 1000
+    assert first.entries["/sym"] == {"type": "symlink", "uid": os.geteuid(),
+                                     "gid": os.getegid(), "target": "file"}
+    assert first.entries["/link"]["sha256"] == first.entries["/file"]["sha256"]
+    os.utime(tmp_path / "a" / "file", (1, 1))
+    assert content.build(str(tmp_path / "a")).digest == first.digest
+    os.chmod(tmp_path / "a" / "file", 0o600)
+    assert content.build(str(tmp_path / "a")).digest != first.digest
+
+
+# --- verify-image ---------------------------------------------------------------------
+@mounts
+def test_verify_image_names_each_kind_of_damage(stacko: Runner, root: Path) -> None:
+    populate(stacko, "img", {"etc/passwd": "root:x:0:0\n", "bin/tool": "#!/bin/sh\necho hi\n",
+                             "data/blob": "0123456789" * 100, "lib/gone": "bye\n",
+                             "etc/mode": "m\n"})
+    assert stacko("verify-image", "img").out == ""
+    layer = layer_of(root, "img")
+    os.truncate(layer / "data" / "blob", 500)                # truncated
+    raw = bytearray((layer / "bin" / "tool").read_bytes())   # one flipped byte
+    raw[3] ^= 0x01
+    (layer / "bin" / "tool").write_bytes(bytes(raw))
+    (layer / "lib" / "gone").unlink()                        # removed
+    (layer / "etc" / "planted").write_text("evil\n")         # planted
+    os.chmod(layer / "etc" / "mode", 0o4755)                 # changed mode
+    result = stacko("verify-image", "img", rc=1)
+    assert result.out.split("\n") == ["M /bin/tool", "M /data/blob", "M /etc/mode",
+                                      "+ /etc/planted", "- /lib/gone"]
+    assert "5 differences" in result.stderr
+
+
+@mounts
+def test_verify_image_owner_xattrs_whiteouts_and_opaque(stacko: Runner, root: Path,
+                                                        workdir: Path) -> None:
+    layout = workdir / "layout"
+    write_layout(layout, [[d("a"), f("a/x", b"1"), f("a/y", b"2"), d("o"), f("o/z", b"3")],
+                          [wh("a/x"), opq("o"), f("o/new", b"4", uid=7, gid=8),
+                           sym("s", "o/new")]])
+    stacko("import-image", "img", str(layout))
+    assert stacko("verify-image", "img", "img.layer-1").out == ""
+    layer = layer_of(root, "img")
+    os.chown(layer / "o" / "new", 9, 8)
+    os.setxattr(layer / "o", "trusted.overlay.opaque", b"n")     # no longer opaque
+    os.unlink(layer / "a" / "x")                                  # the whiteout
+    os.setxattr(layer / "a", "user.note", b"x")                   # an xattr added
+    out = stacko("verify-image", "img", rc=1).out.split("\n")
+    assert out == ["M /a", "- /a/x", "M /o", "M /o/new"]
+
+
+@mounts
+def test_verify_several_images_names_each_line(stacko: Runner, root: Path) -> None:
+    populate(stacko, "one", {"f": "1"})
+    populate(stacko, "two", {"g": "2"}, parent="one")
+    (layer_of(root, "two") / "g").write_text("22")
+    result = stacko("verify-image", "one", "two", rc=1)
+    assert result.out == "two: M /g"
+
+
+@mounts
+def test_verify_unknown_and_unsealed_images(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "empty")                 # sealed when made, empty
+    assert stacko("verify-image", "empty").out == ""
+    stacko("verify-image", "nosuch", rc=1)
+    stacko("verify-image", "../x", rc=2)
+    stacko("edit-image", "empty")
+    result = stacko("verify-image", "empty", rc=1)
+    assert "is open for editing" in result.stderr and "close-image empty" in result.stderr
+    stacko("close-image", "empty")
+    assert stacko("verify-image", "empty").out == ""
+
+
+@mounts
+def test_image_made_before_manifests(stacko: Runner, root: Path) -> None:
+    """An image without a manifest says so plainly; close-image records one."""
+    populate(stacko, "old", {"f": "data"})
+    data = json.loads((root / "images.json").read_text())
+    for key in ("manifest", "size"):
+        del data["images"]["old"][key]
+    (root / "images.json").write_text(json.dumps(data))
+    before = snapshot(root)
+    result = stacko("verify-image", "old", rc=1)
+    assert "has no content manifest" in result.stderr
+    assert "stacko close-image old" in result.stderr
+    assert snapshot(root) == before
+    assert "has no content manifest" in stacko("check", "--content", rc=1).out
+    stacko("check")                                  # plain check does not read content
+    stacko("close-image", "old")                     # not mounted: seals it
+    assert record_of(root, "old")["size"] == 4
+    assert stacko("verify-image", "old").out == ""
+
+
+@mounts
+def test_damaged_manifest_is_not_taken_for_damaged_content(stacko: Runner, root: Path) -> None:
+    populate(stacko, "img", {"f": "data"})
+    manifest = root / "m" / f"{layer_of(root, 'img').name}.json"
+    manifest.write_text(manifest.read_text().replace('"size":4', '"size":5'))
+    result = stacko("verify-image", "img", rc=1)
+    assert "the manifest is damaged" in result.stderr and result.out == ""
+
+
+@mounts
+def test_check_content_reports_every_image(stacko: Runner, root: Path) -> None:
+    populate(stacko, "a", {"f": "1"})
+    populate(stacko, "b", {"g": "2"})
+    stacko("check", "--content")
+    (layer_of(root, "b") / "g").write_text("3")
+    assert stacko("check").out == ""                 # plain check: metadata and mounts only
+    result = stacko("check", "--content", rc=1)
+    assert result.out == "image 'b': M /g (changed since it was sealed)"
+
+
+@mounts
+def test_verify_needs_root(stacko: Runner, root: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture) -> None:
+    """trusted.* xattrs (opaque directories) are invisible to other users: no
+    half-verified answer, a clear refusal."""
+    from stacko import cli
+    populate(stacko, "img", {"f": "1"})
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["--root", str(root), "verify-image", "img"]) == 1
+    assert "verify-image needs root" in capsys.readouterr().err
+
+
+# --- sealing and identity -------------------------------------------------------------
+@mounts
+def test_manifests_follow_the_image(stacko: Runner, root: Path) -> None:
+    populate(stacko, "img", {"f": "1"})
+    layer = layer_of(root, "img").name
+    assert (root / "m" / f"{layer}.json").exists()
+    stacko("delete-image", "img")
+    assert not (root / "m" / f"{layer}.json").exists()
+
+
+@mounts
+def test_commit_seals_the_new_image(stacko: Runner, root: Path) -> None:
+    populate(stacko, "base", {"f": "1"})
+    stacko("new-stackpoint", "p", "base")
+    mounted = Path(stacko("mount-stackpoint", "p").out)
+    (mounted / "new").write_text("hello")
+    (mounted / "f").unlink()
+    stacko("commit-stackpoint", "p", "next")
+    assert record_of(root, "next")["size"] == 5
+    assert stacko("verify-image", "next").out == ""
+    entries = json.loads((root / "m" / f"{layer_of(root, 'next').name}.json").read_text())
+    assert entries["entries"]["/f"] == {"type": "whiteout"}
+
+
+@mounts
+def test_content_identity_survives_export_and_import(stacko: Runner, root: Path,
+                                                     workdir: Path) -> None:
+    """The same files give the same manifest whatever tar carried them, and an
+    image that comes back after an export is recognised and not stored twice."""
+    populate(stacko, "base", {"etc/os-release": "ID=x\n", "bin/sh": "#!\n"})
+    populate(stacko, "app", {"app/run": "go\n"}, parent="base")
+    stacko("export-image", "app", str(workdir / "app.tar"))
+    layers_before = sorted(os.listdir(root / "l"))
+    stacko("import-image", "app2", str(workdir / "app.tar"))
+    # base came back: reused, by its content (it has no diff_id: made by hand).
+    assert record_of(root, "app2")["parent"] == "base"
+    assert len(os.listdir(root / "l")) == len(layers_before) + 1
+    assert record_of(root, "app2")["manifest"] == record_of(root, "app")["manifest"]
+    assert stacko("verify-image", "app2").out == ""
+    stacko("check")
+
+
+@mounts
+def test_import_records_size_and_manifest(stacko: Runner, root: Path, workdir: Path) -> None:
+    archive = random_tar(workdir / "r.tar", files=10, size=1000)
+    stacko("import-image", "r", str(archive))
+    record = record_of(root, "r")
+    assert record["size"] == 10_000 and record["manifest"].startswith("sha256:")
+    # The hashes computed while unpacking are those of the files on disk.
+    assert content.build(str(layer_of(root, "r"))).digest == record["manifest"]
