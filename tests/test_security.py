@@ -92,10 +92,15 @@ def test_shell_characters_are_only_characters(stacko: Runner, root: Path, workdi
 
 
 def calls_in(path: Path):
-    tree = ast.parse(path.read_text(), str(path))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            yield node
+    """Each call in the file, with the name of the function it is in."""
+    def walk(node: ast.AST, func: str):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, ast.FunctionDef) else func
+            if isinstance(child, ast.Call):
+                yield func, child
+            yield from walk(child, inner)
+
+    yield from walk(ast.parse(path.read_text(), str(path)), "")
 
 
 def dotted(node: ast.AST) -> str:
@@ -106,12 +111,17 @@ def dotted(node: ast.AST) -> str:
     return "?"
 
 
+# The one shell stacko starts: the contract's `cutover-stackpoint --check CMD`
+# runs CMD with `sh -c`, as the admin wrote it.
+ALLOWED_SHELLS = {("run.py", "run_check")}
+
+
 def test_no_shell_anywhere() -> None:
     """No shell=True, os.system, os.popen or exec of a shell; only run.py starts
-    processes."""
-    for path in sorted(STACKO.glob("*.py")):
+    processes, and only run_check starts a shell."""
+    for path in sorted(STACKO.rglob("*.py")):
         text = path.read_text()
-        for call in calls_in(path):
+        for func, call in calls_in(path):
             name = dotted(call.func)
             assert name not in ("os.system", "os.popen", "subprocess.getoutput",
                                 "subprocess.getstatusoutput"), f"{path.name}: {name}"
@@ -124,7 +134,8 @@ def test_no_shell_anywhere() -> None:
             for arg in call.args[:1]:
                 if isinstance(arg, (ast.List, ast.Tuple)) and arg.elts and \
                         isinstance(arg.elts[0], ast.Constant) and \
-                        arg.elts[0].value in ("sh", "bash", "/bin/sh", "/bin/bash"):
+                        arg.elts[0].value in ("sh", "bash", "/bin/sh", "/bin/bash") and \
+                        (path.name, func) not in ALLOWED_SHELLS:
                     raise AssertionError(f"{path.name}:{call.lineno}: runs a shell")
         if path.name != "run.py":
             assert "import subprocess" not in text and "import subwrap" not in text, path.name
