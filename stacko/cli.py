@@ -210,13 +210,15 @@ def cmd_list_stackpoints(args: argparse.Namespace) -> int:
     for i in infos:
         mounted = "no" if i.mounted is None else ("yes" if i.mounted == i.point.current
                                                    else f"yes ({i.mounted})")
+        # The columns before LAST EVENT stay one word each, for scripts that split them.
+        last = events.describe(i.point.events[-1]) if i.point.events else "-"
         tentative = i.point.tentative
-        current = i.point.current if tentative is None or tentative.image != i.point.current \
-            else f"{i.point.current} (tentative, {tentative.tries_left} left)"
-        rows.append((i.point.name, current, mounted, i.directory,
+        if tentative is not None and tentative.image == i.point.current:
+            s = "y" if tentative.tries_left == 1 else "ies"
+            last += f" [tentative: {tentative.tries_left} tr{s} left, confirm-stackpoint]"
+        rows.append((i.point.name, i.point.current, mounted, i.directory,
                      ",".join(x.image for x in i.point.instances),
-                     ",".join(reversed(i.point.history)) or "-",
-                     events.describe(i.point.events[-1]) if i.point.events else "-"))
+                     ",".join(reversed(i.point.history)) or "-", last))
     if infos:
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         for r in rows:

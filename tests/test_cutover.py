@@ -70,6 +70,8 @@ def test_tentative_cutover_falls_back_after_its_tries(point: Path, stacko: Runne
     assert (point / "f").read_text() == "new\n"
     (point / "written-on-new").write_text("x")
     assert info(stacko)["tentative"] == {"tries_left": 2, "tries": 2}
+    row = stacko("list-stackpoints").out.splitlines()[1]
+    assert row.split()[1] == "new" and row.endswith("[tentative: 2 tries left, confirm-stackpoint]")
     for left in (1, 0):                      # two boots on the new instance
         boot(stacko, root)
         result = stacko("mount-stackpoint", "p")
