@@ -73,11 +73,10 @@ def boot_id() -> str:
 
 def pending_check(previous: str, image: str, command: str) -> PendingCheck:
     """The record of a check that this process is about to run."""
-    import secrets
     pid = os.getpid()
     return PendingCheck(previous=previous, image=image, command=command, pid=pid,
                         start=process_start(pid) or 0, boot_id=boot_id(), started=now(),
-                        token=secrets.token_hex(12))
+                        token=os.urandom(12).hex())
 
 
 def check_alive(pending: PendingCheck) -> bool:
