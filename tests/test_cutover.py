@@ -244,7 +244,7 @@ def test_a_check_that_prints_megabytes_is_bounded(point: Path, stacko: Runner,
 
 def test_a_check_that_times_out_is_ended_whole(point: Path, stacko: Runner,
                                                root: Path) -> None:
-    marker = "stacko-test-timeout-marker"
+    marker = f"stacko-test-timeout-{os.getpid()}"
     stderr = failed_check(stacko, point, f"echo waiting; sh -c 'sleep 300; : {marker}' & "
                                          f"trap '' TERM; sleep 300; : {marker}",
                           "--check-timeout", "1")
@@ -255,7 +255,7 @@ def test_a_check_that_times_out_is_ended_whole(point: Path, stacko: Runner,
 def test_a_check_that_leaves_children_behind(point: Path, stacko: Runner, root: Path) -> None:
     """The shell exits at once; its child holds the output pipe.  stacko does not
     wait for it, and ends it."""
-    marker = "stacko-test-child-marker"
+    marker = f"stacko-test-child-{os.getpid()}"
     stderr = failed_check(stacko, point, f"sh -c 'sleep 300; : {marker}' & echo bye; exit 1",
                           "--check-timeout", "300")
     assert "exited with status 1" in stderr and "bye" in stderr
