@@ -18,13 +18,11 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
 
 from stacko import images as images_mod
 from stacko import content, events, overlay, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
-from stacko.records import Image, Instance, Stackpoint, check_name, replace
+from stacko.records import Image, Instance, Stackpoint, check_name, record, replace
 from stacko.state import Store, locked, remove_tree
 
 OPAQUE = "trusted.overlay.opaque"
@@ -38,7 +36,7 @@ PRIVATE_PREFIX = "trusted.overlay."
 KEPT_XATTRS = frozenset({OPAQUE, "trusted.overlay.whiteout", "trusted.overlay.whiteouts"})
 METACOPY = "trusted.overlay.metacopy"
 
-Change = Tuple[str, str]      # ("A" | "C" | "D", "/path")
+Change = tuple[str, str]      # ("A" | "C" | "D", "/path")
 
 
 # --- reading a layer ------------------------------------------------------------------
@@ -55,18 +53,18 @@ def is_opaque(path: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
+@record
 class Below:
     """What the lower stack shows at one path: its entry, and if it is a directory
     the lower directories that merge into it, top first."""
-    st: Optional[os.stat_result] = None
-    dirs: Tuple[str, ...] = ()
+    st: os.stat_result | None = None
+    dirs: tuple[str, ...] = ()
 
 
-def look_below(dirs: Tuple[str, ...], name: str) -> Below:
+def look_below(dirs: tuple[str, ...], name: str) -> Below:
     """Overlayfs' lookup of name in the merged directory made of dirs."""
-    found: Optional[os.stat_result] = None
-    merged: List[str] = []
+    found: os.stat_result | None = None
+    merged: list[str] = []
     for d in dirs:
         path = os.path.join(d, name)
         try:
@@ -87,9 +85,9 @@ def look_below(dirs: Tuple[str, ...], name: str) -> Below:
     return Below(found, tuple(merged))
 
 
-def names_below(dirs: Tuple[str, ...]) -> List[str]:
+def names_below(dirs: tuple[str, ...]) -> list[str]:
     """The entries a merged lower directory shows."""
-    names: Set[str] = set()
+    names: set[str] = set()
     for d in dirs:
         with contextlib.suppress(OSError):
             names.update(os.listdir(d))
@@ -101,34 +99,35 @@ def same_metadata(a: os.stat_result, b: os.stat_result) -> bool:
         (b.st_mode, b.st_uid, b.st_gid, b.st_mtime_ns)
 
 
-@dataclass
 class _Walk:
     """An explicit stack rather than recursion: a layer may nest deeper than
     Python's recursion limit (paths of thousands of levels are legal)."""
-    changes: Dict[str, str] = field(default_factory=dict)
-    touched: Set[str] = field(default_factory=set)     # dirs with an A or D right in them
-    # Directories present below and above, decided once their entries are known.
-    pending: List[Tuple[str, os.stat_result, os.stat_result, bool]] = field(default_factory=list)
+
+    def __init__(self) -> None:
+        self.changes: dict[str, str] = {}
+        self.touched: set[str] = set()       # dirs with an A or D right in them
+        # Directories present below and above, decided once their entries are known.
+        self.pending: list[tuple[str, os.stat_result, os.stat_result, bool]] = []
 
     def add(self, kind: str, path: str) -> None:
         self.changes.setdefault(path, kind)
         if kind != "C":
             self.touched.add(path.rsplit("/", 1)[0])
 
-    def run(self, upper: str, lowers: Tuple[str, ...]) -> None:
-        todo: List[Tuple[str, str, Tuple[str, ...], bool]] = [(upper, "", lowers, True)]
+    def run(self, upper: str, lowers: tuple[str, ...]) -> None:
+        todo: list[tuple[str, str, tuple[str, ...], bool]] = [(upper, "", lowers, True)]
         while todo:
             self.directory(*todo.pop(), todo)
         for path, st, old, shows in self.pending:
             if path in self.touched or not shows or not same_metadata(st, old):
                 self.add("C", path)
 
-    def directory(self, upper: str, rel: str, below: Tuple[str, ...], through: bool,
-                  todo: List[Tuple[str, str, Tuple[str, ...], bool]]) -> None:
+    def directory(self, upper: str, rel: str, below: tuple[str, ...], through: bool,
+                  todo: list[tuple[str, str, tuple[str, ...], bool]]) -> None:
         """Record the changes right in one upper directory and queue its subdirectories.
         below: the lower directories that made it before; through: whether they still
         show through it now (False under an opaque or replaced directory)."""
-        seen: Set[str] = set()
+        seen: set[str] = set()
         try:
             entries = sorted(os.scandir(upper), key=lambda e: e.name)
         except OSError as e:
@@ -161,7 +160,7 @@ class _Walk:
                     self.add("D", f"{rel}/{name}")
 
 
-def layer_changes(upper: str, lowers: List[str]) -> List[Change]:
+def layer_changes(upper: str, lowers: list[str]) -> list[Change]:
     """What the upper directory changes on top of lowers (top first), sorted by path."""
     walk = _Walk()
     walk.run(upper, tuple(lowers))
@@ -188,7 +187,7 @@ def show_path(path: str) -> str:
 
 # --- diff ------------------------------------------------------------------------------
 @locked(exclusive=False)
-def diff(store: Store, name: str) -> List[Change]:
+def diff(store: Store, name: str) -> list[Change]:
     images = store.load_images()
     point = stackpoints.get(store.load_stackpoints(), name)
     inst = point.current_instance()
@@ -345,8 +344,8 @@ def _empty_workdir(store: Store, layer: str) -> None:
             remove_tree(os.path.join(work, entry))
 
 
-def interrupted_commits(images: Dict[str, Image],
-                        points: Dict[str, Stackpoint]) -> List[Tuple[str, str, str]]:
+def interrupted_commits(images: dict[str, Image],
+                        points: dict[str, Stackpoint]) -> list[tuple[str, str, str]]:
     """(stackpoint, image, layer) for every layer that is at once an image's and a
     stackpoint's current instance's: a commit stopped between its two metadata
     writes.  Finishing it means making a fresh instance of the image current."""
@@ -361,7 +360,7 @@ def interrupted_commits(images: Dict[str, Image],
 
 # --- prune -----------------------------------------------------------------------------
 @locked(exclusive=True)
-def prune(store: Store, name: str, keep: int) -> List[str]:
+def prune(store: Store, name: str, keep: int) -> list[str]:
     """Delete the instances of the oldest history entries beyond the keep most recent;
     returns their images.  Never the current instance, nor one that was never current
     (made by new-stackpoint-instance, waiting for a cutover)."""

@@ -26,22 +26,21 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from collections.abc import Callable
 
 from stacko import images as images_mod
 from stacko import overlay, run, stackpoints, words
 from stacko.errors import StackoError
-from stacko.records import Image, Instance, Stackpoint, replace
+from stacko.records import Image, Instance, Stackpoint, record, replace
 from stacko.state import Store, remove_tree
 
 ORPHANS = "orphans"       # <root>/orphans/ID: unnamed layers that held files
 
 
-@dataclass
+@record
 class Problem:
     text: str
-    repair: Optional[Callable[[], str]] = None   # returns what it did; raises if it could not
+    repair: Callable[[], str] | None = None   # returns what it did; raises if it could not
     cannot: str = ""                             # why there is no repair
 
 
@@ -94,7 +93,7 @@ def looked_at(store: Store) -> str:
             f" and {words.count(mounts, 'overlay mount')} of its layers")
 
 
-def settle(problem: Problem, repair: bool) -> Tuple[str, int]:
+def settle(problem: Problem, repair: bool) -> tuple[str, int]:
     """The report line of one problem, repaired if asked; and 1 if it remains."""
     if not repair:
         return problem.text, 1
@@ -108,7 +107,7 @@ def settle(problem: Problem, repair: bool) -> Tuple[str, int]:
         return f"{problem.text}; not repaired: {e.strerror or e}", 1
 
 
-def mount_problems(store: Store) -> List[Problem]:
+def mount_problems(store: Store) -> list[Problem]:
     images = store.load_images()
     points = store.load_stackpoints()
     table = overlay.mounts()
@@ -117,7 +116,7 @@ def mount_problems(store: Store) -> List[Problem]:
             + stale_mounts(store, named_layers(images, points), table))
 
 
-def directory_problems(store: Store) -> List[Problem]:
+def directory_problems(store: Store) -> list[Problem]:
     images = store.load_images()
     points = store.load_stackpoints()
     table = overlay.mounts()
@@ -127,7 +126,7 @@ def directory_problems(store: Store) -> List[Problem]:
             + unnamed_layers(store, named, table) + staging_leftovers(store, table))
 
 
-def named_layers(images: Dict[str, Image], points: Dict[str, Stackpoint]) -> Dict[str, str]:
+def named_layers(images: dict[str, Image], points: dict[str, Stackpoint]) -> dict[str, str]:
     """Layer id -> what names it."""
     named = {i.layer: f"image {i.name!r}" for i in images.values()}
     for point in points.values():
@@ -137,7 +136,7 @@ def named_layers(images: Dict[str, Image], points: Dict[str, Stackpoint]) -> Dic
     return named
 
 
-def listdir(path: str) -> List[str]:
+def listdir(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
     except FileNotFoundError:
@@ -152,12 +151,12 @@ def is_empty(path: str) -> bool:
 
 
 # --- the mount table ---------------------------------------------------------------
-def mount_layers(store: Store, m: overlay.Mount) -> Set[str]:
+def mount_layers(store: Store, m: overlay.Mount) -> set[str]:
     """The layer ids an overlay mount uses (upper, work and lowers)."""
     return overlay.layers_of(m, store.layers_dir, store.work_dir)
 
 
-def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Optional[Instance]:
+def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Instance | None:
     upper = m.option("upperdir") if m.fstype == "overlay" else None
     for inst in point.instances:
         if upper in (inst.layer, store.layer_path(inst.layer)):
@@ -165,8 +164,8 @@ def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Opti
     return None
 
 
-def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, Stackpoint],
-                      table: List[overlay.Mount]) -> List[Problem]:
+def stackpoint_mounts(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
+                      table: list[overlay.Mount]) -> list[Problem]:
     problems = []
     for name in sorted(points):
         point = points[name]
@@ -199,7 +198,7 @@ def stackpoint_mounts(store: Store, images: Dict[str, Image], points: Dict[str, 
     return problems
 
 
-def interrupted_checks(store: Store, points: Dict[str, Stackpoint]) -> List[Problem]:
+def interrupted_checks(store: Store, points: dict[str, Stackpoint]) -> list[Problem]:
     """Checked cutovers whose command died during the check: undone (see checked.py)."""
     from stacko import events
     problems = []
@@ -224,7 +223,7 @@ def undo_check(store: Store, name: str) -> str:
     return f"fell back to {pending.previous!r}, as the failed check would have"
 
 
-def remount_current(store: Store, images: Dict[str, Image], point: Stackpoint) -> str:
+def remount_current(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     """Unmount what is not the current instance, then mount the current one."""
     overlay.require_root("check --repair")
     directory = store.stackpoint_dir(point)
@@ -245,8 +244,8 @@ def remount_current(store: Store, images: Dict[str, Image], point: Stackpoint) -
     return ", then ".join(done) or "nothing left to do"
 
 
-def edit_mounts(store: Store, images: Dict[str, Image],
-                table: List[overlay.Mount]) -> List[Problem]:
+def edit_mounts(store: Store, images: dict[str, Image],
+                table: list[overlay.Mount]) -> list[Problem]:
     problems = []
     for m in table:
         if os.path.dirname(m.mount_point) != store.edit_dir:
@@ -283,8 +282,8 @@ def remove_empty(path: str) -> str:
     return f"removed {path}"
 
 
-def stale_mounts(store: Store, named: Dict[str, str],
-                 table: List[overlay.Mount]) -> List[Problem]:
+def stale_mounts(store: Store, named: dict[str, str],
+                 table: list[overlay.Mount]) -> list[Problem]:
     """Overlay mounts of layers that no record names (or under tmp/)."""
     problems = []
     for m in table:
@@ -303,8 +302,8 @@ def stale_mounts(store: Store, named: Dict[str, str],
 
 
 # --- records and directories -------------------------------------------------------
-def interrupted_commits(store: Store, images: Dict[str, Image],
-                        points: Dict[str, Stackpoint]) -> List[Problem]:
+def interrupted_commits(store: Store, images: dict[str, Image],
+                        points: dict[str, Stackpoint]) -> list[Problem]:
     from stacko import changes
     problems = []
     for point_name, image_name, layer in changes.interrupted_commits(images, points):
@@ -354,10 +353,10 @@ def finish_commit(store: Store, point_name: str, image_name: str, layer: str) ->
     return done
 
 
-def missing_directories(store: Store, images: Dict[str, Image],
-                        points: Dict[str, Stackpoint]) -> List[Problem]:
+def missing_directories(store: Store, images: dict[str, Image],
+                        points: dict[str, Stackpoint]) -> list[Problem]:
     problems = []
-    owners: List[Tuple[str, str]] = [(f"image {i.name!r}", i.layer)
+    owners: list[tuple[str, str]] = [(f"image {i.name!r}", i.layer)
                                      for _, i in sorted(images.items())]
     for name in sorted(points):
         owners += [(f"the instance of {i.image!r} of stackpoint {name!r}", i.layer)
@@ -381,10 +380,10 @@ def make_workdir(store: Store, layer: str) -> str:
     return f"made {store.work_path(layer)}"
 
 
-def unnamed_layers(store: Store, named: Dict[str, str],
-                   table: List[overlay.Mount]) -> List[Problem]:
+def unnamed_layers(store: Store, named: dict[str, str],
+                   table: list[overlay.Mount]) -> list[Problem]:
     problems = []
-    used: Set[str] = set()
+    used: set[str] = set()
     for m in table:
         used |= mount_layers(store, m)
     for layer in listdir(store.layers_dir):
@@ -448,7 +447,7 @@ def keep_orphan(store: Store, layer: str) -> str:
     return f"kept its files: moved it to {target}; remove that when you no longer need it"
 
 
-def staging_leftovers(store: Store, table: List[overlay.Mount]) -> List[Problem]:
+def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]:
     problems = []
     exclusive = store._exclusive
     for entry in store.staging_entries():     # only stacko's own names, in a stacko root
@@ -474,7 +473,7 @@ def staging_alive(entry: str) -> bool:
 
 
 # --- content (--content) -------------------------------------------------------------
-def content_problems(store: Store) -> List[Problem]:
+def content_problems(store: Store) -> list[Problem]:
     """verify-image of every image: one problem per difference from its manifest."""
     from stacko.changes import show_path
     problems = []
