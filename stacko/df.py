@@ -133,8 +133,8 @@ def disk_usage(store: Store) -> Usage:
     image_rows = []
     for name in sorted(images):
         image = images[name]
-        size = getattr(image, "size", None)     # recorded when sealed
-        if size is None:
+        size = image.size              # recorded when it was sealed (images.seal)
+        if size is None:               # not sealed: recorded before sizes were, or open
             size = tree_size(store.layer_path(image.layer))
         used_by = [{"kind": "image", "name": c} for c in sorted(children.get(name, ()))]
         used_by += [{"kind": "stackpoint", "name": p} for p in sorted(users.get(name, ()))]

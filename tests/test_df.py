@@ -119,3 +119,17 @@ def test_tree_size_of_a_deep_layer(tmp_path: Path) -> None:
                                        (15_000, "15K"), (5 << 20, "5.0M"), (None, "?")])
 def test_human_sizes(size: int, text: str) -> None:
     assert df.human(size) == text
+
+
+@pytest.mark.mounts
+def test_image_sizes_come_from_the_record_and_old_records_are_measured(stacko: Runner,
+                                                                       root: Path) -> None:
+    populate(stacko, "sealed", {"f": "x" * 2_000})
+    populate(stacko, "old", {"f": "x" * 3_000})
+    data = json.loads((root / "images.json").read_text())
+    assert data["images"]["sealed"]["size"] == 2_000      # recorded by close-image
+    data["images"]["sealed"]["size"] = 123_456             # df reads it, never measures it
+    del data["images"]["old"]["size"]                      # a record from before sizes
+    (root / "images.json").write_text(json.dumps(data))
+    images = by_name(usage(stacko)["images"])
+    assert images["sealed"]["size"] == 123_456 and images["old"]["size"] == 3_000
