@@ -65,15 +65,24 @@ def checked_cutover(store: Store, name: str, image: str, command: str,
             else result.describe())
     lines = result.last_lines()
     reason = f"the check `{command}` {what}" + (f": {lines[-1]}" if lines else "")
-    previous = _fall_back(store, name, "check-failed", reason)
     shown = "\n".join(f"    {line}" for line in lines) if lines else "    (no output)"
+    try:
+        previous = _fall_back(store, name, "check-failed", reason)
+    except StackoError as e:
+        # The switch back put everything as it was (on image, mounted), and the
+        # pending record stays: once this process is gone, the next
+        # mount-stackpoint or check --repair falls back, as after a kill.
+        raise CheckFailed(
+            f"the check of stackpoint {name!r} on image {image!r} {what}, and falling back "
+            f"failed: {e.message}\nlast lines of the check's output:\n{shown}",
+            hint=f"{e.hint + '; then ' if e.hint else ''}`stacko check --repair` falls "
+                 "back") from None
     raise CheckFailed(
         f"the check of stackpoint {name!r} on image {image!r} {what}; fell back to image "
-        f"{previous!r}, mounted at {directory}; the instance of {image!r} is kept\n"
-        f"last lines of the check's output:\n{shown}",
-        hint=f"look into it with `stacko set-stackpoint-instance {name} {image}` on an "
-             f"unmounted stackpoint, or remove it with `stacko delete-stackpoint-instance "
-             f"{name} {image}`")
+        f"{previous!r}, mounted at {directory}; the instance of {image!r} is kept with "
+        f"its changes\nlast lines of the check's output:\n{shown}",
+        hint=f"`stacko cutover-stackpoint {name} {image}` goes back to it; "
+             f"`stacko delete-stackpoint-instance {name} {image}` removes it")
 
 
 def _ours(store: Store, name: str) -> tuple:

@@ -32,6 +32,12 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture
+def default_only(backend: str) -> None:
+    if backend:
+        pytest.skip("a test of the default backend only")
+
+
+@pytest.fixture
 def point(backend: str, stacko: Runner) -> Path:
     """Stackpoint p on image old (f=old), mounted; image new (f=new) stacked on it."""
     populate(stacko, "old", {"f": "old\n"})
@@ -389,3 +395,25 @@ def test_a_new_cutover_first_undoes_one_killed_during_its_check(point: Path, sta
     assert [e["action"] for e in state["events"]] == [
         "cutover", "check-interrupted", "cutover", "check-passed"]
     assert (point / "f").read_text() == "new\n"
+
+
+def test_a_failed_check_whose_fallback_is_refused_is_undone_later(
+        default_only: None, point: Path, stacko: Runner, root: Path) -> None:
+    """A process that keeps the old instance's detached mount makes the fallback
+    wait (two mounts must never write one layer): the check's failure says so,
+    and check --repair falls back once the process has let go."""
+    if not mountapi.supports_beneath():
+        pytest.skip("no gapless switch here: the cutover itself is refused while busy")
+    holder = subprocess.Popen(["sleep", "300"], cwd=point)
+    try:
+        result = stacko("cutover-stackpoint", "p", "new", "--check", "exit 1", rc=1)
+        assert "falling back failed" in result.stderr and "still" in result.stderr
+        assert "check --repair" in result.stderr
+        state = info(stacko)
+        assert state["current"] == "new" and state["checking"]["running"] is False
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "fell back" in stacko("check", "--repair").out
+    assert (point / "f").read_text() == "old\n"
+    assert info(stacko)["current"] == "old"
