@@ -60,15 +60,18 @@ def image_violations(images: dict[str, Image], source: str) -> list[str]:
             found.append(f"{where}: field 'manifest' is {image.manifest!r}, not a sha256 digest")
         if image.size is not None and (image.size < 0 or isinstance(image.size, bool)):
             found.append(f"{where}: field 'size' is {image.size!r}, not a number of bytes")
+    ends: set[str] = set()          # images whose chain of parents is known to end
     for key in sorted(images):      # parents must end: no loops
-        seen = {key}
-        parent = images[key].parent
-        while parent is not None and parent in images:
-            if parent in seen:
+        seen: dict[str, None] = {}  # this chain so far, in order
+        current: str | None = key
+        while current is not None and current in images and current not in ends:
+            if current in seen:
                 found.append(f"{source}: image {key!r}: field 'parent': its parents form a loop")
                 break
-            seen.add(parent)
-            parent = images[parent].parent
+            seen[current] = None
+            current = images[current].parent
+        else:       # every image met on the way ends too: walked once, not once per child
+            ends.update(seen)
     return found
 
 
