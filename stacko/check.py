@@ -123,7 +123,8 @@ def directory_problems(store: Store) -> list[Problem]:
     named = named_layers(images, points)
     return (interrupted_commits(store, images, points)
             + missing_directories(store, images, points)
-            + unnamed_layers(store, named, table) + staging_leftovers(store, table))
+            + unnamed_layers(store, named, table) + staging_leftovers(store, table)
+            + stray_manifests(store, images))
 
 
 def named_layers(images: dict[str, Image], points: dict[str, Stackpoint]) -> dict[str, str]:
@@ -470,6 +471,30 @@ def staging_alive(entry: str) -> bool:
     if len(parts) < 3 or not parts[1].isdigit():
         return False
     return os.path.exists(f"/proc/{parts[1]}")
+
+
+def stray_manifests(store: Store, images: Dict[str, Image]) -> List[Problem]:
+    """Content manifests (m/ID.json) of layers that no image has, and temporary
+    files of manifests whose writing was interrupted."""
+    from stacko import content
+    directory = content.manifest_dir(store.root)
+    mine = {i.layer for i in images.values()}
+    problems = []
+    for entry in listdir(directory):
+        path = os.path.join(directory, entry)
+        if entry.startswith(".") and entry.endswith(".tmp"):
+            problems.append(Problem(f"leftover temporary file {path} (an interrupted command)",
+                                    lambda path=path: remove_file(path)))
+        elif entry.endswith(".json") and entry[:-len(".json")] not in mine:
+            problems.append(Problem(f"content manifest {path}: no image has layer "
+                                    f"{entry[:-len('.json')]} (left by an interrupted command)",
+                                    lambda path=path: remove_file(path)))
+    return problems
+
+
+def remove_file(path: str) -> str:
+    os.unlink(path)
+    return "removed it"
 
 
 # --- content (--content) -------------------------------------------------------------

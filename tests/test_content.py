@@ -211,3 +211,15 @@ def test_import_records_size_and_manifest(stacko: Runner, root: Path, workdir: P
     assert record["size"] == 10_000 and record["manifest"].startswith("sha256:")
     # The hashes computed while unpacking are those of the files on disk.
     assert content.build(str(layer_of(root, "r"))).digest == record["manifest"]
+
+
+@mounts
+def test_check_removes_manifests_no_image_has(stacko: Runner, root: Path) -> None:
+    populate(stacko, "img", {"f": "1"})
+    (root / "m" / "zzzzz.json").write_text("{}")
+    (root / "m" / ".zzzzz.json.0123.tmp").write_text("")
+    out = stacko("check", rc=1).out
+    assert "no image has layer zzzzz" in out and "leftover temporary file" in out
+    stacko("check", "--repair")
+    assert sorted(os.listdir(root / "m")) == [f"{layer_of(root, 'img').name}.json"]
+    stacko("check")
