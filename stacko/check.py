@@ -449,12 +449,13 @@ def keep_orphan(store: Store, layer: str) -> str:
 
 
 def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]:
+    from stacko import staging
+
     problems = []
-    exclusive = store._exclusive
     for entry in store.staging_entries():     # only stacko's own names, in a stacko root
         path = os.path.join(store.tmp_dir, entry)
-        if not exclusive and staging_alive(entry):
-            continue      # an export (shared lock) at work right now
+        if staging.in_use(path):
+            continue      # an import, pull or export at work right now (they hold no lock)
         if overlay.mounts_under(path, table):
             problems.append(Problem(f"leftover staging directory {path} has a mount beneath it",
                                     cannot="unmount it first"))
@@ -463,14 +464,6 @@ def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]
                                 "import-image or export-image)",
                                 lambda path=path: remove_path(path)))
     return problems
-
-
-def staging_alive(entry: str) -> bool:
-    """Whether the process named in import-PID-… / export-PID-… still runs."""
-    parts = entry.split("-")
-    if len(parts) < 3 or not parts[1].isdigit():
-        return False
-    return os.path.exists(f"/proc/{parts[1]}")
 
 
 def stray_manifests(store: Store, images: Dict[str, Image]) -> List[Problem]:

@@ -15,7 +15,7 @@ from stacko.state import DEFAULT_ROOT, Store
 Handler = Callable[[argparse.Namespace], int]
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
-                  "export-image verify-image")
+                  "export-image pull-image push-image verify-image")
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
@@ -115,6 +115,26 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
                   "sealed", file=sys.stderr)
             status = 1
     return status
+
+
+def registry_options(args: argparse.Namespace) -> object:
+    from stacko.registry.client import Options
+    return Options(creds=args.creds, authfile=args.authfile, cert_dir=args.cert_dir,
+                   tls_verify=args.tls_verify)
+
+
+def cmd_pull_image(args: argparse.Namespace) -> int:
+    from stacko.registry import pull
+    pull.pull_image(store(args), args.name, args.ref, platform=args.platform,
+                    options=registry_options(args))
+    return 0
+
+
+def cmd_push_image(args: argparse.Namespace) -> int:
+    from stacko.registry import push
+    push.push_image(store(args), args.name, args.ref, compression=args.compression,
+                    options=registry_options(args))
+    return 0
 
 
 # --- stackpoint commands --------------------------------------------------------
@@ -306,6 +326,25 @@ def non_negative(text: str) -> int:
     return value
 
 
+def boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
+
+
+def reference(text: str) -> str:
+    """A REF is checked while parsing too: a malformed one is a usage error (2)."""
+    from stacko.errors import UsageError
+    from stacko.registry.ref import parse
+    try:
+        parse(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
+    return text
+
+
 def described(argument: Arg, help: str) -> Arg:
     """argument with the help it has in one command."""
     flags, kwargs = argument
@@ -318,6 +357,22 @@ PARENT = arg("parent", metavar="PARENT", type=name, nargs="?",
 POINT = arg("point", metavar="POINT", type=name, help="the stackpoint")
 IMAGE = arg("image", metavar="IMAGE", type=name, help="the image")
 JSON = arg("--json", action="store_true", help="one JSON array of objects")
+REF = arg("ref", metavar="REF", type=reference,
+          help="[docker://]HOST[:PORT]/REPO[:TAG|@sha256:DIGEST] (TAG: latest)")
+REGISTRY_OPTIONS = (
+    arg("--creds", metavar="USER[:PASS]",
+        help="credentials for the registry (default: from the auth file)"),
+    arg("--authfile", metavar="FILE",
+        help="auth file (default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, "
+             "~/.docker/config.json)"),
+    arg("--cert-dir", metavar="DIR",
+        help="CA certificates (*.crt) and client certificates (*.cert, *.key) for TLS"),
+    arg("--tls-verify", metavar="BOOL", type=boolean, nargs="?", const=True, default=True,
+        help="verify the registry's TLS certificate (default: true); false also allows "
+             "plain HTTP"),
+)
+COMPRESSION = arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                  help="layer compression (default: gzip)")
 
 IMPORT_FORMATS = """\
 PATH may be (recognised from its content, never from its name):
@@ -368,12 +423,22 @@ COMMANDS = [
             # No type=name: export_image checks it, and can tell a swapped PATH NAME.
             arg("name", metavar="NAME", help="the image to export, with the images beneath it"),
             arg("path", metavar="PATH", help="the tar file to write ('-': stdout)"),
-            arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
-                help="layer compression (default: gzip)")),
+            COMPRESSION),
     Command("verify-image", cmd_verify_image,
             "compare images' content with the manifest recorded when they were sealed: "
             "M changed, - missing, + extra",
             arg("names", metavar="NAME", type=name, nargs="+", help="the images to verify")),
+    Command("pull-image", cmd_pull_image,
+            "pull an image from an OCI registry: what import-image of it would make",
+            described(NAME, "the name of the new (top) image"), REF,
+            arg("--platform", metavar="OS/ARCH",
+                           help="the platform to take from a multi-platform image "
+                                "(default: this machine's)"),
+            *REGISTRY_OPTIONS),
+    Command("push-image", cmd_push_image,
+            "push an image's stack to an OCI registry, one layer per image",
+            described(NAME, "the image to push, with the images beneath it"), REF, COMPRESSION,
+            *REGISTRY_OPTIONS),
     Command("new-stackpoint", cmd_new_stackpoint,
             "create a stackpoint and its first instance, of IMAGE (does not mount)",
             described(POINT, "the name of the new stackpoint"),

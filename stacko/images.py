@@ -78,7 +78,11 @@ def new_image(store: Store, name: str, parent: str | None = None) -> Image:
             raise StackTooDeep(f"cannot stack {name!r} on {parent!r}: the stack would have "
                                f"{depth} layers, and overlayfs mounts at most {overlay.MAX_LAYERS}")
         refuse_if_editing(store, images, parent, f"stack {name!r} on {parent!r}")
-    image = Image(name=name, layer=store.new_layer(), parent=parent, created=now())
+    # A child starts with its parent's run settings (Cmd, Env, …), as a Containerfile
+    # FROM does.
+    settings = images[parent].settings if parent is not None else None
+    image = Image(name=name, layer=store.new_layer(), parent=parent, created=now(),
+                  settings=settings)
     try:
         # Sealed from the start: an empty image has a manifest like any other,
         # so verify-image works on every image that is not open for editing.
@@ -132,16 +136,19 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
     if read_only:
         _mount_edit(store, chain, read_only=True)
     else:
-        if chain[0].diff_id is not None or chain[0].manifest is not None:
+        sealed = chain[0].diff_id is not None or chain[0].manifest is not None \
+            or bool(chain[0].digests)
+        if sealed:
             # Its layer is about to change: it no longer matches the layer it was
-            # imported from, and must not be reused for that layer by a later import;
-            # nor its manifest: close-image records a new one (unsealed until then).
+            # imported from, and must not be reused for that layer by a later import
+            # or pull (diff_id, digests); nor its manifest: close-image records a new
+            # one (unsealed until then).
             store.save_images({**images, name: replace(chain[0], diff_id=None, manifest=None,
-                                                       size=None)})
+                                                       size=None, digests=())})
         try:
             _mount_edit(store, chain, read_only=False)
         except BaseException:
-            if chain[0].diff_id is not None or chain[0].manifest is not None:
+            if sealed:
                 store.save_images(images)      # nothing changed: still sealed
             raise
     return target

@@ -22,7 +22,7 @@ import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from stacko.errors import StackoError
 
@@ -99,6 +99,10 @@ class Unpacker:
     # inode -> sha256 of the data written, for the content manifest (content.py),
     # so that the files are not read back to hash them.
     hashes: Dict[int, str] = field(default_factory=dict)
+    # Called once the tar is read and before the layers beneath are looked at:
+    # a pull unpacks several layers at once, and waits there for those beneath.
+    before_finish: Optional[Callable[[], None]] = None
+    _implicit: List[str] = field(default_factory=list)
 
     def unpack(self, stream: IO[bytes]) -> None:
         try:
@@ -179,8 +183,14 @@ class Unpacker:
             self._dirs.add(sub)
 
     def _implicit_dir(self, rel: str, path: str) -> None:
-        """A directory the tar fills without naming: as in the layers beneath, or 0755."""
+        """A directory the tar fills without naming: as in the layers beneath, or
+        0755 (looked up in _finish, once the layers beneath are complete)."""
         os.mkdir(path, 0o755)
+        self._implicit.append(rel)
+
+    def _implicit_meta(self, rel: str) -> None:
+        if rel in self._meta or not os.path.isdir(self._path(rel)):
+            return      # named by a later member after all, or replaced
         for lower in self.lowers:
             try:
                 st = os.lstat(os.path.join(lower, rel))
@@ -189,8 +199,9 @@ class Unpacker:
             if stat.S_ISDIR(st.st_mode):
                 self._meta[rel] = _DirMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                                            st.st_mtime_ns)
-            return       # whatever is found first decides, as in the merged view
-        self._meta.setdefault(rel, _DirMeta(0o755, 0, 0, 0))
+                return
+            break        # whatever is found first decides, as in the merged view
+        self._meta[rel] = _DirMeta(0o755, 0, 0, 0)
 
     def _make_dir(self, rel: str, path: str, member: tarfile.TarInfo) -> None:
         try:
@@ -273,6 +284,10 @@ class Unpacker:
                 raise BadLayer(f"cannot set xattr {name} on {path}: {e.strerror}") from None
 
     def _finish(self) -> None:
+        if self.before_finish is not None:
+            self.before_finish()
+        for rel in self._implicit:
+            self._implicit_meta(rel)
         for rel in self._opaque:
             os.setxattr(self._path(rel), OPAQUE_XATTR, b"y", follow_symlinks=False)
         # Deepest first: setting a directory's time must come after its children.
@@ -297,9 +312,10 @@ class _Hashing:
         return data
 
 
-def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = ()) -> Dict[int, str]:
+def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = (),
+                 before_finish: Optional[Callable[[], None]] = None) -> Dict[int, str]:
     """Unpack a layer tar into root; returns inode -> sha256 of every file written."""
-    unpacker = Unpacker(root, lowers)
+    unpacker = Unpacker(root, lowers, before_finish=before_finish)
     try:
         unpacker.unpack(stream)
         return unpacker.hashes

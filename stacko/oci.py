@@ -4,8 +4,9 @@ Importing unpacks every new layer into a staging directory under ``<root>/tmp``,
 checks every digest, then renames the layers into ``l/`` and only then records
 them in images.json, so a failure or a refusal leaves the state as it was.  A
 killed import leaves at worst a staging directory (removed by the next
-import-image, which holds the exclusive lock) and unrecorded layers that
-``stacko check`` reports.
+import-image or pull-image, see ``stacko.staging``) and unrecorded layers that
+``stacko check`` reports.  The lock is held only to check names at the start and
+to record at the end (``import_layers``), which pull-image shares.
 
 Names: the top image of an import is NAME.  A lower layer reuses an existing
 image that holds the same layer (same diff_id) on the same parent; otherwise it
@@ -15,71 +16,108 @@ becomes a new image named after the stacko name kept in the layer's
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 from stacko import content, durable
 from stacko import images as images_mod
 from stacko import overlay
-from stacko.errors import (AlreadyExists, ImageNotFound, InvalidName, StackoError,
+from stacko import staging as staging_mod
+from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
 from stacko.layertar import BadLayer, HostileArchive, unpack_layer
-from stacko.ociexport import write_archive
+from stacko.ociexport import Packed, pack_chain, write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
 from stacko.records import NAME_RE, Image, check_name, replace, utc_time
-from stacko.state import Store, locked, remove_tree
+from stacko.state import Store
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
 
 
 # --- import ----------------------------------------------------------------------
-@locked(exclusive=True)
-def import_image(store: Store, name: str, path: str, parent: Optional[str] = None,
-                 ref: Optional[str] = None) -> Image:
-    check_name(name, "image name")
-    images = store.load_images()
-    if name in images:
-        raise AlreadyExists(f"image {name!r} exists already")
-    below: List[Image] = []
-    if parent is not None:
-        below = images_mod.stack_of(images, parent)
-        images_mod.refuse_if_editing(store, images, parent, f"import {name!r} onto {parent!r}")
-    clean_staging(store)
-    staging = os.path.join(store.tmp_dir, f"import-{os.getpid()}-{secrets.token_hex(4)}")
-    os.makedirs(staging, mode=0o700)
-    try:
+def import_image(store: Store, name: str, path: str, parent: str | None = None,
+                 ref: str | None = None) -> Image:
+    @contextlib.contextmanager
+    def layers(staging: str) -> Iterator[list[LayerSpec]]:
         with open_source(path, staging, store.root) as source:
             specs = source.layers(ref)
             if not specs:
                 raise BadArchive(f"{path} holds an image without layers")
-            depth = len(below) + len(specs)
-            if depth > overlay.MAX_LAYERS:
-                raise StackTooDeep(f"cannot import {name!r}: its stack would have {depth} "
-                                   f"layers, and overlayfs mounts at most {overlay.MAX_LAYERS}")
-            planned = plan_images(store, images, name, parent, below, specs)
-            new = unpack_all(store, staging, below, specs, planned)
-        top = record(store, images, new, planned)[-1]
-    finally:
-        remove_tree(staging)
+            yield specs
+    return import_layers(store, name, parent, layers)
+
+
+def import_layers(store: Store, name: str, parent: str | None,
+                  layers: Callable[[str], ContextManager[list[LayerSpec]]],
+                  workers: int = 1, repo: str | None = None) -> Image:
+    """Import the layers that layers(staging) yields as a chain whose top is NAME.
+
+    The exclusive lock is held only to check the names at the start and to
+    record at the end, never while archives are read, blobs downloaded or layers
+    unpacked: what was planned is checked again before it is recorded.
+    """
+    check_name(name, "image name")
+    with store.locked(exclusive=True):
+        check_target(store, store.load_images(), name, parent)
+        staging_mod.clean(store)
+    with staging_mod.staging_dir(store.tmp_dir, "import") as staging:
+        with layers(staging) as specs:
+            with store.locked(exclusive=False):
+                images = store.load_images()
+                below = check_target(store, images, name, parent)
+                depth = len(below) + len(specs)
+                if depth > overlay.MAX_LAYERS:
+                    raise StackTooDeep(f"cannot import {name!r}: its stack would have {depth} "
+                                       f"layers, and overlayfs mounts at most "
+                                       f"{overlay.MAX_LAYERS}")
+                planned = plan_images(store, images, name, parent, below, specs, repo)
+            new = unpack_all(store, staging, below, specs, planned, workers)
+        with store.locked(exclusive=True):
+            current = store.load_images()
+            check_target(store, current, name, parent)
+            check_unchanged(store, images, current, below, planned)
+            top = record(store, current, new, planned)[-1]
     return top
 
 
-def clean_staging(store: Store) -> None:
-    """Remove what a killed import or export left in <root>/tmp (we hold the lock)."""
-    if not os.path.isdir(store.tmp_dir):
-        os.makedirs(store.tmp_dir, mode=0o700, exist_ok=True)
-        return
-    if overlay.mounts_under(store.tmp_dir):
-        return          # never rmtree beneath a mount; `stacko check` will say so
-    for entry in store.staging_entries():     # only stacko's own, never an admin's files
-        remove_tree(os.path.join(store.tmp_dir, entry))
+def check_target(store: Store, images: dict[str, Image], name: str,
+                 parent: str | None) -> list[Image]:
+    """NAME must be free and PARENT's stack there and closed; returns that stack."""
+    if name in images:
+        raise AlreadyExists(f"image {name!r} exists already")
+    if parent is None:
+        return []
+    below = images_mod.stack_of(images, parent)
+    images_mod.refuse_if_editing(store, images, parent, f"import {name!r} onto {parent!r}")
+    return below
+
+
+def check_unchanged(store: Store, before: dict[str, Image], now: dict[str, Image],
+                    below: list[Image], planned: list[Image]) -> None:
+    """What the import stacks on must be as planned, and its new names still free."""
+    reused = [i for i in planned if i.layer]
+    for image in below + reused:
+        if now.get(image.name) != before.get(image.name):
+            raise StackoError(f"image {image.name!r} changed while the import ran; "
+                              "nothing was imported", hint="run the command again")
+    for image in reused:
+        if images_mod.edit_mount(store, image.name) is not None:
+            raise ImageInUse(f"image {image.name!r} was opened with edit-image while the "
+                             "import ran; nothing was imported",
+                             hint=f"run `stacko close-image {image.name}` and try again")
+    for image in planned:
+        if not image.layer and image.name in now:
+            raise AlreadyExists(f"image {image.name!r} was made while the import ran; "
+                                "nothing was imported", hint="run the command again")
 
 
 def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optional[str],
-                below: List[Image], specs: List[LayerSpec]) -> List[Image]:
+                below: List[Image], specs: List[LayerSpec],
+                repo: str | None = None) -> List[Image]:
     """The image of each layer, bottom first; reused ones are existing records."""
     planned: List[Image] = []
     taken = set(images)
@@ -87,8 +125,9 @@ def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optio
     reusing = True
     for n, spec in enumerate(specs, start=1):
         top = n == len(specs)
-        if reusing and not top and spec.diff_id:
-            found = reusable(store, images, spec.diff_id, parent)
+        known = tuple(d for d in (spec.diff_id, spec.digest) if d)
+        if reusing and not top and known:
+            found = reusable(store, images, known, parent)
             if found is not None:
                 planned.append(found)
                 parent = found.name
@@ -98,15 +137,18 @@ def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optio
         taken.add(image_name)
         planned.append(Image(name=image_name, layer="", parent=parent,
                              created=utc_time(spec.created or "") or now,
-                             diff_id=spec.diff_id))
+                             diff_id=spec.diff_id, digests=known,
+                             settings=spec.settings if top else None,
+                             repos=(repo,) if repo else ()))
         parent = image_name
     return planned
 
 
-def reusable(store: Store, images: Dict[str, Image], diff_id: str,
+def reusable(store: Store, images: Dict[str, Image], digests: Tuple[str, ...],
              parent: Optional[str]) -> Optional[Image]:
+    """An image on parent that holds the layer with one of these digests."""
     for image in sorted(images.values(), key=lambda i: i.name):
-        if image.diff_id == diff_id and image.parent == parent \
+        if image.parent == parent and set(digests) & set(image.known_digests()) \
                 and images_mod.edit_mount(store, image.name) is None:
             return image
     return None
@@ -127,32 +169,109 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
     return candidate
 
 
-def unpack_all(store: Store, staging: str, below: List[Image], specs: List[LayerSpec],
-               planned: List[Image]) -> Dict[str, Tuple[str, Optional[str], content.Manifest]]:
-    """Unpack the new layers; returns image name -> (staged directory, diff_id, manifest)."""
+def unpack_all(store: Store, staging: str, below: list[Image], specs: list[LayerSpec],
+               planned: list[Image], workers: int = 1) -> dict[str, Unpacked]:
+    """Unpack the new layers, up to workers at once; returns image name ->
+    (staged directory, diff_id, manifest)."""
     lowers = [store.layer_path(i.layer) for i in below]        # top first
-    new: Dict[str, Tuple[str, Optional[str], content.Manifest]] = {}
-    todo = [(spec, image) for spec, image in zip(specs, planned) if not image.layer]
-    done = 0
+    jobs: list[tuple[LayerSpec, Image, str, list[str]]] = []
     for spec, image in zip(specs, planned):
         if image.layer:
             lowers.insert(0, store.layer_path(image.layer))
             continue
-        target = os.path.join(staging, f"layer-{len(new)}")
+        target = os.path.join(staging, f"layer-{len(jobs)}")
         os.mkdir(target, 0o755)
-        done += 1
-        progress(f"unpacking layer {done}/{len(todo)} ({image.name})")
-        diff_id, hashes = unpack_verified(spec, target, lowers)
-        # The manifest in the same pass: the data was hashed as it was written,
-        # so this reads only metadata.
-        new[image.name] = (target, diff_id, content.build(target, known=hashes))
+        jobs.append((spec, image, target, list(lowers)))
         lowers.insert(0, target)
-    progress("")
+    if workers <= 1 or len(jobs) <= 1:
+        new = {}
+        for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
+            progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
+            new[image.name] = (target, *unpack_one(spec, target, beneath))
+        progress("")
+        return new
+    return unpack_parallel(jobs, workers)
+
+
+Unpacked = Tuple[str, Optional[str], content.Manifest]
+
+
+def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
+               before_finish: Callable[[], None] | None = None,
+               cancel: Any = None) -> tuple[str | None, content.Manifest]:
+    """Unpack one layer; returns its diff_id and its content manifest."""
+    diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel)
+    # The manifest in the same pass: the data was hashed as it was written,
+    # so this reads only metadata.
+    return diff_id, content.build(target, known=hashes)
+
+
+class Cancelled(StackoError):
+    """Another layer of the same import failed: this one stops early."""
+
+
+def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
+                    workers: int) -> dict[str, Unpacked]:
+    """Unpack several layers at once.  Each waits for the layers beneath it only
+    at the end, where directories its tar does not name take their attributes
+    from those beneath; bottom layers start first, so a worker never waits for a
+    layer that no worker has begun."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    finished = [threading.Event() for _ in jobs]
+    cancel = threading.Event()
+
+    def work(n: int) -> tuple[str | None, content.Manifest]:
+        spec, image, target, beneath = jobs[n]
+
+        def wait_beneath() -> None:
+            for event in finished[:n]:
+                event.wait()
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+        try:
+            return unpack_one(spec, target, beneath, wait_beneath, cancel)
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            finished[n].set()
+
+    new: dict[str, Unpacked] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(work, n) for n in range(len(jobs))]
+        try:
+            errors = []
+            for n, future in enumerate(futures):
+                try:
+                    new[jobs[n][1].name] = (jobs[n][2], *future.result())
+                    progress(f"unpacked {len(new)}/{len(jobs)} layers")
+                except Cancelled:
+                    continue
+                except BaseException as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+        finally:
+            cancel.set()       # Ctrl-C, SIGTERM: the workers stop at their next read
+            progress("")
     return new
 
 
-def unpack_verified(spec: LayerSpec, target: str,
-                    lowers: List[str]) -> Tuple[Optional[str], Optional[Dict[int, str]]]:
+class CancellableReader:
+    def __init__(self, inner: IO[bytes], cancel: Any) -> None:
+        self.inner, self.cancel = inner, cancel
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+        return self.inner.read(n)
+
+
+def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
+                    before_finish: Callable[[], None] | None = None,
+                    cancel: Any = None) -> tuple[str | None, dict[int, str] | None]:
     """Unpack one layer, checking its digests as it streams by; returns its diff_id
     (None for a directory, which is copied: there is no tar to have one) and the
     sha256 of every file written (by inode), for its manifest (None when copied)."""
@@ -160,11 +279,12 @@ def unpack_verified(spec: LayerSpec, target: str,
         spec.copy_into(target)
         return None, None
     with spec.open_blob() as blob:
-        raw = HashingReader(blob)
+        raw = HashingReader(blob if cancel is None else CancellableReader(blob, cancel))
         try:
             with decompressed(raw) as plain:  # type: ignore[arg-type]
                 diff = HashingReader(plain)
-                hashes = unpack_layer(diff, target, lowers)  # type: ignore[arg-type]
+                hashes = unpack_layer(diff, target, lowers,  # type: ignore[arg-type]
+                                      before_finish)
                 diff.drain()
             raw.drain()
         except (OSError, EOFError) as e:
@@ -220,7 +340,9 @@ def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
             content.save(store.root, layer, manifest, fsync=False)
             # rename(2) replaces the empty directory new_layer made, atomically.
             os.rename(staged, store.layer_path(layer))
-            final.append(replace(image, layer=layer, diff_id=diff_id,
+            digests = image.digests + ((diff_id,) if diff_id and diff_id not in image.digests
+                                       else ())
+            final.append(replace(image, layer=layer, diff_id=diff_id, digests=digests,
                                  manifest=manifest.digest, size=manifest.size))
         # Durable before recorded: the layers' data, their renames and their
         # manifests reach the disk before images.json names them.
@@ -252,21 +374,64 @@ def progress(message: str) -> None:
 
 
 # --- export ----------------------------------------------------------------------
-@locked(exclusive=False)
 def export_image(store: Store, name: str, path: str, compression: str = "gzip") -> None:
-    images = store.load_images()
-    try:
-        chain = images_mod.stack_of(images, name)
-    except (ImageNotFound, InvalidName) as e:
-        if path in images and name not in images:
-            raise type(e)(e.message, hint=f"{path!r} is an image: the order is NAME PATH, "
-                                          f"`stacko export-image {path} {name}`") from None
-        raise
-    images_mod.refuse_if_editing(store, images, name, f"export {name!r}")
-    os.makedirs(store.tmp_dir, mode=0o700, exist_ok=True)
-    staging = os.path.join(store.tmp_dir, f"export-{os.getpid()}-{secrets.token_hex(4)}")
-    os.makedirs(staging, mode=0o700)
-    try:
-        write_archive(store, list(reversed(chain)), name, path, compression, staging, progress)
-    finally:
-        remove_tree(staging)
+    """Like pull and import, export holds the lock only to read the stack and,
+    at the end, to remember the digests it wrote: never while it packs."""
+    with store.locked(exclusive=False):
+        images = store.load_images()
+        try:
+            chain = list(reversed(images_mod.stack_of(images, name)))   # bottom first
+        except (ImageNotFound, InvalidName) as e:
+            if path in images and name not in images:
+                raise type(e)(e.message, hint=f"{path!r} is an image: the order is NAME PATH, "
+                                              f"`stacko export-image {path} {name}`") from None
+            raise
+        images_mod.refuse_if_editing(store, images, name, f"export {name!r}")
+    with staging_mod.staging_dir(store.tmp_dir, "export") as staging:
+        packed = write_archive(store, chain, name, path, compression, staging, progress)
+        try:
+            check_still(store, images, chain, f"export {name!r}")
+        except StackoError:
+            if path != "-":
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+    remember(store, images, chain, packed)
+
+
+def pack_checked(store: Store, images: Dict[str, Image], chain: List[Image], compression: str,
+                 staging: str) -> Packed:
+    """Pack a stack (bottom first) without the lock; then make sure that nothing
+    of it was deleted, changed or opened for editing meanwhile."""
+    packed = pack_chain(store, chain, compression, staging, progress)
+    check_still(store, images, chain, f"push {chain[-1].name!r}")
+    return packed
+
+
+def check_still(store: Store, images: Dict[str, Image], chain: List[Image], doing: str) -> None:
+    with store.locked(exclusive=False):
+        now = store.load_images()
+        for image in chain:
+            if now.get(image.name) != images.get(image.name):
+                raise StackoError(f"cannot {doing}: image {image.name!r} changed or was "
+                                  "deleted meanwhile", hint="run the command again")
+        images_mod.refuse_if_editing(store, now, chain[-1].name, doing)
+
+
+def remember(store: Store, images: Dict[str, Image], chain: List[Image], packed: Packed,
+             repo: str | None = None) -> None:
+    """Record on each image of the stack the digests its layer was written under
+    (and where it was pushed), so that importing or pulling them back reuses it."""
+    with store.locked(exclusive=True):
+        now = store.load_images()
+        changed = {}
+        for image, layer, diff_id in zip(chain, packed.layers, packed.diff_ids):
+            if now.get(image.name) != images.get(image.name):
+                continue           # changed meanwhile: what we wrote may not be its layer
+            digests = image.digests + tuple(d for d in (layer["digest"], diff_id)
+                                            if d not in image.known_digests())
+            repos = image.repos + ((repo,) if repo and repo not in image.repos else ())
+            if digests != image.digests or repos != image.repos:
+                changed[image.name] = replace(image, digests=digests, repos=repos)
+        if changed:
+            store.save_images({**now, **changed})

@@ -85,9 +85,21 @@ def json_blob(data: Any, staging: str, blobs: Dict[str, Blob]) -> Blob:
     return blob
 
 
-def write_archive(store: Store, chain: List[Image], name: str, path: str, compression: str,
-                  staging: str, progress: Callable[[str], None]) -> None:
-    """chain: the images of the stack, bottom first."""
+@dataclass(frozen=True)
+class Packed:
+    """A stack packed as OCI blobs: what export writes to a tar and push uploads."""
+    blobs: Dict[str, Blob]               # every blob by digest, the layers' included
+    layers: List[Dict[str, Any]]         # layer descriptors, bottom first
+    diff_ids: List[str]
+    config: Blob
+    manifest: Blob
+    manifest_type: str
+
+
+def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
+               progress: Callable[[str], None]) -> Packed:
+    """chain: the images of the stack, bottom first.  The top image's run
+    settings go into the config, its annotations into the manifest."""
     blobs: Dict[str, Blob] = {}
     layers, diff_ids, history = [], [], []
     for n, image in enumerate(chain, start=1):
@@ -103,28 +115,41 @@ def write_archive(store: Store, chain: List[Image], name: str, path: str, compre
             entry["created"] = utc_time(image.created)
         history.append(entry)
     progress("")
-    config: Dict[str, Any] = {"architecture": host_architecture(), "os": "linux", "config": {},
+    settings = chain[-1].settings or {}
+    config: Dict[str, Any] = {"architecture": host_architecture(), "os": "linux",
+                              "config": dict(settings.get("config") or {}),
                               "rootfs": {"type": "layers", "diff_ids": diff_ids},
                               "history": history}
     if chain[-1].created:
         config["created"] = utc_time(chain[-1].created)
     config_blob = json_blob(config, staging, blobs)
-    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
-                "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,
-                           "size": config_blob.size},
-                "layers": layers}
+    manifest: Dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
+        "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,
+                   "size": config_blob.size},
+        "layers": layers}
+    if settings.get("annotations"):
+        manifest["annotations"] = dict(settings["annotations"])
     manifest_blob = json_blob(manifest, staging, blobs)
+    return Packed(blobs, layers, diff_ids, config_blob, manifest_blob, MANIFEST_TYPES[0])
+
+
+def write_archive(store: Store, chain: List[Image], name: str, path: str, compression: str,
+                  staging: str, progress: Callable[[str], None]) -> Packed:
+    """chain: the images of the stack, bottom first."""
+    packed = pack_chain(store, chain, compression, staging, progress)
     index = {"schemaVersion": 2, "mediaType": INDEX_TYPES[0],
-             "manifests": [{"mediaType": MANIFEST_TYPES[0], "digest": manifest_blob.digest,
-                            "size": manifest_blob.size,
+             "manifests": [{"mediaType": packed.manifest_type, "digest": packed.manifest.digest,
+                            "size": packed.manifest.size,
                             "annotations": {REF_ANNOTATION: name}}]}
     layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
     index_text = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
     if path == "-":
-        write_tar(sys.stdout.buffer, layout, index_text, blobs)
+        write_tar(sys.stdout.buffer, layout, index_text, packed.blobs)
         sys.stdout.buffer.flush()
-        return
-    write_file(path, lambda f: write_tar(f, layout, index_text, blobs))
+    else:
+        write_file(path, lambda f: write_tar(f, layout, index_text, packed.blobs))
+    return packed
 
 
 def write_file(path: str, produce: Callable[[IO[bytes]], None]) -> None:

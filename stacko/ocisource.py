@@ -64,6 +64,7 @@ class LayerSpec:
     name: Optional[str] = None          # stacko image name kept in an annotation
     created: Optional[str] = None       # from the config's history
     copy_into: Optional[Callable[[str], None]] = None   # a directory's: copies it, no blob
+    settings: Optional[Dict[str, Any]] = None   # the image's run settings (top layer only)
 
 
 # --- streams -------------------------------------------------------------------
@@ -203,7 +204,7 @@ def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
                                digest=layer["digest"], size=layer.get("size"),
                                diff_id=diff_id, name=annotations.get(NAME_ANNOTATION),
                                created=created))
-    return specs
+    return with_settings(specs, run_settings(config, manifest.get("annotations")))
 
 
 def blob_name(descriptor: Any, what: str) -> str:
@@ -262,6 +263,33 @@ def config_diff_ids(config: Any, count: int) -> List[str]:
     return [check_digest(d, "the image config") for d in diff_ids]
 
 
+RUN_SETTINGS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts",
+                "Volumes", "StopSignal")
+
+
+def run_settings(config: Any, annotations: Any) -> Optional[Dict[str, Any]]:
+    """What an image config says about running the image, and the manifest's
+    annotations: kept on the top image, written back by export and push."""
+    inner = config.get("config") if isinstance(config, dict) else None
+    kept = {k: inner[k] for k in RUN_SETTINGS
+            if isinstance(inner, dict) and inner.get(k) not in (None, "", [], {})}
+    notes = {str(k): str(v) for k, v in annotations.items()} \
+        if isinstance(annotations, dict) else {}
+    settings = {}
+    if kept:
+        settings["config"] = kept
+    if notes:
+        settings["annotations"] = notes
+    return settings or None
+
+
+def with_settings(specs: List[LayerSpec], settings: Optional[Dict[str, Any]]) -> List[LayerSpec]:
+    import dataclasses
+    if specs and settings:
+        specs[-1] = dataclasses.replace(specs[-1], settings=settings)
+    return specs
+
+
 def layer_times(config: Dict[str, Any], count: int) -> List[Optional[str]]:
     """When each layer was made, from the history entries that made a layer."""
     history = config.get("history")
@@ -288,9 +316,10 @@ def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
         raise BadArchive("manifest.json has no Config or Layers")
     config = box.read_json(config_name, digest_in_name(config_name))
     diff_ids = config_diff_ids(config, len(layers))
-    return [LayerSpec(open_blob=lambda n=str(n): box.open(n), what=str(n),
-                      digest=digest_in_name(str(n)), diff_id=d, created=c)
-            for n, d, c in zip(layers, diff_ids, layer_times(config, len(diff_ids)))]
+    return with_settings([LayerSpec(open_blob=lambda n=str(n): box.open(n), what=str(n),
+                                    digest=digest_in_name(str(n)), diff_id=d, created=c)
+                          for n, d, c in zip(layers, diff_ids, layer_times(config, len(diff_ids)))],
+                         run_settings(config, None))
 
 
 def digest_in_name(name: str) -> Optional[str]:

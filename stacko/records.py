@@ -99,6 +99,20 @@ class Image(NamedTuple):
     # an image open for editing, or made before stacko recorded manifests.
     manifest: Optional[str] = None
     size: Optional[int] = None
+    # Every digest under which this layer was seen or produced: diff_ids and
+    # compressed blob digests of archives and registries it came from, and of
+    # what export-image and push-image wrote.  An import or pull reuses the
+    # image for a layer with any of them, so only missing layers travel.
+    digests: Tuple[str, ...] = ()
+    # The OCI config's run settings (Env, Cmd, Entrypoint, WorkingDir, User,
+    # Labels, ExposedPorts, Volumes, StopSignal) and the manifest's annotations,
+    # {"config": {...}, "annotations": {...}}; export and push write them back.
+    settings: Optional[Dict[str, Any]] = None
+    repos: Tuple[str, ...] = ()     # HOST/REPO it was pulled from or pushed to
+
+    def known_digests(self) -> Tuple[str, ...]:
+        return ((self.diff_id,) if self.diff_id and self.diff_id not in self.digests
+                else ()) + self.digests
 
     def to_dict(self) -> Dict[str, Any]:
         data = {"name": self.name, "layer": self.layer, "parent": self.parent,
@@ -109,18 +123,31 @@ class Image(NamedTuple):
             data["manifest"] = self.manifest
         if self.size is not None:
             data["size"] = self.size
+        if self.digests:        # absent, not empty, as in files written before them
+            data["digests"] = list(self.digests)
+        if self.settings:
+            data["settings"] = self.settings
+        if self.repos:
+            data["repos"] = list(self.repos)
         return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "Image":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an image record is not an object")
+        digests = _get(data, "digests", list, source, optional=True) or []
+        repos = _get(data, "repos", list, source, optional=True) or []
+        if not all(isinstance(x, str) for x in digests + repos):
+            raise CorruptState(f"{source}: field 'digests' or 'repos' holds a non-string")
         return cls(name=_get(data, "name", str, source), layer=_get(data, "layer", str, source),
                    parent=_get(data, "parent", str, source, optional=True),
                    created=data.get("created") or "",
                    diff_id=_get(data, "diff_id", str, source, optional=True),
                    manifest=_get(data, "manifest", str, source, optional=True),
-                   size=_get(data, "size", int, source, optional=True))
+                   size=_get(data, "size", int, source, optional=True),
+                   digests=tuple(digests),
+                   settings=_get(data, "settings", dict, source, optional=True),
+                   repos=tuple(repos))
 
 
 class Instance(NamedTuple):

@@ -60,6 +60,9 @@ def image_violations(images: dict[str, Image], source: str) -> list[str]:
             found.append(f"{where}: field 'manifest' is {image.manifest!r}, not a sha256 digest")
         if image.size is not None and (image.size < 0 or isinstance(image.size, bool)):
             found.append(f"{where}: field 'size' is {image.size!r}, not a number of bytes")
+        bad = [d for d in image.digests if not DIGEST_RE.fullmatch(d)]
+        if bad:     # they decide which layers a pull or import skips
+            found.append(f"{where}: field 'digests' holds {bad[0]!r}, not a sha256 digest")
     ends: set[str] = set()          # images whose chain of parents is known to end
     for key in sorted(images):      # parents must end: no loops
         seen: dict[str, None] = {}  # this chain so far, in order

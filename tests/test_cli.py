@@ -18,7 +18,8 @@ from stacko.cli import build_parser, main
 
 ALL_COMMANDS = [
     "new-image", "edit-image", "close-image", "delete-image", "list-images", "import-image",
-    "export-image", "new-stackpoint", "delete-stackpoint", "mount-stackpoint",
+    "export-image", "pull-image", "push-image", "new-stackpoint", "delete-stackpoint",
+    "mount-stackpoint",
     "umount-stackpoint", "get-stackpoint-dir", "is-stackpoint-mounted", "cutover-stackpoint",
     "cutover-stackpoint-instance", "fallback-stackpoint", "fallback-stackpoint-instance",
     "new-stackpoint-instance", "set-stackpoint-instance", "delete-stackpoint-instance",

@@ -1,0 +1,171 @@
+"""pull-image: an image from a registry becomes what import-image makes of it.
+
+The manifest (through an index, for this machine's platform) and the config
+are fetched and checked against their digests; then ``oci.import_layers`` plans
+the chain exactly as for an archive, so layers already present on the same
+parent are reused and never fetched, and the new ones stream from the registry
+into the unpacker, several at once, their digests checked on the way.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Any, Iterator
+
+from stacko.errors import StackoError, UsageError
+from stacko.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
+                              DigestMismatch, LayerSpec, check_digest, config_diff_ids,
+                              host_architecture, layer_times, run_settings, with_settings)
+from stacko.records import Image, check_name
+from stacko.registry.client import Client, Options, RegistryError, Response
+from stacko.registry.ref import Reference, parse
+
+WORKERS = 4             # blobs fetched and unpacked at once
+RESUMES = 4             # a blob whose connection breaks is resumed (Range) this many times
+ACCEPT = INDEX_TYPES + MANIFEST_TYPES
+
+
+def pull_image(store: Any, name: str, ref_text: str, platform: str | None = None,
+               options: Options = Options()) -> Image:
+    from stacko import oci
+    check_name(name, "image name")
+    ref = parse(ref_text)
+    wanted = parse_platform(platform)
+    client = Client(ref, options)
+
+    @contextlib.contextmanager
+    def layers(staging: str) -> Iterator[list[LayerSpec]]:
+        yield resolve(client, ref, wanted)
+    return oci.import_layers(store, name, None, layers, workers=WORKERS,
+                             repo=f"{ref.host}/{ref.repo}")
+
+
+def parse_platform(text: str | None) -> tuple[str, str, str | None]:
+    if text is None:
+        return "linux", host_architecture(), None
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UsageError(f"malformed --platform {text!r}", hint="write OS/ARCH[/VARIANT], "
+                                                                "e.g. linux/arm64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def document(body: bytes, what: str, digest: str | None) -> Any:
+    if digest is not None:
+        found = "sha256:" + hashlib.sha256(body).hexdigest()
+        if found != digest:
+            raise DigestMismatch(f"the {what} does not match its digest: expected {digest}, "
+                                 f"found {found}", hint="the registry sent corrupt data")
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise BadArchive(f"the {what} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadArchive(f"the {what} is not a JSON object")
+    return data
+
+
+def resolve(client: Client, ref: Reference,
+            platform: tuple[str, str, str | None]) -> list[LayerSpec]:
+    """The layers of the image REF names, bottom first."""
+    body, media = client.manifest(ref.reference, ACCEPT)
+    manifest = document(body, f"manifest of {ref}", ref.digest)
+    media = manifest.get("mediaType") or media
+    if media in INDEX_TYPES or "manifests" in manifest:
+        descriptor = pick_platform(manifest, platform, ref)
+        digest = check_digest(descriptor.get("digest"), "the image index")
+        body, media = client.manifest(digest, MANIFEST_TYPES)
+        manifest = document(body, f"manifest {digest}", digest)
+        media = manifest.get("mediaType") or media
+    if manifest.get("schemaVersion") != 2 or media not in MANIFEST_TYPES \
+            or not isinstance(manifest.get("layers"), list) \
+            or not isinstance(manifest.get("config"), dict):
+        raise BadArchive(f"{ref}: unsupported manifest (media type {media!r}, schema "
+                         f"version {manifest.get('schemaVersion')!r})",
+                         hint="stacko reads OCI and Docker schema 2 images")
+    config_digest = check_digest(manifest["config"].get("digest"), "the config descriptor")
+    config = document(client.blob_bytes(config_digest), f"config of {ref}", config_digest)
+    layers = manifest["layers"]
+    if not layers:
+        raise BadArchive(f"{ref} is an image without layers")
+    diff_ids = config_diff_ids(config, len(layers))
+    specs = []
+    for layer, diff_id, created in zip(layers, diff_ids, layer_times(config, len(diff_ids))):
+        if not isinstance(layer, dict):
+            raise BadArchive(f"{ref}: a layer descriptor of the manifest is not an object")
+        media = str(layer.get("mediaType", ""))
+        if "tar" not in media or media.endswith("+encrypted"):
+            raise BadArchive(f"{ref}: unsupported layer media type {media!r}")
+        digest = check_digest(layer.get("digest"), "a layer descriptor")
+        size = layer.get("size")
+        annotations = layer.get("annotations") or {}
+        specs.append(LayerSpec(
+            open_blob=lambda d=digest, s=size: BlobReader(client, d, s),
+            what=digest, digest=digest, size=size if isinstance(size, int) else None,
+            diff_id=diff_id, name=annotations.get(NAME_ANNOTATION), created=created))
+    return with_settings(specs, run_settings(config, manifest.get("annotations")))
+
+
+def describe_platform(p: Any) -> str:
+    if not isinstance(p, dict):
+        return "?"
+    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+
+
+def pick_platform(index: dict[str, Any], platform: tuple[str, str, str | None],
+                  ref: Reference) -> dict[str, Any]:
+    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    os_name, arch, variant = platform
+    for m in manifests:
+        p = m.get("platform") or {}
+        if p.get("os") == os_name and p.get("architecture") == arch \
+                and (variant is None or p.get("variant") == variant):
+            return m
+    have = ", ".join(sorted({describe_platform(m.get("platform")) for m in manifests
+                             if describe_platform(m.get("platform")) != "unknown/unknown"}))
+    wanted = "/".join(x for x in platform if x)
+    raise StackoError(f"{ref} has no image for {wanted}; it has: {have or 'none'}",
+                      hint="choose one with --platform OS/ARCH")
+
+
+class BlobReader:
+    """A blob's bytes, read straight from the registry.  When the connection
+    breaks, the rest is asked for again with a Range request, a bounded number
+    of times; whatever arrives is still checked against the digest by the caller."""
+
+    def __init__(self, client: Client, digest: str, size: Any) -> None:
+        self.client, self.digest = client, digest
+        self.offset = 0
+        self.resumes = 0
+        self.response: Response | None = client.blob(digest)
+
+    def read(self, n: int = -1) -> bytes:
+        import http.client
+        while True:
+            if self.response is None:
+                self.response = self.client.request(
+                    "GET", f"/v2/{self.client.ref.repo}/blobs/{self.digest}",
+                    {"Range": f"bytes={self.offset}-"}, ok=(206,), stream=True)
+            try:
+                data = self.response.read(n)
+            except (OSError, http.client.HTTPException) as e:
+                self.response.close()
+                self.response = None
+                self.resumes += 1
+                if self.resumes > RESUMES:
+                    raise RegistryError(f"the download of {self.digest} broke off "
+                                        f"{self.resumes} times: {e}") from None
+                continue
+            self.offset += len(data)
+            return data
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+
+    def __enter__(self) -> "BlobReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

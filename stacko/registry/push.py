@@ -1,0 +1,68 @@
+"""push-image: an image's stack to a registry, one layer per image.
+
+The stack is packed exactly as export-image packs it (deterministic, so the
+same image always gives the same digests).  Each blob is uploaded only when the
+registry lacks it: asked first with HEAD, else mounted from another repository
+of the same registry that the image came from or went to, else uploaded whole;
+several at once.  The manifest goes last, so a tag never names an image whose
+blobs are not all there.  The digests written are remembered on the images.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from stacko.ociexport import Blob, Packed
+from stacko.records import Image
+from stacko.registry.client import Client, Options
+from stacko.registry.ref import Reference, parse
+
+WORKERS = 4
+
+
+def push_image(store: Any, name: str, ref_text: str, compression: str = "gzip",
+               options: Options = Options()) -> str:
+    """Returns the digest of the manifest pushed."""
+    from stacko import images as images_mod
+    from stacko import oci, staging
+    ref = parse(ref_text)
+    with store.locked(exclusive=False):
+        images = store.load_images()
+        chain = list(reversed(images_mod.stack_of(images, name)))     # bottom first
+        images_mod.refuse_if_editing(store, images, name, f"push {name!r}")
+    client = Client(ref, options, push=True)
+    with staging.staging_dir(store.tmp_dir, "export") as work:
+        packed = oci.pack_checked(store, images, chain, compression, work)
+        upload(client, ref, chain, packed)
+        digest = client.put_manifest(ref.reference, manifest_bytes(packed),
+                                     packed.manifest_type)
+    oci.remember(store, images, chain, packed, repo=f"{ref.host}/{ref.repo}")
+    return digest or packed.manifest.digest
+
+
+def manifest_bytes(packed: Packed) -> bytes:
+    with open(packed.manifest.path, "rb") as f:
+        return f.read()
+
+
+def upload(client: Client, ref: Reference, chain: list[Image], packed: Packed) -> None:
+    """Every blob the manifest names, config last, none the registry has."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    here = f"{ref.host}/"
+    sources = sorted({r[len(here):] for image in chain for r in image.repos
+                      if r.startswith(here) and r != here + ref.repo})
+    layers = [packed.blobs[layer["digest"]] for layer in packed.layers]
+    unique = list({b.digest: b for b in layers}.values())
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for future in [pool.submit(send_blob, client, blob, sources) for blob in unique]:
+            future.result()
+    send_blob(client, packed.config, sources)
+
+
+def send_blob(client: Client, blob: Blob, sources: list[str]) -> None:
+    if client.has_blob(blob.digest):
+        return
+    for source in sources:
+        if client.mount_blob(blob.digest, source):
+            return
+    client.upload_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"))

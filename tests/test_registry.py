@@ -1,0 +1,311 @@
+"""pull-image and push-image against a real registry (Debian's docker-registry),
+and interop with skopeo.  What a pull makes is compared with what import-image
+of the same image makes; what travelled is counted in the registry's log."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from conftest import Runner, run_stacko, snapshot
+from ocigen import describe, diff_trees, f, d, sh, wh, write_layout
+from registryd import Registry, available, closed_port, skopeo_push
+
+pytestmark = pytest.mark.skipif(
+    not (available() and shutil.which("skopeo")),
+    reason="docker-registry and skopeo are needed (tests/install-deps.sh)")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    r = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield r.start()
+    finally:
+        r.stop()
+
+
+BASE = [d("etc"), f("etc/os-release", b"ID=stacko-test\n"), d("bin"),
+        f("bin/tool", b"\x7fELF" + b"t" * 5000, mode=0o755)]
+MIDDLE = [d("usr"), d("usr/lib"), f("usr/lib/libx.so", b"lib" * 3000), wh("bin/tool")]
+
+
+def top(version: str) -> list:
+    return [d("srv"), f("srv/version", version.encode()), f("srv/data", b"x" * 20000)]
+
+
+@pytest.fixture(scope="module")
+def app(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """app:v1 and app:v2 (same two lower layers, another top) in the registry, and
+    their OCI layouts."""
+    base = tmp_path_factory.mktemp("app")
+    layouts = {}
+    for version in ("v1", "v2"):
+        layout = base / version
+        write_layout(layout, [BASE, MIDDLE, top(version)], ref=version)
+        skopeo_push(registry, f"oci:{layout}:{version}", f"app:{version}")
+        layouts[version] = layout
+    return layouts
+
+
+def view(stacko: Runner, image: str) -> Path:
+    stacko("new-stackpoint", f"sp-{image}", image)
+    return Path(stacko("mount-stackpoint", f"sp-{image}").out)
+
+
+def records(root: Path) -> Dict[str, dict]:
+    """images.json without what differs between two imports of the same image."""
+    images = json.loads((root / "images.json").read_text())["images"]
+    return {name: {k: v for k, v in rec.items() if k not in ("layer", "created", "repos")}
+            for name, rec in images.items()}
+
+
+@pytest.mark.mounts
+def test_pull_gives_what_import_gives(stacko: Runner, root: Path, workdir: Path,
+                                      registry: Registry, app: Dict[str, Path]) -> None:
+    stacko("pull-image", "app", f"{registry.host}/app:v1", "--tls-verify=false")
+    other = workdir / "imported"
+    run_stacko(other, "import-image", "app", str(app["v1"]), "--ref", "v1")
+    assert stacko("list-images").out.splitlines() == ["app", "app.layer-1", "app.layer-2"]
+    assert records(root) == records(other)
+    pulled = describe(view(stacko, "app"))
+    run_stacko(other, "new-stackpoint", "sp", "app")
+    imported = describe(Path(run_stacko(other, "mount-stackpoint", "sp").out))
+    assert pulled == imported, "\n".join(diff_trees(pulled, imported)[:20])
+    assert (view(stacko, "app.layer-1") / "bin" / "tool").exists()
+    assert not (root / "tmp").exists() or not list((root / "tmp").iterdir())
+
+
+@pytest.mark.mounts
+def test_update_fetches_only_the_changed_layer(stacko: Runner, root: Path, registry: Registry,
+                                               app: Dict[str, Path]) -> None:
+    stacko("pull-image", "app1", f"docker://{registry.host}/app:v1", "--tls-verify=false")
+    mark = registry.mark()
+    stacko("pull-image", "app2", f"{registry.host}/app:v2", "--tls-verify=false")
+    v2 = json.loads((app["v2"] / "blobs" / "sha256" / json.loads(
+        (app["v2"] / "index.json").read_text())["manifests"][0]["digest"][7:]).read_text())
+    fetched = registry.blob_gets(mark)
+    assert sorted(fetched) == sorted([v2["layers"][2]["digest"], v2["config"]["digest"]])
+    assert stacko("list-images", "--tree").out.count("app1.layer-2") == 1
+    images = json.loads((root / "images.json").read_text())["images"]
+    assert images["app2"]["parent"] == "app1.layer-2"
+    assert (view(stacko, "app2") / "srv" / "version").read_text() == "v2"
+
+
+@pytest.mark.mounts
+def test_pull_by_digest(stacko: Runner, registry: Registry, app: Dict[str, Path]) -> None:
+    digest = json.loads((app["v1"] / "index.json").read_text())["manifests"][0]["digest"]
+    stacko("pull-image", "pinned", f"{registry.host}/app@{digest}", "--tls-verify=false")
+    assert (view(stacko, "pinned") / "srv" / "version").read_text() == "v1"
+
+
+# --- bad input: a clear error, and nothing changes ---------------------------------------
+@pytest.mark.parametrize("ref", ["debian:12", "library/debian", "localhost:5000/",
+                                 "127.0.0.1:5000/UPPER", "ftp://h.example/x",
+                                 "h.example/x@sha256:abc"])
+def test_malformed_ref_is_a_usage_error(stacko: Runner, root: Path, ref: str) -> None:
+    before = snapshot(root)
+    r = stacko("pull-image", "x", ref, rc=2)
+    assert "HOST[:PORT]/REPO" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_unreachable_registry_names_the_host(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "keep")
+    before = snapshot(root)
+    host = f"127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    r = stacko("pull-image", "x", f"{host}/app:v1", "--tls-verify=false", rc=1)
+    assert time.monotonic() - start < 60
+    assert host in r.stderr
+    assert snapshot(root) == before
+
+
+def test_unknown_repository_and_tag(stacko: Runner, root: Path, registry: Registry,
+                                    app: Dict[str, Path]) -> None:
+    stacko("new-image", "keep")
+    before = snapshot(root)
+    r = stacko("pull-image", "x", f"{registry.host}/nothing-here:v1", "--tls-verify=false",
+               rc=1)
+    assert "nothing-here" in r.stderr
+    r = stacko("pull-image", "x", f"{registry.host}/app:v9", "--tls-verify=false", rc=1)
+    assert "v9" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_pull_onto_an_existing_name_is_refused(stacko: Runner, root: Path,
+                                               registry: Registry) -> None:
+    stacko("new-image", "taken")
+    before = snapshot(root)
+    mark = registry.mark()
+    r = stacko("pull-image", "taken", f"{registry.host}/app:v1", "--tls-verify=false", rc=1)
+    assert "exists" in r.stderr
+    assert snapshot(root) == before
+    assert registry.requests(mark) == []
+
+
+# --- push ----------------------------------------------------------------------------------
+def made(stacko: Runner) -> None:
+    """base (two files) and web on it (one file, one deletion)."""
+    from conftest import populate
+    populate(stacko, "base", {"etc/os-release": "ID=base\n", "bin/sh": "#!" + "s" * 4000})
+    populate(stacko, "web", {"srv/index.html": "hello\n"}, parent="base")
+
+
+@pytest.mark.mounts
+def test_push_then_pull_elsewhere(stacko: Runner, root: Path, workdir: Path,
+                                  registry: Registry) -> None:
+    made(stacko)
+    mark = registry.mark()
+    stacko("push-image", "web", f"{registry.host}/pushed/web:1", "--tls-verify=false")
+    assert len(registry.blob_puts(mark)) == 3            # two layers and the config
+    # skopeo reads it, and sees two layers
+    inspect = json.loads(sh("skopeo", "inspect", "--tls-verify=false",
+                            f"docker://{registry.host}/pushed/web:1").stdout)
+    assert len(inspect["Layers"]) == 2
+    other = workdir / "other"
+    run_stacko(other, "pull-image", "web", f"{registry.host}/pushed/web:1", "--tls-verify=false")
+    assert run_stacko(other, "list-images").out.splitlines() == ["base", "web"]
+    run_stacko(other, "new-stackpoint", "sp", "web")
+    theirs = describe(Path(run_stacko(other, "mount-stackpoint", "sp").out))
+    ours = describe(view(stacko, "web"))
+    assert ours == theirs, "\n".join(diff_trees(ours, theirs)[:20])
+
+
+@pytest.mark.mounts
+def test_second_push_uploads_nothing_and_gives_the_same_digests(
+        stacko: Runner, registry: Registry) -> None:
+    made(stacko)
+    ref = f"{registry.host}/twice/web:1"
+    stacko("push-image", "web", ref, "--tls-verify=false")
+    first = sh("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout
+    mark = registry.mark()
+    stacko("push-image", "web", ref, "--tls-verify=false")
+    assert registry.blob_puts(mark) == []
+    assert sh("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout \
+        == first
+    # another repository of the same registry: mounted, not uploaded again
+    mark = registry.mark()
+    stacko("push-image", "web", f"{registry.host}/elsewhere/web:1", "--tls-verify=false")
+    assert registry.blob_puts(mark) == []
+
+
+def test_push_of_a_missing_image(stacko: Runner, root: Path, registry: Registry) -> None:
+    stacko("new-image", "keep")
+    before = snapshot(root)
+    mark = registry.mark()
+    r = stacko("push-image", "ghost", f"{registry.host}/ghost:1", "--tls-verify=false", rc=1)
+    assert "ghost" in r.stderr
+    assert snapshot(root) == before
+    assert registry.requests(mark) == []
+
+
+# --- lock scope ------------------------------------------------------------------------------
+def test_commands_do_not_wait_behind_an_import(stacko: Runner, root: Path, workdir: Path,
+                                               app: Dict[str, Path]) -> None:
+    """An import holds the lock only to check and to record: while it reads its
+    archive (here: from a pipe that is held open), listings and changes run."""
+    import os
+    import subprocess
+    import sys
+    stacko("new-image", "before")
+    archive = workdir / "app.tar"
+    sh("skopeo", "copy", f"oci:{app['v1']}:v1", f"oci-archive:{archive}")
+    data = archive.read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    importer = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root),
+                                 "import-image", "slow", "-"], stdin=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+    assert importer.stdin is not None
+    importer.stdin.write(data[:len(data) // 2])
+    importer.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any((root / "tmp").glob("import-*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    quick = {"STACKO_LOCK_TIMEOUT": "3"}
+    assert stacko("list-images", env=quick).out.splitlines() == ["before"]
+    stacko("new-image", "during", env=quick)            # an exclusive command
+    assert importer.poll() is None, "the import ended before the test could look"
+    importer.stdin.write(data[len(data) // 2:])
+    importer.stdin.close()
+    assert importer.wait(60) == 0, importer.stderr.read() if importer.stderr else ""
+    assert stacko("list-images").out.splitlines() == ["before", "during", "slow",
+                                                      "slow.layer-1", "slow.layer-2"]
+
+
+# --- TLS and credentials -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory,
+           app: Dict[str, Path]) -> Iterator[Registry]:
+    """A registry with a self-signed certificate and htpasswd users, holding app:v1."""
+    if not shutil.which("htpasswd"):
+        pytest.skip("htpasswd is needed (apache2-utils; tests/install-deps.sh)")
+    r = Registry(tmp_path_factory.mktemp("secure"), tls=True)
+    try:
+        r.start()
+        skopeo_push(r, f"oci:{app['v1']}:v1", "app:v1")
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.mark.mounts
+def test_pull_and_push_with_tls_and_credentials(stacko: Runner, secure: Registry) -> None:
+    stacko("pull-image", "app", f"{secure.host}/app:v1", *secure.stacko_options())
+    assert (view(stacko, "app") / "srv" / "version").read_text() == "v1"
+    made(stacko)
+    stacko("push-image", "web", f"{secure.host}/web:1", *secure.stacko_options())
+    sh("skopeo", "inspect", *[o.replace("--src-", "--") for o in secure.skopeo_src()],
+       f"docker://{secure.host}/web:1")
+
+
+def test_credentials_from_an_auth_file(stacko: Runner, root: Path, workdir: Path,
+                                       secure: Registry) -> None:
+    import base64
+    token = base64.b64encode(b"admin:s3cret-pass").decode()
+    auth = workdir / "run" / "containers" / "auth.json"
+    auth.parent.mkdir(parents=True)
+    auth.write_text(json.dumps({"auths": {secure.host: {"auth": token}}}))
+    certs = ["--cert-dir", str(secure.certs)]
+    stacko("pull-image", "a", f"{secure.host}/app:v1", *certs, "--authfile", str(auth))
+    # the containers auth file under $XDG_RUNTIME_DIR, as podman login writes it
+    stacko("pull-image", "b", f"{secure.host}/app:v1", *certs,
+           env={"XDG_RUNTIME_DIR": str(workdir / "run"), "HOME": str(workdir)})
+    assert "b" in stacko("list-images").out.splitlines()
+
+
+@pytest.mark.parametrize("how", ["wrong", "none"])
+def test_wrong_or_missing_credentials(stacko: Runner, root: Path, workdir: Path,
+                                      secure: Registry, how: str) -> None:
+    stacko("new-image", "keep")
+    before = snapshot(root)
+    creds = ["--creds", "admin:wrong"] if how == "wrong" else []
+    r = stacko("pull-image", "x", f"{secure.host}/app:v1", "--cert-dir", str(secure.certs),
+               *creds, env={"HOME": str(workdir), "XDG_RUNTIME_DIR": str(workdir)}, rc=1)
+    assert secure.host in r.stderr and "--creds" in r.stderr
+    assert snapshot(root) == before
+
+
+def test_unverifiable_certificate_gives_the_way_out(stacko: Runner, root: Path,
+                                                   secure: Registry) -> None:
+    stacko("new-image", "keep")
+    before = snapshot(root)
+    r = stacko("pull-image", "x", f"{secure.host}/app:v1", "--creds", "admin:s3cret-pass",
+               rc=1)
+    assert "certificate" in r.stderr
+    assert "--cert-dir" in r.stderr and "--tls-verify=false" in r.stderr
+    assert snapshot(root) == before
+    # and the way out works: no verification, over TLS all the same
+    stacko("pull-image", "x", f"{secure.host}/app:v1", "--creds", "admin:s3cret-pass",
+           "--tls-verify=false")
+
+
+def test_plain_http_registry_needs_tls_verify_false(stacko: Runner, root: Path,
+                                                   registry: Registry,
+                                                   app: Dict[str, Path]) -> None:
+    r = stacko("pull-image", "x", f"{registry.host}/app:v1", rc=1)
+    assert "--tls-verify=false" in r.stderr
