@@ -44,7 +44,8 @@ def print_json(data: object) -> None:
 # --- image commands -----------------------------------------------------------
 def cmd_new_image(args: argparse.Namespace) -> int:
     from stacko import images
-    images.new_image(store(args), args.name, args.parent)
+    images.new_image(store(args), args.name, args.parent, configs=args.config,
+                     annotations=args.annotation)
     return 0
 
 
@@ -398,7 +399,13 @@ class Command:
 
 COMMANDS = [
     Command("new-image", cmd_new_image, "create an empty image, stacked on PARENT if given",
-            described(NAME, "the name of the new image"), PARENT),
+            described(NAME, "the name of the new image"), PARENT,
+            arg("--config", metavar="KEY=VALUE", action="append", default=[],
+                help="a run setting of the image (Env, Cmd, Entrypoint, WorkingDir, User, "
+                     "Labels, ExposedPorts, Volumes, StopSignal), on top of PARENT's; "
+                     "repeatable; KEY= clears it"),
+            arg("--annotation", metavar="KEY=VALUE", action="append", default=[],
+                help="an OCI annotation of the image (repeatable; KEY= removes it)")),
     Command("edit-image", cmd_edit_image,
             "mount an image so that writes land in its own layer; print the directory",
             described(NAME, "the image to mount"),

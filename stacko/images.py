@@ -63,7 +63,9 @@ def refuse_if_editing(store: Store, images: dict[str, Image], name: str, doing: 
 
 
 @locked(exclusive=True)
-def new_image(store: Store, name: str, parent: str | None = None) -> Image:
+def new_image(store: Store, name: str, parent: str | None = None,
+              configs: tuple[str, ...] | list[str] = (),
+              annotations: tuple[str, ...] | list[str] = ()) -> Image:
     check_name(name, "image name")
     images = store.load_images()
     if name in images:
@@ -81,6 +83,9 @@ def new_image(store: Store, name: str, parent: str | None = None) -> Image:
     # A child starts with its parent's run settings (Cmd, Env, …), as a Containerfile
     # FROM does.
     settings = images[parent].settings if parent is not None else None
+    if configs or annotations:
+        from stacko import runsettings
+        settings = runsettings.apply(settings, list(configs), list(annotations))
     image = Image(name=name, layer=store.new_layer(), parent=parent, created=now(),
                   settings=settings)
     try:
@@ -266,7 +271,10 @@ class ImageInfo:
                 "mounted": self.mounted is not None, "mode": self.mounted,
                 "edit_dir": store.edit_path(self.image.name) if self.mounted else None,
                 "layer": store.layer_path(self.image.layer),
-                "created": utc_time(self.image.created)}
+                "created": utc_time(self.image.created),
+                # the run settings export and push write into the image config
+                "config": dict((self.image.settings or {}).get("config") or {}),
+                "annotations": dict((self.image.settings or {}).get("annotations") or {})}
 
 
 @locked(exclusive=False)

@@ -442,3 +442,93 @@ def test_fleet_update_moves_only_the_changed_layer(workdir: Path, registry: Regi
     for r in roots:
         assert run_stacko(r, "list-images").out.splitlines() == \
             ["app-v1", "app-v1.layer-1", "app-v1.layer-2", "app-v2"]
+
+
+# --- the image config ------------------------------------------------------------------------
+RUN = {"Cmd": ["/bin/app", "--serve"], "Env": ["PATH=/usr/bin:/bin", "MODE=prod"],
+       "WorkingDir": "/srv", "User": "1000:1000", "Labels": {"tier": "web"},
+       "ExposedPorts": {"8080/tcp": {}}, "StopSignal": "SIGINT"}
+
+
+def configured_layout(base: Path) -> Path:
+    """An OCI layout whose config has run settings and whose manifest has annotations."""
+    import hashlib
+    layout = base / "configured"
+    made_image = write_layout(layout, [BASE, top("cfg")], ref="cfg")
+    config = dict(made_image["config"], config=RUN)
+    data = json.dumps(config).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    manifest = dict(made_image["manifest"],
+                    config={**made_image["manifest"]["config"], "digest": "sha256:" + digest,
+                            "size": len(data)},
+                    annotations={"org.opencontainers.image.version": "1.4"})
+    mdata = json.dumps(manifest).encode()
+    mdigest = hashlib.sha256(mdata).hexdigest()
+    (layout / "blobs" / "sha256" / mdigest).write_bytes(mdata)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].update(digest="sha256:" + mdigest, size=len(mdata))
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def inspect_config(ref: str, *options: str) -> dict:
+    return json.loads(sh("skopeo", "inspect", "--config", *options, ref).stdout)
+
+
+@pytest.mark.mounts
+def test_run_settings_survive_import_export_push_pull(
+        stacko: Runner, root: Path, workdir: Path, registry: Registry,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    layout = configured_layout(tmp_path_factory.mktemp("cfg"))
+    stacko("import-image", "web", str(layout))
+    shown = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+    assert shown["web"]["config"] == RUN
+    assert shown["web"]["annotations"] == {"org.opencontainers.image.version": "1.4"}
+    out = workdir / "web.tar"
+    stacko("export-image", "web", str(out))
+    assert inspect_config(f"oci-archive:{out}")["config"] == RUN
+    stacko("push-image", "web", f"{registry.host}/cfg/web:1", "--tls-verify=false")
+    ref = f"docker://{registry.host}/cfg/web:1"
+    assert inspect_config(ref, "--tls-verify=false")["config"] == RUN
+    raw = json.loads(sh("skopeo", "inspect", "--raw", "--tls-verify=false", ref).stdout)
+    assert raw["annotations"] == {"org.opencontainers.image.version": "1.4"}
+    other = workdir / "other"
+    run_stacko(other, "pull-image", "web", ref, "--tls-verify=false")
+    theirs = {i["name"]: i for i in json.loads(run_stacko(other, "list-images", "--json").out)}
+    assert theirs["web"]["config"] == RUN
+
+
+def test_a_child_inherits_and_changes_its_parents_settings(
+        stacko: Runner, root: Path, workdir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    layout = configured_layout(tmp_path_factory.mktemp("cfg"))
+    stacko("import-image", "web", str(layout))
+    stacko("new-image", "child", "web", "--config", "Env=MODE=test", "--config",
+           "Cmd=/bin/app --check", "--config", "User=", "--annotation", "team=ops")
+    shown = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+    config = shown["child"]["config"]
+    assert config["Env"] == ["PATH=/usr/bin:/bin", "MODE=test"]
+    assert config["Cmd"] == ["/bin/app", "--check"]
+    assert "User" not in config and config["WorkingDir"] == "/srv"
+    assert shown["child"]["annotations"] == {"org.opencontainers.image.version": "1.4",
+                                             "team": "ops"}
+    before = snapshot(root)
+    r = stacko("new-image", "bad", "web", "--config", "Colour=blue", rc=2)
+    assert "Entrypoint" in r.stderr
+    assert snapshot(root) == before
+
+
+@pytest.mark.mounts
+def test_exported_image_imported_back_reuses_its_base(stacko: Runner, root: Path,
+                                                      workdir: Path) -> None:
+    made(stacko)
+    out = workdir / "web.tar"
+    stacko("export-image", "web", str(out))
+    images = json.loads((root / "images.json").read_text())["images"]
+    layers = json.loads(sh("skopeo", "inspect", "--raw", f"oci-archive:{out}").stdout)["layers"]
+    assert layers[0]["digest"] in images["base"]["digests"]      # remembered by the export
+    stacko("import-image", "web2", str(out))
+    assert stacko("list-images").out.splitlines() == ["base", "web", "web2"]
+    images = json.loads((root / "images.json").read_text())["images"]
+    assert images["web2"]["parent"] == "base"
