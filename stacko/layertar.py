@@ -42,6 +42,45 @@ class BadLayer(StackoError):
     """A layer tar that cannot be unpacked (corrupt, or an unsupported member)."""
 
 
+class NoSpace(StackoError):
+    """An archive that would not fit in the free space of the root's filesystem."""
+
+
+BLOCK = 4096
+
+
+class SpaceBudget:
+    """What an import may still write: the free space of the filesystem when it
+    began.  Each file's data is taken from it before a byte of it is written,
+    so an archive that unpacks to more than the disk holds (a gzip bomb, a
+    header that claims a huge file) is refused instead of filling the disk."""
+
+    def __init__(self, path: str) -> None:
+        import threading      # layers may unpack in parallel, from one budget
+        st = os.statvfs(path)
+        self.path = path
+        self.left = st.f_bavail * st.f_frsize
+        self.lock = threading.Lock()
+
+    def take(self, size: int, what: str) -> None:
+        size = -(-size // BLOCK) * BLOCK       # whole blocks, as the filesystem counts
+        with self.lock:
+            if size > self.left:
+                raise NoSpace(f"the archive does not fit in the free space of the filesystem of "
+                              f"{self.path}: {what} needs {size} bytes, {self.left} are left",
+                              hint="free some space (`stacko df` shows what can be reclaimed), "
+                                   "or use a root on a larger filesystem")
+            self.left -= size
+
+
+def data_size(member: tarfile.TarInfo) -> int:
+    """The bytes a regular member really stores: a sparse one only its data."""
+    sparse = getattr(member, "sparse", None)
+    if sparse:
+        return sum(size for _, size in sparse)
+    return member.size
+
+
 # --- names ---------------------------------------------------------------------
 def clean_name(name: str, member: str) -> str:
     """The member's path relative to the layer root ('' for the root itself)."""
@@ -93,6 +132,7 @@ class Unpacker:
     """
     root: str
     lowers: Sequence[str] = ()
+    budget: SpaceBudget | None = None
     _dirs: Set[str] = field(default_factory=set)          # checked: real directories
     _meta: Dict[str, _DirMeta] = field(default_factory=dict)
     _opaque: Set[str] = field(default_factory=set)
@@ -243,14 +283,37 @@ class Unpacker:
             os.unlink(path)
 
     def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        if self.budget is not None:
+            self.budget.take(data_size(member), f"archive member {member.name!r}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         with os.fdopen(fd, "wb") as out:
             source = tar.extractfile(member)
+            if source is not None and member.sparse:
+                self._write_sparse(source, member, out)
+                return      # not hashed here: content.build reads it (holes read as zeros)
             digest = hashlib.sha256()
             if source is not None:
                 shutil.copyfileobj(_Hashing(source, digest), out, CHUNK)
             self.hashes[os.fstat(out.fileno()).st_ino] = digest.hexdigest()
+
+    @staticmethod
+    def _write_sparse(source: IO[bytes], member: tarfile.TarInfo, out: IO[bytes]) -> None:
+        """A sparse member (GNU or PAX): write only its data, at its offsets, in
+        the order the archive holds them (a stream only goes forward), and let
+        the file's length make the holes.  The unbuffered reader beneath
+        extractfile's, since the buffered one asks a stream for seekable()."""
+        raw = source.raw  # type: ignore[attr-defined]
+        for offset, size in member.sparse:  # type: ignore[attr-defined]
+            raw.seek(offset)
+            out.seek(offset)
+            while size > 0:
+                data = raw.read(min(size, CHUNK))
+                if not data:
+                    raise EOFError
+                out.write(data)
+                size -= len(data)
+        out.truncate(member.size)
 
     def _link(self, member: tarfile.TarInfo, path: str) -> None:
         target = clean_name(member.linkname, member.name)
@@ -313,9 +376,11 @@ class _Hashing:
 
 
 def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = (),
-                 before_finish: Optional[Callable[[], None]] = None) -> Dict[int, str]:
-    """Unpack a layer tar into root; returns inode -> sha256 of every file written."""
-    unpacker = Unpacker(root, lowers, before_finish=before_finish)
+                 before_finish: Optional[Callable[[], None]] = None,
+                 budget: SpaceBudget | None = None) -> Dict[int, str]:
+    """Unpack a layer tar into root; returns inode -> sha256 of every file written
+    (but for sparse files: content.build reads those)."""
+    unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget)
     try:
         unpacker.unpack(stream)
         return unpacker.hashes

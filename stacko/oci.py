@@ -28,7 +28,7 @@ from stacko import overlay
 from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
-from stacko.layertar import BadLayer, HostileArchive, unpack_layer
+from stacko.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
 from stacko.ociexport import Packed, pack_chain, write_archive
 from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
@@ -175,6 +175,7 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
     (staged directory, diff_id, manifest)."""
     lowers = [store.layer_path(i.layer) for i in below]        # top first
     jobs: list[tuple[LayerSpec, Image, str, list[str]]] = []
+    budget = SpaceBudget(staging)       # one for all the layers of the archive
     for spec, image in zip(specs, planned):
         if image.layer:
             lowers.insert(0, store.layer_path(image.layer))
@@ -187,10 +188,10 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
         new = {}
         for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
             progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
-            new[image.name] = (target, *unpack_one(spec, target, beneath))
+            new[image.name] = (target, *unpack_one(spec, target, beneath, budget=budget))
         progress("")
         return new
-    return unpack_parallel(jobs, workers)
+    return unpack_parallel(jobs, workers, budget)
 
 
 Unpacked = Tuple[str, Optional[str], content.Manifest]
@@ -198,9 +199,10 @@ Unpacked = Tuple[str, Optional[str], content.Manifest]
 
 def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
                before_finish: Callable[[], None] | None = None,
-               cancel: Any = None) -> tuple[str | None, content.Manifest]:
+               cancel: Any = None, budget: SpaceBudget | None = None
+               ) -> tuple[str | None, content.Manifest]:
     """Unpack one layer; returns its diff_id and its content manifest."""
-    diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel)
+    diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel, budget)
     # The manifest in the same pass: the data was hashed as it was written,
     # so this reads only metadata.
     return diff_id, content.build(target, known=hashes)
@@ -211,7 +213,7 @@ class Cancelled(StackoError):
 
 
 def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
-                    workers: int) -> dict[str, Unpacked]:
+                    workers: int, budget: SpaceBudget | None = None) -> dict[str, Unpacked]:
     """Unpack several layers at once.  Each waits for the layers beneath it only
     at the end, where directories its tar does not name take their attributes
     from those beneath; bottom layers start first, so a worker never waits for a
@@ -231,7 +233,7 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
             if cancel.is_set():
                 raise Cancelled("cancelled")
         try:
-            return unpack_one(spec, target, beneath, wait_beneath, cancel)
+            return unpack_one(spec, target, beneath, wait_beneath, cancel, budget)
         except BaseException:
             cancel.set()
             raise
@@ -271,7 +273,8 @@ class CancellableReader:
 
 def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
                     before_finish: Callable[[], None] | None = None,
-                    cancel: Any = None) -> tuple[str | None, dict[int, str] | None]:
+                    cancel: Any = None, budget: SpaceBudget | None = None
+                    ) -> tuple[str | None, dict[int, str] | None]:
     """Unpack one layer, checking its digests as it streams by; returns its diff_id
     (None for a directory, which is copied: there is no tar to have one) and the
     sha256 of every file written (by inode), for its manifest (None when copied)."""
@@ -284,12 +287,12 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
             with decompressed(raw) as plain:  # type: ignore[arg-type]
                 diff = HashingReader(plain)
                 hashes = unpack_layer(diff, target, lowers,  # type: ignore[arg-type]
-                                      before_finish)
+                                      before_finish, budget)
                 diff.drain()
             raw.drain()
         except (OSError, EOFError) as e:
             raise BadLayer(f"layer {spec.what} is corrupt: {e}") from None
-        except (BadLayer, HostileArchive) as e:
+        except (BadLayer, HostileArchive, NoSpace) as e:
             raise type(e)(f"layer {spec.what}: {e.message}", hint=e.hint) from None
     if spec.digest is not None and raw.digest != spec.digest:
         raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "

@@ -126,6 +126,8 @@ class Container:
             return json.loads(data)
         except ValueError as e:
             raise BadArchive(f"{name} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadArchive(f"{name} is nested too deeply to be an image document") from None
 
 
 class DirContainer(Container):
@@ -183,7 +185,10 @@ def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
     while descriptor.get("mediaType") in INDEX_TYPES:
         nested = box.read_json(blob_name(descriptor, "index"), descriptor["digest"])
         descriptor = pick_platform(nested)
-    manifest = box.read_json(blob_name(descriptor, "manifest"), descriptor["digest"])
+    manifest_name = blob_name(descriptor, "manifest")
+    manifest = box.read_json(manifest_name, descriptor["digest"])
+    if not isinstance(manifest, dict):
+        raise BadArchive(f"the manifest {manifest_name} is not a JSON object")
     if manifest.get("mediaType", MANIFEST_TYPES[0]) not in MANIFEST_TYPES \
             or not isinstance(manifest.get("layers"), list) \
             or not isinstance(manifest.get("config"), dict):
@@ -199,12 +204,35 @@ def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
         if "tar" not in media or media.endswith("+encrypted"):
             raise BadArchive(f"unsupported layer media type {media!r}")
         name = blob_name(layer, "layer")
-        annotations = layer.get("annotations") or {}
+        where = f"the manifest {manifest_name}: the descriptor of layer {name}"
+        stacko_name = string_field(object_field(layer, "annotations", where), NAME_ANNOTATION,
+                                   f"{where}: annotations")
+        size = layer.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+            raise BadArchive(f"{where}: field 'size' is not a number")
         specs.append(LayerSpec(open_blob=lambda n=name: box.open(n), what=name,
-                               digest=layer["digest"], size=layer.get("size"),
-                               diff_id=diff_id, name=annotations.get(NAME_ANNOTATION),
-                               created=created))
-    return with_settings(specs, run_settings(config, manifest.get("annotations")))
+                               digest=layer["digest"], size=size,
+                               diff_id=diff_id, name=stacko_name, created=created))
+    return with_settings(specs, run_settings(config, object_field(manifest, "annotations",
+                                                                  f"the manifest {manifest_name}")))
+
+
+def object_field(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """data[key], which must be a JSON object ({} when it is absent): hostile
+    documents put lists and numbers where objects go."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadArchive(f"{where}: field {key!r} is not an object")
+    return value
+
+
+def string_field(data: dict[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadArchive(f"{where}: field {key!r} is not a string")
+    return value
 
 
 def blob_name(descriptor: Any, what: str) -> str:
@@ -218,8 +246,9 @@ def pick_ref(index: Any, ref: Optional[str], where: str, what: str) -> Dict[str,
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BadArchive(f"{where} lists no image")
-    refs = [((m.get("annotations") or {}).get(REF_ANNOTATION), m) for m in manifests
-            if isinstance(m, dict)]
+    refs = [(string_field(object_field(m, "annotations", f"{where}: manifests[{n}]"),
+                          REF_ANNOTATION, f"{where}: manifests[{n}]: annotations"), m)
+            for n, m in enumerate(manifests) if isinstance(m, dict)]
     if ref is not None:
         for name, m in refs:
             if name == ref:
@@ -243,11 +272,13 @@ def pick_platform(index: Any) -> Dict[str, Any]:
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BadArchive("an image index lists no image")
+    if not all(isinstance(m, dict) for m in manifests):
+        raise BadArchive("an image index lists an image that is not a JSON object")
     if len(manifests) == 1:
         return manifests[0]
     arch = host_architecture()
-    for m in manifests:
-        p = m.get("platform") or {}
+    for n, m in enumerate(manifests):
+        p = object_field(m, "platform", f"an image index: manifests[{n}]")
         if p.get("os", "linux") == "linux" and p.get("architecture") == arch:
             return m
     raise BadArchive(f"the image index has no image for linux/{arch}")
@@ -305,6 +336,11 @@ def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
     if not isinstance(entries, list) or not entries or \
             not all(isinstance(e, dict) for e in entries):
         raise BadArchive("manifest.json lists no image")
+    for e in entries:
+        tags = e.get("RepoTags")
+        if tags is not None and not (isinstance(tags, list)
+                                     and all(isinstance(t, str) for t in tags)):
+            raise BadArchive("manifest.json: field 'RepoTags' is not a list of names")
     refs = [(tag, e) for e in entries for tag in (e.get("RepoTags") or [None])]
     if ref is not None or len(entries) > 1:
         entry = pick_ref({"manifests": [{"annotations": {REF_ANNOTATION: t}, "e": e}

@@ -333,6 +333,9 @@ class Store:
             raise CorruptState(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise CorruptState(f"{path} is corrupt: nested too deeply",
+                               hint="restore it from a backup; stacko left it as it is") from None
         except ValueError as e:
             raise CorruptState(f"{path} is corrupt: {e}",
                                hint="restore it from a backup; stacko left it as it is") from None

@@ -423,3 +423,180 @@ def test_nodev_nosuid_are_remembered_per_stackpoint(stacko: Runner, workdir: Pat
     listing = {p["name"]: p for p in json.loads(stacko("list-stackpoints", "--json").out)}
     assert listing["safe"]["nodev"] is True and listing["safe"]["nosuid"] is True
     assert listing["full"]["nodev"] is False and listing["full"]["nosuid"] is False
+
+
+# --- 7: hostile JSON -----------------------------------------------------------------
+DEEP = ("[" * 100_000 + "]" * 100_000).encode()
+
+
+def put_blob(layout: Path, data: bytes) -> dict:
+    import hashlib
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+
+
+def hostile_layout(layout: Path, case: str) -> str:
+    """A valid two-layer layout, then one document made hostile; returns the
+    name of the file (or field) the error must name."""
+    from ocigen import f, write_layout
+    made = write_layout(layout, [[f("a", b"a")], [f("b", b"b")]])
+    manifest, config = made["manifest"], made["config"]
+    index = json.loads((layout / "index.json").read_text())
+
+    def set_manifest(data: bytes) -> None:
+        index["manifests"][0].update(put_blob(layout, data))
+        (layout / "index.json").write_text(json.dumps(index))
+
+    def set_config(data: bytes) -> None:
+        manifest["config"].update(put_blob(layout, data))
+        set_manifest(json.dumps(manifest).encode())
+    if case == "deep index":
+        (layout / "index.json").write_bytes(b'{"manifests": ' + DEEP + b"}")
+        return "index.json"
+    if case == "deep manifest":
+        set_manifest(DEEP)
+        return "blobs/sha256/"
+    if case == "deep config":
+        set_config(b'{"rootfs": ' + DEEP + b"}")
+        return "blobs/sha256/"
+    if case == "index annotations a list":
+        index["manifests"][0]["annotations"] = ["x"]
+        (layout / "index.json").write_text(json.dumps(index))
+        return "annotations"
+    if case == "layer annotations a list":
+        manifest["layers"][0]["annotations"] = ["x"]
+        set_manifest(json.dumps(manifest).encode())
+        return "annotations"
+    if case == "manifest a list":
+        set_manifest(json.dumps([manifest]).encode())
+        return "manifest"
+    if case == "name a number":
+        manifest["layers"][0]["annotations"] = {"io.stacko.image.name": 5}
+        set_manifest(json.dumps(manifest).encode())
+        return "io.stacko.image.name"
+    if case == "platform a list":
+        nested = {"schemaVersion": 2, "manifests": [dict(index["manifests"][0], platform=[1]),
+                                                    dict(index["manifests"][0], platform=[2])]}
+        index["manifests"][0] = {"mediaType": "application/vnd.oci.image.index.v1+json",
+                                 **put_blob(layout, json.dumps(nested).encode()),
+                                 "annotations": {"org.opencontainers.image.ref.name": "latest"}}
+        (layout / "index.json").write_text(json.dumps(index))
+        return "platform"
+    if case == "history a dict of lists":
+        config["history"] = [{"created": ["x"]}, {"created": 5}]
+        set_config(json.dumps(config).encode())
+        return ""         # ignored, as a missing history is: it only dates the layers
+    raise AssertionError(case)
+
+
+HOSTILE = ["deep index", "deep manifest", "deep config", "index annotations a list",
+           "layer annotations a list", "manifest a list", "name a number", "platform a list",
+           "history a dict of lists"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_oci_json_is_an_error_naming_the_file(stacko: Runner, root: Path,
+                                                      workdir: Path, case: str) -> None:
+    import sys
+    stacko("new-image", "keep")
+    layout = workdir / "layout"
+    named = hostile_layout(layout, case)
+    before = snapshot(root)
+    r = stacko("import-image", "x", str(layout), rc=None)      # no traceback, whatever else
+    if named:
+        assert r.returncode == 1 and named in r.stderr, r.stderr
+        assert snapshot(root) == before
+    else:
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("case", ["deep", "repotags a number", "config a dict"])
+def test_hostile_docker_manifest_is_an_error(stacko: Runner, root: Path, workdir: Path,
+                                             case: str) -> None:
+    import io
+    import tarfile
+    manifest = [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["l.tar"]}]
+    if case == "deep":
+        data = DEEP
+    elif case == "repotags a number":
+        manifest[0]["RepoTags"] = 5
+        data = json.dumps(manifest).encode()
+    elif case == "entry a list":
+        data = json.dumps([manifest[0], ["Layers"]]).encode()
+    else:
+        manifest[0]["Config"] = {"a": 1}
+        data = json.dumps(manifest).encode()
+    archive = workdir / "docker.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    before = snapshot(root)
+    if case == "deep":      # no docker manifest: a plain rootfs tarball holding a file
+        stacko("import-image", "x", str(archive))
+        return
+    r = stacko("import-image", "x", str(archive), rc=1)
+    assert "manifest.json" in r.stderr, r.stderr
+    assert snapshot(root) == before
+
+
+def test_deeply_nested_metadata_is_corrupt_state(stacko: Runner, root: Path) -> None:
+    stacko("new-image", "base")
+    (root / "images.json").write_bytes(b'{"version": 1, "images": ' + DEEP + b"}")
+    for argv in (("list-images",), ("new-image", "x"), ("check",)):
+        r = stacko(*argv, rc=1)
+        assert "images.json" in r.stderr, r.stderr
+
+
+# --- 8: sparse members stay sparse; an archive larger than the free space is refused --
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_sparse_members_keep_their_holes(stacko: Runner, root: Path, workdir: Path,
+                                         fmt: str) -> None:
+    src = workdir / "src"
+    src.mkdir()
+    big = src / "big"
+    with open(big, "wb") as f:          # 1 GiB apparent: 4 KiB of data at 3 places
+        for offset in (0, 512 << 20, (1 << 30) - 4096):
+            f.seek(offset)
+            f.write(b"x" * 4096)
+    archive = workdir / "sparse.tar"
+    subprocess.run(["tar", f"--format={fmt}", "--sparse", "-cf", str(archive), "-C", str(src),
+                    "big"], check=True)
+    assert archive.stat().st_size < 1 << 20
+    stacko("import-image", "s", str(archive))
+    layer = json.loads((root / "images.json").read_text())["images"]["s"]["layer"]
+    out = root / "l" / layer / "big"
+    st = out.stat()
+    assert st.st_size == 1 << 30
+    assert st.st_blocks * 512 < 4 << 20, st.st_blocks       # holes, not a GiB of zeros
+    with open(out, "rb") as f:
+        for offset in (0, 512 << 20, (1 << 30) - 4096):
+            f.seek(offset)
+            assert f.read(4096) == b"x" * 4096
+        f.seek(4096)
+        assert f.read(4096) == bytes(4096)
+
+
+@pytest.mark.mounts
+def test_an_archive_larger_than_the_free_space_is_refused(workdir: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+    from conftest import run_stacko
+    small = workdir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    root = small / "root"
+    run_stacko(root, "new-image", "keep")
+    archive = workdir / "bomb.tar.gz"
+    with gzip.open(archive, "wb") as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
+        for n in range(3):                  # 3 x 8 MiB of zeros: a few KiB compressed
+            info = tarfile.TarInfo(f"zeros{n}")
+            info.size = 8 << 20
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    before = snapshot(root)
+    r = run_stacko(root, "import-image", "bomb", str(archive), rc=1)
+    assert "free space" in r.stderr, r.stderr
+    assert snapshot(root) == before
+    assert run_stacko(root, "list-images").out == "keep"
