@@ -75,7 +75,9 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
         run.log(f"stacko: error: check: {n} problem{s} could not be repaired")
     elif n:
         run.log(f"stacko: error: check: {n} problem{s} found")
-        run.log("stacko: hint: `stacko check --repair` fixes what it can without losing data")
+        run.log("stacko: hint: fix the records named above by hand (or restore the files "
+                "from a backup); the other checks run once they are valid" if bad else
+                "stacko: hint: `stacko check --repair` fixes what it can without losing data")
     elif repair and report:
         run.log("stacko: check: every problem was repaired")
     return report

@@ -134,7 +134,9 @@ def test_check_reports_every_violation(stacko: Runner, root: Path) -> None:
     edit_json(root / "images.json", images)
     edit_json(root / "stackpoints.json", points)
     before = snapshot(root)
-    report = stacko("check", rc=1).stdout
+    r = stacko("check", rc=1)
+    report = r.stdout
+    assert "by hand" in r.stderr and "--repair" not in r.stderr, r.stderr
     assert "loop" in report and "'history'" in report and report.count("too") >= 2, report
     stacko("delete-stackpoint", "sq", rc=1)
     stacko("delete-image", "c", rc=1)
