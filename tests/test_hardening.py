@@ -602,3 +602,76 @@ def test_an_archive_larger_than_the_free_space_is_refused(workdir: Path) -> None
     assert "free space" in r.stderr, r.stderr
     assert snapshot(root) == before
     assert run_stacko(root, "list-images").out == "keep"
+
+
+class FakeRegistry:
+    """A registry on 127.0.0.1 that serves one hostile document per path."""
+
+    def __init__(self, answers: dict) -> None:
+        import http.server
+        import threading
+        answers = dict(answers)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = answers.get(self.path.split("?")[0], (404, b'{"errors": []}'))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_HEAD = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hostile_registry_answers(case: str) -> tuple:
+    import hashlib
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}})
+    cdigest = "sha256:" + hashlib.sha256(config.encode()).hexdigest()
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+             "digest": "sha256:" + "1" * 64, "size": 5}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": cdigest, "size": len(config)}, "layers": [layer]}
+    answers = {"/v2/": (200, b"{}"), f"/v2/x/blobs/{cdigest}": (200, config.encode())}
+    if case == "deep manifest":
+        answers["/v2/x/manifests/t"] = (200, DEEP)
+        return answers, "manifest"
+    if case == "layer annotations a list":
+        layer["annotations"] = ["x"]
+    elif case == "name a number":
+        layer["annotations"] = {"io.stacko.image.name": 5}
+    elif case == "platform a list":
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{"digest": "sha256:" + "2" * 64, "platform": [1]}]}
+        answers["/v2/x/manifests/t"] = (200, json.dumps(index).encode())
+        return answers, "platform"
+    elif case == "errors a number":
+        answers["/v2/x/manifests/t"] = (404, b'{"errors": 5}')
+        return answers, "has no 't'"
+    elif case == "deep errors":
+        answers["/v2/x/manifests/t"] = (404, b'{"errors": ' + DEEP + b"}")
+        return answers, "has no 't'"
+    answers["/v2/x/manifests/t"] = (200, json.dumps(manifest).encode())
+    return answers, "annotations"
+
+
+@pytest.mark.parametrize("case", ["deep manifest", "layer annotations a list", "name a number",
+                                  "platform a list", "errors a number", "deep errors"])
+def test_hostile_registry_documents_are_errors(stacko: Runner, root: Path, case: str) -> None:
+    answers, named = hostile_registry_answers(case)
+    fake = FakeRegistry(answers)
+    try:
+        r = stacko("pull-image", "x", f"{fake.host}/x:t", "--tls-verify=false", rc=1)
+        assert named in r.stderr, r.stderr
+    finally:
+        fake.close()

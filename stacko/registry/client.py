@@ -346,7 +346,7 @@ class Client:
             errors = json.loads(text).get("errors") or []
             codes = [str(e.get("code")) for e in errors]
             detail = "; ".join(str(e.get("message") or e.get("code")) for e in errors)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):   # not what the API says
             detail = text[:200].decode("utf-8", "replace").strip()
         where = f"{self.host}/{self.ref.repo}"
         if raw.status == 401:
@@ -411,7 +411,7 @@ class Client:
         try:
             data = json.loads(body)
             return str(data.get("token") or data["access_token"])
-        except (ValueError, KeyError, AttributeError):
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise RegistryError(f"the token service of {self.host} sent no token") from None
 
     # --- the distribution API ---------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 from stacko.errors import StackoError, UsageError
 from stacko.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
-                              host_architecture, layer_times, run_settings, with_settings)
+                              host_architecture, layer_times, object_field, run_settings,
+                              string_field, with_settings)
 from stacko.records import Image, check_name
 from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.ref import Reference, parse
@@ -61,6 +62,8 @@ def document(body: bytes, what: str, digest: str | None) -> Any:
         data = json.loads(body)
     except ValueError as e:
         raise BadArchive(f"the {what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadArchive(f"the {what} is nested too deeply to be an image document") from None
     if not isinstance(data, dict):
         raise BadArchive(f"the {what} is not a JSON object")
     return data
@@ -99,12 +102,15 @@ def resolve(client: Client, ref: Reference,
             raise BadArchive(f"{ref}: unsupported layer media type {media!r}")
         digest = check_digest(layer.get("digest"), "a layer descriptor")
         size = layer.get("size")
-        annotations = layer.get("annotations") or {}
+        where = f"{ref}: the manifest: the descriptor of layer {digest}"
+        stacko_name = string_field(object_field(layer, "annotations", where), NAME_ANNOTATION,
+                                   f"{where}: annotations")
         specs.append(LayerSpec(
             open_blob=lambda d=digest, s=size: BlobReader(client, d, s),
             what=digest, digest=digest, size=size if isinstance(size, int) else None,
-            diff_id=diff_id, name=annotations.get(NAME_ANNOTATION), created=created))
-    return with_settings(specs, run_settings(config, manifest.get("annotations")))
+            diff_id=diff_id, name=stacko_name, created=created))
+    return with_settings(specs, run_settings(config, object_field(manifest, "annotations",
+                                                                  f"{ref}: the manifest")))
 
 
 def describe_platform(p: Any) -> str:
@@ -117,8 +123,8 @@ def pick_platform(index: dict[str, Any], platform: tuple[str, str, str | None],
                   ref: Reference) -> dict[str, Any]:
     manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
     os_name, arch, variant = platform
-    for m in manifests:
-        p = m.get("platform") or {}
+    for n, m in enumerate(manifests):
+        p = object_field(m, "platform", f"{ref}: the image index: manifests[{n}]")
         if p.get("os") == os_name and p.get("architecture") == arch \
                 and (variant is None or p.get("variant") == variant):
             return m
