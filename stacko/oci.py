@@ -403,10 +403,10 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
 
 
 def pack_checked(store: Store, images: Dict[str, Image], chain: List[Image], compression: str,
-                 staging: str) -> Packed:
+                 staging: str, on_layer: Callable[..., None] | None = None) -> Packed:
     """Pack a stack (bottom first) without the lock; then make sure that nothing
     of it was deleted, changed or opened for editing meanwhile."""
-    packed = pack_chain(store, chain, compression, staging, progress)
+    packed = pack_chain(store, chain, compression, staging, progress, on_layer)
     check_still(store, images, chain, f"push {chain[-1].name!r}")
     return packed
 

@@ -16,7 +16,7 @@ import os
 import sys
 import tarfile
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Dict, List, Tuple
+from typing import Optional, IO, Any, Callable, Dict, List, Tuple
 
 from stacko.compression import compressor
 from stacko.errors import StackoError
@@ -97,9 +97,12 @@ class Packed:
 
 
 def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
-               progress: Callable[[str], None]) -> Packed:
+               progress: Callable[[str], None],
+               on_layer: Optional[Callable[[Blob], None]] = None) -> Packed:
     """chain: the images of the stack, bottom first.  The top image's run
-    settings go into the config, its annotations into the manifest."""
+    settings go into the config, its annotations into the manifest.  on_layer
+    is called with each layer's blob as soon as it is packed (push starts
+    uploading it while the next one is packed)."""
     blobs: Dict[str, Blob] = {}
     layers, diff_ids, history = [], [], []
     for n, image in enumerate(chain, start=1):
@@ -107,6 +110,8 @@ def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
         blob, diff_id = write_layer(store.layer_path(image.layer),
                                     os.path.join(staging, f"layer-{n}"), compression)
         blobs.setdefault(blob.digest, blob)
+        if on_layer is not None:
+            on_layer(blob)
         layers.append({"mediaType": LAYER_TYPES[compression], "digest": blob.digest,
                        "size": blob.size, "annotations": {NAME_ANNOTATION: image.name}})
         diff_ids.append(diff_id)

@@ -4,11 +4,12 @@ The stack is packed exactly as export-image packs it (deterministic, so the
 same image always gives the same digests).  Each blob is uploaded only when the
 registry lacks it: asked first with HEAD, else mounted from another repository
 of the same registry that the image came from or went to, else uploaded whole;
-several at once.  The manifest goes last, so a tag never names an image whose
+several at once, each as soon as it is packed.  The manifest goes last, so a tag never names an image whose
 blobs are not all there.  The digests written are remembered on the images.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from stacko.ociexport import Blob, Packed
@@ -30,9 +31,23 @@ def push_image(store: Any, name: str, ref_text: str, compression: str = "gzip",
         chain = list(reversed(images_mod.stack_of(images, name)))     # bottom first
         images_mod.refuse_if_editing(store, images, name, f"push {name!r}")
     client = Client(ref, options, push=True)
-    with staging.staging_dir(store.tmp_dir, "export") as work:
-        packed = oci.pack_checked(store, images, chain, compression, work)
-        upload(client, ref, chain, packed)
+    with staging.staging_dir(store.tmp_dir, "export") as work, \
+            ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        # Each layer is uploaded while the next one is packed.
+        sources = mountable(ref, chain)
+        sent: dict[str, Future] = {}
+
+        def on_layer(blob: Blob) -> None:
+            if blob.digest not in sent:
+                sent[blob.digest] = pool.submit(send_blob, client, blob, sources)
+        try:
+            packed = oci.pack_checked(store, images, chain, compression, work, on_layer)
+            for future in sent.values():
+                future.result()
+        finally:
+            for future in sent.values():
+                future.cancel()
+        send_blob(client, packed.config, sources)
         digest = client.put_manifest(ref.reference, manifest_bytes(packed),
                                      packed.manifest_type)
     oci.remember(store, images, chain, packed, repo=f"{ref.host}/{ref.repo}")
@@ -44,19 +59,11 @@ def manifest_bytes(packed: Packed) -> bytes:
         return f.read()
 
 
-def upload(client: Client, ref: Reference, chain: list[Image], packed: Packed) -> None:
-    """Every blob the manifest names, config last, none the registry has."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def mountable(ref: Reference, chain: list[Image]) -> list[str]:
+    """Other repositories of the same registry that the stack came from or went to."""
     here = f"{ref.host}/"
-    sources = sorted({r[len(here):] for image in chain for r in image.repos
-                      if r.startswith(here) and r != here + ref.repo})
-    layers = [packed.blobs[layer["digest"]] for layer in packed.layers]
-    unique = list({b.digest: b for b in layers}.values())
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        for future in [pool.submit(send_blob, client, blob, sources) for blob in unique]:
-            future.result()
-    send_blob(client, packed.config, sources)
+    return sorted({r[len(here):] for image in chain for r in image.repos
+                   if r.startswith(here) and r != here + ref.repo})
 
 
 def send_blob(client: Client, blob: Blob, sources: list[str]) -> None:
