@@ -138,10 +138,13 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
     def die_with_stacko() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
-    proc = subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            close_fds=True, preexec_fn=die_with_stacko)
+    try:
+        proc = subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True, preexec_fn=die_with_stacko)
+    except OSError as e:       # no sh, or the directory went away: a check that failed
+        return CheckResult(127, f"stacko: cannot run sh -c in {cwd}: {e.strerror or e}\n")
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)

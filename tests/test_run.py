@@ -77,3 +77,9 @@ def test_check_killed_or_missing(tmp_path) -> None:
     missing = run.run_check("/no/such/check", cwd=str(tmp_path), env={}, timeout=30)
     assert missing.returncode == 127 and "not found" in missing.output
     assert run.run_check("true", cwd=str(tmp_path), env={}, timeout=30).last_lines() == []
+
+
+def test_a_check_that_cannot_start_is_a_failed_check(tmp_path) -> None:
+    result = run.run_check("true", cwd=str(tmp_path / "gone"), env={}, timeout=30)
+    assert not result.passed and result.returncode == 127
+    assert "cannot run sh -c" in result.output
