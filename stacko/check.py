@@ -468,7 +468,7 @@ def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]
     return problems
 
 
-def stray_manifests(store: Store, images: Dict[str, Image]) -> List[Problem]:
+def stray_manifests(store: Store, images: dict[str, Image]) -> list[Problem]:
     """Content manifests (m/ID.json) of layers that no image has, and temporary
     files of manifests whose writing was interrupted."""
     from stacko import content
