@@ -488,7 +488,10 @@ def stray_manifests(store: Store, images: dict[str, Image]) -> list[Problem]:
 
 
 def remove_file(path: str) -> str:
-    os.unlink(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:      # removed with its layer by a repair above
+        return "removed with its layer"
     return "removed it"
 
 

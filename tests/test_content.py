@@ -223,3 +223,17 @@ def test_check_removes_manifests_no_image_has(stacko: Runner, root: Path) -> Non
     stacko("check", "--repair")
     assert sorted(os.listdir(root / "m")) == [f"{layer_of(root, 'img').name}.json"]
     stacko("check")
+
+
+@mounts
+def test_check_repairs_a_layer_and_its_manifest_together(stacko: Runner, root: Path) -> None:
+    """new-image killed after making its layer and manifest, before recording."""
+    stacko("new-image", "img")
+    data = json.loads((root / "images.json").read_text())
+    del data["images"]["img"]
+    (root / "images.json").write_text(json.dumps(data))
+    out = stacko("check", rc=1).out
+    assert "no record names it" in out and "no image has layer" in out
+    stacko("check", "--repair")
+    stacko("check")
+    assert os.listdir(root / "m") == []
