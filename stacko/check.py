@@ -445,7 +445,12 @@ def keep_orphan(store: Store, layer: str) -> str:
     target = os.path.join(orphans, layer)
     if os.path.lexists(target):
         raise StackoError(f"{target} exists already")
-    os.rename(path, target)
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        # Removed meanwhile: the rm of a killed delete goes on after it.
+        remove_path(store.work_path(layer))
+        return "it was gone already"
     remove_path(store.work_path(layer))
     return f"kept its files: moved it to {target}; remove that when you no longer need it"
 

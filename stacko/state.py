@@ -427,8 +427,15 @@ def remove_tree(path: str) -> None:
     """rm -rf, which never crosses into another filesystem and, unlike
     shutil.rmtree, does not recurse once per level (layers may be deep)."""
     from stacko import run
+    from stacko.errors import CommandFailed
     if os.path.lexists(path):
-        run.run(["rm", "-rf", "--one-file-system", "--", path])
+        try:
+            run.run(["rm", "-rf", "--one-file-system", "--", path])
+        except CommandFailed:
+            # Another remover got there first (the rm of a killed stacko goes on
+            # after it, and entries vanish under ours): gone is what was asked.
+            if os.path.lexists(path):
+                raise
 
 
 def _create_temp(path: str) -> tuple[int, str]:

@@ -128,3 +128,31 @@ def test_switching_keeps_history_without_duplicates() -> None:
     p = p.switched_to("a")
     assert (p.current, p.history) == ("a", ("b",))
     assert p.without_instance("b").history == ()
+
+
+def _fake_rm(tmp_path, body: str) -> dict:
+    """An `rm` first on PATH that fails after doing what body says."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "rm").write_text(f"#!/bin/sh\n{body}\nexit 1\n")
+    (bindir / "rm").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def test_delete_image_racing_another_remover_succeeds(stacko, tmp_path) -> None:
+    """The rm of a killed delete-image goes on after it: ours failing because the
+    entries vanished under it is not a failure, since the layer is gone."""
+    stacko("new-image", "a")
+    env = _fake_rm(tmp_path, '/bin/rm "$@"')
+    stacko("delete-image", "a", env=env)
+    assert stacko("list-images").out == ""
+    assert stacko("check").returncode == 0
+
+
+def test_delete_image_whose_layer_cannot_be_removed_says_so(stacko, root, tmp_path) -> None:
+    stacko("new-image", "a")
+    layers = os.listdir(root / "l")
+    env = _fake_rm(tmp_path, 'echo "rm: cannot remove: Permission denied" >&2')
+    result = stacko("delete-image", "a", env=env, rc=1)
+    assert "Permission denied" in result.stderr
+    assert os.listdir(root / "l") == layers
