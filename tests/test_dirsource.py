@@ -108,6 +108,18 @@ def test_a_directory_imports_as_the_tar_of_it_does(stacko: Runner, root: Path,
     assert a == b, diff_trees(a, b)
 
 
+def test_a_directory_import_has_a_content_manifest(stacko: Runner, root: Path,
+                                                   workdir: Path) -> None:
+    src = chroot_like(workdir / "chroot")
+    stacko("import-image", "deb12", str(src))
+    record = json.loads((root / "images.json").read_text())["images"]["deb12"]
+    assert record.get("manifest", "").startswith("sha256:")
+    assert stacko("verify-image", "deb12").out == ""
+    layer = root / "l" / record["layer"]
+    (layer / "etc" / "hostname").write_text("tampered\n")
+    assert stacko("verify-image", "deb12", rc=1).out == "M /etc/hostname"
+
+
 def test_a_directory_on_a_parent_and_what_is_not_copied(stacko: Runner, root: Path,
                                                         workdir: Path) -> None:
     stacko("new-image", "base")
