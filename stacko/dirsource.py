@@ -42,7 +42,7 @@ def copy_tree(source: str, target: str, state_root: str = "") -> None:
     state root, should it lie inside source, is left out: the copy would chase
     its own staging directory, which grows as it is copied."""
     try:
-        top = os.lstat(source)
+        top = os.stat(source)     # DIR itself may be a symlink: as `tar -C DIR` goes into it
     except OSError as e:
         raise BadSource(f"cannot read {source}: {e.strerror}") from None
     copier = Copier(source, target, top.st_dev)

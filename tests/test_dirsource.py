@@ -92,6 +92,11 @@ def test_a_directory_imports_as_one_layer_with_everything_kept(stacko: Runner, r
     os.chmod(src, 0o750)
     stacko("import-image", "again", str(src))
     assert stat.S_IMODE(os.stat(view(stacko, "again")).st_mode) == 0o750
+    # DIR given as a symlink to the tree: the tree's own attributes, not the link's
+    (workdir / "link").symlink_to(src)
+    stacko("import-image", "via-link", str(workdir / "link"))
+    assert stat.S_IMODE(os.stat(view(stacko, "via-link")).st_mode) == 0o750
+    assert describe(view(stacko, "via-link")) == describe(src)
     # the layer is a copy: changing the source changes nothing in the image
     (src / "etc" / "hostname").write_text("changed\n")
     assert (seen / "etc" / "hostname").read_text() == "deb12\n"
