@@ -532,3 +532,60 @@ def test_exported_image_imported_back_reuses_its_base(stacko: Runner, root: Path
     assert stacko("list-images").out.splitlines() == ["base", "web", "web2"]
     images = json.loads((root / "images.json").read_text())["images"]
     assert images["web2"]["parent"] == "base"
+
+
+# --- interop: umoci (through an OCI layout) and podman -------------------------------------
+@pytest.mark.mounts
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci is needed")
+def test_pushed_image_unpacks_with_umoci_as_stacko_shows_it(
+        stacko: Runner, workdir: Path, registry: Registry) -> None:
+    made(stacko)
+    stacko("push-image", "web", f"{registry.host}/umoci/web:1", "--tls-verify=false")
+    layout = workdir / "layout"
+    sh("skopeo", "copy", "-q", "--src-tls-verify=false",
+       f"docker://{registry.host}/umoci/web:1", f"oci:{layout}:web")
+    sh("umoci", "unpack", "--image", f"{layout}:web", workdir / "bundle")
+    theirs = describe(workdir / "bundle" / "rootfs", dir_mtimes=False)
+    ours = describe(view(stacko, "web"), dir_mtimes=False)
+    assert ours == theirs, "\n".join(diff_trees(ours, theirs)[:20])
+
+
+def podman(base: Path, *args: str) -> str:
+    # podman refuses a run root longer than 50 characters: a short one in /tmp,
+    # named in base so that the test removes it
+    marker = base / "runroot"
+    if not marker.exists():
+        import tempfile
+        base.mkdir(parents=True, exist_ok=True)
+        marker.write_text(tempfile.mkdtemp(prefix="stacko-podman-", dir="/tmp"))
+    return sh("podman", "--root", str(base / "storage"), "--runroot", marker.read_text(),
+              "--storage-driver", "vfs", *args).stdout.decode()
+
+
+@pytest.mark.mounts
+@pytest.mark.skipif(not shutil.which("podman"), reason="podman is needed")
+def test_podman_pulls_what_stacko_pushed_and_stacko_pulls_what_podman_pushed(
+        stacko: Runner, workdir: Path, registry: Registry,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    layout = configured_layout(tmp_path_factory.mktemp("cfg"))
+    stacko("import-image", "web", str(layout))
+    stacko("push-image", "web", f"{registry.host}/podman/web:1", "--tls-verify=false")
+    store = workdir / "podman"
+    try:
+        podman_both_ways(stacko, store, registry)
+    finally:
+        if (store / "runroot").exists():
+            shutil.rmtree((store / "runroot").read_text(), ignore_errors=True)
+
+
+def podman_both_ways(stacko: Runner, store: Path, registry: Registry) -> None:
+    podman(store, "pull", "-q", "--tls-verify=false", f"{registry.host}/podman/web:1")
+    inspect = json.loads(podman(store, "image", "inspect", f"{registry.host}/podman/web:1"))
+    assert inspect[0]["Config"]["Cmd"] == RUN["Cmd"]
+    assert inspect[0]["Config"]["WorkingDir"] == RUN["WorkingDir"]
+    podman(store, "push", "-q", "--tls-verify=false", f"{registry.host}/podman/web:1",
+           f"docker://{registry.host}/podman/back:1")
+    stacko("pull-image", "back", f"{registry.host}/podman/back:1", "--tls-verify=false")
+    shown = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+    assert shown["back"]["config"]["Cmd"] == RUN["Cmd"]
+    assert (view(stacko, "back") / "srv" / "version").read_text() == "cfg"

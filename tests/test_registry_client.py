@@ -1,0 +1,118 @@
+"""Unit tests of the registry client (no root, no real registry): Bearer-token
+auth against a small token service, the auth files, REF parsing."""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator, List
+
+import pytest
+
+from stacko.errors import UsageError
+from stacko.registry.client import Client, Options, Unauthorized, auth_entry, parse_challenge
+from stacko.registry.ref import parse
+
+TOKEN = "tok-123"
+USER, PASSWORD = "ci", "pw"
+
+
+class Handler(BaseHTTPRequestHandler):
+    """/token gives a token for Basic ci:pw; /v2/… wants that token."""
+    seen: List[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        Handler.seen.append(self.path)
+        auth = self.headers.get("Authorization", "")
+        if self.path.startswith("/token"):
+            good = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            if auth != good:
+                self.send_response(401)
+                self.end_headers()
+                return
+            body = json.dumps({"token": TOKEN}).encode()
+        elif auth != f"Bearer {TOKEN}":
+            host = self.headers["Host"]
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token",'
+                                                 f'service="test",scope="repository:app:pull"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        else:
+            body = b'{"schemaVersion": 2}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Handler.seen = []
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_bearer_token_from_the_realm(server: str) -> None:
+    client = Client(parse(f"{server}/app:v1"), Options(creds=f"{USER}:{PASSWORD}",
+                                                       tls_verify=False))
+    body, media = client.manifest("v1", ("application/vnd.oci.image.manifest.v1+json",))
+    assert json.loads(body) == {"schemaVersion": 2}
+    assert any(p.startswith("/token?") and "service=test" in p and "scope=repository" in p
+               for p in Handler.seen)
+    # the token is kept: a second request asks no token service again
+    before = len([p for p in Handler.seen if p.startswith("/token")])
+    client.manifest("v1", ("application/vnd.oci.image.manifest.v1+json",))
+    assert len([p for p in Handler.seen if p.startswith("/token")]) == before
+
+
+def test_bearer_token_refused(server: str) -> None:
+    client = Client(parse(f"{server}/app:v1"), Options(creds="ci:wrong", tls_verify=False))
+    with pytest.raises(Unauthorized) as e:
+        client.manifest("v1", ("application/vnd.oci.image.manifest.v1+json",))
+    assert "--creds" in (e.value.hint or "")
+
+
+def test_auth_entry_takes_the_most_specific() -> None:
+    def enc(text: str) -> dict:
+        return {"auth": base64.b64encode(text.encode()).decode()}
+    auths = {"reg.example:5000": enc("a:1"), "reg.example:5000/team": enc("b:2"),
+             "https://other.example/v1/": enc("c:3")}
+    assert auth_entry(auths, "reg.example:5000", "team/app") == ("b", "2")
+    assert auth_entry(auths, "reg.example:5000", "tools/app") == ("a", "1")
+    assert auth_entry(auths, "other.example", "x") == ("c", "3")
+    assert auth_entry(auths, "none.example", "x") is None
+
+
+def test_parse_challenge() -> None:
+    assert parse_challenge('Bearer realm="https://a/token",service="reg",scope="repository:x:pull"') \
+        == ("bearer", {"realm": "https://a/token", "service": "reg",
+                       "scope": "repository:x:pull"})
+    assert parse_challenge('Basic realm="r"') == ("basic", {"realm": "r"})
+
+
+@pytest.mark.parametrize("text,host,repo,tag,digest", [
+    ("localhost:5000/a/b", "localhost:5000", "a/b", "latest", None),
+    ("docker://reg.example/x:v1", "reg.example", "x", "v1", None),
+    ("[::1]:5000/x:1", "[::1]:5000", "x", "1", None),
+    ("reg.example/x@sha256:" + "a" * 64, "reg.example", "x", None, "sha256:" + "a" * 64),
+])
+def test_ref(text: str, host: str, repo: str, tag: str, digest: str) -> None:
+    ref = parse(text)
+    assert (ref.host, ref.repo, ref.tag, ref.digest) == (host, repo, tag, digest)
+
+
+@pytest.mark.parametrize("text", ["debian:12", "library/debian", "reg.example/", "h:99999/a",
+                                  "reg.example/a:b:c", "reg.example/Up"])
+def test_bad_ref(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse(text)
