@@ -308,7 +308,9 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     # would keep writing the layer once it is an image's: refuse, as mounting does.
     point = stackpoints._refuse_if_held(store, point, old.image, "commit-stackpoint")
 
-    image = Image(name=new_image, layer=old.layer, parent=old.image, created=images_mod.now())
+    # The committed image runs as its parent did (Cmd, Env, …), like new-image's children.
+    image = Image(name=new_image, layer=old.layer, parent=old.image, created=images_mod.now(),
+                  settings=images[old.image].settings if old.image in images else None)
     fresh = Instance(image=new_image, layer=store.new_layer(), created=images_mod.now())
     committed = replace(point.without_instance(old.image).with_instance(fresh),
                         current=new_image)

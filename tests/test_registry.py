@@ -499,6 +499,7 @@ def test_run_settings_survive_import_export_push_pull(
     assert theirs["web"]["config"] == RUN
 
 
+@pytest.mark.mounts
 def test_a_child_inherits_and_changes_its_parents_settings(
         stacko: Runner, root: Path, workdir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -513,6 +514,11 @@ def test_a_child_inherits_and_changes_its_parents_settings(
     assert "User" not in config and config["WorkingDir"] == "/srv"
     assert shown["child"]["annotations"] == {"org.opencontainers.image.version": "1.4",
                                              "team": "ops"}
+    # commit-stackpoint's image runs as the image it was made on
+    stacko("new-stackpoint", "sp", "web")
+    stacko("commit-stackpoint", "sp", "web-next")
+    shown = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+    assert shown["web-next"]["config"] == RUN
     before = snapshot(root)
     r = stacko("new-image", "bad", "web", "--config", "Colour=blue", rc=2)
     assert "Entrypoint" in r.stderr
