@@ -116,3 +116,70 @@ def test_ref(text: str, host: str, repo: str, tag: str, digest: str) -> None:
 def test_bad_ref(text: str) -> None:
     with pytest.raises(UsageError):
         parse(text)
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """The first request of each path fails with 503; a blob's first download
+    breaks off half-way, and a Range request gets the rest."""
+    BLOB = bytes(range(256)) * 4096
+    calls: List[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        Flaky.calls.append(f"{self.path} {self.headers.get('Range')}")
+        if Flaky.calls.count(f"{self.path} None") == 1 and "manifests" in self.path:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        wanted = self.headers.get("Range")
+        if wanted:
+            start = int(wanted.split("=")[1].rstrip("-"))
+            data = self.BLOB[start:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.BLOB) - 1}/{len(self.BLOB)}")
+        else:
+            data = self.BLOB
+            self.send_response(200)
+        body = data if "blobs" in self.path else b"{}"
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if "blobs" in self.path and not wanted:
+            self.wfile.write(body[:len(body) // 2])       # and the connection ends
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def flaky() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    Flaky.calls = []
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_5xx_is_retried(flaky: str) -> None:
+    client = Client(parse(f"{flaky}/app:v1"), Options(tls_verify=False))
+    body, _ = client.manifest("v1", ("application/json",))
+    assert body == b"{}"
+    assert sum("manifests/v1" in c for c in Flaky.calls) == 2
+
+
+def test_a_broken_blob_download_resumes_with_a_range(flaky: str) -> None:
+    import hashlib
+    from stacko.registry.pull import BlobReader
+    client = Client(parse(f"{flaky}/app:v1"), Options(tls_verify=False))
+    digest = "sha256:" + hashlib.sha256(Flaky.BLOB).hexdigest()
+    reader = BlobReader(client, digest, len(Flaky.BLOB))
+    data = b""
+    while True:
+        chunk = reader.read(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    assert data == Flaky.BLOB
+    assert any(c.endswith(f"bytes={len(Flaky.BLOB) // 2}-") for c in Flaky.calls)

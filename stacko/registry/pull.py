@@ -155,6 +155,11 @@ class BlobReader:
                     {"Range": f"bytes={self.offset}-"}, ok=(206,), stream=True)
             try:
                 data = self.response.read(n)
+                left = getattr(self.response.raw, "length", None)
+                if not data and n != 0 and left:
+                    # http.client answers a connection that ended before its
+                    # Content-Length with b"", not an error.
+                    raise http.client.IncompleteRead(b"", left)
             except (OSError, http.client.HTTPException) as e:
                 self.response.close()
                 self.response = None
