@@ -13,7 +13,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 from collections.abc import Iterator
 
 from stacko.state import Store, remove_tree
@@ -25,7 +24,7 @@ BUSY = ".busy"
 def staging_dir(tmp_dir: str, kind: str) -> Iterator[str]:
     """A fresh staging directory, marked busy while the block runs, then removed."""
     os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(tmp_dir, f"{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+    path = os.path.join(tmp_dir, f"{kind}-{os.getpid()}-{os.urandom(4).hex()}")
     os.mkdir(path, 0o700)
     fd = os.open(os.path.join(path, BUSY), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
