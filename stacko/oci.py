@@ -291,8 +291,11 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
                 diff.drain()
             raw.drain()
         except (OSError, EOFError) as e:
+            blame_the_blob(spec, raw)
             raise BadLayer(f"layer {spec.what} is corrupt: {e}") from None
         except (BadLayer, HostileArchive, NoSpace) as e:
+            if isinstance(e, BadLayer):
+                blame_the_blob(spec, raw)
             raise type(e)(f"layer {spec.what}: {e.message}", hint=e.hint) from None
     if spec.digest is not None and raw.digest != spec.digest:
         raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "
@@ -304,6 +307,21 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
         raise DigestMismatch(f"layer {spec.what} does not match its diff_id: expected "
                              f"{spec.diff_id}, found {diff.digest}", hint="the archive is corrupt")
     return diff.digest, hashes
+
+
+def blame_the_blob(spec: LayerSpec, raw: HashingReader) -> None:
+    """A layer that cannot be read: when its blob is not the one its digest names
+    (a corrupt download or archive), say that, rather than what broke first."""
+    if spec.digest is None:
+        return
+    try:
+        raw.drain()
+    except (OSError, EOFError, StackoError):
+        return
+    if raw.digest != spec.digest:
+        raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "
+                             f"{spec.digest}, found {raw.digest}",
+                             hint="the archive or the download is corrupt") from None
 
 
 def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
