@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import stat
 import sys
 import tarfile
@@ -509,10 +508,19 @@ def is_rootfs_stream(peek: RecordingReader) -> bool:
 
 def spool(path: str, stream: IO[bytes], staging: str) -> str:
     """An uncompressed copy of the stream in staging, for an archive read in any order."""
+    from stacko.layertar import SpaceBudget
     target = os.path.join(staging, "input.tar")
+    # A few KiB of gzip may decompress to more than the disk holds: stop before
+    # writing what would not fit, rather than fill the root's filesystem.
+    budget = SpaceBudget(staging)
     try:
         with open(target, "wb") as out:
-            shutil.copyfileobj(stream, out, CHUNK)  # type: ignore[misc]
+            while True:
+                data = stream.read(CHUNK)
+                if not data:
+                    break
+                budget.take(len(data), f"{path}, decompressed,")
+                out.write(data)
     except (OSError, EOFError) as e:
         raise BadArchive(f"cannot decompress {path}: {e}") from None
     return target

@@ -675,3 +675,30 @@ def test_hostile_registry_documents_are_errors(stacko: Runner, root: Path, case:
         assert named in r.stderr, r.stderr
     finally:
         fake.close()
+
+
+@pytest.mark.mounts
+def test_a_compressed_archive_larger_than_the_free_space_is_not_spooled(workdir: Path) -> None:
+    """An OCI archive is read in any order, so a compressed one is decompressed
+    into staging first: a gzip bomb there must not fill the disk either."""
+    import gzip
+    import io
+    import tarfile
+    from conftest import run_stacko
+    small = workdir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    root = small / "root"
+    run_stacko(root, "new-image", "keep")
+    archive = workdir / "bomb.oci.tar.gz"
+    with gzip.open(archive, "wb") as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
+        for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                           ("index.json", b'{"manifests": []}'),
+                           ("blobs/sha256/" + "0" * 64, bytes(24 << 20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    before = snapshot(root)
+    r = run_stacko(root, "import-image", "bomb", str(archive), rc=1)
+    assert "free space" in r.stderr, r.stderr
+    assert snapshot(root) == before
