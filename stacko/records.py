@@ -1,22 +1,20 @@
 """The records kept in the metadata files, and the rules for names.
 
-Records are typed NamedTuples, immutable like frozen dataclasses, because every
-stacko command loads them and importing dataclasses (with inspect) would cost
-more than a listing's whole work; ``replace`` changes fields as
-dataclasses.replace does."""
+Records are named tuples made by the ``record`` decorator: immutable like frozen
+dataclasses, typed like NamedTuples, but built on collections.namedtuple,
+because every stacko command loads them and importing dataclasses (with
+inspect) or typing would cost more than a listing's whole work; ``replace``
+changes fields as dataclasses.replace does."""
 from __future__ import annotations
 
 import collections
 import re
-from typing import Any, Dict, NamedTuple, Optional, Tuple, TypeVar
 
 from stacko.errors import CorruptState, InvalidName
 
-R = TypeVar("R", bound=tuple)
 
-
-def replace(record: R, **changes: Any) -> R:
-    """A copy of record with some fields changed."""
+def replace(record: tuple, **changes: object) -> tuple:
+    """A copy of record (an @record instance) with some fields changed."""
     return record._replace(**changes)  # type: ignore[attr-defined]
 
 
@@ -79,7 +77,8 @@ def utc_time(text: str) -> str:
         return text
 
 
-def _get(data: Dict[str, Any], key: str, kind: type, source: str, optional: bool = False) -> Any:
+def _get(data: dict[str, object], key: str, kind: type, source: str,
+         optional: bool = False) -> object:
     value = data.get(key)
     if value is None and optional:
         return None
@@ -88,33 +87,34 @@ def _get(data: Dict[str, Any], key: str, kind: type, source: str, optional: bool
     return value
 
 
-class Image(NamedTuple):
+@record
+class Image:
     name: str
     layer: str
-    parent: Optional[str] = None
+    parent: str | None = None
     created: str = ""
-    diff_id: Optional[str] = None   # sha256 of the layer's tar, for images that were imported
+    diff_id: str | None = None   # sha256 of the layer's tar, for images that were imported
     # The digest of the content manifest recorded when the image was sealed
     # (content.py), and its layer's size in bytes (hard links once); None for
     # an image open for editing, or made before stacko recorded manifests.
-    manifest: Optional[str] = None
-    size: Optional[int] = None
+    manifest: str | None = None
+    size: int | None = None
     # Every digest under which this layer was seen or produced: diff_ids and
     # compressed blob digests of archives and registries it came from, and of
     # what export-image and push-image wrote.  An import or pull reuses the
     # image for a layer with any of them, so only missing layers travel.
-    digests: Tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
     # The OCI config's run settings (Env, Cmd, Entrypoint, WorkingDir, User,
     # Labels, ExposedPorts, Volumes, StopSignal) and the manifest's annotations,
     # {"config": {...}, "annotations": {...}}; export and push write them back.
-    settings: Optional[Dict[str, Any]] = None
-    repos: Tuple[str, ...] = ()     # HOST/REPO it was pulled from or pushed to
+    settings: dict[str, object] | None = None
+    repos: tuple[str, ...] = ()     # HOST/REPO it was pulled from or pushed to
 
-    def known_digests(self) -> Tuple[str, ...]:
+    def known_digests(self) -> tuple[str, ...]:
         return ((self.diff_id,) if self.diff_id and self.diff_id not in self.digests
                 else ()) + self.digests
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         data = {"name": self.name, "layer": self.layer, "parent": self.parent,
                 "created": self.created}
         if self.diff_id is not None:
@@ -132,7 +132,7 @@ class Image(NamedTuple):
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Image":
+    def from_dict(cls, data: object, source: str) -> "Image":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an image record is not an object")
         digests = _get(data, "digests", list, source, optional=True) or []
@@ -150,23 +150,25 @@ class Image(NamedTuple):
                    repos=tuple(repos))
 
 
-class Instance(NamedTuple):
+@record
+class Instance:
     image: str
     layer: str
     created: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"image": self.image, "layer": self.layer, "created": self.created}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Instance":
+    def from_dict(cls, data: object, source: str) -> "Instance":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an instance record is not an object")
         return cls(image=_get(data, "image", str, source), layer=_get(data, "layer", str, source),
                    created=data.get("created") or "")
 
 
-class DetachedMount(NamedTuple):
+@record
+class DetachedMount:
     """An earlier mount of an instance, detached from the stackpoint's directory
     by a gapless switch while processes may still hold files in it.  Until they
     let go it still writes the instance's upper layer, so the instance must not
@@ -176,40 +178,41 @@ class DetachedMount(NamedTuple):
     device: int          # st_dev of the overlay's files
     boot_id: str
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"image": self.image, "device": self.device, "boot_id": self.boot_id}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "DetachedMount":
+    def from_dict(cls, data: object, source: str) -> "DetachedMount":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: a detached-mount record is not an object")
         return cls(image=_get(data, "image", str, source), device=_get(data, "device", int, source),
                    boot_id=_get(data, "boot_id", str, source))
 
 
-def _get_int(data: Dict[str, Any], key: str, source: str) -> int:
+def _get_int(data: dict[str, object], key: str, source: str) -> int:
     value = data.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise CorruptState(f"{source}: field {key!r} is missing or not a whole number")
     return value
 
 
-class Event(NamedTuple):
+@record
+class Event:
     """One switch of a stackpoint, kept so that an admin can tell what happened
     and why (a rollback above all).  time: RFC 3339 UTC with Z."""
 
     time: str
     action: str              # cutover, fallback, set, check-failed, boot-fallback, confirm …
-    from_: Optional[str]     # the image that was current before ("from" on disk)
-    to: Optional[str]        # the image that is current after
+    from_: str | None     # the image that was current before ("from" on disk)
+    to: str | None        # the image that is current after
     reason: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"time": self.time, "action": self.action, "from": self.from_, "to": self.to,
                 "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Event":
+    def from_dict(cls, data: object, source: str) -> "Event":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an event record is not an object")
         return cls(time=_get(data, "time", str, source), action=_get(data, "action", str, source),
@@ -218,7 +221,8 @@ class Event(NamedTuple):
                    reason=data.get("reason") if isinstance(data.get("reason"), str) else "")
 
 
-class Tentative(NamedTuple):
+@record
+class Tentative:
     """A cutover (--tries N) that lasts N mounts of the unmounted stackpoint
     (N boots) unless confirm-stackpoint makes it permanent."""
 
@@ -226,11 +230,11 @@ class Tentative(NamedTuple):
     tries_left: int
     tries: int               # N, as given
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"image": self.image, "tries_left": self.tries_left, "tries": self.tries}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Tentative":
+    def from_dict(cls, data: object, source: str) -> "Tentative":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: a tentative record is not an object")
         return cls(image=_get(data, "image", str, source),
@@ -238,7 +242,8 @@ class Tentative(NamedTuple):
                    tries=_get_int(data, "tries", source))
 
 
-class PendingCheck(NamedTuple):
+@record
+class PendingCheck:
     """A checked cutover whose check is running (or was killed while running):
     recorded with the switch, before the check starts, so that the next
     mount-stackpoint or check --repair can undo a cutover whose command died.
@@ -253,13 +258,13 @@ class PendingCheck(NamedTuple):
     started: str             # RFC 3339 UTC
     token: str = ""          # STACKO_CHECK_ID in the check's environment
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"previous": self.previous, "image": self.image, "command": self.command,
                 "pid": self.pid, "start": self.start, "boot_id": self.boot_id,
                 "started": self.started, "token": self.token}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "PendingCheck":
+    def from_dict(cls, data: object, source: str) -> "PendingCheck":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: a pending-check record is not an object")
         return cls(previous=_get(data, "previous", str, source),
@@ -271,24 +276,25 @@ class PendingCheck(NamedTuple):
                    token=data.get("token") if isinstance(data.get("token"), str) else "")
 
 
-class Stackpoint(NamedTuple):
+@record
+class Stackpoint:
     name: str
     current: str
-    path: Optional[str] = None          # None: <root>/stackpoints/<name>
-    history: Tuple[str, ...] = ()       # earlier current images, oldest first
-    instances: Tuple[Instance, ...] = ()
-    detached: Tuple[DetachedMount, ...] = ()   # earlier mounts that may still be held
-    tentative: Optional[Tentative] = None      # a cutover --tries N not yet confirmed
-    events: Tuple[Event, ...] = ()             # the last switches, oldest first
-    checking: Optional[PendingCheck] = None    # a cutover --check whose check runs
+    path: str | None = None          # None: <root>/stackpoints/<name>
+    history: tuple[str, ...] = ()       # earlier current images, oldest first
+    instances: tuple[Instance, ...] = ()
+    detached: tuple[DetachedMount, ...] = ()   # earlier mounts that may still be held
+    tentative: Tentative | None = None      # a cutover --tries N not yet confirmed
+    events: tuple[Event, ...] = ()             # the last switches, oldest first
+    checking: PendingCheck | None = None    # a cutover --check whose check runs
     nodev: bool = False       # mount without device nodes (new-stackpoint --nodev)
     nosuid: bool = False      # mount without setuid and setgid (new-stackpoint --nosuid)
 
-    def mount_attrs(self) -> Tuple[str, ...]:
+    def mount_attrs(self) -> tuple[str, ...]:
         """The mount flags this stackpoint's overlay gets besides the defaults."""
         return tuple(a for a, on in (("nodev", self.nodev), ("nosuid", self.nosuid)) if on)
 
-    def instance(self, image: str) -> Optional[Instance]:
+    def instance(self, image: str) -> Instance | None:
         for inst in self.instances:
             if inst.image == image:
                 return inst
@@ -315,7 +321,7 @@ class Stackpoint(NamedTuple):
         history = tuple(h for h in self.history if h not in (image, self.current))
         return self._replace(current=image, history=history + (self.current,))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         data = {"name": self.name, "current": self.current, "path": self.path,
                 "history": list(self.history),
                 "instances": [i.to_dict() for i in self.instances]}
@@ -332,7 +338,7 @@ class Stackpoint(NamedTuple):
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "Stackpoint":
+    def from_dict(cls, data: object, source: str) -> "Stackpoint":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: a stackpoint record is not an object")
         history = _get(data, "history", list, source)
