@@ -11,7 +11,6 @@ as a shell would split it."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from stacko.errors import UsageError
 
@@ -30,8 +29,8 @@ def parse(text: str) -> tuple[str, str]:
                      hint="the settings are " + ", ".join(KEYS))
 
 
-def apply(settings: dict[str, Any] | None, configs: list[str],
-          annotations: list[str]) -> dict[str, Any] | None:
+def apply(settings: dict[str, object] | None, configs: list[str],
+          annotations: list[str]) -> dict[str, object] | None:
     """settings changed by the --config and --annotation options, in order."""
     import shlex
     config = dict((settings or {}).get("config") or {})

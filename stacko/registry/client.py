@@ -6,18 +6,22 @@ thread, answers the registry's 401 challenges (Basic, or Bearer with a token
 from the realm the registry names), follows redirects to blob storage without
 our credentials, and retries what fails for transient reasons (a refused or
 reset connection, a timeout, 429 and 5xx) a bounded number of times, so that an
-unreachable registry is given up on within a minute.
+unreachable registry is given up on within a minute.  (http.client and ssl are
+imported at the top: only pull-image and push-image import this module.)
 """
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
-from typing import IO, Any, Callable, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from stacko.errors import NotFound, StackoError
 from stacko.registry.ref import Reference
@@ -38,7 +42,8 @@ class Unauthorized(RegistryError):
     pass
 
 
-class Options(NamedTuple):
+@dataclass(frozen=True)
+class Options:
     """How to reach a registry: the command line's auth and TLS options."""
     creds: str | None = None          # USER[:PASS]
     authfile: str | None = None
@@ -85,7 +90,7 @@ def credentials(options: Options, host: str, repo: str) -> tuple[str, str] | Non
     return None
 
 
-def auth_entry(auths: Any, host: str, repo: str) -> tuple[str, str] | None:
+def auth_entry(auths: object, host: str, repo: str) -> tuple[str, str] | None:
     """The most specific entry of an "auths" object: host/repo/… before host."""
     if not isinstance(auths, dict):
         return None
@@ -141,8 +146,7 @@ def cert_dirs(options: Options, host: str) -> list[str]:
             if os.path.isdir(d)]
 
 
-def tls_context(options: Options, host: str) -> Any:
-    import ssl
+def tls_context(options: Options, host: str) -> ssl.SSLContext:
     if not options.tls_verify:
         context = ssl._create_unverified_context()
     else:
@@ -168,7 +172,7 @@ def tls_context(options: Options, host: str) -> Any:
 class Response:
     """A response whose body the caller reads (blobs) or has read (documents)."""
 
-    def __init__(self, raw: Any, body: bytes | None = None,
+    def __init__(self, raw: http.client.HTTPResponse, body: bytes | None = None,
                  drop: Callable[[], None] | None = None) -> None:
         self.raw = raw
         self.status: int = raw.status
@@ -205,17 +209,16 @@ class Client:
         self._auth_lock = threading.Lock()
         self._auth: dict[str, str] = {}            # scope -> Authorization header
         self._creds: tuple[str, str] | None | bool = False    # False: not looked up yet
-        self._context: Any = None
+        self._context: ssl.SSLContext | None = None
         self.requests = 0
 
     # --- plumbing ------------------------------------------------------------------
-    def _tls(self) -> Any:
+    def _tls(self) -> ssl.SSLContext:
         if self._context is None:
             self._context = tls_context(self.options, self.host)
         return self._context
 
-    def _connection(self, scheme: str, netloc: str) -> Any:
-        import http.client
+    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
@@ -237,7 +240,6 @@ class Client:
     def scheme(self) -> str:
         """https; with --tls-verify=false, http when the registry speaks no TLS."""
         if self._scheme is None:
-            import ssl
             try:
                 self._send("https", self.host, "GET", "/v2/", {}, None).read()
                 self._scheme = "https"
@@ -251,11 +253,10 @@ class Client:
         return self._scheme
 
     def _send(self, scheme: str, netloc: str, method: str, path: str,
-              headers: dict[str, str], body: Callable[[], Any] | None) -> Any:
+              headers: dict[str, str], body: Callable[[], object] | None
+              ) -> http.client.HTTPResponse:
         """One request, retried while the failure is transient; returns the raw
         response with its body unread."""
-        import http.client
-        import ssl
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -299,7 +300,7 @@ class Client:
                             hint="check the host name and port, and that the registry runs")
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: Callable[[], Any] | None = None, scope: str | None = None,
+                body: Callable[[], object] | None = None, scope: str | None = None,
                 ok: tuple[int, ...] = (200,), stream: bool = False) -> Response:
         """A request to this registry (path: /v2/…, or a full URL it gave us)."""
         scheme, netloc = self.scheme(), self.host
@@ -338,7 +339,7 @@ class Client:
             return Response(raw, read_limited(raw))
         raise RegistryError(f"{self.host} redirected {path} too many times")
 
-    def failure(self, raw: Any, method: str, path: str) -> RegistryError:
+    def failure(self, raw: http.client.HTTPResponse, method: str, path: str) -> RegistryError:
         text = raw.read(1 << 16)
         detail = ""
         codes: list[str] = []
@@ -447,7 +448,7 @@ class Client:
                     pass
         return r.status == 201
 
-    def upload_blob(self, digest: str, size: int, open_data: Callable[[], IO[bytes]]) -> None:
+    def upload_blob(self, digest: str, size: int, open_data: Callable[[], object]) -> None:
         """A monolithic upload: POST for a session, then PUT the whole blob."""
         start = self.request("POST", f"/v2/{self.ref.repo}/blobs/uploads/", ok=(202,))
         location = start.headers.get("Location")
@@ -468,7 +469,7 @@ class Client:
         return urllib.parse.urljoin(f"{self.scheme()}://{self.host}/", location)
 
 
-def read_limited(raw: Any) -> bytes:
+def read_limited(raw: http.client.HTTPResponse) -> bytes:
     data = raw.read(MAX_DOCUMENT + 1)
     if len(data) > MAX_DOCUMENT:
         raise RegistryError(f"a document from the registry is larger than "

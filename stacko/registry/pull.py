@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 from stacko.errors import StackoError, UsageError
 from stacko.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
@@ -21,13 +21,14 @@ from stacko.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadA
 from stacko.records import Image, check_name
 from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.ref import Reference, parse
+from stacko.state import Store
 
 WORKERS = 4             # blobs fetched and unpacked at once
 RESUMES = 4             # a blob whose connection breaks is resumed (Range) this many times
 ACCEPT = INDEX_TYPES + MANIFEST_TYPES
 
 
-def pull_image(store: Any, name: str, ref_text: str, platform: str | None = None,
+def pull_image(store: Store, name: str, ref_text: str, platform: str | None = None,
                options: Options = Options()) -> Image:
     from stacko import oci
     check_name(name, "image name")
@@ -52,7 +53,7 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
-def document(body: bytes, what: str, digest: str | None) -> Any:
+def document(body: bytes, what: str, digest: str | None) -> dict:
     if digest is not None:
         found = "sha256:" + hashlib.sha256(body).hexdigest()
         if found != digest:
@@ -113,14 +114,14 @@ def resolve(client: Client, ref: Reference,
                                                                   f"{ref}: the manifest")))
 
 
-def describe_platform(p: Any) -> str:
+def describe_platform(p: object) -> str:
     if not isinstance(p, dict):
         return "?"
     return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
 
 
-def pick_platform(index: dict[str, Any], platform: tuple[str, str, str | None],
-                  ref: Reference) -> dict[str, Any]:
+def pick_platform(index: dict, platform: tuple[str, str, str | None],
+                  ref: Reference) -> dict:
     manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
     os_name, arch, variant = platform
     for n, m in enumerate(manifests):
@@ -140,7 +141,7 @@ class BlobReader:
     breaks, the rest is asked for again with a Range request, a bounded number
     of times; whatever arrives is still checked against the digest by the caller."""
 
-    def __init__(self, client: Client, digest: str, size: Any) -> None:
+    def __init__(self, client: Client, digest: str, size: object) -> None:
         self.client, self.digest = client, digest
         self.offset = 0
         self.resumes = 0

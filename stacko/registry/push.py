@@ -10,17 +10,17 @@ blobs are not all there.  The digests written are remembered on the images.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from stacko.ociexport import Blob, Packed
 from stacko.records import Image
 from stacko.registry.client import Client, Options
 from stacko.registry.ref import Reference, parse
+from stacko.state import Store
 
 WORKERS = 4
 
 
-def push_image(store: Any, name: str, ref_text: str, compression: str = "gzip",
+def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip",
                options: Options = Options()) -> str:
     """Returns the digest of the manifest pushed."""
     from stacko import images as images_mod

@@ -7,7 +7,7 @@ or ``library/debian`` are refused rather than sent to some default registry.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from stacko.errors import UsageError
 
@@ -23,7 +23,8 @@ HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                      r"(?::[0-9]{1,5})?")
 
 
-class Reference(NamedTuple):
+@dataclass(frozen=True)
+class Reference:
     host: str             # as written, with its port: "host:5000", "[::1]:5000"
     repo: str
     tag: str | None       # None when a digest names the image
@@ -37,9 +38,6 @@ class Reference(NamedTuple):
     def __str__(self) -> str:
         return f"{self.host}/{self.repo}" + (f"@{self.digest}" if self.digest
                                               else f":{self.tag}")
-
-    def in_repo(self, repo: str) -> "Reference":
-        return self._replace(repo=repo)
 
 
 def bad(text: str, why: str) -> UsageError:
