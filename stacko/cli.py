@@ -601,13 +601,9 @@ def suggestions(word: str) -> list[str]:
 
 def unknown_command(parser: argparse.ArgumentParser, word: str) -> int:
     """A word that names no command: say which ones it may have meant, not all."""
+    from stacko import words
     close = suggestions(word) if word else []
-    if len(close) == 1:
-        guess = f"; did you mean {close[0]}?"
-    elif close:
-        guess = f"; did you mean {', '.join(close[:-1])} or {close[-1]}?"
-    else:
-        guess = ""
+    guess = f"; did you mean {words.join(close, 'or')}?" if close else ""
     sys.stderr.write(parser.format_usage())
     print(f"stacko: error: unknown command {word!r}{guess}", file=sys.stderr)
     print("stacko: hint: `stacko -h` lists the commands", file=sys.stderr)
