@@ -11,8 +11,10 @@ in docs/startup.md.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import sys
+from collections.abc import Callable
 
 import common
 from stacko import stackpoints
@@ -38,29 +40,47 @@ def run() -> list[dict[str, object]]:
                     "--version": stacko + ["--version"]}
         # is-stackpoint-mounted exits 1 when not mounted: run it with check off.
         commands_rc1 = {"is-stackpoint-mounted": stacko + ["is-stackpoint-mounted", "web"]}
-        cases = {key: (lambda key=key, argv=argv: {key: common.timed(lambda: common.run(argv))})
+        cases = {key: (lambda key=key, argv=argv: timed(key, lambda: common.run(argv)))
                  for key, argv in commands.items()}
-        cases.update({key: (lambda key=key, argv=argv: {key: common.timed(
-            lambda: common.run_status(argv))}) for key, argv in commands_rc1.items()})
+        cases.update({key: (lambda key=key, argv=argv: timed(key, lambda: common.run_status(argv)))
+                      for key, argv in commands_rc1.items()})
         samples = common.interleave(cases, common.repeats(ROUNDS))
         budget = {what: import_ms(argv) for what, argv in (
             ("get-stackpoint-dir", stacko + ["get-stackpoint-dir", "web"]),
             ("list-images", stacko + ["list-images"]))}
     ms = {key: common.median_ms(v) for key, v in samples.items()}
-    start = ms.pop("python -c pass")
+    start, cpu_start = ms.pop("python -c pass"), ms.pop("python -c pass CPU")
     rows = []
     for what, value in ms.items():
+        if what.endswith(" CPU"):
+            continue
         rows.append(common.row(
             f"stacko {what}", value, "python -c pass", start, "ms",
             f"<= {GOAL_RATIO:g}x the interpreter", value <= GOAL_RATIO * start,
             n=len(samples[what]), stacko_spread=round(common.spread_ms(samples[what]), 2),
             baseline_spread=round(common.spread_ms(samples["python -c pass"]), 2)))
+    # CPU time says the same with less noise on a machine shared with other work.
+    for what, value in ms.items():
+        if what.endswith(" CPU"):
+            rows.append(common.row(f"stacko {what} time", value, "python -c pass CPU time",
+                                   cpu_start, "ms", f"<= {GOAL_RATIO:g}x the interpreter",
+                                   value <= GOAL_RATIO * cpu_start))
     for what, (total, stacko_own) in budget.items():
         rows.append(common.row(f"imports of {what} beyond python -c pass", total, None, None,
                                "ms", "-", None))
         rows.append(common.row(f"  of which stacko's own modules", stacko_own, None, None,
                                "ms", "-", None))
     return rows
+
+
+def timed(key: str, func: Callable[[], object]) -> dict[str, float]:
+    """Wall-clock seconds of one call, and the CPU seconds (user + system) of the
+    child process it ran, as two samples: KEY and "KEY CPU"."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = common.timed(func)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {key: wall, f"{key} CPU": cpu}
 
 
 def import_ms(argv: list[str]) -> tuple[float, float]:
