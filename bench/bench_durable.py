@@ -116,7 +116,7 @@ def run() -> List[Dict[str, object]]:
 def sync_rows(mnt: Path) -> List[Dict[str, object]]:
     sys.path.insert(0, common.REPO)
     from stacko import durable
-    from stacko.layertar import unpack_layer
+    from stacko.formats.layertar import unpack_layer
 
     tar = Path(tempfile.mkdtemp(prefix="stacko-bench-durable-tar-")) / "r.tar"
     try:

@@ -84,7 +84,7 @@ def new_image(store: Store, name: str, parent: str | None = None,
     # FROM does.
     settings = images[parent].settings if parent is not None else None
     if configs or annotations:
-        from stacko import runsettings
+        from stacko.formats import runsettings
         settings = runsettings.apply(settings, list(configs), list(annotations))
     image = Image(name=name, layer=store.new_layer(), parent=parent, created=now(),
                   settings=settings)

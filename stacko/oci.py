@@ -28,9 +28,9 @@ from stacko import overlay
 from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
-from stacko.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
-from stacko.ociexport import Packed, pack_chain, write_archive
-from stacko.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
+from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
+from stacko.formats.ociexport import Packed, pack_chain, write_archive
+from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
 from stacko.records import NAME_RE, Image, check_name, replace, utc_time
 from stacko.state import Store

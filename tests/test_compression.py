@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Runner, snapshot
-from stacko.compression import compressor, decompressed
+from stacko.formats.compression import compressor, decompressed
 
 needs_zstd = pytest.mark.skipif(shutil.which("zstd") is None,
                                 reason="the zstd command is needed (tests/install-deps.sh)")

@@ -190,7 +190,7 @@ def outside_state(base: Path) -> Dict[str, Tuple[int, int, bytes]]:
 @pytest.mark.skipif(not IS_ROOT, reason="unpacking whiteouts and devices needs root")
 def test_random_layers_never_escape(tmp_path: Path) -> None:
     from stacko.errors import StackoError
-    from stacko.layertar import unpack_layer
+    from stacko.formats.layertar import unpack_layer
     base = tmp_path
     (base / "sentinel").write_text("outside")
     (base / "a").mkdir()

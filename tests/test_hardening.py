@@ -243,7 +243,7 @@ def test_a_parent_owned_by_another_user_is_refused(workdir: Path) -> None:
 
 # --- 5: temporary files never follow a planted symlink -------------------------------
 def test_export_never_writes_through_a_planted_temp_name(tmp_path: Path) -> None:
-    from stacko import ociexport
+    from stacko.formats import ociexport
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     out = tmp_path / "out.tar"

@@ -383,7 +383,7 @@ def test_names_are_checked_before_reading(stacko: Runner, workdir: Path) -> None
 
 
 def test_layer_tar_names() -> None:
-    from stacko.layertar import HostileArchive, clean_name
+    from stacko.formats.layertar import HostileArchive, clean_name
     assert clean_name("./a//b/", "m") == "a/b"
     assert clean_name("./", "m") == ""
     for bad in ("/abs", "a/../../b", ".."):
@@ -392,7 +392,7 @@ def test_layer_tar_names() -> None:
 
 
 def test_gzip_layer_of_export_has_no_time_or_name(tmp_path: Path) -> None:
-    from stacko.ociexport import write_layer
+    from stacko.formats.ociexport import write_layer
     (tmp_path / "layer").mkdir()
     (tmp_path / "layer" / "f").write_text("x")
     blob, diff_id = write_layer(str(tmp_path / "layer"), str(tmp_path / "blob"), "gzip")

@@ -400,7 +400,7 @@ def multi_platform(base: Path) -> Path:
 @pytest.mark.mounts
 def test_multi_platform_index(stacko: Runner, root: Path, registry: Registry,
                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    from stacko.ocisource import host_architecture
+    from stacko.formats.ocisource import host_architecture
     layout = multi_platform(tmp_path_factory.mktemp("multi"))
     sh("skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{layout}:multi",
        f"docker://{registry.host}/multi:1")

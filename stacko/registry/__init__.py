@@ -2,6 +2,6 @@
 
 ``ref`` parses a REF, ``client`` speaks HTTP to one registry (auth, TLS,
 retries), ``pull`` and ``push`` move an image's layers.  The image formats
-themselves stay in ``stacko.ocisource``, ``stacko.ociexport`` and
-``stacko.layertar``; the planning and recording of an import in ``stacko.oci``.
+themselves stay in ``stacko.formats.ocisource``, ``stacko.formats.ociexport`` and
+``stacko.formats.layertar``; the planning and recording of an import in ``stacko.oci``.
 """

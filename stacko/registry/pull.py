@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 
 from stacko.errors import StackoError, UsageError
-from stacko.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
+from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
                               host_architecture, layer_times, object_field, run_settings,
                               string_field, with_settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from stacko.ociexport import Blob, Packed
+from stacko.formats.ociexport import Blob, Packed
 from stacko.records import Image
 from stacko.registry.client import Client, Options
 from stacko.registry.ref import Reference, parse

@@ -18,10 +18,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import Optional, IO, Any, Callable, Dict, List, Tuple
 
-from stacko.compression import compressor
+from stacko.formats.compression import compressor
 from stacko.errors import StackoError
-from stacko.layertar import pack_layer
-from stacko.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
+from stacko.formats.layertar import pack_layer
+from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
 from stacko.records import Image, utc_time
 from stacko.state import Store

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from stacko import words
-from stacko.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
+from stacko.formats.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
 from stacko.errors import StackoError, UsageError
-from stacko.layertar import clean_name
+from stacko.formats.layertar import clean_name
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 16 << 20
@@ -460,7 +460,7 @@ def plain_directory(path: str, ref: Optional[str], state_root: str) -> List[Laye
     if ref is not None:
         raise UsageError(f"--ref chooses an image of an OCI or docker archive; {path} is a "
                          "plain directory")
-    from stacko import dirsource
+    from stacko.formats import dirsource
     return [LayerSpec(open_blob=no_blob, what=path,
                       copy_into=lambda target: dirsource.copy_tree(path, target, state_root))]
 
@@ -508,7 +508,7 @@ def is_rootfs_stream(peek: RecordingReader) -> bool:
 
 def spool(path: str, stream: IO[bytes], staging: str) -> str:
     """An uncompressed copy of the stream in staging, for an archive read in any order."""
-    from stacko.layertar import SpaceBudget
+    from stacko.formats.layertar import SpaceBudget
     target = os.path.join(staging, "input.tar")
     # A few KiB of gzip may decompress to more than the disk holds: stop before
     # writing what would not fit, rather than fill the root's filesystem.

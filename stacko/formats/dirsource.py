@@ -25,7 +25,7 @@ import stat
 
 from stacko import run, words
 from stacko.errors import StackoError
-from stacko.layertar import OVERLAY_XATTR_PREFIX
+from stacko.formats.layertar import OVERLAY_XATTR_PREFIX
 
 FICLONE = 0x40049409            # _IOW(0x94, 9, int), linux/fs.h
 CHUNK = 1 << 30                 # per copy_file_range/sendfile call

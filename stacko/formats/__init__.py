@@ -1,0 +1,9 @@
+"""Image formats: what stacko reads and writes besides its own state.
+
+``layertar`` unpacks and packs one layer's tar (whiteouts, xattrs, holes);
+``ocisource`` reads OCI layouts and archives, docker archives and rootfs
+tarballs; ``ociexport`` writes OCI archives; ``dirsource`` copies a plain
+directory in; ``compression`` is gzip (ISA-L) and zstd; ``runsettings`` is the
+OCI config's run settings (Env, Cmd, ...).  The commands that use them are in
+``stacko.oci`` (import, export) and ``stacko.registry`` (pull, push).
+"""
