@@ -68,7 +68,7 @@ def run() -> list[dict[str, object]]:
     for what, (total, stacko_own) in budget.items():
         rows.append(common.row(f"imports of {what} beyond python -c pass", total, None, None,
                                "ms", "-", None))
-        rows.append(common.row(f"  of which stacko's own modules", stacko_own, None, None,
+        rows.append(common.row("  of which stacko's own modules", stacko_own, None, None,
                                "ms", "-", None))
     return rows
 

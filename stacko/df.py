@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 
-from stacko import images as images_mod
 from stacko import overlay
 from stacko.records import Image, Stackpoint
 from stacko.state import Store, locked

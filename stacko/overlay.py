@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from stacko import procs, run
 from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
 from stacko.records import record
-from stacko.records import record
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL

@@ -190,14 +190,14 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
         return point
     table = overlay.mounts()
     keep = []
-    for record in point.detached:
-        holders = _held(store, point, record, table)
-        for delay in GRACE if holders and record.image == image else ():
+    for detached in point.detached:
+        holders = _held(store, point, detached, table)
+        for delay in GRACE if holders and detached.image == image else ():
             time.sleep(delay)    # a reader that had a file open at the switch closes it
-            holders = _held(store, point, record, table)
+            holders = _held(store, point, detached, table)
             if not holders:
                 break
-        if holders and record.image == image:
+        if holders and detached.image == image:
             raise HeldByProcesses(
                 f"{action}: the instance of {image!r} of stackpoint {point.name!r} is still "
                 f"mounted, detached from {store.stackpoint_dir(point)} (by a gapless switch "
@@ -205,7 +205,7 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
                 hint="two mounts must never write one upper layer: stop those processes "
                      "(or let them close the old files), then try again")
         if holders:
-            keep.append(record)
+            keep.append(detached)
     return replace(point, detached=tuple(keep))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Runner, populate, random_tar, snapshot
-from ocigen import d, f, layer_tar, opq, sym, wh, write_layout
+from ocigen import d, f, opq, sym, wh, write_layout
 
 from stacko import content
 

@@ -500,7 +500,6 @@ HOSTILE = ["deep index", "deep manifest", "deep config", "index annotations a li
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_oci_json_is_an_error_naming_the_file(stacko: Runner, root: Path,
                                                       workdir: Path, case: str) -> None:
-    import sys
     stacko("new-image", "keep")
     layout = workdir / "layout"
     named = hostile_layout(layout, case)
