@@ -48,6 +48,7 @@ class Report(list):
     """The report lines; ``remaining`` counts the problems left unrepaired."""
 
     remaining: int = 0
+    repairable: int = 0     # of those, how many --repair has a repair for
 
 
 def check(store: Store, repair: bool = False, content: bool = False) -> Report:
@@ -68,6 +69,7 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
                 line, left = settle(problem, repair)
                 report.append(line)
                 report.remaining += left
+                report.repairable += left and problem.repair is not None
         if not report:      # say what "nothing wrong" covered: a wrong --root shows
             run.log(f"stacko: check: nothing wrong in {store.root} ({looked_at(store)})")
     n, s = report.remaining, "s" if report.remaining != 1 else ""
@@ -77,7 +79,9 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
         run.log(f"stacko: error: check: {n} problem{s} found")
         run.log("stacko: hint: fix the records named above by hand (or restore the files "
                 "from a backup); the other checks run once they are valid" if bad else
-                "stacko: hint: `stacko check --repair` fixes what it can without losing data")
+                "stacko: hint: `stacko check --repair` fixes what it can without losing data"
+                if report.repairable else
+                "stacko: hint: --repair has no repair for these; each line says what to do")
     elif repair and report:
         run.log("stacko: check: every problem was repaired")
     return report

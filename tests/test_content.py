@@ -147,6 +147,12 @@ def test_check_content_reports_every_image(stacko: Runner, root: Path) -> None:
     assert stacko("check").out == ""                 # plain check: metadata and mounts only
     result = stacko("check", "--content", rc=1)
     assert result.out == "image 'b': M /g (changed since it was sealed)"
+    # --repair cannot undo damaged content: the hint must not send the admin there.
+    assert "--repair has no repair for these" in result.stderr
+    assert "`stacko check --repair` fixes" not in result.stderr
+    (root / "l" / "zzzzz").mkdir()            # a leftover layer: that one --repair can fix
+    result = stacko("check", "--content", rc=1)
+    assert "`stacko check --repair` fixes what it can" in result.stderr
 
 
 @mounts
