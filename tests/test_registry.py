@@ -14,19 +14,11 @@ import pytest
 from conftest import Runner, run_stacko, snapshot
 from ocigen import describe, diff_trees, f, d, sh, wh, write_layout
 from registryd import Registry, available, closed_port, skopeo_push
+from registryfix import registry  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(
     not (available() and shutil.which("skopeo")),
     reason="docker-registry and skopeo are needed (tests/install-deps.sh)")
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    r = Registry(tmp_path_factory.mktemp("registry"))
-    try:
-        yield r.start()
-    finally:
-        r.stop()
 
 
 BASE = [d("etc"), f("etc/os-release", b"ID=stacko-test\n"), d("bin"),
