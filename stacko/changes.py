@@ -278,6 +278,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     points = store.load_stackpoints()
     point = stackpoints.get(points, name)
     stackpoints.refuse_if_checking(point, "commit-stackpoint")
+    stackpoints.refuse_if_tentative(point, "commit-stackpoint")
     if new_image in images:
         raise AlreadyExists(f"image {new_image!r} exists already")
     old = point.current_instance()
@@ -374,6 +375,7 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
     doomed = list(point.history[:len(point.history) - keep]) if keep else list(point.history)
     if not doomed:
         return []
+    stackpoints.refuse_if_tentative(point, "prune-stackpoint", deleting=doomed[-1])
     mounted = stackpoints.mounted_instance(store, point)
     if mounted is not None and mounted.image in doomed:
         raise StackpointBusy(f"the instance of {mounted.image!r} is mounted at "

@@ -221,6 +221,40 @@ def refuse_if_checking(point: Stackpoint, action: str) -> None:
             hint="wait for the check to end; it keeps or undoes the cutover")
 
 
+def active_tentative(point: Stackpoint) -> Tentative | None:
+    """The tentative cutover point is on, if any (a record left on another image
+    than the current one is stale: nothing would ever use it)."""
+    t = point.tentative
+    return t if t is not None and t.image == point.current else None
+
+
+def refuse_if_tentative(point: Stackpoint, action: str, deleting: str | None = None) -> None:
+    """A tentative cutover (--tries N) is an update that has not proved itself.
+    Until confirm-stackpoint or fallback-stackpoint decides it, refuse what would
+    build on it or move away from it (cutover, set, commit: the unproven instance
+    would go on the history, or into an image, as if it were a good one) and what
+    would delete the instance it falls back to (deleting: that image).  Commands
+    that touch neither keep the tentative state as it is."""
+    t = active_tentative(point)
+    if t is None:
+        return
+    previous = point.history[-1] if point.history else None
+    if deleting is not None and deleting != previous:
+        return
+    tries = f"{t.tries_left} tr{'y' if t.tries_left == 1 else 'ies'} left"
+    if deleting is not None:
+        message = (f"{action}: the instance of {deleting!r} is what the tentative cutover of "
+                   f"stackpoint {point.name!r} to {t.image!r} ({tries}) falls back to if it "
+                   "is not confirmed")
+    else:
+        message = (f"{action}: stackpoint {point.name!r} is on a tentative cutover to "
+                   f"{t.image!r} ({tries}) that is not confirmed yet")
+    back = (f", `stacko fallback-stackpoint {point.name}` goes back to {previous!r}"
+            if previous is not None else "")
+    raise StackpointBusy(message, hint=f"decide it first: `stacko confirm-stackpoint "
+                                       f"{point.name}` keeps {t.image!r}{back}")
+
+
 def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
     from stacko import validate
     directory = os.path.realpath(os.path.abspath(path))
@@ -508,6 +542,8 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
         point = get(points, name)
     if image == point.current:
         return mount_stackpoint(store, name)
+    refuse_if_checking(point, "cutover-stackpoint")
+    refuse_if_tentative(point, "cutover-stackpoint")
     inst = point.instance(image)
     created = None
     if inst is None:
@@ -580,6 +616,8 @@ def set_instance(store: Store, name: str, image: str) -> None:
     _instance(point, image)
     if image == point.current:
         return
+    refuse_if_checking(point, "set-stackpoint-instance")
+    refuse_if_tentative(point, "set-stackpoint-instance")
     new = replace(point.switched_to(image), tentative=None, checking=None)
     new = events.add(new, "set", point.current, image, "set-stackpoint-instance")
     _switch(store, images, points, new, None, mount=False, action="set-stackpoint-instance")
@@ -608,6 +646,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
         point = get(points, name)
     inst = _instance(point, image)
     refuse_if_checking(point, "delete-stackpoint-instance")
+    refuse_if_tentative(point, "delete-stackpoint-instance", deleting=image)
     if image == point.current:
         raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",
                           hint="switch to another instance first, or delete the stackpoint")

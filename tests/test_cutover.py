@@ -145,6 +145,93 @@ def test_another_switch_ends_the_tentative_state(point: Path, stacko: Runner, ro
     assert (point / "f").read_text() == "new\n"
 
 
+# --- a tentative cutover is decided before anything builds on it ----------------------
+DECIDE = ("`stacko confirm-stackpoint p` keeps 'new'",
+          "`stacko fallback-stackpoint p` goes back to 'old'")
+
+
+def refused(stacko: Runner, root: Path, *args: str) -> str:
+    """args exits 1 and changes nothing; returns its stderr."""
+    before = snapshot(root)
+    result = stacko(*args, rc=1)
+    assert snapshot(root) == before
+    return result.stderr
+
+
+def test_commit_of_a_tentative_cutover_is_refused_until_it_is_decided(
+        point: Path, stacko: Runner, root: Path) -> None:
+    """Committing an unproven update and forgetting that it is unproven: the
+    commit would end the tentative state, and the next boots would keep it."""
+    stacko("cutover-stackpoint", "p", "new", "--tries", "1")
+    (point / "written").write_text("x")
+    err = refused(stacko, root, "commit-stackpoint", "p", "snap")
+    assert "tentative cutover to 'new' (1 try left)" in err and "not confirmed" in err
+    assert all(way in err for way in DECIDE), err
+    assert info(stacko)["tentative"] == {"tries_left": 1, "tries": 1}
+    boot(stacko, root)
+    stacko("mount-stackpoint", "p")                  # the one try
+    boot(stacko, root)
+    assert "fell back to 'old'" in stacko("mount-stackpoint", "p").stderr   # still tentative
+    stacko("cutover-stackpoint", "p", "new", "--tries", "1")
+    stacko("confirm-stackpoint", "p")                # decided: now it commits
+    stacko("commit-stackpoint", "p", "snap")
+    assert (point / "written").read_text() == "x" and (point / "f").read_text() == "new\n"
+    state = info(stacko)
+    assert state["current"] == "snap" and state["tentative"] is None
+
+
+@pytest.mark.parametrize("args", [
+    ("cutover-stackpoint", "p", "third"),
+    ("cutover-stackpoint", "p", "third", "--tries", "2"),
+    ("cutover-stackpoint", "p", "third", "--check", "true"),
+    ("cutover-stackpoint", "p", "old"),
+    ("set-stackpoint-instance", "p", "old"),
+    ("set-stackpoint-instance", "p", "third"),
+    ("delete-stackpoint-instance", "p", "old"),
+    ("prune-stackpoint", "p", "--keep", "0"),
+], ids=lambda a: " ".join(a[0:1] + a[2:]))
+def test_what_would_drop_a_tentative_cutover_is_refused(
+        point: Path, stacko: Runner, root: Path, args: tuple) -> None:
+    """Moving away from an unproven instance would put it on the history as a
+    good one (a later fallback, or a boot's, would land on it); deleting the
+    instance it falls back to would leave a boot nothing to fall back to."""
+    populate(stacko, "third", {"f": "third\n"}, parent="old")
+    stacko("new-stackpoint-instance", "p", "third")
+    stacko("cutover-stackpoint", "p", "new", "--tries", "0")
+    err = refused(stacko, root, *args)
+    assert all(way in err for way in DECIDE), err
+    assert info(stacko)["tentative"] == {"tries_left": 0, "tries": 0}
+    boot(stacko, root)                               # the boot's fallback is still there
+    assert "fell back to 'old'" in stacko("mount-stackpoint", "p").stderr
+    assert (point / "f").read_text() == "old\n"
+    stacko("cutover-stackpoint", "p", "new", "--tries", "0")
+    stacko("confirm-stackpoint", "p")
+    stacko(*args)                                    # decided: allowed now
+
+
+def test_what_leaves_a_tentative_cutover_alone_keeps_it(point: Path, stacko: Runner,
+                                                        root: Path) -> None:
+    populate(stacko, "third", {"f": "third\n"}, parent="old")
+    populate(stacko, "fourth", {"f": "fourth\n"}, parent="old")
+    stacko("cutover-stackpoint", "p", "third")
+    stacko("fallback-stackpoint", "p")               # history: -, third kept off it
+    stacko("set-stackpoint-instance", "p", "third")
+    stacko("set-stackpoint-instance", "p", "old")    # history: old, third
+    stacko("cutover-stackpoint", "p", "new", "--tries", "1")     # history: third, old
+    stacko("new-stackpoint-instance", "p", "fourth")
+    stacko("delete-stackpoint-instance", "p", "fourth")
+    stacko("prune-stackpoint", "p", "--keep", "1")  # the instance of third, not old
+    assert stacko("cutover-stackpoint", "p", "new").out == str(point)     # already on it
+    state = info(stacko)
+    assert state["tentative"] == {"tries_left": 1, "tries": 1}
+    assert state["history"] == ["old"] and state["current"] == "new"
+    assert sorted(i["image"] for i in state["instances"]) == ["new", "old"]
+    for expected in ("new", "old"):                  # one try, then the fallback
+        boot(stacko, root)
+        stacko("mount-stackpoint", "p")
+        assert (point / "f").read_text() == f"{expected}\n"
+
+
 def test_bad_tries_and_timeouts_are_usage_errors(point: Path, stacko: Runner, root: Path) -> None:
     before = snapshot(root)
     stacko("cutover-stackpoint", "p", "new", "--tries", "-1", rc=2)
@@ -374,8 +461,8 @@ def test_sigterm_during_the_check_falls_back(point: Path, stacko: Runner, root: 
 def test_check_and_tries_together(point: Path, stacko: Runner, root: Path) -> None:
     stacko("cutover-stackpoint", "p", "new", "--check", "test -f f", "--tries", "1")
     assert info(stacko)["tentative"] == {"tries_left": 1, "tries": 1}
-    failed = stacko("cutover-stackpoint", "p", "old")
-    assert failed.out == str(point) and info(stacko)["tentative"] is None
+    back = stacko("fallback-stackpoint", "p")
+    assert back.out == str(point) and info(stacko)["tentative"] is None
 
 
 def test_a_new_cutover_first_undoes_one_killed_during_its_check(point: Path, stacko: Runner,
