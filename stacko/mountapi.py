@@ -1,5 +1,6 @@
 """The kernel's new mount API (fsopen, fsconfig, fsmount, move_mount), reached
-through ctypes and ``syscall(2)``, since the C library wraps only some of it.
+through ctypes' C core and ``syscall(2)``, since the C library wraps only some
+of it.
 
 Why stacko uses it where the kernel has it:
 
@@ -17,10 +18,20 @@ The syscall numbers below come from the generic table that every architecture
 shares since Linux 5.1 (424 onwards), so x86_64 and aarch64 agree on them.
 Errors become MountFailed, named by errno and carrying the kernel's own
 message from the fs context log when it wrote one.
+
+Why ``_ctypes`` and not ``ctypes``: every mount and unmount command imports
+this module, and ``import ctypes`` costs such a command about 2 ms of its
+~35 (its Python layer defines some forty C types, imports ``struct``, and its
+types are torn down again at exit), while the five calls below need four C
+types and a function pointer class.  ``_ctypes`` is the C module that
+``ctypes`` itself is built on; the classes below are defined exactly as
+``ctypes`` defines ``c_long``, ``c_int``, ``c_uint``, ``c_char_p`` and a
+``CDLL(None, use_errno=True)`` function (tests/test_mountapi.py holds them to
+``ctypes``' own).
 """
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import errno
 import functools
 import os
@@ -54,15 +65,49 @@ Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a fla
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(8); "new" insists on this API
 BENEATH_SINCE = (6, 5)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+
+
+# --- the C library, through ctypes' C core (see the module's docstring) -------
+class _CLong(_ctypes._SimpleCData):     # ctypes.c_long
+    _type_ = "l"
+
+
+class _CInt(_ctypes._SimpleCData):      # ctypes.c_int
+    _type_ = "i"
+
+
+class _CUInt(_ctypes._SimpleCData):     # ctypes.c_uint
+    _type_ = "I"
+
+
+class _CCharP(_ctypes._SimpleCData):    # ctypes.c_char_p (None: NULL)
+    _type_ = "z"
+
+
+class _LongFunction(_ctypes.CFuncPtr):  # a function of CDLL(None, use_errno=True), restype c_long
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _CLong
+
+
+class _IntFunction(_ctypes.CFuncPtr):   # the same, restype c_int
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _CInt
+
+
+class _Libc:
+    """What a CFuncPtr asks of its library: the handle.  dlopen(NULL) is the
+    program itself, with the C library it is linked with, as CDLL(None)."""
+    _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+
+_syscall = _LongFunction(("syscall", _Libc))
+_umount2 = _IntFunction(("umount2", _Libc))
 
 
 def _call(name: str, number: int, *args: object) -> int:
-    result = _syscall(ctypes.c_long(number), *args)
+    result = _syscall(_CLong(number), *args)
     if result < 0:
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(result)
 
@@ -77,28 +122,27 @@ def _b(text: str) -> bytes:
 
 # --- the system calls -------------------------------------------------------
 def fsopen(fstype: str) -> int:
-    return _call("fsopen", SYS_FSOPEN, ctypes.c_char_p(_b(fstype)), ctypes.c_uint(FSOPEN_CLOEXEC))
+    return _call("fsopen", SYS_FSOPEN, _CCharP(_b(fstype)), _CUInt(FSOPEN_CLOEXEC))
 
 
 def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
-    _call("fsconfig", SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd),
-          ctypes.c_char_p(_b(key) if key is not None else None),
-          ctypes.c_char_p(_b(value) if value is not None else None), ctypes.c_int(0))
+    _call("fsconfig", SYS_FSCONFIG, _CInt(fd), _CUInt(cmd),
+          _CCharP(_b(key) if key is not None else None),
+          _CCharP(_b(value) if value is not None else None), _CInt(0))
 
 
 def fsmount(fd: int, attr_flags: int = 0) -> int:
-    return _call("fsmount", SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
-                 ctypes.c_uint(attr_flags))
+    return _call("fsmount", SYS_FSMOUNT, _CInt(fd), _CUInt(FSMOUNT_CLOEXEC), _CUInt(attr_flags))
 
 
 def move_mount(from_fd: int, to_path: str, flags: int) -> None:
-    _call("move_mount", SYS_MOVE_MOUNT, ctypes.c_int(from_fd), ctypes.c_char_p(b""),
-          ctypes.c_int(AT_FDCWD), ctypes.c_char_p(_b(to_path)), ctypes.c_uint(flags))
+    _call("move_mount", SYS_MOVE_MOUNT, _CInt(from_fd), _CCharP(b""),
+          _CInt(AT_FDCWD), _CCharP(_b(to_path)), _CUInt(flags))
 
 
 def umount2(target: str, flags: int) -> None:
-    if _libc.umount2(ctypes.c_char_p(_b(target)), ctypes.c_int(flags)) != 0:
-        err = ctypes.get_errno()
+    if _umount2(_CCharP(_b(target)), _CInt(flags)) != 0:
+        err = _ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 

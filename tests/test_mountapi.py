@@ -1,6 +1,7 @@
 """stacko.mountapi: the new mount API through ctypes (fsopen … move_mount)."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import List
@@ -54,6 +55,31 @@ def test_legacy_forced_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_errno_name() -> None:
     assert mountapi.errno_name(2) == "ENOENT"
     assert mountapi.errno_name(99999) == "errno 99999"
+
+
+def test_c_types_are_ctypes_own() -> None:
+    """mountapi binds the C library through _ctypes (see its docstring): its
+    types must be the ones ctypes would have passed."""
+    import ctypes
+    pairs = [(mountapi._CLong, ctypes.c_long), (mountapi._CInt, ctypes.c_int),
+             (mountapi._CUInt, ctypes.c_uint), (mountapi._CCharP, ctypes.c_char_p)]
+    for ours, theirs in pairs:
+        assert ours._type_ == theirs._type_ and ctypes.sizeof(ours) == ctypes.sizeof(theirs)
+    assert mountapi._CInt(-100).value == -100 and mountapi._CUInt(0x200).value == 0x200
+    assert mountapi._CCharP(None).value is None
+    for function, restype in ((mountapi._syscall, ctypes.c_long), (mountapi._umount2, ctypes.c_int)):
+        assert function._flags_ == ctypes.CDLL(None, use_errno=True).syscall._flags_
+        assert ctypes.sizeof(function._restype_) == ctypes.sizeof(restype)
+
+
+def test_calls_report_the_errno_of_the_kernel(workdir: Path) -> None:
+    """A failing call gives the kernel's errno, through syscall(2) and umount2(2) alike."""
+    with pytest.raises(OSError) as info:
+        mountapi.umount2(str(workdir / "missing"), 0)
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as info:
+        mountapi.fsopen("no-such-filesystem")
+    assert info.value.errno == (errno.ENODEV if os.geteuid() == 0 else errno.EPERM)
 
 
 def test_failed_call_names_errno(monkeypatch: pytest.MonkeyPatch) -> None:
