@@ -1,18 +1,23 @@
 """The stacko command line: parse, call, print.  Logic lives elsewhere."""
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+# collections.abc's names for the annotations only: importing collections.abc
+# imports all of collections (~1.7 ms a start); _collections_abc, which it
+# re-exports, is loaded by every interpreter already.
+from _collections_abc import Callable, Sequence
 
 from stacko import __version__
 from stacko.errors import Interrupted, StackoError
 from stacko.state import DEFAULT_ROOT, Store
 
-Handler = Callable[[argparse.Namespace], int]
+try:   # the C module behind signal, loaded at every start: signal itself builds
+    import _signal as signal    # enums at import (enum and re, ~4 ms), of no use here
+except ImportError:             # an interpreter without it
+    import signal               # type: ignore[no-redef]
+
+Handler = Callable[["Args"], int]
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
                   "export-image pull-image push-image verify-image")
@@ -23,7 +28,7 @@ POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stac
 UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint df check"
 
 
-def store(args: argparse.Namespace) -> Store:
+def store(args: Args) -> Store:
     root = getattr(args, "root", None) or os.environ.get("STACKO_ROOT") or DEFAULT_ROOT
     return Store(root)
 
@@ -38,36 +43,37 @@ def out(line: str) -> None:
 
 
 def print_json(data: object) -> None:
+    import json     # here: json imports re (and enum), ~7 ms of every start
     out(json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- image commands -----------------------------------------------------------
-def cmd_new_image(args: argparse.Namespace) -> int:
+def cmd_new_image(args: Args) -> int:
     from stacko import images
     images.new_image(store(args), args.name, args.parent, configs=args.config,
                      annotations=args.annotation)
     return 0
 
 
-def cmd_edit_image(args: argparse.Namespace) -> int:
+def cmd_edit_image(args: Args) -> int:
     from stacko import images
     out(images.edit_image(store(args), args.name, read_only=args.read_only))
     return 0
 
 
-def cmd_close_image(args: argparse.Namespace) -> int:
+def cmd_close_image(args: Args) -> int:
     from stacko import images
     images.close_image(store(args), args.name)
     return 0
 
 
-def cmd_delete_image(args: argparse.Namespace) -> int:
+def cmd_delete_image(args: Args) -> int:
     from stacko import images
     images.delete_image(store(args), args.name)
     return 0
 
 
-def cmd_list_images(args: argparse.Namespace) -> int:
+def cmd_list_images(args: Args) -> int:
     from stacko import images
     s = store(args)
     infos = images.list_images(s)
@@ -80,19 +86,19 @@ def cmd_list_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import_image(args: argparse.Namespace) -> int:
+def cmd_import_image(args: Args) -> int:
     from stacko import oci
     oci.import_image(store(args), args.name, args.path, args.parent, ref=args.ref)
     return 0
 
 
-def cmd_export_image(args: argparse.Namespace) -> int:
+def cmd_export_image(args: Args) -> int:
     from stacko import oci
     oci.export_image(store(args), args.name, args.path, compression=args.compression)
     return 0
 
 
-def cmd_verify_image(args: argparse.Namespace) -> int:
+def cmd_verify_image(args: Args) -> int:
     from stacko import images
     from stacko.changes import show_path
     s = store(args)
@@ -118,20 +124,20 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
     return status
 
 
-def registry_options(args: argparse.Namespace) -> object:
+def registry_options(args: Args) -> object:
     from stacko.registry.client import Options
     return Options(creds=args.creds, authfile=args.authfile, cert_dir=args.cert_dir,
                    tls_verify=args.tls_verify)
 
 
-def cmd_pull_image(args: argparse.Namespace) -> int:
+def cmd_pull_image(args: Args) -> int:
     from stacko.registry import pull
     pull.pull_image(store(args), args.name, args.ref, platform=args.platform,
                     options=registry_options(args))
     return 0
 
 
-def cmd_push_image(args: argparse.Namespace) -> int:
+def cmd_push_image(args: Args) -> int:
     from stacko.registry import push
     push.push_image(store(args), args.name, args.ref, compression=args.compression,
                     options=registry_options(args))
@@ -139,43 +145,43 @@ def cmd_push_image(args: argparse.Namespace) -> int:
 
 
 # --- stackpoint commands --------------------------------------------------------
-def cmd_new_stackpoint(args: argparse.Namespace) -> int:
+def cmd_new_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.new_stackpoint(store(args), args.point, args.image, path=args.path,
                                nodev=args.nodev, nosuid=args.nosuid)
     return 0
 
 
-def cmd_delete_stackpoint(args: argparse.Namespace) -> int:
+def cmd_delete_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.delete_stackpoint(store(args), args.point)
     return 0
 
 
-def cmd_mount_stackpoint(args: argparse.Namespace) -> int:
+def cmd_mount_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     out(stackpoints.mount_stackpoint(store(args), args.point))
     return 0
 
 
-def cmd_umount_stackpoint(args: argparse.Namespace) -> int:
+def cmd_umount_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.umount_stackpoint(store(args), args.point, lazy=args.lazy)
     return 0
 
 
-def cmd_get_stackpoint_dir(args: argparse.Namespace) -> int:
+def cmd_get_stackpoint_dir(args: Args) -> int:
     from stacko import stackpoints
     out(stackpoints.stackpoint_dir(store(args), args.point))
     return 0
 
 
-def cmd_is_stackpoint_mounted(args: argparse.Namespace) -> int:
+def cmd_is_stackpoint_mounted(args: Args) -> int:
     from stacko import stackpoints
     return 0 if stackpoints.is_mounted(store(args), args.point) else 1
 
 
-def cmd_cutover_stackpoint(args: argparse.Namespace) -> int:
+def cmd_cutover_stackpoint(args: Args) -> int:
     if args.check is not None:
         from stacko import checked
         timeout = CHECK_TIMEOUT if args.check_timeout is None else args.check_timeout
@@ -190,37 +196,37 @@ def cmd_cutover_stackpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_confirm_stackpoint(args: argparse.Namespace) -> int:
+def cmd_confirm_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.confirm(store(args), args.point)
     return 0
 
 
-def cmd_fallback_stackpoint(args: argparse.Namespace) -> int:
+def cmd_fallback_stackpoint(args: Args) -> int:
     from stacko import stackpoints
     out(stackpoints.fallback(store(args), args.point))
     return 0
 
 
-def cmd_new_stackpoint_instance(args: argparse.Namespace) -> int:
+def cmd_new_stackpoint_instance(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.new_instance(store(args), args.point, args.image)
     return 0
 
 
-def cmd_set_stackpoint_instance(args: argparse.Namespace) -> int:
+def cmd_set_stackpoint_instance(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.set_instance(store(args), args.point, args.image)
     return 0
 
 
-def cmd_delete_stackpoint_instance(args: argparse.Namespace) -> int:
+def cmd_delete_stackpoint_instance(args: Args) -> int:
     from stacko import stackpoints
     stackpoints.delete_instance(store(args), args.point, args.image)
     return 0
 
 
-def cmd_list_stackpoints(args: argparse.Namespace) -> int:
+def cmd_list_stackpoints(args: Args) -> int:
     from stacko import stackpoints
     infos = stackpoints.list_stackpoints(store(args))
     if args.json:
@@ -248,26 +254,26 @@ def cmd_list_stackpoints(args: argparse.Namespace) -> int:
 
 
 # --- changes and upkeep ------------------------------------------------------------
-def cmd_diff_stackpoint(args: argparse.Namespace) -> int:
+def cmd_diff_stackpoint(args: Args) -> int:
     from stacko import changes
     for kind, path in changes.diff(store(args), args.point):
         out(f"{kind} {path}")
     return 0
 
 
-def cmd_commit_stackpoint(args: argparse.Namespace) -> int:
+def cmd_commit_stackpoint(args: Args) -> int:
     from stacko import changes
     changes.commit(store(args), args.point, args.new_image)
     return 0
 
 
-def cmd_prune_stackpoint(args: argparse.Namespace) -> int:
+def cmd_prune_stackpoint(args: Args) -> int:
     from stacko import changes
     changes.prune(store(args), args.point, keep=args.keep)
     return 0
 
 
-def cmd_df(args: argparse.Namespace) -> int:
+def cmd_df(args: Args) -> int:
     from stacko import df
     report = df.disk_usage(store(args))
     if args.json:
@@ -278,7 +284,7 @@ def cmd_df(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: Args) -> int:
     from stacko import check
     report = check.check(store(args), repair=args.repair, content=args.content)
     for line in report:
@@ -294,6 +300,12 @@ def arg(*flags: str, **kwargs: object) -> Arg:
     return flags, kwargs
 
 
+def usage_error(message: str) -> Exception:
+    """What a type= function raises for a bad value (argparse is loaded then)."""
+    import argparse
+    return argparse.ArgumentTypeError(message)
+
+
 def name(text: str) -> str:
     """Names are checked while parsing, so that a bad one is a usage error (2)."""
     from stacko.errors import InvalidName
@@ -301,7 +313,7 @@ def name(text: str) -> str:
     try:
         return check_name(text)
     except InvalidName as e:
-        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
+        raise usage_error(f"{e.message} ({e.hint})") from None
 
 
 CHECK_TIMEOUT = 60.0
@@ -311,9 +323,9 @@ def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise usage_error(f"not a number of seconds: {text!r}") from None
     if not 0 < value < 1e9:       # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        raise usage_error(f"must be more than 0: {text!r}")
     return value
 
 
@@ -321,9 +333,9 @@ def non_negative(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise usage_error(f"not a whole number: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+        raise usage_error(f"must be 0 or more: {text!r}")
     return value
 
 
@@ -332,7 +344,7 @@ def boolean(text: str) -> bool:
         return True
     if text.lower() in ("false", "0", "no"):
         return False
-    raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
+    raise usage_error(f"not true or false: {text!r}")
 
 
 def reference(text: str) -> str:
@@ -342,7 +354,7 @@ def reference(text: str) -> str:
     try:
         parse(text)
     except UsageError as e:
-        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
+        raise usage_error(f"{e.message} ({e.hint})") from None
     return text
 
 
@@ -541,21 +553,32 @@ def terminal_columns() -> int:
     return columns or 80
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter):
+_formatter: type | None = None
+
+
+def formatter() -> type:
     """argparse's formatter, told the terminal's width: left to find it itself,
     it imports shutil (and with it bz2, lzma and zlib) for every parser, on
-    every start, help or not."""
+    every start, help or not.  Made on first use: argparse is imported only by
+    a line the quick parse (quick_args) does not take."""
+    global _formatter
+    if _formatter is None:
+        import argparse
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        if width is None:
-            width = terminal_columns() - 2          # as argparse does
-        super().__init__(prog, indent_increment, max_help_position, width)
+        class Formatter(argparse.RawDescriptionHelpFormatter):
+            def __init__(self, prog: str, indent_increment: int = 2,
+                         max_help_position: int = 24, width: int | None = None) -> None:
+                if width is None:
+                    width = terminal_columns() - 2          # as argparse does
+                super().__init__(prog, indent_increment, max_help_position, width)
+        _formatter = Formatter
+    return _formatter
 
 
 def common_options() -> argparse.ArgumentParser:
+    import argparse
     # SUPPRESS: given before or after the command, a shared option is not reset.
-    common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=formatter())
     common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
                         help=f"state directory (default: $STACKO_ROOT or {DEFAULT_ROOT})")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -623,11 +646,12 @@ def command_groups() -> str:
 def build_parser(only: Command | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (for speed at every start) one with just the command
     that was asked for; help and usage errors get the whole one."""
+    import argparse
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="stacko", parents=[common],
         description="Stackable overlayfs images, copy-on-write instances and stackpoints.",
-        formatter_class=Formatter,
+        formatter_class=formatter(),
         epilog=command_groups() if only is None else None)
     parser.add_argument("--version", action="version", version=f"stacko {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -635,7 +659,7 @@ def build_parser(only: Command | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, parents=[common], help=command.help,
                            description=command.help, aliases=list(command.aliases),
                            epilog=command.epilog,
-                           formatter_class=Formatter)
+                           formatter_class=formatter())
         for flags, kwargs in command.args:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(handler=command.handler)
@@ -647,8 +671,70 @@ def _terminate(signum: int, frame: object) -> None:
     raise Interrupted("terminated by a signal; what was begun has been undone")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+# --- the quick parse --------------------------------------------------------------
+# The commands boot scripts, prompts and monitors run many times a minute, by
+# their positional arguments and their flags (store_true options).  argparse
+# with its imports costs such a command more than its work (issue 13), so a
+# line made only of these words, spelt out in full, is parsed here; any other
+# line, however slightly different (an abbreviation, -h, --, a bad name, a
+# missing argument), goes to argparse, which alone reports usage errors.
+# tests/test_quickparse.py checks that the two parses agree.
+QUICK = {
+    "get-stackpoint-dir": (("point",), ()),
+    "is-stackpoint-mounted": (("point",), ()),
+    "mount-stackpoint": (("point",), ()),
+    "umount-stackpoint": (("point",), ("--lazy",)),
+    "list-stackpoints": ((), ("--json",)),
+    "list-images": ((), ("--tree", "--json")),
+}
+
+
+class Args:
+    """A parsed line: for a quickly parsed line, the attributes argparse's
+    Namespace would have.  Handlers take either (they only read attributes),
+    and are annotated with this one so that argparse stays unimported."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+
+def quick_args(argv: Sequence[str]) -> Args | None:
+    """The parse of argv as argparse would make it, for a plainly well-formed
+    line of one of the QUICK commands; None for every other line."""
+    from stacko.records import is_name
+    values: dict[str, object] = {}
+    names: list[str] = []
+    command = None
+    words = iter(argv)
+    for word in words:
+        if word == "--root" or word.startswith("--root="):
+            root = next(words, None) if word == "--root" else word[len("--root="):]
+            if root is None or root.startswith("-") or "root" in values:
+                return None
+            values["root"] = root
+        elif word in ("-v", "--verbose"):
+            values["verbose"] = True
+        elif command is None:
+            if word not in QUICK:
+                return None
+            command = word
+            positional, flags = QUICK[command]
+            values.update((flag[2:], False) for flag in flags)
+        elif word in flags:
+            values[word[2:]] = True
+        elif word.startswith("-") or not is_name(word):
+            return None
+        else:
+            names.append(word)
+    if command is None or len(names) != len(positional):
+        return None
+    handler = next(c.handler for c in COMMANDS if c.name == command)
+    return Args(command=command, handler=handler, **dict(zip(positional, names)), **values)
+
+
+def parse(argv: list[str]) -> object:
+    """argparse's parse of argv: the namespace, or the exit status of -h,
+    --version or a usage error (then already reported)."""
     only = wanted_command(argv)
     if only is None and not {"-h", "--help", "--version"} & set(argv):
         word = command_word(argv)
@@ -659,9 +745,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return unknown_command(parser, word)
     try:
-        args = build_parser(only).parse_args(argv)
+        return build_parser(only).parse_args(argv)
     except SystemExit as e:           # -h, --version, or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:
+        print(f"stacko {__version__}")     # as argparse's version action prints it
+        return 0
+    args = quick_args(argv)
+    if args is None:
+        args = parse(argv)
+        if isinstance(args, int):
+            return args
     if getattr(args, "verbose", False):
         from stacko import run
         run.verbose = True

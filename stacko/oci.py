@@ -32,7 +32,7 @@ from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudg
 from stacko.formats.ociexport import Packed, pack_chain, write_archive
 from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
-from stacko.records import NAME_RE, Image, check_name, replace, utc_time
+from stacko.records import Image, check_name, is_name, replace, utc_time
 from stacko.state import Store
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
@@ -155,7 +155,7 @@ def reusable(store: Store, images: Dict[str, Image], digests: Tuple[str, ...],
 
 
 def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
-    if spec.name and NAME_RE.fullmatch(spec.name) and spec.name not in taken:
+    if spec.name and is_name(spec.name) and spec.name not in taken:
         return spec.name
     suffix = f".layer-{n}"
     candidate = name[:128 - len(suffix)] + suffix

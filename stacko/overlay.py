@@ -30,10 +30,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import re
-from collections.abc import Callable, Sequence
+from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
-from stacko import procs, run
 from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
 from stacko.records import record
 
@@ -74,12 +72,21 @@ class Mount:
         return "ro" in self.mount_options.split(",")
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
 def decode_mountinfo_field(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as \\ooo."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    """mountinfo writes space, tab, newline and backslash as \\ooo.
+
+    Without `re` (re.sub(r"\\([0-7]{3})", ...) in effect), which would cost every
+    command that reads the mount table ~5 ms of start-up: see records.is_name."""
+    if "\\" not in field:
+        return field
+    parts = field.split("\\")
+    decoded = [parts[0]]
+    for part in parts[1:]:
+        if len(part) >= 3 and not part[:3].strip("01234567"):
+            decoded.append(chr(int(part[:3], 8)) + part[3:])
+        else:
+            decoded.append("\\" + part)
+    return "".join(decoded)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -169,7 +176,17 @@ def escape_option(path: str) -> str:
 
 
 def unescape_option(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value)
+    """Undo escape_option: a backslash takes the next character (but a
+    newline) as it is, as re.sub(r"\\(.)", r"\1", value) would."""
+    if "\\" not in value:
+        return value
+    chars, i = [], 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] != "\n":
+            i += 1
+        chars.append(value[i])
+        i += 1
+    return "".join(chars)
 
 
 def kernel_defaults_off() -> list[str]:
@@ -229,6 +246,7 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     if attrs:     # flags of the mount: mount(8) takes them out of the overlay's data
         argv += ["-o", ",".join(attrs)]
     argv.append(target)
+    from stacko import run
     try:
         run.run(argv, cwd=layers_dir, env=MOUNT_ENV)
     except CommandFailed as e:
@@ -313,7 +331,7 @@ def kernel_hint() -> str | None:
 
 def umount(target: str, lazy: bool = False) -> None:
     """Unmount target; when it is busy, name the processes that hold it."""
-    from stacko import mountapi
+    from stacko import mountapi, run
     if mountapi.supports_new_api():       # then umount2 is at hand too: no umount(8) to start
         run.debug(f"+ [mount API] umount2 {target}" + (" MNT_DETACH" if lazy else ""))
         try:
@@ -341,6 +359,7 @@ def busy(target: str) -> MountBusy:
 
 
 def busy_reason(target: str) -> str:
+    from stacko import procs
     users = procs.holders(target)
     beneath = [m.mount_point for m in mounts_under(target) if m.mount_point != target]
     reasons = []

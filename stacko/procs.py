@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.records import record
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from _collections_abc import Mapping, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import CommandFailed
 from stacko.records import record

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from _collections_abc import Iterator  # = collections.abc: see cli.py
 
 from stacko import images as images_mod
-from stacko import events, overlay, procs, run
+from stacko import events, overlay
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
@@ -146,6 +146,7 @@ def _replace_mount(store: Store, images: dict[str, Image], points: dict[str, Sta
 def _held(store: Store, point: Stackpoint, record: DetachedMount,
           table: list[overlay.Mount]) -> str:
     """Who still holds an instance's detached mount: "" when nobody does."""
+    from stacko import procs
     if record.boot_id != overlay.boot_id():
         return ""            # rebooted since: that mount is gone
     inst = point.instance(record.image)
@@ -363,6 +364,7 @@ def mount_stackpoint(store: Store, name: str) -> str:
 def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     """Mount a tentative stackpoint that was not mounted (a boot): use one try,
     or, with none left, fall back to the instance that was current before."""
+    from stacko import run
     points = store.load_stackpoints()
     tentative = point.tentative
     assert tentative is not None
@@ -418,6 +420,7 @@ def undo_interrupted_check(store: Store, name: str, mount: bool) -> str:
     that never proved itself is not trusted, so the stackpoint falls back to
     the instance that was current before (the checked one is kept).  The
     stackpoint ends mounted if it was, or if mount is true."""
+    from stacko import run
     images = store.load_images()
     points = store.load_stackpoints()
     point = get(points, name)
@@ -492,6 +495,7 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
     (MOVE_MOUNT_BENEATH, see _replace_mount); elsewhere it is unmounted, then
     mounted again, which fails while processes hold the old tree.
     """
+    from stacko import run
     old = points[new.name]
     refuse_if_checking(old, action)
     directory = store.stackpoint_dir(old)

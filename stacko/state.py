@@ -23,13 +23,11 @@ import contextlib
 import errno
 import fcntl
 import functools
-import json
 import os
-import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
 from stacko.errors import CorruptState, LockTimeout, StackoError
 from stacko.records import Image, Stackpoint
@@ -41,7 +39,53 @@ LAYER_ID_LEN = 5
 MARKER = ".stacko-root"
 INTENT = "lock.intent"      # a writer waiting for the lock holds this: see Store._acquire
 # The only names stacko ever makes in <root>/tmp, and so the only ones it removes.
-STAGING_RE = re.compile(r"(?:import|export)-[0-9]+-[0-9A-Za-z]+")
+
+
+def is_staging_name(name: str) -> bool:
+    """Whether name is one stacko gives its staging directories in tmp:
+    (import|export)-DIGITS-ALNUM (without `re`: see records.is_name)."""
+    kind, _, rest = name.partition("-")
+    number, _, tag = rest.partition("-")
+    return (kind in ("import", "export") and number.isascii() and number.isdigit()
+            and tag.isascii() and tag.isalnum())
+
+
+class _JsonContext:
+    """What the json module's C scanner reads its settings from: json.loads's."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name)          # NaN, Infinity, -Infinity, as json.loads
+
+
+def parse_json(text: str) -> object:
+    """json.loads(text), without importing json when text is well-formed.
+
+    Importing json costs every command ~7 ms (it imports re, and with it
+    enum), more than reading 1,000 records; its C scanner, in _json, costs
+    nothing to import and is what json.loads itself uses.  Anything the scanner
+    does not take whole, json.loads parses again, to raise its own error."""
+    try:
+        from _json import make_scanner
+    except ImportError:                   # an interpreter without it
+        make_scanner = None
+    if make_scanner is not None:
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        try:
+            value, end = make_scanner(_JsonContext)(text, start)
+        except Exception:   # noqa: BLE001  json.loads, below, says what is wrong
+            # Any: the scanner raises StopIteration, JSONDecodeError, or (when
+            # json.decoder, where its error class lives, is not loaded) a
+            # SystemError; its error paths are for json.loads, not for us.
+            pass
+        else:
+            if not text[end:].strip(" \t\n\r"):
+                return value
+    import json
+    return json.loads(text)
 
 
 class Store:
@@ -259,7 +303,7 @@ class Store:
             names = os.listdir(self.tmp_dir)
         except OSError:
             return []
-        return sorted(n for n in names if STAGING_RE.fullmatch(n))
+        return sorted(n for n in names if is_staging_name(n))
 
     # --- metadata ----------------------------------------------------------
     # Every record is validated as it is read (validate.py).  A violation makes
@@ -332,7 +376,7 @@ class Store:
         except (OSError, UnicodeDecodeError) as e:
             raise CorruptState(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except RecursionError:
             raise CorruptState(f"{path} is corrupt: nested too deeply",
                                hint="restore it from a backup; stacko left it as it is") from None
@@ -352,6 +396,7 @@ class Store:
 
     def _write(self, path: str, key: str, records: dict[str, object]) -> None:
         assert self._exclusive, "metadata written without the exclusive lock"
+        import json     # here: see parse_json
         text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
         atomic_write(path, text.encode("utf-8"))
 
@@ -389,7 +434,7 @@ class Store:
         records given one layer by a hand edit) is someone's data, kept."""
         from stacko import content, overlay, validate
 
-        if not validate.LAYER_RE.fullmatch(layer):
+        if not validate.is_layer(layer):
             raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
         owner = self.layer_owner(layer)
         if owner:

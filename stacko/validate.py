@@ -11,12 +11,22 @@ to the function of its record.
 from __future__ import annotations
 
 import os
-import re
 
-from stacko.records import NAME_RE, Image, Stackpoint
+from stacko.records import Image, Stackpoint, is_name
 
-LAYER_RE = re.compile(r"[a-z0-9]{5}")     # what Store.new_layer makes
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# Without `re`, which would cost every command's start ~5 ms (see records.is_name).
+_LAYER_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def is_layer(text: object) -> bool:
+    """Whether text is a layer id as Store.new_layer makes them: [a-z0-9]{5}."""
+    return isinstance(text, str) and len(text) == 5 and not text.strip(_LAYER_CHARS)
+
+
+def is_digest(text: object) -> bool:
+    """Whether text is sha256:<64 lowercase hex digits>."""
+    return (isinstance(text, str) and len(text) == 71 and text.startswith("sha256:")
+            and not text[7:].strip("0123456789abcdef"))
 
 
 def path_problem(path: str, root: str) -> str:
@@ -35,7 +45,7 @@ def path_problem(path: str, root: str) -> str:
 
 
 def _name(value: str) -> bool:
-    return bool(NAME_RE.fullmatch(value))
+    return is_name(value)
 
 
 def image_violations(images: dict[str, Image], source: str) -> list[str]:
@@ -46,7 +56,7 @@ def image_violations(images: dict[str, Image], source: str) -> list[str]:
         where = f"{source}: image {key!r}"
         if not _name(key):
             found.append(f"{where}: the name is not valid")
-        if not LAYER_RE.fullmatch(image.layer):
+        if not is_layer(image.layer):
             found.append(f"{where}: field 'layer' is {image.layer!r}, not a layer id stacko "
                          "makes (5 characters of a-z 0-9)")
         elif image.layer in owners:
@@ -56,11 +66,11 @@ def image_violations(images: dict[str, Image], source: str) -> list[str]:
             owners[image.layer] = key
         if image.parent is not None and image.parent not in images:
             found.append(f"{where}: field 'parent' names {image.parent!r}, which is no image")
-        if image.manifest is not None and not DIGEST_RE.fullmatch(image.manifest):
+        if image.manifest is not None and not is_digest(image.manifest):
             found.append(f"{where}: field 'manifest' is {image.manifest!r}, not a sha256 digest")
         if image.size is not None and (image.size < 0 or isinstance(image.size, bool)):
             found.append(f"{where}: field 'size' is {image.size!r}, not a number of bytes")
-        bad = [d for d in image.digests if not DIGEST_RE.fullmatch(d)]
+        bad = [d for d in image.digests if not is_digest(d)]
         if bad:     # they decide which layers a pull or import skips
             found.append(f"{where}: field 'digests' holds {bad[0]!r}, not a sha256 digest")
     ends: set[str] = set()          # images whose chain of parents is known to end
@@ -106,7 +116,7 @@ def stackpoint_violations(points: dict[str, Stackpoint], source: str, root: str)
                              "image name")
             if images.count(inst.image) > 1:
                 found.append(f"{where}: field 'instances': two instances of {inst.image!r}")
-            if not LAYER_RE.fullmatch(inst.layer):
+            if not is_layer(inst.layer):
                 found.append(f"{where}: field 'instances': the layer of its instance of "
                              f"{inst.image!r} is {inst.layer!r}, not a layer id stacko makes "
                              "(5 characters of a-z 0-9)")

@@ -27,9 +27,10 @@ import os, sys
 sys.stdout = open(os.devnull, "w")
 from stacko.cli import main
 status = main(sys.argv[2:])
+modules = sorted(sys.modules)     # before the probe's own json
 import json
 with open(sys.argv[1], "w") as f:
-    json.dump({"status": status, "modules": sorted(sys.modules)}, f)
+    json.dump({"status": status, "modules": modules}, f)
 """
 
 # Never needed by a command that neither talks to a registry nor reads or
@@ -95,3 +96,33 @@ def test_the_probe_sees_imports(state: Path, workdir: Path) -> None:
     """The test above can fail: export-image does import tarfile and hashlib."""
     modules = imported(state, "export-image", "base", str(workdir / "out.tar"))
     assert {"tarfile", "hashlib", "isal"} <= modules
+
+
+# The commands run most often parse their line without argparse (cli.quick_args)
+# and read the metadata without json: together with re and enum, which both
+# import, and signal's enums, these are ~10 ms of a start of ~20 (docs/startup.md).
+LEAN = NO_MOUNT | {"argparse", "re", "json", "enum", "signal", "gettext", "locale", "shlex",
+                   "stacko.run", "stacko.procs", "collections.abc"}
+
+
+@pytest.mark.parametrize("argv, needs", [
+    (("list-images",), set()), (("list-images", "--tree"), set()),
+    (("list-images", "--json"), {"json", "re", "enum"}),      # json writes it
+    (("list-stackpoints",), set()), (("list-stackpoints", "--json"), {"json", "re", "enum"}),
+    (("get-stackpoint-dir", "web"), set()), (("is-stackpoint-mounted", "web"), set()),
+    (("-v", "get-stackpoint-dir", "web"), {"stacko.run", "shlex", "re", "enum"}),
+])
+def test_the_hot_commands_start_lean(state: Path, argv: tuple[str, ...], needs: set[str]) -> None:
+    assert imported(state, *argv) & LEAN == needs
+
+
+@pytest.mark.mounts
+def test_mount_and_umount_start_lean(state: Path) -> None:
+    for argv in (("mount-stackpoint", "web"), ("umount-stackpoint", "web")):
+        assert imported(state, *argv) & {"argparse", "json", "gettext", "locale", "signal"} \
+            == set(), argv
+
+
+def test_the_probe_sees_argparse(state: Path) -> None:
+    """The tests above can fail: a line the quick parse declines uses argparse."""
+    assert {"argparse", "re"} <= imported(state, "list-images", "--js")

@@ -5,8 +5,10 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from stacko import state
+from stacko.state import parse_json
 from stacko.errors import CorruptState, StackoError
 from stacko.records import Image, Instance, Stackpoint, check_name
 from stacko.errors import InvalidName
@@ -156,3 +158,41 @@ def test_delete_image_whose_layer_cannot_be_removed_says_so(stacko, root, tmp_pa
     result = stacko("delete-image", "a", env=env, rc=1)
     assert "Permission denied" in result.stderr
     assert os.listdir(root / "l") == layers
+
+
+# --- parse_json: json.loads without importing json ------------------------------
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON_VALUES, st.sampled_from([None, 2]), st.sampled_from(["", " \n", "\t"]))
+def test_parse_json_reads_what_json_loads_reads(value: object, indent: int | None,
+                                                 pad: str) -> None:
+    text = pad + json.dumps(value, indent=indent, ensure_ascii=False) + pad
+    assert parse_json(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"version": 1,}', "", "  ", "[1] [2]",
+                                  "\ufeff{}", '{"a": tru', "[" * 100_000, "NaN x"])
+def test_parse_json_refuses_what_json_loads_refuses_with_its_error(text: str) -> None:
+    with pytest.raises((ValueError, RecursionError)) as expected:
+        json.loads(text)
+    with pytest.raises(type(expected.value)) as found:
+        parse_json(text)
+    assert str(found.value) == str(expected.value)
+
+
+def test_parse_json_keeps_the_constants_json_loads_takes() -> None:
+    text = '[NaN, Infinity, -Infinity, 1e400, 12345678901234567890]'
+    assert repr(parse_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("name, staging", [
+    ("import-12-ab3", True), ("export-0-Z", True), ("import-1-a-b", False),
+    ("import--ab", False), ("import-1-", False), ("imports-1-a", False), ("import-١-a", False),
+    ("import-1-é", False), ("other", False), ("import-1-a\n", False)])
+def test_staging_names_are_what_stacko_makes(name: str, staging: bool) -> None:
+    assert state.is_staging_name(name) is staging

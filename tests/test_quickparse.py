@@ -1,0 +1,109 @@
+"""The quick parse of the hot commands (cli.quick_args) agrees with argparse.
+
+A line it takes must give exactly the attributes argparse's parse gives, and
+argparse must accept that line; every line it declines goes to argparse, which
+alone reports usage errors.  So the property checked is: whenever quick_args
+returns something, it is what argparse returns.
+"""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from stacko import cli
+
+
+def argparse_args(argv: list[str]) -> dict[str, object] | None:
+    """What argparse makes of argv, or None when it refuses the line."""
+    try:
+        return vars(cli.build_parser(cli.wanted_command(argv)).parse_args(argv))
+    except SystemExit:
+        return None
+
+
+def agrees(argv: list[str]) -> bool:
+    """Whether quick_args declines argv or parses it as argparse does."""
+    quick = cli.quick_args(argv)
+    if quick is None:
+        return True
+    return vars(quick) == argparse_args(argv)
+
+
+TAKEN = [
+    ["get-stackpoint-dir", "web"],
+    ["--root", "/r", "get-stackpoint-dir", "web"],
+    ["--root=/r", "is-stackpoint-mounted", "web"],
+    ["is-stackpoint-mounted", "web", "--root", "/r dir"],
+    ["-v", "mount-stackpoint", "a.b_c+d-1"],
+    ["umount-stackpoint", "web", "--lazy"],
+    ["umount-stackpoint", "--lazy", "web", "--verbose"],
+    ["list-images"], ["list-images", "--tree"], ["list-images", "--json", "--tree"],
+    ["list-images", "--json", "--json"], ["--root", "", "list-stackpoints"],
+    ["list-stackpoints", "--json"], ["get-stackpoint-dir", "list-images"],
+    ["get-stackpoint-dir", "x" * 128],
+]
+
+DECLINED = [
+    [], ["--version"], ["-h"], ["list-images", "-h"], ["list-images", "--help"],
+    ["list-images", "--js"],                      # an abbreviation: argparse's to judge
+    ["get-stackpoint-dir"], ["get-stackpoint-dir", "a", "b"],
+    ["get-stackpoint-dir", "bad name"], ["get-stackpoint-dir", "x" * 129],
+    ["get-stackpoint-dir", "-web"], ["get-stackpoint-dir", "--", "web"],
+    ["get-stackpoint-dir", "wéb"], ["get-stackpoint-dir", "web\n"],
+    ["--root", "get-stackpoint-dir", "web"][:2], ["--root", "-x", "list-images"],
+    ["--root", "/a", "--root", "/b", "list-images"], ["--ro", "/r", "list-images"],
+    ["list-images", "--lazy"], ["umount-stackpoint", "web", "--tree"],
+    ["new-image", "web"], ["cutover-stackpoint", "web", "img"], ["web", "get-stackpoint-dir"],
+    ["list-images", "extra"], ["-vv", "list-images"],
+]
+
+
+@pytest.mark.parametrize("argv", TAKEN, ids=" ".join)
+def test_plain_lines_are_taken_and_parsed_as_argparse_does(argv: list[str]) -> None:
+    quick = cli.quick_args(argv)
+    assert quick is not None, "the quick parse must take this plain line"
+    assert vars(quick) == argparse_args(argv)
+
+
+@pytest.mark.parametrize("argv", DECLINED, ids=" ".join)
+def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
+    assert cli.quick_args(argv) is None
+
+
+def test_argparse_still_reports_what_the_quick_parse_declines(capsys) -> None:
+    assert cli.main(["get-stackpoint-dir", "bad name"]) == 2
+    assert "invalid name 'bad name'" in capsys.readouterr().err
+    assert cli.main(["list-images", "--lazy"]) == 2
+    assert "unrecognized arguments: --lazy" in capsys.readouterr().err
+
+
+def test_version_says_what_argparse_says(capsys) -> None:
+    assert cli.main(["--version"]) == 0
+    quick = capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == quick
+
+
+WORDS = st.sampled_from(
+    list(cli.QUICK) + ["new-image", "cutover-stackpoint", "--json", "--tree", "--lazy",
+                       "--root", "--root=/x", "--root=", "-v", "--verbose", "-h", "--", "-",
+                       "--js", "--roo", "web", "a.b", "0", "", " ", "a b", "-1", "/r",
+                       "x" * 129, "é"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(WORDS, max_size=6))
+def test_any_line_the_quick_parse_takes_argparse_parses_the_same(argv: list[str]) -> None:
+    assert agrees(argv)
+
+
+def test_the_quick_parse_builds_no_parser(monkeypatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> argparse.ArgumentParser:
+        raise AssertionError("argparse used for a plain line")
+    monkeypatch.setattr(cli, "build_parser", refuse)
+    for argv in TAKEN:
+        assert cli.quick_args(argv) is not None
