@@ -37,7 +37,7 @@ def run() -> list[dict[str, object]]:
                     "get-stackpoint-dir": stacko + ["get-stackpoint-dir", "web"],
                     "list-stackpoints": stacko + ["list-stackpoints"],
                     "list-images": stacko + ["list-images"],
-                    "--version": stacko + ["--version"]}
+                    "--version": common.stacko_argv() + ["--version"]}   # as users run it
         # is-stackpoint-mounted exits 1 when not mounted: run it with check off.
         commands_rc1 = {"is-stackpoint-mounted": stacko + ["is-stackpoint-mounted", "web"]}
         cases = {key: (lambda key=key, argv=argv: timed(key, lambda: common.run(argv)))

@@ -1,7 +1,6 @@
 """Images: immutable layers stacked on a parent.  No argparse here."""
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -179,6 +178,7 @@ def close_image(store: Store, name: str) -> None:
     with its data durable.  An image that is not sealed (made before stacko
     recorded manifests, or whose close-image failed after the unmount) is
     sealed by close-image even when it is not mounted."""
+    import contextlib
     images = store.load_images()
     image = get(images, name)
     target = store.edit_path(name)

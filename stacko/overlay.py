@@ -28,12 +28,12 @@ Kernel facts this module relies on:
 from __future__ import annotations
 
 import errno
-import functools
 import os
 from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import CommandFailed, MountBusy, MountFailed, NeedsRoot, StackoError
 from stacko.records import record
+from stacko.state import wraps
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL
@@ -374,11 +374,10 @@ def busy_reason(target: str) -> str:
 def needs_root(action: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Decorator for commands that always mount or unmount: refuse before the lock."""
     def wrap(func: Callable[..., object]) -> Callable[..., object]:
-        @functools.wraps(func)
         def inner(*args: object, **kwargs: object) -> object:
             require_root(action)
             return func(*args, **kwargs)
-        return inner
+        return wraps(inner, func)
     return wrap
 
 

@@ -1,13 +1,13 @@
 """The records kept in the metadata files, and the rules for names.
 
 Records are named tuples made by the ``record`` decorator: immutable like frozen
-dataclasses, typed like NamedTuples, but built on collections.namedtuple,
-because every stacko command loads them and importing dataclasses (with
-inspect) or typing would cost more than a listing's whole work; ``replace``
-changes fields as dataclasses.replace does."""
+dataclasses, typed like NamedTuples, and ``replace`` changes fields as
+dataclasses.replace does.  They are built here rather than with
+collections.namedtuple, typing.NamedTuple or dataclasses, because every stacko
+command loads them: importing collections costs a start ~1.7 ms and compiling
+each class's __new__ more, typing and dataclasses (with inspect) more still,
+all of it more than a listing's whole work."""
 from __future__ import annotations
-
-import collections
 
 from stacko.errors import CorruptState, InvalidName
 
@@ -18,22 +18,58 @@ def replace(record: tuple, **changes: object) -> tuple:
 
 
 def record(cls: type) -> type:
-    """Class decorator: cls becomes an immutable record as with typing.NamedTuple,
-    without importing typing, which would cost every command a few ms.
+    """Class decorator: cls becomes an immutable record as with typing.NamedTuple.
 
     The fields are cls's annotated names, in order; a value given to one in the
     class body is its default (defaults come last, as for a NamedTuple).  The
-    methods stay.  Records are tuples, so they compare by value and support
-    ``_replace``."""
-    names = list(cls.__dict__.get("__annotations__", {}))
-    defaults = [cls.__dict__[n] for n in names if n in cls.__dict__]
-    if any(n not in cls.__dict__ for n in names[len(names) - len(defaults):]):
-        raise TypeError(f"{cls.__name__}: a field without a default follows one with a default")
+    methods stay.  Records are tuples, so they compare by value; they have
+    ``_fields``, ``_field_defaults``, ``_replace`` and ``_asdict`` as named
+    tuples do."""
+    name = cls.__name__
+    names = tuple(cls.__dict__.get("__annotations__", {}))
+    defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+    if any(n not in defaults for n in names[len(names) - len(defaults):]):
+        raise TypeError(f"{name}: a field without a default follows one with a default")
+    count = len(names)
+
+    def __new__(klass: type, *args: object, **kwargs: object) -> tuple:
+        if len(args) == count and not kwargs:          # the common case, fast
+            return tuple.__new__(klass, args)
+        if len(args) > count:
+            raise TypeError(f"{name}() takes {count} arguments but {len(args)} were given")
+        for n in names[:len(args)]:
+            if n in kwargs:
+                raise TypeError(f"{name}() got multiple values for argument {n!r}")
+        values = list(args)
+        for n in names[len(args):]:
+            if n in kwargs:
+                values.append(kwargs.pop(n))
+            elif n in defaults:
+                values.append(defaults[n])
+            else:
+                raise TypeError(f"{name}() missing required argument {n!r}")
+        if kwargs:
+            raise TypeError(f"{name}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return tuple.__new__(klass, values)
+
+    def _replace(self: tuple, **changes: object) -> tuple:
+        values = [changes.pop(n, v) for n, v in zip(names, self)]
+        if changes:
+            raise ValueError(f"Got unexpected field names: {list(changes)!r}")
+        return tuple.__new__(type(self), values)
+
+    def __repr__(self: tuple) -> str:
+        return f"{name}({', '.join(f'{n}={v!r}' for n, v in zip(names, self))})"
+
     body = {k: v for k, v in cls.__dict__.items()
             if k not in names and k not in ("__dict__", "__weakref__")}
-    body["__slots__"] = ()
-    return type(cls.__name__, (collections.namedtuple(cls.__name__, names, defaults=defaults),),
-                body)
+    body.update(__slots__=(), __new__=__new__, _replace=_replace, __repr__=__repr__,
+                _fields=names, _field_defaults=defaults,
+                _asdict=lambda self: dict(zip(names, self)),
+                __getnewargs__=lambda self: tuple(self))
+    for index, n in enumerate(names):
+        body[n] = property(lambda self, index=index: self[index], doc=f"field {index}: {n}")
+    return type(name, (tuple,), body)
 
 
 # Names are 1-128 characters of these, starting with a letter or digit.  Checked

@@ -8,10 +8,8 @@ unmounted at worst, and mount-stackpoint finishes the job.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from _collections_abc import Iterator  # = collections.abc: see cli.py
 
 from stacko import images as images_mod
 from stacko import events, overlay
@@ -31,19 +29,26 @@ def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
                                  hint="`stacko list-stackpoints` shows the stackpoints") from None
 
 
-@contextlib.contextmanager
-def order_hint(images: dict[str, Image], points: dict[str, Stackpoint], name: str, image: str,
-               command: str, new_point: bool = False) -> Iterator[None]:
+class OrderHint:
     """A lookup that fails because POINT and IMAGE were given the other way round
-    gets a hint saying so (new_point: POINT is a name not made yet)."""
-    try:
-        yield
-    except (ImageNotFound, StackpointNotFound) as e:
-        if name in images and image not in images and (new_point or image in points):
-            what = "" if new_point else f"{image!r} is a stackpoint and "
+    gets a hint saying so (new_point: POINT is a name not made yet).  A class,
+    not a contextlib.contextmanager: see state.Locked."""
+
+    def __init__(self, images: dict[str, Image], points: dict[str, Stackpoint], name: str,
+                 image: str, command: str, new_point: bool = False) -> None:
+        self.images, self.points, self.name, self.image = images, points, name, image
+        self.command, self.new_point = command, new_point
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, e: BaseException | None, tb: object) -> None:
+        name, image = self.name, self.image
+        if isinstance(e, (ImageNotFound, StackpointNotFound)) and name in self.images \
+                and image not in self.images and (self.new_point or image in self.points):
+            what = "" if self.new_point else f"{image!r} is a stackpoint and "
             raise type(e)(e.message, hint=f"{what}{name!r} is an image: the order is POINT IMAGE, "
-                                         f"`stacko {command} {image} {name}`") from None
-        raise
+                                         f"`stacko {self.command} {image} {name}`") from None
 
 
 def checked_dir(store: Store, point: Stackpoint) -> str:
@@ -282,10 +287,11 @@ def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
 @locked(exclusive=True)
 def new_stackpoint(store: Store, name: str, image: str, path: str | None = None,
                    nodev: bool = False, nosuid: bool = False) -> Stackpoint:
+    import contextlib
     check_name(name, "stackpoint name")
     images = store.load_images()
     points = store.load_stackpoints()
-    with order_hint(images, points, name, image, "new-stackpoint", new_point=True):
+    with OrderHint(images, points, name, image, "new-stackpoint", new_point=True):
         images_mod.get(images, image)
     if name in points:
         raise AlreadyExists(f"stackpoint {name!r} exists already")
@@ -305,6 +311,7 @@ def new_stackpoint(store: Store, name: str, image: str, path: str | None = None,
 
 @locked(exclusive=True)
 def delete_stackpoint(store: Store, name: str) -> None:
+    import contextlib
     points = store.load_stackpoints()
     point = get(points, name)
     refuse_if_checking(point, "delete-stackpoint")
@@ -495,6 +502,7 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
     (MOVE_MOUNT_BENEATH, see _replace_mount); elsewhere it is unmounted, then
     mounted again, which fails while processes hold the old tree.
     """
+    import contextlib
     from stacko import run
     old = points[new.name]
     refuse_if_checking(old, action)
@@ -535,7 +543,7 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
     runs that check next (see checked.py), in the same write as the switch."""
     images = store.load_images()
     points = store.load_stackpoints()
-    with order_hint(images, points, name, image, "cutover-stackpoint"):
+    with OrderHint(images, points, name, image, "cutover-stackpoint"):
         images_mod.get(images, image)
         point = get(points, name)
     if point.checking is not None and not events.check_alive(point.checking):
@@ -589,7 +597,7 @@ def fallback(store: Store, name: str) -> str:
 def new_instance(store: Store, name: str, image: str) -> None:
     images = store.load_images()
     points = store.load_stackpoints()
-    with order_hint(images, points, name, image, "new-stackpoint-instance"):
+    with OrderHint(images, points, name, image, "new-stackpoint-instance"):
         images_mod.get(images, image)
         point = get(points, name)
     if point.instance(image) is not None:
@@ -615,7 +623,7 @@ def _instance(point: Stackpoint, image: str) -> Instance:
 def set_instance(store: Store, name: str, image: str) -> None:
     images = store.load_images()
     points = store.load_stackpoints()
-    with order_hint(images, points, name, image, "set-stackpoint-instance"):
+    with OrderHint(images, points, name, image, "set-stackpoint-instance"):
         point = get(points, name)
     _instance(point, image)
     if image == point.current:
@@ -646,7 +654,7 @@ def confirm(store: Store, name: str) -> bool:
 @locked(exclusive=True)
 def delete_instance(store: Store, name: str, image: str) -> None:
     points = store.load_stackpoints()
-    with order_hint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
+    with OrderHint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
         point = get(points, name)
     inst = _instance(point, image)
     refuse_if_checking(point, "delete-stackpoint-instance")

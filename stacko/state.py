@@ -19,15 +19,13 @@ relative names, six bytes a layer, so 500 layers fit whatever the root path.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import functools
 import os
 import stat
 import sys
 import time
-from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
+from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.errors import CorruptState, LockTimeout, StackoError
 from stacko.records import Image, Stackpoint
@@ -117,39 +115,9 @@ class Store:
         return point.path or os.path.join(self.root, "stackpoints", point.name)
 
     # --- lock --------------------------------------------------------------
-    @contextlib.contextmanager
-    def locked(self, exclusive: bool) -> Iterator[None]:
+    def locked(self, exclusive: bool) -> Locked:
         """Hold the root's lock; nests (an inner request reuses the outer lock)."""
-        if self._lock_fd is not None:
-            if exclusive and not self._exclusive:
-                raise AssertionError("exclusive lock requested inside a shared one")
-            yield
-            return
-        self._refuse_unsafe_root()
-        if exclusive:
-            self._create_root()
-        elif not os.path.lexists(os.path.join(self.root, "lock")):
-            self._warn_if_absent()   # a mistyped --root would otherwise list nothing, silently
-            yield   # nothing was ever written here: nothing to read consistently
-            return
-        path = os.path.join(self.root, "lock")
-        try:
-            fd = open_lock_file(path, exclusive)
-        except PermissionError as e:
-            if exclusive:
-                raise StackoError(f"cannot open the lock {path}: {e.strerror}",
-                                  hint="commands that change state need root") from None
-            # A reader that may not lock still reads whole files: they are only
-            # ever replaced by rename.
-            yield
-            return
-        try:
-            self._acquire(fd, exclusive, path)
-            self._lock_fd, self._exclusive = fd, exclusive
-            yield
-        finally:
-            self._lock_fd, self._exclusive = None, False
-            os.close(fd)
+        return Locked(self, exclusive)
 
     def absence(self) -> str | None:
         """Why no stacko state exists at the root, or None when some does (or
@@ -421,8 +389,10 @@ class Store:
                 # busy filesystem does not slow a cutover down.
                 durable.sync_new_dirs(self.layer_path(layer), self.work_path(layer))
             except BaseException:
-                with contextlib.suppress(OSError):
+                try:
                     os.rmdir(self.work_path(layer))
+                except OSError:
+                    pass
                 os.rmdir(self.layer_path(layer))
                 raise
             return layer
@@ -522,8 +492,10 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         if isinstance(e, OSError):
             raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
         raise
@@ -543,6 +515,52 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
     except OSError as e:
         print(f"stacko: warning: cannot sync {directory}: {e.strerror}; {path} is written "
               "but may not survive a power cut", file=sys.stderr)
+
+
+class Locked:
+    """The context of Store.locked: a class, not a contextlib.contextmanager,
+    because contextlib (with collections and functools) costs every command's
+    start ~3 ms (docs/startup.md)."""
+
+    def __init__(self, store: Store, exclusive: bool) -> None:
+        self.store, self.exclusive = store, exclusive
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        store, exclusive = self.store, self.exclusive
+        if store._lock_fd is not None:
+            if exclusive and not store._exclusive:
+                raise AssertionError("exclusive lock requested inside a shared one")
+            return
+        store._refuse_unsafe_root()
+        if exclusive:
+            store._create_root()
+        elif not os.path.lexists(os.path.join(store.root, "lock")):
+            store._warn_if_absent()  # a mistyped --root would otherwise list nothing, silently
+            return   # nothing was ever written here: nothing to read consistently
+        path = os.path.join(store.root, "lock")
+        try:
+            fd = open_lock_file(path, exclusive)
+        except PermissionError as e:
+            if exclusive:
+                raise StackoError(f"cannot open the lock {path}: {e.strerror}",
+                                  hint="commands that change state need root") from None
+            # A reader that may not lock still reads whole files: they are only
+            # ever replaced by rename.
+            return
+        try:
+            store._acquire(fd, exclusive, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        store._lock_fd, store._exclusive = fd, exclusive
+        self.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            self.store._lock_fd, self.store._exclusive = None, False
+            os.close(self.fd)
+            self.fd = None
 
 
 def open_lock_file(path: str, create: bool) -> int:
@@ -589,15 +607,24 @@ def wait_for_lock(fd: int, how: int, path: str, start: float | None = None) -> N
         time.sleep(0.02)
 
 
+def wraps(wrapper: Operation, func: Operation) -> Operation:
+    """functools.update_wrapper(wrapper, func), without importing functools
+    (with collections: see Locked)."""
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attr, getattr(func, attr))
+    wrapper.__dict__.update(func.__dict__)
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
+    return wrapper
+
+
 Operation = Callable[..., object]     # a store operation; its first argument is the Store
 
 
 def locked(exclusive: bool) -> Callable[[Operation], Operation]:
     """Decorator: run a store operation (first argument: Store) under the lock."""
     def wrap(func: Operation) -> Operation:
-        @functools.wraps(func)
         def inner(store: Store, *args: object, **kwargs: object) -> object:
             with store.locked(exclusive):
                 return func(store, *args, **kwargs)
-        return inner
+        return wraps(inner, func)
     return wrap

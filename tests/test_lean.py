@@ -69,3 +69,31 @@ def test_mountinfo_fields(text: str) -> None:
 def test_option_unescaping(text: str) -> None:
     assert overlay.unescape_option(text) == re.sub(r"\\(.)", r"\1", text)
     assert overlay.unescape_option(overlay.escape_option(text)) == text
+
+
+# --- records: named tuples without collections -----------------------------------
+def test_records_behave_as_named_tuples() -> None:
+    import collections
+    import pickle
+
+    from stacko.records import Instance, replace
+
+    Twin = collections.namedtuple("Instance", ["image", "layer", "created"], defaults=[""])
+    for args, kwargs in [(("a", "b"), {}), (("a", "b", "c"), {}), ((), {"layer": "b", "image": "a"}),
+                         (("a",), {"layer": "b", "created": "c"})]:
+        ours, theirs = Instance(*args, **kwargs), Twin(*args, **kwargs)
+        assert tuple(ours) == tuple(theirs) and repr(ours) == repr(theirs)
+        assert (ours.image, ours.layer, ours.created) == (theirs.image, theirs.layer, theirs.created)
+        assert pickle.loads(pickle.dumps(ours)) == ours
+    assert replace(Instance("a", "b"), created="t") == Instance("a", "b", "t")
+    assert Instance._fields == Twin._fields and Instance("a", "b")._asdict() == Twin("a", "b")._asdict()
+    for args, kwargs in [(("a",), {}), (("a", "b", "c", "d"), {}), (("a", "b"), {"image": "x"}),
+                         (("a", "b"), {"size": 1})]:
+        with pytest.raises(TypeError):
+            Instance(*args, **kwargs)
+        with pytest.raises(TypeError):
+            Twin(*args, **kwargs)
+    with pytest.raises(ValueError):
+        replace(Instance("a", "b"), size=1)
+    with pytest.raises(AttributeError):
+        Instance("a", "b").image = "c"         # immutable
