@@ -35,8 +35,7 @@ import _ctypes
 import errno
 import functools
 import os
-import re
-from collections.abc import Sequence
+from _collections_abc import Sequence  # = collections.abc: see cli.py
 
 from stacko import run
 from stacko.errors import MountFailed, StackoError
@@ -64,6 +63,7 @@ AT_FDCWD = -100
 Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(8); "new" insists on this API
 BENEATH_SINCE = (6, 5)
+DIGITS = "0123456789"
 
 
 
@@ -162,8 +162,14 @@ def fs_log(fd: int) -> list[str]:
 
 # --- what this kernel can do ---------------------------------------------------
 def kernel_version(release: str | None = None) -> tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", os.uname().release if release is None else release)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    """(major, minor) of a release such as "6.8.0-1-amd64" (ASCII digits, dot,
+    digits); (0, 0) when it does not start so.  Read with str methods: a
+    regular expression would import `re` into every mount (see records.is_name)."""
+    major, dot, rest = (os.uname().release if release is None else release).partition(".")
+    minor = rest[:len(rest) - len(rest.lstrip(DIGITS))]
+    if not dot or not minor or not major or major.strip(DIGITS):
+        return (0, 0)
+    return (int(major), int(minor))
 
 
 def forced() -> str:

@@ -6,7 +6,6 @@ that their messages are predictable; ``-v`` logs each command to stderr.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from _collections_abc import Mapping, Sequence  # = collections.abc: see cli.py
 
@@ -46,6 +45,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict:
 def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
         env: Mapping[str, str] | None = None) -> Result:
     """Run argv; a non-zero exit raises CommandFailed unless check is False."""
+    import shlex    # here, as subwrap: a mount that runs no command needs neither
     import subwrap  # imported here: listing commands never pay for subprocess
 
     argv = [str(a) for a in argv]
@@ -125,6 +125,7 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
     """
     import ctypes
     import select
+    import shlex
     import signal
     import subprocess
     import time

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import List
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from stacko import mountapi
 from stacko.errors import MountFailed, StackoError
@@ -15,10 +17,21 @@ from stacko.errors import MountFailed, StackoError
 # --- no root needed ----------------------------------------------------------
 @pytest.mark.parametrize("release, version", [
     ("6.18.44-fc-v782", (6, 18)), ("6.5.0", (6, 5)), ("5.10.0-28-amd64", (5, 10)),
-    ("6.8rc1", (6, 8)), ("garbage", (0, 0)), ("", (0, 0)),
+    ("6.8rc1", (6, 8)), ("garbage", (0, 0)), ("", (0, 0)), ("6.", (0, 0)), (".5", (0, 0)),
+    ("x6.5", (0, 0)), ("06.010", (6, 10)),
 ])
 def test_kernel_version(release: str, version: tuple) -> None:
     assert mountapi.kernel_version(release) == version
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(list("0123456789.-a ²٣") + ["6.8", "10.", ".5"]),
+                max_size=12).map("".join))
+def test_kernel_version_reads_as_the_regex_did(release: str) -> None:
+    """kernel_version does without `re` (a mount must not import it): same result."""
+    match = re.match(r"(\d+)\.(\d+)", release, re.ASCII)
+    expected = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    assert mountapi.kernel_version(release) == expected
 
 
 def test_overlay_parameters_one_layer_each() -> None:
