@@ -93,20 +93,22 @@ CHECK_ID = "STACKO_CHECK_ID"     # in the environment of every process of a chec
 
 def end_leftovers(pending: PendingCheck) -> list[int]:
     """SIGKILL what a check left running when its stacko was killed (the shell
-    dies with stacko, through PR_SET_PDEATHSIG; what it started does not): found
-    by the random id in their environment, which no reused pid can have.  Waits
-    a little for them to go, so that they no longer hold the stackpoint."""
+    dies with stacko, through PR_SET_PDEATHSIG; what it started does not): all
+    of the check's cgroup, named after its random id, where it had one (see
+    cgroups.py), and every process with that id in its environment, which no
+    reused pid can have.  Waits a little for them to go, so that they no longer
+    hold the stackpoint."""
     import signal
     if not pending.token or pending.boot_id != boot_id():
         return []
+    found = _end_cgroup(pending.token)
     needle = f"{CHECK_ID}={pending.token}".encode()
-    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
+                if needle not in f.read().split(b"\0") or int(entry) in found:
                     continue
             os.kill(int(entry), signal.SIGKILL)
             found.append(int(entry))
@@ -118,6 +120,21 @@ def end_leftovers(pending: PendingCheck) -> list[int]:
             break
         time.sleep(0.02)
     return found
+
+
+def _end_cgroup(token: str) -> list[int]:
+    """Kill and remove the cgroup of the check with that id, if it is still there;
+    returns the processes that were in it."""
+    from stacko import cgroups
+    path = cgroups.find(cgroups.PREFIX + token) if os.geteuid() == 0 else None
+    if path is None:
+        return []
+    group = cgroups.CheckCgroup(path)
+    pids = group.pids()
+    group.kill()
+    if group.wait_empty(2.0):
+        group.remove()
+    return pids
 
 
 def _state(pid: int) -> str:

@@ -113,15 +113,16 @@ class CheckResult:
 def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float) -> CheckResult:
     """Run `sh -c command` in cwd, stdout and stderr to one bounded buffer.
 
-    The check runs in a session (and process group) of its own, so that it is
+    The check runs in a session (and process group) of its own and, where
+    cgroup v2 is usable, in a cgroup of its own (cgroups.py), so that it is
     ended whole: on timeout (SIGTERM, then SIGKILL after CHECK_GRACE), when
     stacko is interrupted, and when its shell exits but leaves children behind
     (they are killed: a check that outlives its verdict would act on a stackpoint
     that may have fallen back).  Only the last CHECK_KEEP bytes are kept, so a
     check that prints gigabytes costs no memory.  The child also gets
-    PR_SET_PDEATHSIG, so the shell dies with a SIGKILLed stacko.  A child that
-    calls setsid itself escapes all this, as it would escape systemd's
-    KillMode=process-group; it is the admin's to not do that.
+    PR_SET_PDEATHSIG, so the shell dies with a SIGKILLed stacko.  Without a
+    cgroup, a child that calls setsid itself escapes the group, as it would
+    escape systemd's KillMode=process-group; in the cgroup it cannot.
     """
     import ctypes
     import select
@@ -130,22 +131,46 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
     import subprocess
     import time
 
+    from stacko import cgroups
+    from stacko.events import CHECK_ID
+
     debug(f"+ (cd {shlex.quote(cwd)} && "
           + "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
           + f"sh -c {shlex.quote(command)})")
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
+    group = cgroups.CheckCgroup.create(cgroups.PREFIX + (env.get(CHECK_ID) or os.urandom(12).hex()))
 
-    def die_with_stacko() -> None:
+    def prepare_child() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if group is not None:
+            group.join()       # before exec: nothing the check starts is ever outside
 
-    try:
-        proc = subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True, preexec_fn=die_with_stacko)
+                                close_fds=True, preexec_fn=prepare_child)
+
+    try:
+        try:
+            proc = start()
+        except subprocess.SubprocessError:      # joining the cgroup failed in the child
+            assert group is not None
+            debug(f"stacko: cannot run the check in cgroup {group.path}; its process "
+                  "group is ended instead")
+            group.remove()
+            group = None
+            proc = start()
     except OSError as e:       # no sh, or the directory went away: a check that failed
+        if group is not None:
+            group.remove()
         return CheckResult(127, f"stacko: cannot run sh -c in {cwd}: {e.strerror or e}\n")
+    if group is not None:
+        debug(f"stacko: the check runs in cgroup {group.path}")
+    else:
+        debug("stacko: no usable cgroup v2 here: a process of the check that starts a "
+              "session of its own (setsid) is not ended with it")
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -186,17 +211,25 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
                 time.sleep(min(left, 0.05))
         if timed_out:
             _signal_group(proc.pid, signal.SIGTERM)
+            if group is not None:
+                group.signal(signal.SIGTERM)
             end = time.monotonic() + CHECK_GRACE
             while not exited() and time.monotonic() < end:
                 time.sleep(0.05)
     finally:
         _signal_group(proc.pid, signal.SIGKILL)     # what it left behind, or all of it
+        if group is not None:
+            group.kill()
         proc.wait()
         # Killed processes let go of their files (and the stackpoint, which a
         # fallback by unmount must find free) only once they are gone.
         end = time.monotonic() + CHECK_GRACE
         while _signal_group(proc.pid, 0) and time.monotonic() < end:
             time.sleep(0.01)
+        if group is not None and not (group.wait_empty(CHECK_GRACE) and group.remove()):
+            log(f"stacko: warning: processes of the check did not end after SIGKILL "
+                f"({', '.join(map(str, group.pids())) or 'gone since'}); "
+                f"their cgroup {group.path} is left behind")
     # What the group wrote before it ended; a grandchild in another group that
     # still holds the pipe must not keep stacko waiting.
     end = time.monotonic() + 0.5

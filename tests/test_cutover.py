@@ -355,10 +355,38 @@ def test_a_check_that_leaves_children_behind(point: Path, stacko: Runner, root: 
     assert gone(marker)
 
 
-def background_checked_cutover(root: Path, started: Path, marker: str) -> subprocess.Popen:
+def cgroup_or_skip() -> None:
+    from stacko import cgroups
+    if cgroups.own_cgroup() is None:
+        pytest.skip("no writable cgroup v2 mount here (cgroup v1 only, or read-only): "
+                    "a check falls back to its process group, which setsid leaves")
+
+
+def test_a_check_that_starts_sessions_of_its_own_is_ended_whole(point: Path, stacko: Runner,
+                                                                root: Path) -> None:
+    """setsid and a double fork leave the check's process group, not its cgroup.
+    The escapees' cwd is in the stackpoint: alive, they would also keep the
+    fallback by unmount (mount(8) backend) from happening."""
+    cgroup_or_skip()
+    marks = [f"1000.{os.getpid()}{n}" for n in (1, 2)]      # sleep durations nothing else has
+    try:
+        stderr = failed_check(stacko, point,
+                              f"setsid sleep {marks[0]} & "
+                              f"( setsid sh -c 'sleep {marks[1]} & exit 0' & ); "
+                              "echo waiting; sleep 300", "--check-timeout", "1")
+        assert "timed out after 1 s" in stderr and "waiting" in stderr
+        assert gone(marks[0]) and gone(marks[1])
+    finally:
+        for mark in marks:
+            kill_marked(mark)
+
+
+def background_checked_cutover(root: Path, started: Path, marker: str,
+                               check: str = "") -> subprocess.Popen:
     argv = [sys.executable, "-m", "stacko", "--root", str(root), "cutover-stackpoint", "p",
             "new", "--check",
-            f"touch '{started}'; {sys.executable} -c 'import time; time.sleep(300)' {marker}"]
+            f"touch '{started}'; "
+            + (check or f"{sys.executable} -c 'import time; time.sleep(300)' {marker}")]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for _ in range(600):
@@ -425,6 +453,26 @@ def test_a_cutover_killed_during_its_check_is_undone(point: Path, stacko: Runner
     assert "new" in [i["image"] for i in state["instances"]]
     assert state["events"][-1]["action"] == "check-interrupted"
     stacko("check")
+
+
+def test_what_a_killed_cutover_left_in_sessions_of_its_own_is_ended(
+        point: Path, stacko: Runner, root: Path, tmp_path: Path) -> None:
+    """Without STACKO_CHECK_ID in its environment and in a session of its own, an
+    escapee of a SIGKILLed stacko is found only by the check's cgroup."""
+    cgroup_or_skip()
+    marker = f"1000.{os.getpid()}3"
+    proc = background_checked_cutover(root, tmp_path / "started", marker,
+                                      f"env -i setsid sleep {marker} & sleep 300")
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.2)
+        assert not gone(marker)
+        assert "interrupted" in stacko("mount-stackpoint", "p").stderr
+        assert gone(marker)
+        assert (point / "f").read_text() == "old\n"
+    finally:
+        kill_marked(marker)
 
 
 def test_a_cutover_killed_during_its_check_is_undone_after_a_reboot(
