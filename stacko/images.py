@@ -278,6 +278,16 @@ class ImageInfo:
 
 
 @locked(exclusive=False)
+def image_names(store: Store) -> list[str]:
+    """The names list_images would list, without what it finds out about each.
+    Both files are read, as by list_images, so that either being corrupt is
+    reported the same way."""
+    names = sorted(store.load_images(strict=False))
+    store.load_stackpoints(strict=False)
+    return names
+
+
+@locked(exclusive=False)
 def list_images(store: Store) -> list[ImageInfo]:
     images = store.load_images(strict=False)      # only shown: a bad record is listed
     points = store.load_stackpoints(strict=False)

@@ -192,15 +192,16 @@ class Image:
         repos = _get(data, "repos", list, source, optional=True) or []
         if not all(isinstance(x, str) for x in digests + repos):
             raise CorruptState(f"{source}: field 'digests' or 'repos' holds a non-string")
-        return cls(name=_get(data, "name", str, source), layer=_get(data, "layer", str, source),
-                   parent=_get(data, "parent", str, source, optional=True),
-                   created=data.get("created") or "",
-                   diff_id=_get(data, "diff_id", str, source, optional=True),
-                   manifest=_get(data, "manifest", str, source, optional=True),
-                   size=_get(data, "size", int, source, optional=True),
-                   digests=tuple(digests),
-                   settings=_get(data, "settings", dict, source, optional=True),
-                   repos=tuple(repos))
+        # Positional, in the order of the fields: a listing makes 1,000 of these.
+        return cls(_get(data, "name", str, source), _get(data, "layer", str, source),
+                   _get(data, "parent", str, source, optional=True),
+                   data.get("created") or "",
+                   _get(data, "diff_id", str, source, optional=True),
+                   _get(data, "manifest", str, source, optional=True),
+                   _get(data, "size", int, source, optional=True),
+                   tuple(digests),
+                   _get(data, "settings", dict, source, optional=True),
+                   tuple(repos))
 
 
 @record

@@ -130,6 +130,17 @@ def test_list_images_plain_tree_and_json(stacko, root) -> None:
     stacko("close-image", "extra")
 
 
+@pytest.mark.parametrize("corrupt", ["images.json", "stackpoints.json"])
+def test_every_listing_of_images_reports_corrupt_metadata(stacko, root, corrupt: str) -> None:
+    """The plain listing, which needs only names, reads what the others read."""
+    stacko("new-image", "base")
+    stacko("new-stackpoint", "p", "base")
+    (root / corrupt).write_text('{"version": 1, "images": {"base": 7}, "stackpoints": []}')
+    for flags in ((), ("--tree",), ("--json",)):
+        r = stacko("list-images", *flags, rc=1)
+        assert corrupt in r.stderr and r.out == ""
+
+
 def test_verbose_logs_external_commands_to_stderr(stacko) -> None:
     stacko("new-image", "base")
     r = stacko("-v", "edit-image", "base")
