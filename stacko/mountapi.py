@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import _ctypes
 import errno
-import functools
 import os
 from _collections_abc import Sequence  # = collections.abc: see cli.py
 
@@ -183,8 +182,19 @@ def forced() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+_probed: list[bool] = []     # the answer of _probe_new_api, once asked
+
+
 def _probe_new_api() -> bool:
+    """Whether this kernel has the new mount API for overlayfs, asked once a
+    process (a list, not functools.lru_cache: functools brings collections
+    into every mount, see cli.py)."""
+    if not _probed:
+        _probed.append(_probe_kernel())
+    return _probed[0]
+
+
+def _probe_kernel() -> bool:
     """fsopen("overlay") and a harmless ``lowerdir+``: both there means 6.8+.
 
     Nothing is created: the context is closed before FSCONFIG_CMD_CREATE.

@@ -124,7 +124,8 @@ def test_mount_and_umount_start_lean(state: Path) -> None:
         # Nothing but the system calls.  mount(8), where it is the way, is a
         # command: run imports shlex and subprocess for it, which import re,
         # signal and locale.
-        lean |= {"locale", "signal", "re", "enum", "shlex", "collections.abc", "ctypes"}
+        lean |= {"locale", "signal", "re", "enum", "shlex", "collections.abc", "ctypes",
+                 "collections", "functools", "contextlib"}
     for argv in (("mount-stackpoint", "web"), ("umount-stackpoint", "web")):
         assert imported(state, *argv) & lean == set(), argv
 
