@@ -205,6 +205,107 @@ def test_data_is_cloned_where_the_filesystem_can(stacko: Runner, workdir: Path) 
     run_stacko(fs / "root", "close-image", "big")
 
 
+# --- free space: refused before writing, as archive imports are ---------------------
+@pytest.fixture
+def small_disk(workdir: Path):
+    """A state root on a 64 MiB ext4 (about 50 MiB free), with one image in it."""
+    from powercut import LoopRoot
+    with LoopRoot(workdir, size_mb=64) as disk:
+        from conftest import run_stacko
+        run_stacko(disk.root, "new-image", "base")
+        yield disk
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def nothing_left(disk, before: dict, used: int) -> None:
+    """Nothing recorded, no staging directory left, no space kept."""
+    assert snapshot(disk.root) == before
+    tmp = disk.root / "tmp"
+    assert not tmp.exists() or os.listdir(tmp) == []
+    os.sync()
+    assert filesystem_usage(disk.mnt) - used < 1 << 20
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "many"])
+def test_a_directory_larger_than_the_free_space_is_refused_before_writing(
+        small_disk, workdir: Path, kind: str) -> None:
+    """dense: more data than is free; sparse: a file whose holes the copy would
+    write out; many: a little data in more files than there are free inodes."""
+    from conftest import run_stacko
+    src = workdir / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "small").write_text("x")
+    if kind == "dense":
+        with open(src / "big", "wb") as f:
+            for _ in range(80):
+                f.write(os.urandom(1 << 20))
+    elif kind == "sparse":
+        with open(src / "holes", "wb") as f:
+            f.truncate(1 << 30)
+    else:
+        inodes = os.statvfs(small_disk.mnt).f_favail
+        many = src / "many"
+        many.mkdir()
+        for n in range(inodes + 10):
+            (many / str(n)).touch()
+    before = snapshot(small_disk.root)
+    os.sync()
+    used = filesystem_usage(small_disk.mnt)
+    result = run_stacko(small_disk.root, "import-image", "big", str(src), rc=1)
+    assert f"{src} does not fit" in result.stderr, result.stderr
+    assert ("inodes are free" if kind == "many" else "are free") in result.stderr
+    assert "stacko df" in result.stderr
+    nothing_left(small_disk, before, used)
+
+
+def test_a_directory_that_fits_is_imported_hard_links_once(small_disk, workdir: Path) -> None:
+    """30 MiB, linked three times: 30 MiB to copy, not 90, on a disk with about 50."""
+    from conftest import run_stacko
+    src = workdir / "src"
+    src.mkdir()
+    data = os.urandom(30 << 20)
+    (src / "a").write_bytes(data)
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "c")
+    assert free_bytes(small_disk.mnt) < 60 << 20
+    run_stacko(small_disk.root, "import-image", "linked", str(src), "base")
+    seen = Path(run_stacko(small_disk.root, "edit-image", "--read-only", "linked").out)
+    assert (seen / "c").read_bytes() == data and os.stat(seen / "a").st_nlink == 3
+    run_stacko(small_disk.root, "close-image", "linked")
+
+
+def test_a_directory_larger_than_the_free_space_is_imported_where_it_is_cloned(
+        workdir: Path) -> None:
+    """A reflink shares the data: the import needs next to no space, so it is not
+    refused for the size of its files."""
+    from conftest import run_stacko
+    if shutil.which("mkfs.xfs") is None:
+        pytest.skip("mkfs.xfs is missing: tests/install-deps.sh installs xfsprogs as root")
+    image = workdir / "xfs.img"
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    fs = workdir / "xfs"
+    fs.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(fs)], check=True)
+    src = fs / "src"
+    src.mkdir()
+    chunk = os.urandom(1 << 20)
+    with open(src / "data", "wb") as f:
+        for _ in range(300):
+            f.write(chunk)
+    os.sync()
+    assert free_bytes(fs) < 300 << 20
+    run_stacko(fs / "root", "import-image", "big", str(src))
+    seen = Path(run_stacko(fs / "root", "edit-image", "--read-only", "big").out)
+    assert os.path.getsize(seen / "data") == 300 << 20
+    run_stacko(fs / "root", "close-image", "big")
+
+
 # --- a rootfs tarball on stdin -----------------------------------------------------
 def rootfs_tar(src: Path) -> bytes:
     return subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-C", str(src), "-c", "."],

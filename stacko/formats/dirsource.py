@@ -15,6 +15,17 @@ become empty directories and are named on stderr.
 The tree is read with lstat and O_NOFOLLOW: a symlink in DIR is copied as a
 symlink and never followed.  Everything is written under a fresh staging
 directory that only root can reach.
+
+Before a byte is written, the tree is measured (a walk of lstat calls, by the
+same rules as the copy) and the import refused when it does not fit in the
+free space or the free inodes of the root's filesystem, as an archive import
+is: filling the disk that holds /var/lib would hurt every service on the host,
+not only the import.  A regular file counts for what the copy will allocate:
+its size rounded up to whole blocks (the copy writes the holes of a sparse
+file), or its allocated blocks where that is more; a hard-linked inode once.
+Where the data is cloned (a reflink shares it), the copy needs next to no
+space: when one clone succeeds, the check up front is skipped, and the copy
+charges each file that it copies rather than clones to the same budget.
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import stat
 
 from stacko import run, words
 from stacko.errors import StackoError
-from stacko.formats.layertar import OVERLAY_XATTR_PREFIX
+from stacko.formats.layertar import BLOCK, OVERLAY_XATTR_PREFIX, NoSpace, SpaceBudget
 
 FICLONE = 0x40049409            # _IOW(0x94, 9, int), linux/fs.h
 CHUNK = 1 << 30                 # per copy_file_range/sendfile call
@@ -51,6 +62,7 @@ def copy_tree(source: str, target: str, state_root: str = "") -> None:
             st = os.stat(state_root)
             copier.left_out = (st.st_dev, st.st_ino)
     try:
+        copier.fit(top, state_root or target)
         copier.run(top)
     except OSError as e:
         where = e.filename or source
@@ -75,6 +87,78 @@ class Copier:
         self.left_out_at = ""
         self.clone = True           # until the filesystem says it cannot
         self.kernel_copy = True
+        self.budget: SpaceBudget | None = None
+
+    def fit(self, top: os.stat_result, root: str) -> None:
+        """Refuse (NoSpace) a tree that does not fit on the target's filesystem,
+        before anything is written; then budget the copy."""
+        from stacko.df import human
+        need, inodes, sample = self.measure(top)
+        st = os.statvfs(self.target)
+        free = st.f_bavail * st.f_frsize
+        hint = ("free some space (`stacko df` shows what can be reclaimed), or use a root "
+                "on a larger filesystem")
+        if st.f_files and inodes > st.f_favail:      # 0 files: no inode limit (btrfs)
+            raise NoSpace(f"{self.source} does not fit on the filesystem of {root}: it has "
+                          f"{inodes} files and directories, {st.f_favail} inodes are free",
+                          hint=hint)
+        if need > free and not (sample and self.clones(sample)):
+            raise NoSpace(f"{self.source} does not fit in the free space of the filesystem "
+                          f"of {root}: its files need {need} bytes ({human(need)}), "
+                          f"{free} ({human(free)}) are free", hint=hint)
+        self.budget = SpaceBudget(self.target, what=self.source)
+
+    def measure(self, top: os.stat_result) -> tuple[int, int, str]:
+        """(bytes the copy allocates, inodes it takes, the smallest non-empty
+        regular file) of what run() copies: same device, not the state root."""
+        need, inodes, seen = 0, 1, set()
+        sample, sample_size = "", 0
+        todo = [self.source]
+        while todo:
+            directory = todo.pop()
+            with os.scandir(directory) as it:
+                names = [e.name for e in it]
+            for name in names:
+                path = os.path.join(directory, name)
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    inodes += 1
+                    if st.st_dev == self.device and (st.st_dev, st.st_ino) != self.left_out:
+                        todo.append(path)
+                elif stat.S_ISREG(st.st_mode):
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    inodes += 1
+                    need += max(-(-st.st_size // BLOCK) * BLOCK, st.st_blocks * 512)
+                    if st.st_size and (not sample or st.st_size < sample_size):
+                        sample, sample_size = path, st.st_size
+                elif not stat.S_ISSOCK(st.st_mode):
+                    inodes += 1
+        return need, inodes, sample
+
+    def clones(self, src: str) -> bool:
+        """Whether the filesystem clones src into the target (then the data of the
+        copy is shared, and takes no space); remembered for the copy."""
+        import fcntl
+        probe = os.path.join(self.target, ".clone-probe")
+        fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            fd_out = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.ioctl(fd_out, FICLONE, fd_in)
+                return True
+            except OSError as e:
+                if e.errno not in NO_CLONE:
+                    raise
+                self.clone = False
+                return False
+            finally:
+                os.close(fd_out)
+                os.unlink(probe)
+        finally:
+            os.close(fd_in)
 
     def run(self, top: os.stat_result) -> None:
         # Pre-order, iteratively (a tree may be deeper than Python recurses);
@@ -144,6 +228,8 @@ class Copier:
                 if e.errno not in NO_CLONE:
                     raise OSError(e.errno, e.strerror, dst) from None
                 self.clone = False          # not on this filesystem (pair): stop asking
+        if self.budget is not None:
+            self.budget.take(size, dst)     # a copy, not a clone: it takes space
         copied = 0
         if self.kernel_copy:
             try:

@@ -55,10 +55,11 @@ class SpaceBudget:
     so an archive that unpacks to more than the disk holds (a gzip bomb, a
     header that claims a huge file) is refused instead of filling the disk."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, what: str = "the archive") -> None:
         import threading      # layers may unpack in parallel, from one budget
         st = os.statvfs(path)
         self.path = path
+        self.what = what
         self.left = st.f_bavail * st.f_frsize
         self.lock = threading.Lock()
 
@@ -66,7 +67,7 @@ class SpaceBudget:
         size = -(-size // BLOCK) * BLOCK       # whole blocks, as the filesystem counts
         with self.lock:
             if size > self.left:
-                raise NoSpace(f"the archive does not fit in the free space of the filesystem of "
+                raise NoSpace(f"{self.what} does not fit in the free space of the filesystem of "
                               f"{self.path}: {what} needs {size} bytes, {self.left} are left",
                               hint="free some space (`stacko df` shows what can be reclaimed), "
                                    "or use a root on a larger filesystem")
