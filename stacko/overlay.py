@@ -95,13 +95,15 @@ def parse_mountinfo(text: str) -> list[Mount]:
         fields = line.split(" ")
         try:
             sep = fields.index("-", 6)
+            # Positional: a record's keyword path costs 4 times more, and a
+            # host may have hundreds of mounts (see records.record).
             mounts.append(Mount(
-                mount_id=int(fields[0]), parent_id=int(fields[1]), device=fields[2],
-                root=decode_mountinfo_field(fields[3]),
-                mount_point=decode_mountinfo_field(fields[4]),
-                mount_options=fields[5], fstype=fields[sep + 1],
-                source=decode_mountinfo_field(fields[sep + 2]),
-                super_options=" ".join(fields[sep + 3:])))
+                int(fields[0]), int(fields[1]), fields[2],       # mount_id, parent_id, device
+                decode_mountinfo_field(fields[3]),               # root
+                decode_mountinfo_field(fields[4]),               # mount_point
+                fields[5], fields[sep + 1],                      # mount_options, fstype
+                decode_mountinfo_field(fields[sep + 2]),         # source
+                " ".join(fields[sep + 3:])))                     # super_options
         except (ValueError, IndexError):
             continue     # a line we do not understand is no mount of ours
     return mounts

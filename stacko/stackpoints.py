@@ -96,10 +96,11 @@ def _new_instance(store: Store, images: dict[str, Image], point_name: str, image
     return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
 
 
-def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance) -> None:
+def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance,
+                                table: list[overlay.Mount] | None = None) -> None:
     """Two overlays must never share an upper layer: whatever the records say,
     the mount table tells whether this instance's layer is mounted anywhere."""
-    users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir)
+    users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
     if users:
         raise StackpointBusy(
             f"the instance of {inst.image!r} of stackpoint {point.name!r} is mounted at "
@@ -107,9 +108,12 @@ def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance)
             hint="two mounts must never write one layer: unmount that one first")
 
 
-def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Instance) -> str:
+def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Instance,
+           table: list[overlay.Mount] | None = None) -> str:
+    """table: the mount table as the caller read it under the lock, with nothing
+    mounted or unmounted since (None: read it now)."""
     directory = checked_dir(store, point)
-    refuse_if_mounted_elsewhere(store, point, inst)
+    refuse_if_mounted_elsewhere(store, point, inst, table)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     except OSError as e:     # FileExistsError: a file took the directory's place
@@ -346,7 +350,12 @@ def mount_stackpoint(store: Store, name: str) -> str:
     checked_dir(store, point)
     if point.checking is not None and not events.check_alive(point.checking):
         return undo_interrupted_check(store, name, mount=True)
-    mounted = mounted_instance(store, point)
+    # One read of the mount table for the whole command (on a host with
+    # hundreds of mounts, each read costs milliseconds): stacko's own mounts
+    # cannot change under the lock, and one made by hand could slip in after
+    # any check anyway.
+    table = overlay.mounts()
+    mounted = mounted_instance(store, point, table)
     if mounted is not None and mounted.image == point.current:
         return store.stackpoint_dir(point)
     if mounted is not None:
@@ -365,7 +374,9 @@ def mount_stackpoint(store: Store, name: str) -> str:
     if point.tentative is not None:
         return _boot_try(store, images, point)
     _refuse_if_held(store, point, point.current, "mount-stackpoint")
-    return _mount(store, images, point, point.current_instance())
+    # _refuse_if_held may have waited for a holder to let go: then read anew.
+    return _mount(store, images, point, point.current_instance(),
+                  table if not point.detached else None)
 
 
 def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
