@@ -107,3 +107,34 @@ def test_the_quick_parse_builds_no_parser(monkeypatch) -> None:
     monkeypatch.setattr(cli, "build_parser", refuse)
     for argv in TAKEN:
         assert cli.quick_args(argv) is not None
+
+
+# --- the quick exit: no interpreter teardown after a quickly parsed line ---------
+def console(root, *argv: str, stdout=None) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)     # buffered, as users run it: what the exit must flush
+    return subprocess.run([sys.executable, "-c", "from stacko.cli import console_main; "
+                           "console_main()", "--root", str(root), *argv],
+                          stdout=stdout if stdout is not None else subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_the_quick_exit_delivers_all_output_and_the_status(tmp_path) -> None:
+    from stacko.records import Image
+    from stacko.state import Store
+    store = Store(str(tmp_path / "root"))
+    names = [f"image-{i:05d}-{'x' * 60}" for i in range(3000)]     # ~200 KB of names
+    with store.locked(exclusive=True):
+        store.save_images({n: Image(n, store.new_layer()) for n in names})
+    r = console(store.root, "list-images")
+    assert r.returncode == 0 and r.stdout == "".join(n + "\n" for n in names) and r.stderr == ""
+    with open(tmp_path / "out", "w") as f:     # a file: fully buffered, not line buffered
+        assert console(store.root, "list-images", stdout=f).returncode == 0
+    assert (tmp_path / "out").read_text() == "".join(n + "\n" for n in names)
+    r = console(store.root, "is-stackpoint-mounted", "nothing")
+    assert r.returncode == 1 and "no stackpoint named 'nothing'" in r.stderr
+    r = console(store.root, "get-stackpoint-dir", "bad name")        # argparse's line
+    assert r.returncode == 2 and "invalid name" in r.stderr
