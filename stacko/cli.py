@@ -689,6 +689,7 @@ QUICK = {
     "umount-stackpoint": (("point",), ("--lazy",)),
     "list-stackpoints": ((), ("--json",)),
     "list-images": ((), ("--tree", "--json")),
+    "df": ((), ("--json",)),                    # what monitoring runs every minute
 }
 
 

@@ -42,7 +42,7 @@ TAKEN = [
     ["list-images"], ["list-images", "--tree"], ["list-images", "--json", "--tree"],
     ["list-images", "--json", "--json"], ["--root", "", "list-stackpoints"],
     ["list-stackpoints", "--json"], ["get-stackpoint-dir", "list-images"],
-    ["get-stackpoint-dir", "x" * 128],
+    ["get-stackpoint-dir", "x" * 128], ["df"], ["--root", "/r", "df", "--json"],
 ]
 
 DECLINED = [
@@ -56,7 +56,7 @@ DECLINED = [
     ["--root", "/a", "--root", "/b", "list-images"], ["--ro", "/r", "list-images"],
     ["list-images", "--lazy"], ["umount-stackpoint", "web", "--tree"],
     ["new-image", "web"], ["cutover-stackpoint", "web", "img"], ["web", "get-stackpoint-dir"],
-    ["list-images", "extra"], ["-vv", "list-images"],
+    ["list-images", "extra"], ["-vv", "list-images"], ["df", "--tree"], ["df", "web"],
 ]
 
 
