@@ -109,6 +109,10 @@ def cgroup_or_skip() -> str:
     return own
 
 
+CHECK_ID = "STACKO_CHECK_ID"          # names the check's cgroup (other tests may run checks)
+TOKEN = f"test{os.getpid()}"
+
+
 def marked(tag: str) -> str:
     """A sleep duration no other process has: it names the sleep in /proc/*/cmdline."""
     return f"1000.{os.getpid()}{tag}"
@@ -147,14 +151,37 @@ def test_a_check_leaves_no_process_behind_even_in_sessions_of_its_own(tmp_path,
     command = ESCAPEES.format(a=markers[0], b=markers[1], c=markers[2]) + \
         ("echo started; sleep 60" if ending == "timeout" else "sleep 0.5; echo started")
     try:
-        result = run.run_check(command, cwd=str(tmp_path), env={}, timeout=3)
+        result = run.run_check(command, cwd=str(tmp_path), env={CHECK_ID: TOKEN}, timeout=3)
         assert result.output == "started\n"
         assert result.returncode == (None if ending == "timeout" else 0)
         assert end(markers) == []          # every escapee was ended with the check
     finally:
         end(markers)
     # and its cgroup is gone
-    assert [d for d in os.listdir(own) if d.startswith(cgroups.PREFIX)] == []
+    assert not os.path.exists(os.path.join(own, cgroups.PREFIX + TOKEN))
+
+
+def test_a_cgroup_the_check_cannot_join_falls_back_to_the_group(tmp_path, monkeypatch) -> None:
+    """Joining can fail where creating did not (a threaded cgroup, a delegation
+    that stops short): the check runs all the same, and the cgroup is removed."""
+    own = cgroup_or_skip()
+
+    made = []
+    create = cgroups.CheckCgroup.create
+
+    def created(cls: type, name: str) -> cgroups.CheckCgroup | None:
+        group = create(name)
+        made.append(group and group.path)
+        return group
+
+    def refuse(self: cgroups.CheckCgroup) -> None:      # in the child, before exec
+        raise OSError(95, "Operation not supported")
+    monkeypatch.setattr(cgroups.CheckCgroup, "create", classmethod(created))
+    monkeypatch.setattr(cgroups.CheckCgroup, "join", refuse)
+    result = run.run_check("echo ran; exit 3", cwd=str(tmp_path), env={CHECK_ID: TOKEN},
+                           timeout=30)
+    assert result.returncode == 3 and result.output == "ran\n"
+    assert made == [os.path.join(own, cgroups.PREFIX + TOKEN)] and not os.path.exists(made[0])
 
 
 def test_without_a_cgroup_a_session_of_its_own_escapes(tmp_path, monkeypatch) -> None:
