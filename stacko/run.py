@@ -146,22 +146,19 @@ def run_check(command: str, *, cwd: str, env: Mapping[str, str], timeout: float)
         if group is not None:
             group.join()       # before exec: nothing the check starts is ever outside
 
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(["sh", "-c", command], cwd=cwd, env=child_env(env),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True, preexec_fn=prepare_child)
-
+    options = dict(cwd=cwd, env=child_env(env), stdin=subprocess.DEVNULL,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                   close_fds=True, preexec_fn=prepare_child)
     try:
         try:
-            proc = start()
+            proc = subprocess.Popen(["sh", "-c", command], **options)
         except subprocess.SubprocessError:      # joining the cgroup failed in the child
             assert group is not None
             debug(f"stacko: cannot run the check in cgroup {group.path}; its process "
                   "group is ended instead")
             group.remove()
             group = None
-            proc = start()
+            proc = subprocess.Popen(["sh", "-c", command], **options)
     except OSError as e:       # no sh, or the directory went away: a check that failed
         if group is not None:
             group.remove()
