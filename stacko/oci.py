@@ -17,10 +17,10 @@ becomes a new image named after the stacko name kept in the layer's
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import secrets
 import sys
-from typing import IO, Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
+from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
 from stacko import content, durable
 from stacko import images as images_mod
@@ -52,7 +52,7 @@ def import_image(store: Store, name: str, path: str, parent: str | None = None,
 
 
 def import_layers(store: Store, name: str, parent: str | None,
-                  layers: Callable[[str], ContextManager[list[LayerSpec]]],
+                  layers: Callable[[str], contextlib.AbstractContextManager[list[LayerSpec]]],
                   workers: int = 1, repo: str | None = None) -> Image:
     """Import the layers that layers(staging) yields as a chain whose top is NAME.
 
@@ -115,11 +115,11 @@ def check_unchanged(store: Store, before: dict[str, Image], now: dict[str, Image
                                 "nothing was imported", hint="run the command again")
 
 
-def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optional[str],
-                below: List[Image], specs: List[LayerSpec],
-                repo: str | None = None) -> List[Image]:
+def plan_images(store: Store, images: dict[str, Image], name: str, parent: str | None,
+                below: list[Image], specs: list[LayerSpec],
+                repo: str | None = None) -> list[Image]:
     """The image of each layer, bottom first; reused ones are existing records."""
-    planned: List[Image] = []
+    planned: list[Image] = []
     taken = set(images)
     now = images_mod.now()
     reusing = True
@@ -144,8 +144,8 @@ def plan_images(store: Store, images: Dict[str, Image], name: str, parent: Optio
     return planned
 
 
-def reusable(store: Store, images: Dict[str, Image], digests: Tuple[str, ...],
-             parent: Optional[str]) -> Optional[Image]:
+def reusable(store: Store, images: dict[str, Image], digests: tuple[str, ...],
+             parent: str | None) -> Image | None:
     """An image on parent that holds the layer with one of these digests."""
     for image in sorted(images.values(), key=lambda i: i.name):
         if image.parent == parent and set(digests) & set(image.known_digests()) \
@@ -161,7 +161,7 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
     candidate = name[:128 - len(suffix)] + suffix
     if candidate not in taken:
         return candidate
-    short = (spec.diff_id or "")[len("sha256:"):][:8] or secrets.token_hex(4)
+    short = (spec.diff_id or "")[len("sha256:"):][:8] or os.urandom(4).hex()
     candidate = name[:128 - len(suffix) - 9] + suffix + "-" + short
     if candidate in taken:
         raise AlreadyExists(f"image {candidate!r} exists already",
@@ -170,7 +170,8 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
 
 
 def unpack_all(store: Store, staging: str, below: list[Image], specs: list[LayerSpec],
-               planned: list[Image], workers: int = 1) -> dict[str, Unpacked]:
+               planned: list[Image], workers: int = 1
+               ) -> dict[str, tuple[str, str | None, content.Manifest]]:
     """Unpack the new layers, up to workers at once; returns image name ->
     (staged directory, diff_id, manifest)."""
     lowers = [store.layer_path(i.layer) for i in below]        # top first
@@ -194,14 +195,12 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
     return unpack_parallel(jobs, workers, budget)
 
 
-Unpacked = Tuple[str, Optional[str], content.Manifest]
-
-
 def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
                before_finish: Callable[[], None] | None = None,
-               cancel: Any = None, budget: SpaceBudget | None = None
+               cancel: object = None, budget: SpaceBudget | None = None
                ) -> tuple[str | None, content.Manifest]:
-    """Unpack one layer; returns its diff_id and its content manifest."""
+    """Unpack one layer; returns its diff_id and its content manifest.  cancel: a
+    threading.Event that stops the unpacking at its next read when set."""
     diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel, budget)
     # The manifest in the same pass: the data was hashed as it was written,
     # so this reads only metadata.
@@ -213,7 +212,8 @@ class Cancelled(StackoError):
 
 
 def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
-                    workers: int, budget: SpaceBudget | None = None) -> dict[str, Unpacked]:
+                    workers: int, budget: SpaceBudget | None = None
+                    ) -> dict[str, tuple[str, str | None, content.Manifest]]:
     """Unpack several layers at once.  Each waits for the layers beneath it only
     at the end, where directories its tar does not name take their attributes
     from those beneath; bottom layers start first, so a worker never waits for a
@@ -240,7 +240,7 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
         finally:
             finished[n].set()
 
-    new: dict[str, Unpacked] = {}
+    new: dict[str, tuple[str, str | None, content.Manifest]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(work, n) for n in range(len(jobs))]
         try:
@@ -262,7 +262,7 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
 
 
 class CancellableReader:
-    def __init__(self, inner: IO[bytes], cancel: Any) -> None:
+    def __init__(self, inner: io.BufferedIOBase, cancel: object) -> None:
         self.inner, self.cancel = inner, cancel
 
     def read(self, n: int = -1) -> bytes:
@@ -273,7 +273,7 @@ class CancellableReader:
 
 def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
                     before_finish: Callable[[], None] | None = None,
-                    cancel: Any = None, budget: SpaceBudget | None = None
+                    cancel: object = None, budget: SpaceBudget | None = None
                     ) -> tuple[str | None, dict[int, str] | None]:
     """Unpack one layer, checking its digests as it streams by; returns its diff_id
     (None for a directory, which is copied: there is no tar to have one) and the
@@ -324,8 +324,8 @@ def blame_the_blob(spec: LayerSpec, raw: HashingReader) -> None:
                              hint="the archive or the download is corrupt") from None
 
 
-def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
-           planned: List[Image]) -> List[Image]:
+def record(store: Store, images: dict[str, Image], new: dict[str, tuple],
+           planned: list[Image]) -> list[Image]:
     """Rename the staged layers into l/, make them durable, then write images.json;
     undo on failure.
 
@@ -335,10 +335,10 @@ def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
     manifest digest: an image coming back after an export) reuses that image.
     Every import (and pull) records through here, so the syncfs that makes the
     data durable before images.json names it is never skipped."""
-    placed: List[str] = []
+    placed: list[str] = []
     try:
-        final: List[Image] = []
-        renamed: Dict[str, str] = {}
+        final: list[Image] = []
+        renamed: dict[str, str] = {}
         reusing = True
         for n, image in enumerate(planned):
             if renamed.get(image.parent or "") is not None:
@@ -378,8 +378,8 @@ def record(store: Store, images: Dict[str, Image], new: Dict[str, tuple],
         raise
 
 
-def same_content(store: Store, images: Dict[str, Image], digest: str,
-                 parent: Optional[str]) -> Optional[Image]:
+def same_content(store: Store, images: dict[str, Image], digest: str,
+                 parent: str | None) -> Image | None:
     """An existing, sealed image on parent whose content has this manifest digest."""
     for image in sorted(images.values(), key=lambda i: i.name):
         if image.manifest == digest and image.parent == parent \
@@ -420,7 +420,7 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
     remember(store, images, chain, packed)
 
 
-def pack_checked(store: Store, images: Dict[str, Image], chain: List[Image], compression: str,
+def pack_checked(store: Store, images: dict[str, Image], chain: list[Image], compression: str,
                  staging: str, on_layer: Callable[..., None] | None = None) -> Packed:
     """Pack a stack (bottom first) without the lock; then make sure that nothing
     of it was deleted, changed or opened for editing meanwhile."""
@@ -429,7 +429,7 @@ def pack_checked(store: Store, images: Dict[str, Image], chain: List[Image], com
     return packed
 
 
-def check_still(store: Store, images: Dict[str, Image], chain: List[Image], doing: str) -> None:
+def check_still(store: Store, images: dict[str, Image], chain: list[Image], doing: str) -> None:
     with store.locked(exclusive=False):
         now = store.load_images()
         for image in chain:
@@ -439,7 +439,7 @@ def check_still(store: Store, images: Dict[str, Image], chain: List[Image], doin
         images_mod.refuse_if_editing(store, now, chain[-1].name, doing)
 
 
-def remember(store: Store, images: Dict[str, Image], chain: List[Image], packed: Packed,
+def remember(store: Store, images: dict[str, Image], chain: list[Image], packed: Packed,
              repo: str | None = None) -> None:
     """Record on each image of the stack the digests its layer was written under
     (and where it was pushed), so that importing or pulling them back reuses it."""

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Runner
+from ocigen import d, f, tar_dir, write_layout
+from registryd import Registry, available
+from registryfix import registry  # noqa: F401  (the fixture)
 from stacko import mountapi
+from stacko.formats import ocisource
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,15 +48,17 @@ HEAVY = {"typing", "tarfile", "hashlib", "ssl", "http.client", "dataclasses", "i
 NO_MOUNT = HEAVY | {"ctypes", "stacko.mountapi"}
 
 
-def imported(root: Path, *argv: str) -> set[str]:
-    """The modules a fresh interpreter has after `stacko --root ROOT argv...`."""
+def imported(root: Path, *argv: str, status: int | None = None) -> set[str]:
+    """The modules a fresh interpreter has after `stacko --root ROOT argv...`
+    (which must exit with status, when given)."""
     out = root.parent / "probe.json"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PYTHONPROFILEIMPORTTIME", None)
-    subprocess.run([sys.executable, "-c", PROBE, str(out), "--root", str(root), *argv],
-                   check=True, env=env, stderr=subprocess.PIPE)
+    run = subprocess.run([sys.executable, "-c", PROBE, str(out), "--root", str(root), *argv],
+                         check=True, env=env, stderr=subprocess.PIPE)
     data = json.loads(out.read_text())
     out.unlink()
+    assert status is None or data["status"] == status, (argv, run.stderr.decode())
     return set(data["modules"])
 
 
@@ -97,6 +103,98 @@ def test_the_probe_sees_imports(state: Path, workdir: Path) -> None:
     """The test above can fail: export-image does import tarfile and hashlib."""
     modules = imported(state, "export-image", "base", str(workdir / "out.tar"))
     assert {"tarfile", "hashlib", "isal"} <= modules
+
+
+# The archive and registry commands import what does their work (tarfile,
+# hashlib, json, http.client, ssl) and nothing for their annotations or
+# records: typing, and dataclasses with inspect, ast and dis, were ~10 ms of
+# each of their starts; platform ~1.4 ms for one os.uname().
+NO_TYPING = {"typing", "dataclasses", "inspect", "ast", "dis", "platform", "secrets"}
+# But the decompressors import some of them themselves: isal.igzip (gzip's
+# reader) imports typing for its annotations, zstandard's __init__ platform
+# and, before Python 3.12, typing.  Only a command that inflates pays for them.
+GUNZIP = {"typing"}
+UNZSTD = {"platform", "typing"} if sys.version_info < (3, 12) else {"platform"}
+
+STACKO_MODULES = """
+import os, sys, importlib
+import stacko
+top = os.path.dirname(stacko.__file__)
+for folder, _, files in os.walk(top):
+    for name in sorted(files):
+        if name.endswith(".py") and name != "__main__.py":
+            rel = os.path.relpath(os.path.join(folder, name[:-3]), os.path.dirname(top))
+            importlib.import_module(rel.replace(os.sep, ".").replace(".__init__", ""))
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def test_no_module_of_stacko_imports_typing() -> None:
+    """Every module of stacko/ at once, as imported: none brings typing,
+    dataclasses, inspect or platform (decompressors are imported where used)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    modules = set(subprocess.run([sys.executable, "-c", STACKO_MODULES], check=True, env=env,
+                                 stdout=subprocess.PIPE, text=True).stdout.split())
+    assert {"stacko.oci", "stacko.registry.pull", "stacko.registry.push",
+            "stacko.formats.ocisource", "stacko.formats.layertar", "tarfile"} <= modules
+    assert modules & NO_TYPING == set()
+
+
+def test_archive_commands_import_no_typing(state: Path, workdir: Path) -> None:
+    archive, layout, rootfs = workdir / "base.tar", workdir / "layout", workdir / "rootfs"
+    write_layout(layout, [[d("etc"), f("etc/os-release", b"ID=test\n")], [f("app", b"x")]])
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "hostname").write_text("box\n")
+    plain = tar_dir(rootfs, workdir / "rootfs.tar")
+    for argv, expected in (
+            (("export-image", "app", str(archive)), set()),
+            (("export-image", "app", str(workdir / "app.zst"), "--compression", "zstd"), UNZSTD),
+            (("import-image", "copy", str(archive)), GUNZIP),
+            (("import-image", "zcopy", str(workdir / "app.zst")), UNZSTD),
+            (("import-image", "laid", str(layout)), GUNZIP),
+            (("import-image", "plain", str(plain)), set()),
+            (("verify-image", "copy", "laid"), set()),
+            (("new-image", "set", "app", "--config", "Cmd=/bin/app", "--annotation", "a=b"),
+             set())):
+        modules = imported(state, *argv, status=0)
+        # The probe sees what they do import: the test can fail.
+        needs = {"verify-image": {"hashlib", "stacko.content"},
+                 "new-image": {"hashlib", "json", "stacko.formats.runsettings"}}
+        assert needs.get(argv[0], {"tarfile", "hashlib", "json"}) <= modules, argv
+        assert modules & NO_TYPING == expected, argv
+
+
+@pytest.mark.skipif(not available(), reason="docker-registry is needed (tests/install-deps.sh)")
+def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> None:
+    for argv, expected in (
+            (("push-image", "app", f"{registry.host}/app:v1", "--tls-verify=false"), set()),
+            (("push-image", "app", f"{registry.host}/app:z", "--tls-verify=false",
+              "--compression", "zstd"), UNZSTD),
+            (("pull-image", "copy", f"{registry.host}/app:v1", "--tls-verify=false"), GUNZIP),
+            (("pull-image", "zcopy", f"docker://{registry.host}/app:z", "--tls-verify=false"),
+             UNZSTD)):
+        modules = imported(state, *argv, status=0)
+        assert {"http.client", "ssl", "tarfile", "hashlib"} <= modules, argv
+        assert modules & NO_TYPING == expected, argv
+
+
+MACHINES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
+            "mips64": "mips64", "loongarch64": "loongarch64"}
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+def test_host_architecture_without_platform(machine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ARCH of pull-image and of exported configs, read from
+    os.uname() as platform.machine() reads it, named as Go (and so OCI) does."""
+    fake = os.uname_result(os.uname()[:4] + (machine,))
+    monkeypatch.setattr(ocisource.os, "uname", lambda: fake)
+    assert ocisource.host_architecture() == MACHINES[machine]
+
+
+def test_host_architecture_is_platforms() -> None:
+    import platform
+    assert ocisource.host_architecture() == MACHINES.get(platform.machine(), platform.machine())
 
 
 # The commands run most often parse their line without argparse (cli.quick_args)

@@ -15,16 +15,16 @@ created with O_EXCL|O_NOFOLLOW after removing what was there, as tar does.
 """
 from __future__ import annotations
 
-import decimal
 import hashlib
+import io
 import os
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass, field
-from typing import IO, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import StackoError
+from stacko.records import record
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -97,6 +97,7 @@ def pax_mtime_ns(member: tarfile.TarInfo) -> int:
     """The member's mtime in nanoseconds; PAX keeps fractions a float would round."""
     text = member.pax_headers.get("mtime")
     if text:
+        import decimal    # here: ~1 ms a start, for the members with a PAX mtime only
         try:
             return int(decimal.Decimal(text) * 1_000_000_000)
         except decimal.InvalidOperation:
@@ -104,7 +105,7 @@ def pax_mtime_ns(member: tarfile.TarInfo) -> int:
     return int(member.mtime) * 1_000_000_000
 
 
-def member_xattrs(member: tarfile.TarInfo) -> Dict[str, bytes]:
+def member_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     found = {}
     for key, value in member.pax_headers.items():
         if key.startswith(PAX_XATTR_PREFIX):
@@ -115,7 +116,7 @@ def member_xattrs(member: tarfile.TarInfo) -> Dict[str, bytes]:
 
 
 # --- unpacking -----------------------------------------------------------------
-@dataclass
+@record
 class _DirMeta:
     mode: int
     uid: int
@@ -123,7 +124,6 @@ class _DirMeta:
     mtime_ns: int
 
 
-@dataclass
 class Unpacker:
     """Unpacks one layer tar into ``root`` (an empty directory).
 
@@ -131,21 +131,26 @@ class Unpacker:
     directory that the tar fills without naming it copies its owner and mode
     from there, so that the merged view does not change it.
     """
-    root: str
-    lowers: Sequence[str] = ()
-    budget: SpaceBudget | None = None
-    _dirs: Set[str] = field(default_factory=set)          # checked: real directories
-    _meta: Dict[str, _DirMeta] = field(default_factory=dict)
-    _opaque: Set[str] = field(default_factory=set)
-    # inode -> sha256 of the data written, for the content manifest (content.py),
-    # so that the files are not read back to hash them.
-    hashes: Dict[int, str] = field(default_factory=dict)
-    # Called once the tar is read and before the layers beneath are looked at:
-    # a pull unpacks several layers at once, and waits there for those beneath.
-    before_finish: Optional[Callable[[], None]] = None
-    _implicit: List[str] = field(default_factory=list)
+    __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "hashes",
+                 "before_finish", "_implicit")
 
-    def unpack(self, stream: IO[bytes]) -> None:
+    def __init__(self, root: str, lowers: Sequence[str] = (), budget: SpaceBudget | None = None,
+                 before_finish: Callable[[], None] | None = None) -> None:
+        self.root = root
+        self.lowers = lowers
+        self.budget = budget
+        self._dirs: set[str] = set()             # checked: real directories
+        self._meta: dict[str, _DirMeta] = {}
+        self._opaque: set[str] = set()
+        # inode -> sha256 of the data written, for the content manifest (content.py),
+        # so that the files are not read back to hash them.
+        self.hashes: dict[int, str] = {}
+        # Called once the tar is read and before the layers beneath are looked at:
+        # a pull unpacks several layers at once, and waits there for those beneath.
+        self.before_finish = before_finish
+        self._implicit: list[str] = []
+
+    def unpack(self, stream: io.BufferedIOBase) -> None:
         try:
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
                 for member in tar:
@@ -299,7 +304,8 @@ class Unpacker:
             self.hashes[os.fstat(out.fileno()).st_ino] = digest.hexdigest()
 
     @staticmethod
-    def _write_sparse(source: IO[bytes], member: tarfile.TarInfo, out: IO[bytes]) -> None:
+    def _write_sparse(source: io.BufferedIOBase, member: tarfile.TarInfo,
+                      out: io.BufferedIOBase) -> None:
         """A sparse member (GNU or PAX): write only its data, at its offsets, in
         the order the archive holds them (a stream only goes forward), and let
         the file's length make the holes.  The unbuffered reader beneath
@@ -340,7 +346,7 @@ class Unpacker:
         os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
 
     @staticmethod
-    def _set_xattrs(path: str, xattrs: Dict[str, bytes]) -> None:
+    def _set_xattrs(path: str, xattrs: dict[str, bytes]) -> None:
         for name, value in sorted(xattrs.items()):
             try:
                 os.setxattr(path, name, value, follow_symlinks=False)
@@ -367,7 +373,7 @@ class Unpacker:
 class _Hashing:
     """A reader that hashes what passes through it."""
 
-    def __init__(self, source: IO[bytes], digest: "hashlib._Hash") -> None:
+    def __init__(self, source: io.BufferedIOBase, digest: "hashlib._Hash") -> None:
         self.source, self.digest = source, digest
 
     def read(self, size: int = -1) -> bytes:
@@ -376,9 +382,9 @@ class _Hashing:
         return data
 
 
-def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = (),
-                 before_finish: Optional[Callable[[], None]] = None,
-                 budget: SpaceBudget | None = None) -> Dict[int, str]:
+def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (),
+                 before_finish: Callable[[], None] | None = None,
+                 budget: SpaceBudget | None = None) -> dict[int, str]:
     """Unpack a layer tar into root; returns inode -> sha256 of every file written
     (but for sparse files: content.build reads those)."""
     unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget)
@@ -392,7 +398,7 @@ def unpack_layer(stream: IO[bytes], root: str, lowers: Sequence[str] = (),
 
 
 # --- packing -------------------------------------------------------------------
-def _xattrs_of(path: str) -> Dict[str, bytes]:
+def _xattrs_of(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -421,16 +427,16 @@ def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
-def pack_layer(root: str, out: IO[bytes]) -> None:
+def pack_layer(root: str, out: io.BufferedIOBase) -> None:
     """Write the layer directory root as a deterministic OCI layer tar.
 
     Entries come sorted by name, with numeric owners and no user names, access
     or change times, so the same directory always gives the same bytes.
     """
-    links: Dict[Tuple[int, int], str] = {}
+    links: dict[tuple[int, int], str] = {}
     tar = TarWriter(out)
     # Pre-order, names sorted, without recursion (a layer may be deep).
-    stack: List[Tuple[str, List[str]]] = [("", _sorted_names(root))]
+    stack: list[tuple[str, list[str]]] = [("", _sorted_names(root))]
     while stack:
         rel, names = stack[-1]
         if not names:
@@ -450,7 +456,7 @@ class TarWriter:
 
     RECORD = 20 * 512         # what tar and tarfile pad the archive to
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: io.BufferedIOBase) -> None:
         self.out = out
         self.offset = 0
 
@@ -458,7 +464,7 @@ class TarWriter:
         self.out.write(data)
         self.offset += len(data)
 
-    def addfile(self, info: tarfile.TarInfo, path: Optional[str] = None) -> None:
+    def addfile(self, info: tarfile.TarInfo, path: str | None = None) -> None:
         self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if path is None or info.type != tarfile.REGTYPE:
             return
@@ -479,14 +485,14 @@ class TarWriter:
             self._write(b"\0" * (self.RECORD - self.offset % self.RECORD))
 
 
-def _sorted_names(directory: str) -> List[str]:
+def _sorted_names(directory: str) -> list[str]:
     """The entries of directory, last first (they are popped from the end)."""
     with os.scandir(directory) as it:
         return sorted((e.name for e in it), reverse=True)
 
 
 def _pack_entry(tar: TarWriter, path: str, rel: str,
-                links: Dict[Tuple[int, int], str]) -> bool:
+                links: dict[tuple[int, int], str]) -> bool:
     """Add one entry; True when it is a directory to descend into."""
     st = os.lstat(path)
     mode = st.st_mode
@@ -540,6 +546,6 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
-def _add_xattrs(info: tarfile.TarInfo, xattrs: Dict[str, bytes]) -> None:
+def _add_xattrs(info: tarfile.TarInfo, xattrs: dict[str, bytes]) -> None:
     for name, value in xattrs.items():
         info.pax_headers[PAX_XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")

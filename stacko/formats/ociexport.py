@@ -15,15 +15,14 @@ import json
 import os
 import sys
 import tarfile
-from dataclasses import dataclass
-from typing import Optional, IO, Any, Callable, Dict, List, Tuple
+from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.formats.compression import compressor
 from stacko.errors import StackoError
 from stacko.formats.layertar import pack_layer
 from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
-from stacko.records import Image, utc_time
+from stacko.records import Image, record, utc_time
 from stacko.state import Store
 
 LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -35,7 +34,7 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 class HashingWriter:
     """Writes through, hashing what passes (sha256) and counting it."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: io.BufferedIOBase) -> None:
         self.inner = inner
         self.hash = hashlib.sha256()
         self.size = 0
@@ -54,14 +53,14 @@ class HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-@dataclass(frozen=True)
+@record
 class Blob:
     digest: str
     size: int
     path: str          # the staging file that holds it
 
 
-def write_layer(layer_dir: str, target: str, compression: str) -> Tuple[Blob, str]:
+def write_layer(layer_dir: str, target: str, compression: str) -> tuple[Blob, str]:
     """Pack one layer into target; returns the blob and the layer's diff_id."""
     with open(target, "wb") as f:
         stored = HashingWriter(f)
@@ -74,7 +73,7 @@ def write_layer(layer_dir: str, target: str, compression: str) -> Tuple[Blob, st
     return Blob(stored.digest, stored.size, target), diff.digest
 
 
-def json_blob(data: Any, staging: str, blobs: Dict[str, Blob]) -> Blob:
+def json_blob(data: object, staging: str, blobs: dict[str, Blob]) -> Blob:
     text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
     digest = "sha256:" + hashlib.sha256(text).hexdigest()
     path = os.path.join(staging, digest[len("sha256:"):])
@@ -85,25 +84,25 @@ def json_blob(data: Any, staging: str, blobs: Dict[str, Blob]) -> Blob:
     return blob
 
 
-@dataclass(frozen=True)
+@record
 class Packed:
     """A stack packed as OCI blobs: what export writes to a tar and push uploads."""
-    blobs: Dict[str, Blob]               # every blob by digest, the layers' included
-    layers: List[Dict[str, Any]]         # layer descriptors, bottom first
-    diff_ids: List[str]
+    blobs: dict[str, Blob]               # every blob by digest, the layers' included
+    layers: list[dict]                   # layer descriptors, bottom first
+    diff_ids: list[str]
     config: Blob
     manifest: Blob
     manifest_type: str
 
 
-def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
+def pack_chain(store: Store, chain: list[Image], compression: str, staging: str,
                progress: Callable[[str], None],
-               on_layer: Optional[Callable[[Blob], None]] = None) -> Packed:
+               on_layer: Callable[[Blob], None] | None = None) -> Packed:
     """chain: the images of the stack, bottom first.  The top image's run
     settings go into the config, its annotations into the manifest.  on_layer
     is called with each layer's blob as soon as it is packed (push starts
     uploading it while the next one is packed)."""
-    blobs: Dict[str, Blob] = {}
+    blobs: dict[str, Blob] = {}
     layers, diff_ids, history = [], [], []
     for n, image in enumerate(chain, start=1):
         progress(f"packing layer {n}/{len(chain)} ({image.name})")
@@ -121,14 +120,14 @@ def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
         history.append(entry)
     progress("")
     settings = chain[-1].settings or {}
-    config: Dict[str, Any] = {"architecture": host_architecture(), "os": "linux",
+    config: dict = {"architecture": host_architecture(), "os": "linux",
                               "config": dict(settings.get("config") or {}),
                               "rootfs": {"type": "layers", "diff_ids": diff_ids},
                               "history": history}
     if chain[-1].created:
         config["created"] = utc_time(chain[-1].created)
     config_blob = json_blob(config, staging, blobs)
-    manifest: Dict[str, Any] = {
+    manifest: dict = {
         "schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
         "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,
                    "size": config_blob.size},
@@ -139,7 +138,7 @@ def pack_chain(store: Store, chain: List[Image], compression: str, staging: str,
     return Packed(blobs, layers, diff_ids, config_blob, manifest_blob, MANIFEST_TYPES[0])
 
 
-def write_archive(store: Store, chain: List[Image], name: str, path: str, compression: str,
+def write_archive(store: Store, chain: list[Image], name: str, path: str, compression: str,
                   staging: str, progress: Callable[[str], None]) -> Packed:
     """chain: the images of the stack, bottom first."""
     packed = pack_chain(store, chain, compression, staging, progress)
@@ -157,7 +156,7 @@ def write_archive(store: Store, chain: List[Image], name: str, path: str, compre
     return packed
 
 
-def write_file(path: str, produce: Callable[[IO[bytes]], None]) -> None:
+def write_file(path: str, produce: Callable[[io.BufferedIOBase], None]) -> None:
     """Write path through a temp file beside it: never a half-written archive.
 
     The directory may be shared (/tmp): the temp file gets a name nobody can
@@ -216,7 +215,7 @@ def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo
     return info
 
 
-def write_tar(out: IO[bytes], layout: bytes, index: bytes, blobs: Dict[str, Blob]) -> None:
+def write_tar(out: io.BufferedIOBase, layout: bytes, index: bytes, blobs: dict[str, Blob]) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_entry("oci-layout", len(layout)), io.BytesIO(layout))
         tar.addfile(_entry("index.json", len(index)), io.BytesIO(index))

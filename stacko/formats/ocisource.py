@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
-import platform
 import re
 import stat
 import sys
 import tarfile
-from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional
+from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
 from stacko import words
 from stacko.formats.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
 from stacko.errors import StackoError, UsageError
 from stacko.formats.layertar import clean_name
+from stacko.records import record
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 16 << 20
@@ -52,25 +52,25 @@ class RefAmbiguous(StackoError):
     """The archive holds several images and no --ref chose one."""
 
 
-@dataclass(frozen=True)
+@record
 class LayerSpec:
     """One layer to import: how to open its blob, and what it must hash to."""
-    open_blob: Callable[[], IO[bytes]]
+    open_blob: Callable[[], io.BufferedIOBase]
     what: str                           # for messages: the blob's name in the archive
-    digest: Optional[str] = None        # of the blob as stored (compressed)
-    size: Optional[int] = None
-    diff_id: Optional[str] = None       # of the uncompressed tar
-    name: Optional[str] = None          # stacko image name kept in an annotation
-    created: Optional[str] = None       # from the config's history
-    copy_into: Optional[Callable[[str], None]] = None   # a directory's: copies it, no blob
-    settings: Optional[Dict[str, Any]] = None   # the image's run settings (top layer only)
+    digest: str | None = None           # of the blob as stored (compressed)
+    size: int | None = None
+    diff_id: str | None = None          # of the uncompressed tar
+    name: str | None = None             # stacko image name kept in an annotation
+    created: str | None = None          # from the config's history
+    copy_into: Callable[[str], None] | None = None   # a directory's: copies it, no blob
+    settings: dict | None = None        # the image's run settings (top layer only)
 
 
 # --- streams -------------------------------------------------------------------
 class HashingReader:
     """Reads through, hashing what passes (sha256) and counting it."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: io.BufferedIOBase) -> None:
         self.inner = inner
         self.hash = hashlib.sha256()
         self.size = 0
@@ -90,7 +90,7 @@ class HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
-def check_digest(digest: Any, what: str) -> str:
+def check_digest(digest: object, what: str) -> str:
     if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise BadArchive(f"{what}: unsupported or malformed digest {digest!r}",
                          hint="stacko reads sha256 digests")
@@ -106,10 +106,10 @@ class Container:
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
-    def open(self, name: str) -> IO[bytes]:
+    def open(self, name: str) -> io.BufferedIOBase:
         raise NotImplementedError
 
-    def read_json(self, name: str, digest: Optional[str] = None) -> Any:
+    def read_json(self, name: str, digest: str | None = None) -> object:
         if not self.exists(name):
             raise BadArchive(f"the archive lacks {name}")
         with self.open(name) as f:
@@ -139,7 +139,7 @@ class DirContainer(Container):
     def exists(self, name: str) -> bool:
         return os.path.isfile(self._full(name))
 
-    def open(self, name: str) -> IO[bytes]:
+    def open(self, name: str) -> io.BufferedIOBase:
         try:
             return open(self._full(name), "rb")
         except OSError as e:
@@ -149,7 +149,7 @@ class DirContainer(Container):
 class TarContainer(Container):
     def __init__(self, tar: tarfile.TarFile) -> None:
         self.tar = tar
-        self.members: Dict[str, tarfile.TarInfo] = {}
+        self.members: dict[str, tarfile.TarInfo] = {}
         for member in tar.getmembers():
             try:
                 self.members[clean_name(member.name, member.name)] = member
@@ -160,7 +160,7 @@ class TarContainer(Container):
         m = self.members.get(clean_name(name, name))
         return m is not None and (m.isreg() or m.issym() or m.islnk())
 
-    def open(self, name: str) -> IO[bytes]:
+    def open(self, name: str) -> io.BufferedIOBase:
         member = self.members.get(clean_name(name, name))
         try:
             f = self.tar.extractfile(member) if member is not None else None
@@ -173,12 +173,14 @@ class TarContainer(Container):
 
 # --- image formats ---------------------------------------------------------------
 def host_architecture() -> str:
-    machine = platform.machine()
+    # os.uname() is what platform.machine() reads on Linux, without importing
+    # platform (~1.4 ms a start of the archive and registry commands).
+    machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
 
 
-def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
+def oci_layers(box: Container, ref: str | None) -> list[LayerSpec]:
     index = box.read_json("index.json")
     descriptor = pick_ref(index, ref, "index.json", box.what)
     while descriptor.get("mediaType") in INDEX_TYPES:
@@ -216,7 +218,7 @@ def oci_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
                                                                   f"the manifest {manifest_name}")))
 
 
-def object_field(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+def object_field(data: dict, key: str, where: str) -> dict:
     """data[key], which must be a JSON object ({} when it is absent): hostile
     documents put lists and numbers where objects go."""
     value = data.get(key)
@@ -227,21 +229,21 @@ def object_field(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def string_field(data: dict[str, Any], key: str, where: str) -> str | None:
+def string_field(data: dict, key: str, where: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise BadArchive(f"{where}: field {key!r} is not a string")
     return value
 
 
-def blob_name(descriptor: Any, what: str) -> str:
+def blob_name(descriptor: object, what: str) -> str:
     if not isinstance(descriptor, dict):
         raise BadArchive(f"the {what} descriptor is not an object")
     digest = check_digest(descriptor.get("digest"), f"the {what} descriptor")
     return "blobs/sha256/" + digest[len("sha256:"):]
 
 
-def pick_ref(index: Any, ref: Optional[str], where: str, what: str) -> Dict[str, Any]:
+def pick_ref(index: object, ref: str | None, where: str, what: str) -> dict:
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BadArchive(f"{where} lists no image")
@@ -259,7 +261,7 @@ def pick_ref(index: Any, ref: Optional[str], where: str, what: str) -> Dict[str,
     return refs[0][1]
 
 
-def describe_refs(refs: List[Any]) -> str:
+def describe_refs(refs: list) -> str:
     names = sorted(str(name) for name, _ in refs if name)
     if not names:
         return "none with a ref name"
@@ -267,7 +269,7 @@ def describe_refs(refs: List[Any]) -> str:
                                 f" and {len(refs) - len(names)} without a ref name")
 
 
-def pick_platform(index: Any) -> Dict[str, Any]:
+def pick_platform(index: object) -> dict:
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BadArchive("an image index lists no image")
@@ -283,7 +285,7 @@ def pick_platform(index: Any) -> Dict[str, Any]:
     raise BadArchive(f"the image index has no image for linux/{arch}")
 
 
-def config_diff_ids(config: Any, count: int) -> List[str]:
+def config_diff_ids(config: object, count: int) -> list[str]:
     rootfs = config.get("rootfs") if isinstance(config, dict) else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):
@@ -297,7 +299,7 @@ RUN_SETTINGS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "Exp
                 "Volumes", "StopSignal")
 
 
-def run_settings(config: Any, annotations: Any) -> Optional[Dict[str, Any]]:
+def run_settings(config: object, annotations: object) -> dict | None:
     """What an image config says about running the image, and the manifest's
     annotations: kept on the top image, written back by export and push."""
     inner = config.get("config") if isinstance(config, dict) else None
@@ -313,14 +315,13 @@ def run_settings(config: Any, annotations: Any) -> Optional[Dict[str, Any]]:
     return settings or None
 
 
-def with_settings(specs: List[LayerSpec], settings: Optional[Dict[str, Any]]) -> List[LayerSpec]:
-    import dataclasses
+def with_settings(specs: list[LayerSpec], settings: dict | None) -> list[LayerSpec]:
     if specs and settings:
-        specs[-1] = dataclasses.replace(specs[-1], settings=settings)
+        specs[-1] = specs[-1]._replace(settings=settings)
     return specs
 
 
-def layer_times(config: Dict[str, Any], count: int) -> List[Optional[str]]:
+def layer_times(config: dict, count: int) -> list[str | None]:
     """When each layer was made, from the history entries that made a layer."""
     history = config.get("history")
     if not isinstance(history, list):
@@ -330,7 +331,7 @@ def layer_times(config: Dict[str, Any], count: int) -> List[Optional[str]]:
     return times if len(times) == count else [None] * count
 
 
-def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
+def docker_layers(box: Container, ref: str | None) -> list[LayerSpec]:
     entries = box.read_json("manifest.json")
     if not isinstance(entries, list) or not entries or \
             not all(isinstance(e, dict) for e in entries):
@@ -357,18 +358,17 @@ def docker_layers(box: Container, ref: Optional[str]) -> List[LayerSpec]:
                          run_settings(config, None))
 
 
-def digest_in_name(name: str) -> Optional[str]:
+def digest_in_name(name: str) -> str | None:
     """docker-archive names blobs after their digest (<hex>.json, blobs/sha256/<hex>)."""
     m = re.fullmatch(r"(?:.*/)?(?:sha256[:/])?([0-9a-f]{64})(?:\.json|\.tar)?", name)
     return "sha256:" + m.group(1) if m else None
 
 
 # --- opening a PATH ----------------------------------------------------------------
-@dataclass
+@record
 class Source:
     kind: str                            # "oci", "docker", "rootfs" or "dir"
-    layers: Callable[[Optional[str]], List[LayerSpec]]
-    closers: List[Callable[[], None]] = field(default_factory=list)
+    layers: Callable[[str | None], list[LayerSpec]]
 
 
 @contextlib.contextmanager
@@ -387,7 +387,7 @@ def open_source(path: str, staging: str, state_root: str = "") -> Iterator[Sourc
             yield Source("dir", lambda ref: plain_directory(path, ref, state_root))
         return
     try:
-        raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
+        raw: io.BufferedIOBase = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
         raise BadArchive(f"cannot read {path}: {e.strerror}") from None
     try:
@@ -437,26 +437,26 @@ def tar_source(plain: str, path: str) -> Iterator[Source]:
         elif box.exists("manifest.json") and is_docker_manifest(box):
             yield Source("docker", lambda ref: docker_layers(box, ref))
         else:
-            def rootfs(ref: Optional[str]) -> List[LayerSpec]:
+            def rootfs(ref: str | None) -> list[LayerSpec]:
                 if ref is not None:
                     raise not_a_rootfs_archive(path)
                 return [LayerSpec(open_blob=lambda: open(plain, "rb"), what=path)]
             yield Source("rootfs", rootfs)
 
 
-def streamed_rootfs(path: str, stream: IO[bytes], ref: Optional[str]) -> List[LayerSpec]:
+def streamed_rootfs(path: str, stream: io.BufferedIOBase, ref: str | None) -> list[LayerSpec]:
     if ref is not None:
         raise not_a_rootfs_archive(path)
-    opened: List[bool] = []
+    opened: list[bool] = []
 
-    def open_once() -> IO[bytes]:
+    def open_once() -> io.BufferedIOBase:
         assert not opened, "a stream is read once"
         opened.append(True)
         return contextlib.nullcontext(stream)  # type: ignore[return-value]
     return [LayerSpec(open_blob=open_once, what="stdin" if path == "-" else path)]
 
 
-def plain_directory(path: str, ref: Optional[str], state_root: str) -> List[LayerSpec]:
+def plain_directory(path: str, ref: str | None, state_root: str) -> list[LayerSpec]:
     if ref is not None:
         raise UsageError(f"--ref chooses an image of an OCI or docker archive; {path} is a "
                          "plain directory")
@@ -465,14 +465,14 @@ def plain_directory(path: str, ref: Optional[str], state_root: str) -> List[Laye
                       copy_into=lambda target: dirsource.copy_tree(path, target, state_root))]
 
 
-def no_blob() -> IO[bytes]:
+def no_blob() -> io.BufferedIOBase:
     raise AssertionError("a directory is copied, not read as a blob")
 
 
 class RecordingReader:
     """Reads through, keeping a copy of everything read (a peek to be given back)."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: io.BufferedIOBase) -> None:
         self.inner = inner
         self.kept = bytearray()
 
@@ -506,7 +506,7 @@ def is_rootfs_stream(peek: RecordingReader) -> bool:
     return False
 
 
-def spool(path: str, stream: IO[bytes], staging: str) -> str:
+def spool(path: str, stream: io.BufferedIOBase, staging: str) -> str:
     """An uncompressed copy of the stream in staging, for an archive read in any order."""
     from stacko.formats.layertar import SpaceBudget
     target = os.path.join(staging, "input.tar")

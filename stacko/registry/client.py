@@ -21,9 +21,9 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from stacko.errors import NotFound, StackoError
+from stacko.records import record
 from stacko.registry.ref import Reference
 
 TIMEOUT = 12.0          # seconds, for connecting and for each read
@@ -42,7 +42,7 @@ class Unauthorized(RegistryError):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Options:
     """How to reach a registry: the command line's auth and TLS options."""
     creds: str | None = None          # USER[:PASS]

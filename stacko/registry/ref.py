@@ -6,10 +6,10 @@ or ``library/debian`` are refused rather than sent to some default registry.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import re         # json, which every command that parses a REF imports, imports it too
 
 from stacko.errors import UsageError
+from stacko.records import record
 
 FORM = "[docker://]HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]"
 EXAMPLE = "registry.example.com:5000/tools/base:1.0"
@@ -23,7 +23,7 @@ HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                      r"(?::[0-9]{1,5})?")
 
 
-@dataclass(frozen=True)
+@record
 class Reference:
     host: str             # as written, with its port: "host:5000", "[::1]:5000"
     repo: str
