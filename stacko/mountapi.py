@@ -1,6 +1,7 @@
 """The kernel's new mount API (fsopen, fsconfig, fsmount, move_mount), reached
 through ctypes' C core and ``syscall(2)``, since the C library wraps only some
-of it.
+of it; and the classic mount(2) and umount2(2), which it wraps, called the
+same way so that no mount(8) or umount(8) has to be started.
 
 Why stacko uses it where the kernel has it:
 
@@ -22,12 +23,12 @@ message from the fs context log when it wrote one.
 Why ``_ctypes`` and not ``ctypes``: every mount and unmount command imports
 this module, and ``import ctypes`` costs such a command about 2 ms of its
 ~35 (its Python layer defines some forty C types, imports ``struct``, and its
-types are torn down again at exit), while the five calls below need four C
-types and a function pointer class.  ``_ctypes`` is the C module that
+types are torn down again at exit), while the calls below need five C types
+and two function pointer classes.  ``_ctypes`` is the C module that
 ``ctypes`` itself is built on; the classes below are defined exactly as
-``ctypes`` defines ``c_long``, ``c_int``, ``c_uint``, ``c_char_p`` and a
-``CDLL(None, use_errno=True)`` function (tests/test_mountapi.py holds them to
-``ctypes``' own).
+``ctypes`` defines ``c_long``, ``c_int``, ``c_uint``, ``c_ulong``,
+``c_char_p`` and a ``CDLL(None, use_errno=True)`` function
+(tests/test_mountapi.py holds them to ``ctypes``' own).
 """
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_BENEATH = 0x200
 MNT_DETACH = 0x2
 AT_FDCWD = -100
+MS_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4}   # MS_RDONLY, MS_NOSUID, MS_NODEV: mount(2)
 
 Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
-ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(8); "new" insists on this API
+ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(2); "new" insists on this API
 BENEATH_SINCE = (6, 5)
 DIGITS = "0123456789"
 
@@ -83,6 +85,10 @@ class _CCharP(_ctypes._SimpleCData):    # ctypes.c_char_p (None: NULL)
     _type_ = "z"
 
 
+class _CULong(_ctypes._SimpleCData):    # ctypes.c_ulong
+    _type_ = "L"
+
+
 class _LongFunction(_ctypes.CFuncPtr):  # a function of CDLL(None, use_errno=True), restype c_long
     _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
     _restype_ = _CLong
@@ -101,6 +107,7 @@ class _Libc:
 
 _syscall = _LongFunction(("syscall", _Libc))
 _umount2 = _IntFunction(("umount2", _Libc))
+_mount = _IntFunction(("mount", _Libc))
 
 
 def _call(name: str, number: int, *args: object) -> int:
@@ -141,6 +148,14 @@ def move_mount(from_fd: int, to_path: str, flags: int) -> None:
 
 def umount2(target: str, flags: int) -> None:
     if _umount2(_CCharP(_b(target)), _CInt(flags)) != 0:
+        err = _ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    """The classic mount(2): data is the filesystem's options, at most one page."""
+    if _mount(_CCharP(_b(source)), _CCharP(_b(target)), _CCharP(_b(fstype)), _CULong(flags),
+              _CCharP(_b(data))) != 0:
         err = _ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -204,13 +219,13 @@ def _probe_kernel() -> bool:
     try:
         fd = fsopen("overlay")
     except OSError as e:
-        run.debug(f"mount API: fsopen(overlay) failed ({errno_name(e.errno)}); using mount(8)")
+        run.debug(f"mount API: fsopen(overlay) failed ({errno_name(e.errno)}); using mount(2)")
         return False
     try:
         fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", "/")
         return True
     except OSError as e:
-        run.debug(f"mount API: overlay has no lowerdir+ ({errno_name(e.errno)}); using mount(8)")
+        run.debug(f"mount API: overlay has no lowerdir+ ({errno_name(e.errno)}); using mount(2)")
         return False
     finally:
         os.close(fd)
@@ -225,7 +240,7 @@ def supports_new_api() -> bool:
         if not _probe_new_api():
             raise StackoError(f"{ENV}=new, but this kernel lacks the new mount API for "
                               "overlayfs (fsopen, and lowerdir+ from Linux 6.8)",
-                              hint=f"unset {ENV} to use mount(8)")
+                              hint=f"unset {ENV} to use mount(2)")
         return True
     return _probe_new_api()
 

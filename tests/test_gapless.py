@@ -19,7 +19,7 @@ from stacko.state import Store
 
 pytestmark = pytest.mark.mounts
 
-BACKENDS = ["", "legacy"]      # STACKO_MOUNT_API: the default (new API where there is one) and mount(8)
+BACKENDS = ["", "legacy"]      # STACKO_MOUNT_API: the default (new API where there is one) and mount(2)
 
 
 def new_api_here() -> bool:
@@ -125,7 +125,7 @@ def test_cutover_fallback_set_on_both_backends(stacko: Runner, root: Path, backe
     assert ("without a gap" in r.stderr) == gapless
     assert ("by unmount-then-mount" in r.stderr) == (not gapless)
     if not gapless:
-        assert "+ umount " in r.stderr
+        assert "+ [umount2] " in r.stderr
     assert len(entries(point)) == 1
     (point / "written-in-b").write_text("b")
 

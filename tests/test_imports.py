@@ -21,7 +21,6 @@ from conftest import Runner
 from ocigen import d, f, tar_dir, write_layout
 from registryd import Registry, available
 from registryfix import registry  # noqa: F401  (the fixture)
-from stacko import mountapi
 from stacko.formats import ocisource
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,11 +91,11 @@ def test_commands_that_do_not_mount_import_nothing_heavy(state: Path, argv: tupl
 
 @pytest.mark.mounts
 def test_mount_and_umount_import_ctypes_and_nothing_heavy(state: Path) -> None:
-    # subprocess only when mount(8) is the way (kernels before the new mount API).
-    # The new mount API is called through ctypes' C core, _ctypes: the ctypes
-    # package around it costs a mount ~2 ms (see stacko/mountapi.py).
+    # The mount calls (the new API's, or mount(2) and umount2) are made through
+    # ctypes' C core, _ctypes: the ctypes package around it costs a mount ~2 ms
+    # (see stacko/mountapi.py), and no mount(8) or umount(8) is started.
     for argv in (("mount-stackpoint", "web"), ("umount-stackpoint", "web")):
-        assert imported(state, *argv) & (HEAVY - {"subprocess"} | {"ctypes"}) == set(), argv
+        assert imported(state, *argv) & (HEAVY | {"ctypes"}) == set(), argv
 
 
 def test_the_probe_sees_imports(state: Path, workdir: Path) -> None:
@@ -217,13 +216,9 @@ def test_the_hot_commands_start_lean(state: Path, argv: tuple[str, ...], needs: 
 
 @pytest.mark.mounts
 def test_mount_and_umount_start_lean(state: Path) -> None:
-    lean = {"argparse", "json", "gettext"}
-    if mountapi.supports_new_api():
-        # Nothing but the system calls.  mount(8), where it is the way, is a
-        # command: run imports shlex and subprocess for it, which import re,
-        # signal and locale.
-        lean |= {"locale", "signal", "re", "enum", "shlex", "collections.abc", "ctypes",
-                 "collections", "functools", "contextlib"}
+    # Nothing but the system calls, through the new mount API or mount(2) alike.
+    lean = {"argparse", "json", "gettext", "locale", "signal", "re", "enum", "shlex",
+            "collections.abc", "ctypes", "collections", "functools", "contextlib", "subprocess"}
     for argv in (("mount-stackpoint", "web"), ("umount-stackpoint", "web")):
         assert imported(state, *argv) & lean == set(), argv
 

@@ -75,21 +75,26 @@ def test_c_types_are_ctypes_own() -> None:
     types must be the ones ctypes would have passed."""
     import ctypes
     pairs = [(mountapi._CLong, ctypes.c_long), (mountapi._CInt, ctypes.c_int),
-             (mountapi._CUInt, ctypes.c_uint), (mountapi._CCharP, ctypes.c_char_p)]
+             (mountapi._CUInt, ctypes.c_uint), (mountapi._CULong, ctypes.c_ulong),
+             (mountapi._CCharP, ctypes.c_char_p)]
     for ours, theirs in pairs:
         assert ours._type_ == theirs._type_ and ctypes.sizeof(ours) == ctypes.sizeof(theirs)
     assert mountapi._CInt(-100).value == -100 and mountapi._CUInt(0x200).value == 0x200
     assert mountapi._CCharP(None).value is None
-    for function, restype in ((mountapi._syscall, ctypes.c_long), (mountapi._umount2, ctypes.c_int)):
+    for function, restype in ((mountapi._syscall, ctypes.c_long), (mountapi._umount2, ctypes.c_int),
+                              (mountapi._mount, ctypes.c_int)):
         assert function._flags_ == ctypes.CDLL(None, use_errno=True).syscall._flags_
         assert ctypes.sizeof(function._restype_) == ctypes.sizeof(restype)
 
 
 def test_calls_report_the_errno_of_the_kernel(workdir: Path) -> None:
-    """A failing call gives the kernel's errno, through syscall(2) and umount2(2) alike."""
+    """A failing call gives the kernel's errno, through syscall(2), mount(2) and umount2(2)."""
     with pytest.raises(OSError) as info:
         mountapi.umount2(str(workdir / "missing"), 0)
     assert info.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as info:
+        mountapi.mount("none", str(workdir / "missing"), "tmpfs", 0, "")
+    assert info.value.errno == errno.ENOENT        # the target is looked up first
     with pytest.raises(OSError) as info:
         mountapi.fsopen("no-such-filesystem")
     assert info.value.errno == (errno.ENODEV if os.geteuid() == 0 else errno.EPERM)
