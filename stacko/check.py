@@ -13,6 +13,8 @@ What a killed or failed command can leave, given the order the commands keep
 * an edit mount left open, a stackpoint mounted on an instance that is no
   longer current (a switch killed between recording and mounting), overlay
   mounts of layers that no record names;
+* temporary files of images.json and stackpoints.json (a command killed before
+  its rename);
 * a layer that is both an image's and an instance's (commit-stackpoint killed
   between its two metadata writes).
 
@@ -130,7 +132,7 @@ def directory_problems(store: Store) -> list[Problem]:
     return (interrupted_commits(store, images, points)
             + missing_directories(store, images, points)
             + unnamed_layers(store, named, table) + staging_leftovers(store, table)
-            + stray_manifests(store, images))
+            + stray_manifests(store, images) + metadata_temps(store))
 
 
 def named_layers(images: dict[str, Image], points: dict[str, Stackpoint]) -> dict[str, str]:
@@ -492,6 +494,21 @@ def stray_manifests(store: Store, images: dict[str, Image]) -> list[Problem]:
         elif entry.endswith(".json") and entry[:-len(".json")] not in mine:
             problems.append(Problem(f"content manifest {path}: no image has layer "
                                     f"{entry[:-len('.json')]} (left by an interrupted command)",
+                                    lambda path=path: remove_file(path)))
+    return problems
+
+
+def metadata_temps(store: Store) -> list[Problem]:
+    """Temporary files of images.json and stackpoints.json (state.atomic_write) left
+    by a command killed before its rename.  Only a writer, under the exclusive
+    lock, ever has one: check holds the lock, so every one found is a leftover."""
+    problems = []
+    for entry in listdir(store.root):
+        base, dot, tail = entry[1:].rpartition(".")
+        if entry.startswith(".") and dot and tail == "tmp" and \
+                base.rpartition(".")[0] in ("images.json", "stackpoints.json"):
+            path = os.path.join(store.root, entry)
+            problems.append(Problem(f"leftover temporary file {path} (an interrupted command)",
                                     lambda path=path: remove_file(path)))
     return problems
 
