@@ -100,6 +100,9 @@ class Store:
         self.stackpoints_file = os.path.join(self.root, "stackpoints.json")
         self._lock_fd: int | None = None
         self._exclusive = False
+        # Directories whose fsync failed after a metadata file was renamed there
+        # (atomic_write only warns): remove_layer syncs them before removing data.
+        self._unsynced: set[str] = set()
 
     # --- paths -------------------------------------------------------------
     def layer_path(self, layer: str) -> str:
@@ -366,7 +369,8 @@ class Store:
         assert self._exclusive, "metadata written without the exclusive lock"
         import json     # here: see parse_json
         text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
-        atomic_write(path, text.encode("utf-8"))
+        if not atomic_write(path, text.encode("utf-8")):
+            self._unsynced.add(os.path.dirname(path))
 
     # --- layers ------------------------------------------------------------
     def new_layer(self) -> str:
@@ -402,7 +406,7 @@ class Store:
         """Remove a layer's data; never follows into a mount beneath it.  Every
         caller forgets the layer first: one that a record still names (two
         records given one layer by a hand edit) is someone's data, kept."""
-        from stacko import content, overlay, validate
+        from stacko import content, durable, overlay, validate
 
         if not validate.is_layer(layer):
             raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
@@ -424,6 +428,18 @@ class Store:
             raise StackoError(f"{self.layer_path(layer)} is in use by the overlay mounted at "
                               f"{users[0].mount_point}; not removing it",
                               hint=f"unmount it first (`umount {users[0].mount_point}`)")
+        # The record that forgot the layer must be on the disk before its data goes:
+        # else a power cut could bring back a record of a layer removed meanwhile.
+        for directory in sorted(self._unsynced):
+            try:
+                durable.fsync_path(directory)
+            except OSError as e:
+                raise StackoError(f"cannot sync {directory}: {e.strerror}; not removing "
+                                  f"{self.layer_path(layer)}, which the records there may "
+                                  "still name after a power cut",
+                                  hint="check the disk (dmesg); the data is kept, and "
+                                       "`stacko check --repair` clears it later") from None
+            self._unsynced.discard(directory)
         for path in (self.work_path(layer), self.layer_path(layer)):
             remove_tree(path)
         content.remove(self.root, layer)
@@ -470,10 +486,11 @@ def _create_temp(path: str) -> tuple[int, str]:
     raise StackoError(f"cannot write {path}: no free name for a temporary file beside it")
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> bool:
     """Temp file in the same directory, write, fsync, rename, fsync the directory.
     fsync=False leaves both fsyncs to a durable.sync_filesystem that the caller
-    makes before it records anything that relies on the file."""
+    makes before it records anything that relies on the file.  False when the
+    file is in place but the directory's fsync failed (a warning is printed)."""
     directory = os.path.dirname(path)
     try:   # keep read access an admin granted (never write access for others)
         mode = os.stat(path).st_mode & 0o644
@@ -500,7 +517,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
             raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     if not fsync:
-        return
+        return True
     # The new file is in place: failing now would tell the caller that nothing
     # changed while it did, and its undo would unmake what the file records (a
     # listed image without its layer).  Should the rename not reach the disk, a
@@ -515,6 +532,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
     except OSError as e:
         print(f"stacko: warning: cannot sync {directory}: {e.strerror}; {path} is written "
               "but may not survive a power cut", file=sys.stderr)
+        return False
+    return True
 
 
 class Locked:

@@ -397,3 +397,42 @@ def test_killed_then_power_cut_is_old_or_new(cut: Cut, name: str) -> None:
         except AssertionError as e:
             raise AssertionError(f"killed at {inject}: {e}") from None
 
+
+# --- a removal waits for its record ---------------------------------------------------
+REMOVALS = {
+    "delete-image": (setup_delete_image, ("delete-image", "doomed"),
+                     lambda root: records(root, "images")["doomed"]["layer"]),
+    "delete-stackpoint": (setup_delete_stackpoint, ("delete-stackpoint", "p"),
+                          lambda root: records(root, "stackpoints")["p"]["instances"][0]["layer"]),
+    "delete-stackpoint-instance": (setup_delete_instance,
+                                   ("delete-stackpoint-instance", "p", "base"),
+                                   lambda root: next(
+                                       i["layer"] for i in records(root, "stackpoints")["p"]
+                                       ["instances"] if i["image"] == "base")),
+    "prune-stackpoint": (setup_prune, ("prune-stackpoint", "p", "--keep", "0"),
+                         lambda root: next(
+                             i["layer"] for i in records(root, "stackpoints")["p"]["instances"]
+                             if i["image"] == "base")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REMOVALS))
+def test_no_data_goes_before_its_removal_is_durable(name: str, workdir: Path) -> None:
+    """When the directory of the rewritten metadata cannot be synced (EIO from
+    the 2nd fsync on: the first is the temporary file's), the record that
+    forgot the layer may not survive a power cut, and the layer must stay:
+    else the old record would come back naming data that is gone."""
+    setup, argv, layer_of = REMOVALS[name]
+    root = workdir / "root"
+    setup(root)
+    layer = layer_of(root)
+    status, err = run_injected(root, argv, "fsync:error=EIO:when=2+")
+    assert "cannot sync" in err, err           # the fault hit the directory's fsync
+    assert "Traceback" not in err, err
+    assert (root / "l" / layer).is_dir() and any((root / "l" / layer).iterdir()), \
+        f"{name} removed the data of a removal that is not durable (exit {status}):\n{err}"
+    assert status == 1 and "stacko: error:" in err, err
+    # Once the disk is well again, check --repair keeps the files out of the way.
+    sto(root, "check", "--repair")
+    assert sto(root, "check")[1] == ""
+    unmount(workdir)
