@@ -66,12 +66,16 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
         # the second phase then sees unmounted.  Content last, and only when
         # asked: it reads every byte of every image.
         phases = [mount_problems, directory_problems] + ([content_problems] if content else [])
+        repaired = 0
         for phase in ((lambda store: bad),) if bad else phases:
             for problem in phase(store):
                 line, left = settle(problem, repair)
                 report.append(line)
                 report.remaining += left
                 report.repairable += left and problem.repair is not None
+                repaired += repair and not left
+        if repaired:
+            sync_repairs(store)
         if not report:      # say what "nothing wrong" covered: a wrong --root shows
             run.log(f"stacko: check: nothing wrong in {store.root} ({looked_at(store)})")
     n, s = report.remaining, "s" if report.remaining != 1 else ""
@@ -87,6 +91,22 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
     elif repair and report:
         run.log("stacko: check: every problem was repaired")
     return report
+
+
+def sync_repairs(store: Store) -> None:
+    """Make what --repair removed, moved or made durable before it says so: the
+    journal may commit seconds later, and a power cut meanwhile would bring the
+    leftovers back.  An fsync of each directory it changes, not a syncfs: a few
+    calls, whatever else keeps the filesystem busy."""
+    from stacko import content, durable
+    for path in (store.layers_dir, store.work_dir, content.manifest_dir(store.root),
+                 store.tmp_dir, store.edit_dir, os.path.join(store.root, ORPHANS), store.root):
+        if os.path.isdir(path):
+            try:
+                durable.fsync_path(path)
+            except OSError as e:
+                raise StackoError(f"cannot sync {path}: {e.strerror}; the repairs may not "
+                                  "survive a power cut", hint="check the disk (dmesg)") from None
 
 
 def looked_at(store: Store) -> str:

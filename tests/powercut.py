@@ -41,7 +41,7 @@ class LoopRoot:
     """An ext4 filesystem in a sparse file, loop-mounted with commit=1; the state
     root is ``root`` on it.  Each power_cut() gives a new fsck'd, mounted copy."""
 
-    def __init__(self, workdir: Path, size_mb: int = 768) -> None:
+    def __init__(self, workdir: Path, size_mb: int = 768, commit: int = 1) -> None:
         self.workdir = workdir
         self.backing = workdir / "disk.img"
         self.mnt = workdir / "disk"
@@ -49,6 +49,11 @@ class LoopRoot:
         self.size_mb = size_mb
         self.mounted: List[Path] = []
         self.copies = 0
+        # commit=1: the journal commits every second, so a copy taken after
+        # JOURNAL_WAIT holds every change made so far (but not the data nobody
+        # synced).  A long interval (60) commits nothing that no fsync forced:
+        # the copy is what a power cut right after the command would leave.
+        self.commit = commit
 
     def __enter__(self) -> "LoopRoot":
         with open(self.backing, "wb") as f:
@@ -56,7 +61,7 @@ class LoopRoot:
         sh("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
            str(self.backing))
         self.mnt.mkdir()
-        sh("mount", "-o", "loop,commit=1", str(self.backing), str(self.mnt))
+        sh("mount", "-o", f"loop,commit={self.commit}", str(self.backing), str(self.mnt))
         self.mounted.append(self.mnt)
         return self
 
