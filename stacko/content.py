@@ -245,10 +245,20 @@ def save(root: str, layer: str, manifest: Manifest, fsync: bool = True) -> None:
     from stacko.state import atomic_write
     directory = manifest_dir(root)
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
     except OSError as e:
         raise StackoError(f"cannot create {directory}: {e.strerror}") from None
-    atomic_write(manifest_path(root, layer), manifest.to_json(), fsync=fsync)
+    else:
+        # Made now (the root's first sealed image): its entry in the root is
+        # durable before a record names a manifest in it.
+        from stacko import durable
+        durable.sync_new_dirs(directory)
+    if not atomic_write(manifest_path(root, layer), manifest.to_json(), fsync=fsync):
+        # The image is recorded next, naming this manifest: not before it is durable.
+        raise StackoError(f"cannot sync {directory}: the content manifest of layer {layer} "
+                          "may not survive a power cut", hint="check the disk (dmesg)")
 
 
 def load(root: str, layer: str, digest: str) -> dict[str, dict]:

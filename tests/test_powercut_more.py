@@ -470,3 +470,27 @@ def test_done_survives_a_power_cut_right_after(name: str, workdir: Path) -> None
             assert summary(copy) != before, "the copy shows the state before"
         after(copy)
         assert_consistent(copy)
+
+
+def test_no_image_is_recorded_before_its_manifest_is_durable(workdir: Path) -> None:
+    """new-image writes its (empty) manifest with an fsync of it and of m/, not a
+    syncfs.  When the fsync of m/ fails, the manifest may not survive a power
+    cut: the image must not be recorded naming it (exit 1, nothing changed)."""
+    from test_crash import REPO, strace_argv
+    root = workdir / "root"
+    setup_new_image(root)
+    before = sorted(records(root, "images"))
+    trace = workdir / "trace"
+    probe = workdir / "probe"
+    setup_new_image(probe)
+    subprocess.run(strace_argv(probe, ("new-image", "child", "base"), "-y", "-o", str(trace),
+                               "-e", "trace=fsync"),
+                   check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=REPO))
+    calls = [line.split(" ", 1)[1].strip() for line in trace.read_text().splitlines()
+             if " fsync(" in line]                   # "PID fsync(FD</path>) = 0"
+    k = 1 + next(n for n, line in enumerate(calls) if line.split(">", 1)[0].endswith("/m"))
+    status, err = run_injected(root, ("new-image", "child", "base"), f"fsync:error=EIO:when={k}")
+    assert "Traceback" not in err, err
+    assert status == 1 and "stacko: error:" in err, f"exit {status}: {err}"
+    assert sorted(records(root, "images")) == before
+    assert sto(root, "check")[1] == ""
