@@ -150,6 +150,11 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
             store.save_images({**images, name: replace(chain[0], diff_id=None, manifest=None,
                                                        size=None, digests=())})
         try:
+            if sealed:
+                # Unsealed on the disk before the layer can change: else a power cut
+                # could leave the old manifest's record on a changed layer.
+                store.sync_records(f"not opening image {name!r} for editing",
+                                   "nothing was changed")
             _mount_edit(store, chain, read_only=False)
         except BaseException:
             if sealed:

@@ -402,11 +402,24 @@ class Store:
             return layer
         raise StackoError(f"cannot find a free layer name in {self.layers_dir}")
 
+    def sync_records(self, refusal: str, hint: str) -> None:
+        """Make the metadata written so far durable where an fsync failed after
+        its rename (atomic_write only warns), before a step that relies on it:
+        else raise, saying what is not done (refusal) and what to do (hint)."""
+        from stacko import durable
+        for directory in sorted(self._unsynced):
+            try:
+                durable.fsync_path(directory)
+            except OSError as e:
+                raise StackoError(f"cannot sync {directory}: {e.strerror}; {refusal}",
+                                  hint=f"check the disk (dmesg); {hint}") from None
+            self._unsynced.discard(directory)
+
     def remove_layer(self, layer: str) -> None:
         """Remove a layer's data; never follows into a mount beneath it.  Every
         caller forgets the layer first: one that a record still names (two
         records given one layer by a hand edit) is someone's data, kept."""
-        from stacko import content, durable, overlay, validate
+        from stacko import content, overlay, validate
 
         if not validate.is_layer(layer):
             raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
@@ -430,16 +443,9 @@ class Store:
                               hint=f"unmount it first (`umount {users[0].mount_point}`)")
         # The record that forgot the layer must be on the disk before its data goes:
         # else a power cut could bring back a record of a layer removed meanwhile.
-        for directory in sorted(self._unsynced):
-            try:
-                durable.fsync_path(directory)
-            except OSError as e:
-                raise StackoError(f"cannot sync {directory}: {e.strerror}; not removing "
-                                  f"{self.layer_path(layer)}, which the records there may "
-                                  "still name after a power cut",
-                                  hint="check the disk (dmesg); the data is kept, and "
-                                       "`stacko check --repair` clears it later") from None
-            self._unsynced.discard(directory)
+        self.sync_records(f"not removing {self.layer_path(layer)}, which the records "
+                          "may still name after a power cut",
+                          "the data is kept, and `stacko check --repair` clears it later")
         for path in (self.work_path(layer), self.layer_path(layer)):
             remove_tree(path)
         content.remove(self.root, layer)

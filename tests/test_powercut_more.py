@@ -494,3 +494,18 @@ def test_no_image_is_recorded_before_its_manifest_is_durable(workdir: Path) -> N
     assert status == 1 and "stacko: error:" in err, f"exit {status}: {err}"
     assert sorted(records(root, "images")) == before
     assert sto(root, "check")[1] == ""
+
+
+def test_no_edit_before_the_unsealing_is_durable(workdir: Path) -> None:
+    """edit-image records the image unsealed (its manifest no longer holds)
+    before it opens the layer for writing.  When that record cannot be synced,
+    a power cut could bring back the sealed record over a changed layer, and
+    verify-image would call the edits damage: the layer must not be opened."""
+    root = workdir / "root"
+    setup_new_image(root)
+    status, err = run_injected(root, ("edit-image", "base"), "fsync:error=EIO:when=2+")
+    assert "cannot sync" in err, err           # the fault hit the directory's fsync
+    assert "Traceback" not in err, err
+    assert not os.path.ismount(root / "edit" / "base"), \
+        f"the image was opened for editing (exit {status}) though its unsealing is not durable"
+    assert status == 1 and "stacko: error:" in err, err
