@@ -6,9 +6,10 @@ Kernel facts this module relies on:
 * A stack is ONE overlayfs mount: lowerdirs top first, one upperdir, and a
   workdir that must be an empty directory on the upper's filesystem.
 * The options of the classic mount(2) call are one page of data (4096 bytes
-  with the terminating NUL).  The layers are named relative to the layers
-  directory, which the process is in (``chdir``) for the call, so each costs
-  six bytes and 500 layers fit whatever the root path is.
+  with the terminating NUL).  Layers are named by absolute path where that
+  fits; a deeper stack names them relative to the layers directory, which
+  the process is in (``chdir``) for the call, so each costs six bytes and
+  500 layers fit whatever the root path is.
 * The kernel stacks at most 500 lower layers (OVL_MAX_STACK).
 * Without an upperdir overlayfs needs at least two lowerdirs, so a one-layer
   read-only mount adds an empty directory as the second.
@@ -24,8 +25,8 @@ Kernel facts this module relies on:
   stack is mounted through it instead (mountapi.py): one fsconfig call per
   layer with its absolute path, so neither the page limit nor the escaping
   applies.  ``STACKO_MOUNT_API=legacy`` forces the mount(2) path.
-* overlayfs shows upperdir in mountinfo as it was given: relative to the layers
-  directory from mount(2), absolute from the new API.
+* overlayfs shows upperdir in mountinfo as it was given: absolute from the new
+  API, absolute or relative to the layers directory from mount(2).
 """
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
             raise MountFailed(f"cannot mount {target}: {e.message}", hint=kernel_hint(),
                               errno=e.errno) from None
         return
-    options = build_options(lowers, upper, work, kernel_defaults_off())
+    options = page_options(layers_dir, lowers, upper, work)
     flags = 0
     for flag in (["ro"] if read_only else []) + list(attrs):   # flags of the mount, not data
         flags |= mountapi.MS_FLAGS[flag]
@@ -250,8 +251,8 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     from stacko import run
     run.debug(f"+ [mount(2)] (in {layers_dir}) overlay stacko -o {options}"
               f"{''.join(' ' + f for f in (['ro'] if read_only else []) + list(attrs))} {target}")
-    # The layers are named relative to layers_dir (one page of options), so the
-    # call is made from inside it, and the process goes back where it was.
+    # Deep stacks name their layers relative to layers_dir (see page_options),
+    # so the call is made from inside it, and the process goes back where it was.
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.chdir(layers_dir)
@@ -264,6 +265,26 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                           f" ({e.strerror})", hint=kernel_hint(), errno=e.errno or 0) from None
     finally:
         os.close(here)
+
+
+def page_options(layers_dir: str, lowers: Sequence[str], upper: str | None = None,
+                 work: str | None = None) -> str:
+    """The mount(2) data for one stack, layer paths relative to layers_dir.
+
+    Absolute paths where they fit in the page: mountinfo shows the options as
+    given, and a relative name is read against whichever root asks, so the
+    mount of one root would seem to use the layer of the same id in another
+    (a copy of the root beside it).  A stack too deep for that gets the
+    six-byte relative names, which fit 500 layers."""
+    def absolute(path: str) -> str:
+        return os.path.normpath(os.path.join(layers_dir, path))
+    extra = kernel_defaults_off()
+    try:
+        return build_options([absolute(p) for p in lowers],
+                             absolute(upper) if upper is not None else None,
+                             absolute(work) if work is not None else None, extra)
+    except StackoError:      # more than a page (or too deep, which says so again below)
+        return build_options(lowers, upper, work, extra)
 
 
 def new_api_parameters(layers_dir: str, lowers: Sequence[str], upper: str | None = None,

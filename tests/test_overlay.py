@@ -51,6 +51,21 @@ def test_options_order_is_top_first_and_extras_last() -> None:
         "lowerdir=top:bottom,index=off"
 
 
+def test_page_options_name_layers_absolutely_where_they_fit() -> None:
+    """mount(2)'s options: absolute paths, unambiguous in mountinfo, unless the
+    stack needs the six-byte relative names to fit in the page."""
+    layers = "/var/lib/stacko/l"
+    opts = overlay.page_options(layers, ["aaaaa", "../e"], "ccccc", "../w/ccccc")
+    assert opts.startswith("lowerdir=/var/lib/stacko/l/aaaaa:/var/lib/stacko/e,"
+                           "upperdir=/var/lib/stacko/l/ccccc,workdir=/var/lib/stacko/w/ccccc")
+    deep = [f"{i:05d}" for i in range(500)]
+    opts = overlay.page_options(layers, deep, "zzzzz", "../w/zzzzz")
+    assert opts.startswith("lowerdir=00000:00001:") and "upperdir=zzzzz," in opts
+    assert len(opts) < overlay.MAX_MOUNT_DATA
+    with pytest.raises(StackoError, match="deeper than the kernel"):
+        overlay.page_options(layers, deep + ["x"])
+
+
 def test_500_short_layers_fit_in_one_page() -> None:
     lowers = [f"{i:05d}" for i in range(500)]
     opts = overlay.build_options(lowers, upper="zzzzz", work="../w/zzzzz",
