@@ -232,7 +232,9 @@ class Store:
             except FileExistsError:
                 fresh = False
             marker = os.path.join(self.root, MARKER)
-            if not os.path.lexists(marker):
+            made = [self.root] if fresh else []
+            new_marker = not os.path.lexists(marker)
+            if new_marker:
                 if not fresh and not self._earlier_root():
                     raise StackoError(
                         f"{self.root} is not a stacko root (it has no {MARKER} and holds other "
@@ -242,10 +244,19 @@ class Store:
                              | os.O_CLOEXEC, 0o600)
                 try:
                     os.write(fd, b"a stacko state root: stacko cleans up only where this is\n")
+                    os.fsync(fd)
                 finally:
                     os.close(fd)
             for sub in (self.layers_dir, self.work_dir, self.empty_dir, self.edit_dir):
-                os.makedirs(sub, mode=0o755 if sub != self.work_dir else 0o700, exist_ok=True)
+                if not os.path.isdir(sub):
+                    os.makedirs(sub, mode=0o755 if sub != self.work_dir else 0o700, exist_ok=True)
+                    made.append(sub)
+            if made or new_marker:
+                # Durable before anything is recorded in it: the root's entry in
+                # its parent, and the marker's and the directories' in the root
+                # (ext4 orders these; other filesystems need not).  Once per root.
+                from stacko import durable
+                durable.sync_new_dirs(*made, marker)
         except OSError as e:
             raise StackoError(f"cannot create the state root {self.root}: {e.strerror}") from None
 

@@ -196,3 +196,24 @@ def test_parse_json_keeps_the_constants_json_loads_takes() -> None:
     ("import-1-é", False), ("other", False), ("import-1-a\n", False)])
 def test_staging_names_are_what_stacko_makes(name: str, staging: bool) -> None:
     assert state.is_staging_name(name) is staging
+
+
+def test_a_new_root_is_durable_before_anything_is_recorded_in_it(tmp_path) -> None:
+    """The root's entry in its parent, and the marker in the root, are synced
+    when they are made (ext4 orders them anyway; other filesystems need not)."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (tests/install-deps.sh installs it)")
+    parent = tmp_path / "var lib"
+    root = parent / "stacko"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=fsync",
+                        sys.executable, "-m", "stacko", "--root", str(root), "new-image", "a"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo))
+    assert r.returncode == 0, r.stderr
+    synced = [line.split("<", 1)[1].split(">", 1)[0] for line in r.stderr.splitlines()
+              if line.startswith(("fsync(", "[pid")) and "fsync(" in line and "<" in line]
+    assert str(parent) in synced and str(root / ".stacko-root") in synced
+    assert str(root) in synced
