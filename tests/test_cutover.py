@@ -329,8 +329,9 @@ def test_a_check_that_is_killed(point: Path, stacko: Runner, root: Path) -> None
 
 def test_a_check_that_prints_megabytes_is_bounded(point: Path, stacko: Runner,
                                                   root: Path) -> None:
-    # 20 MB, and time enough for them on a loaded machine (the default 60 s was
-    # once not: the check timed out before "the end" at a load average of 4).
+    # 20 MB, and time enough for them on a loaded machine: with 50 MB and the
+    # default 60 s it failed once at a load average of 4 (why was not kept; a
+    # timeout before "the end" is the likeliest).
     stderr = failed_check(stacko, point,
                           "head -c 20000000 /dev/zero | tr '\\0' 'x' | fold -w 1000; "
                           "echo the end; exit 1", "--check-timeout", "600")
