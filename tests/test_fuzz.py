@@ -231,6 +231,12 @@ HOSTILE = {
     "device-then-file": ([(lambda: _dev("etc/passwd")), f("etc/passwd", b"mine")], "ok"),
     "fifo-then-file": ([fifo("etc/pipe"), f("etc/pipe", b"mine")], "ok"),
     "symlink-then-file": ([sym("etc/passwd", "/etc/passwd"), f("etc/passwd", b"mine")], "ok"),
+    # a path named again: the later member takes its place, whatever either is
+    "file-then-file": ([f("etc/passwd", b"theirs"), f("etc/passwd", b"mine")], "ok"),
+    "dir-then-file": ([d("etc/passwd"), f("etc/passwd/x"), f("etc/passwd", b"mine")], "ok"),
+    "file-then-dir": ([f("x"), d("x"), f("x/y")], "ok"),
+    "file-then-symlink": ([f("a"), sym("a", "/etc/passwd")], "ok"),
+    "hardlink-to-itself": ([f("a"), hard("a", "a")], "refused"),
     "whiteout-of-dotdot": ([d("a"), f("a/.wh...")], "refused"),
     "whiteout-of-dot": ([f(".wh..")], "refused"),
     "nul-in-pax-path": ([pax_member("a", path="a\x00/../../evil")], "refused"),
