@@ -8,6 +8,9 @@ returns something, it is what argparse returns.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -110,10 +113,7 @@ def test_the_quick_parse_builds_no_parser(monkeypatch) -> None:
 
 
 # --- the quick exit: no interpreter teardown after a quickly parsed line ---------
-def console(root, *argv: str, stdout=None) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
+def console(root, *argv: str, stdout=None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("PYTHONUNBUFFERED", None)     # buffered, as users run it: what the exit must flush
     return subprocess.run([sys.executable, "-c", "from stacko.cli import console_main; "

@@ -202,7 +202,7 @@ def test_the_cgroup_of_a_check_is_found_and_ended_after_its_stacko_died(tmp_path
     """A SIGKILLed stacko leaves its check's cgroup: end_leftovers (run by the next
     mount-stackpoint or check --repair) ends all of it, even processes that
     cleared their environment of STACKO_CHECK_ID."""
-    own = cgroup_or_skip()
+    cgroup_or_skip()
     from stacko import events
     pending = events.pending_check("old", "new", "x")
     group = cgroups.CheckCgroup.create(cgroups.PREFIX + pending.token)
