@@ -36,7 +36,9 @@ PRIVATE_PREFIX = "trusted.overlay."
 KEPT_XATTRS = frozenset({OPAQUE, "trusted.overlay.whiteout", "trusted.overlay.whiteouts"})
 METACOPY = "trusted.overlay.metacopy"
 
-Change = tuple[str, str]      # ("A" | "C" | "D", "/path")
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # an alias for annotations only
+    Change = tuple[str, str]      # ("A" | "C" | "D", "/path")
 
 
 # --- reading a layer ------------------------------------------------------------------

@@ -17,7 +17,9 @@ try:   # the C module behind signal, loaded at every start: signal itself builds
 except ImportError:             # an interpreter without it
     import signal               # type: ignore[no-redef]
 
-Handler = Callable[["Args"], int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # aliases for annotations only, never evaluated at run time
+    Handler = Callable[["Args"], int]
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
                   "export-image pull-image push-image verify-image")
@@ -296,7 +298,8 @@ def cmd_check(args: Args) -> int:
 
 
 # --- the parser ------------------------------------------------------------------
-Arg = tuple[tuple[str, ...], dict[str, object]]
+if TYPE_CHECKING:
+    Arg = tuple[tuple[str, ...], dict[str, object]]
 
 
 def arg(*flags: str, **kwargs: object) -> Arg:

@@ -61,7 +61,9 @@ MNT_DETACH = 0x2
 AT_FDCWD = -100
 MS_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4}   # MS_RDONLY, MS_NOSUID, MS_NODEV: mount(2)
 
-Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # an alias for annotations only: `str | None` fails at run time on 3.9
+    Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(2); "new" insists on this API
 BENEATH_SINCE = (6, 5)
 DIGITS = "0123456789"

@@ -653,7 +653,9 @@ def wraps(wrapper: Operation, func: Operation) -> Operation:
     return wrapper
 
 
-Operation = Callable[..., object]     # a store operation; its first argument is the Store
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # an alias for annotations only
+    Operation = Callable[..., object]     # a store operation; its first argument is the Store
 
 
 def locked(exclusive: bool) -> Callable[[Operation], Operation]:
