@@ -12,9 +12,24 @@ an entry:
 device 0/0: a path deleted from the layers below; a whiteout has no other
 field).  A directory that hides the layers below (trusted.overlay.opaque=y)
 has ``"opaque": true``.  ``xattrs`` holds the extended attributes, their
-values in hex, except the kernel's trusted.overlay.* ones, which describe one
-mount rather than the content.  Times are left out: they change with every
-repacking and say nothing about the content.
+values in hex.  Every ``trusted.overlay.*`` xattr that the kernel honours in a
+lower layer is content and recorded there (redirect, metacopy, whiteout, an
+opaque that is not "y", the escaped ``trusted.overlay.overlay.*`` of nested
+overlays, and any this module does not know); only the bookkeeping the kernel
+writes into an *upper* layer and reads from an upper layer alone is left out
+(UPPER_ONLY: a sealed layer is never an upper layer, and the layer's uuid would
+give every image made through edit-image a digest of its own).  A file, symlink
+or device with more than one link has ``"links": N`` (st_nlink, whiteouts
+excepted: overlayfs shares one whiteout inode between many) and, when other
+paths of the layer name the same inode, ``"link"``: the first of them, sorted.
+Times are left out: they change with every repacking and say nothing about the
+content.
+
+Version 2 added the overlay xattrs and the links.  Content without either has
+the same entries, and so the same digest, in both versions.  A version-1
+manifest is compared as version 1 recorded it, except that any overlay xattr
+honoured by the kernel is reported as a change: no stacko ever wrote one into
+a layer it sealed.
 
 Its digest, the sha256 of its entries as canonical JSON, is the content's
 identity: two layers with the same digest hold the same files whatever tar
@@ -30,7 +45,13 @@ from stacko.errors import StackoError
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
-VERSION = 1
+VERSION = 2
+# trusted.overlay.* that the kernel writes into an upper layer and reads only
+# from an upper layer (fs/overlayfs: uuid of the upper root, impure dirs,
+# copy-up origins, the index's nlink and upper, the immutable/append flags of
+# copied-up files): not content of a sealed layer, which is only ever a lower.
+UPPER_ONLY = frozenset(OVERLAY_XATTR_PREFIX + n for n in
+                       ("uuid", "impure", "origin", "nlink", "upper", "protattr"))
 CHUNK = 1 << 20
 
 
@@ -94,12 +115,15 @@ def xattrs_of(path: str) -> dict[str, str]:
         return {}
     found = {}
     for name in names:
-        if name.startswith(OVERLAY_XATTR_PREFIX):
+        if name in UPPER_ONLY:
             continue
         try:
-            found[name] = os.getxattr(path, name, follow_symlinks=False).hex()
+            value = os.getxattr(path, name, follow_symlinks=False)
         except OSError:
             continue
+        if name == OPAQUE_XATTR and value == b"y":
+            continue                # "opaque": true (see entry_of)
+        found[name] = value.hex()
     return found
 
 
@@ -153,6 +177,7 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
     gets "unreadable: why" for its sha256, a difference, instead of an error."""
     entries: dict[str, dict] = {}
     to_hash: dict[int, list[str]] = {}     # inode -> the paths that name it
+    linked: dict[int, list[str]] = {}      # inode -> its paths, for nlink > 1
     first_path: dict[int, str] = {}
     sizes: dict[int, int] = {}
     todo = [""]
@@ -165,6 +190,9 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
         except OSError as e:
             raise StackoError(f"cannot read {path}: {e.strerror}") from None
         entries[show(rel)] = entry
+        if st.st_nlink > 1 and entry["type"] not in ("dir", "whiteout"):
+            entry["links"] = st.st_nlink
+            linked.setdefault(st.st_ino, []).append(show(rel))
         if entry["type"] == "dir":
             try:
                 names = os.listdir(path)
@@ -182,6 +210,11 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
         for ino, digest in _hash_all(first_path, sizes, workers, tolerant):
             for shown in to_hash[ino]:
                 entries[shown]["sha256"] = digest
+    for shown in linked.values():
+        if len(shown) > 1:
+            first = min(shown)
+            for one in shown:
+                entries[one]["link"] = first
     # The size counts each inode once: hard links share their data.
     return Manifest(entries, size=sum(sizes.values()))
 
@@ -215,8 +248,15 @@ def _hash_all(paths: dict[int, str], sizes: dict[int, int], workers: int,
 
 
 # --- comparing ----------------------------------------------------------------------
+class Recorded(dict):
+    """The entries of a recorded manifest, with the version it was written in."""
+    version = VERSION
+
+
 def compare(recorded: dict[str, dict], actual: dict[str, dict]) -> list[tuple[str, str]]:
-    """(kind, path) for every difference, sorted by path: M changed, - missing, + extra."""
+    """(kind, path) for every difference, sorted by path: M changed, - missing, + extra.
+    actual is built by this version; recorded may be of an earlier one (Recorded)."""
+    old_version = getattr(recorded, "version", VERSION)
     found = []
     for path in sorted(set(recorded) | set(actual)):
         old, new = recorded.get(path), actual.get(path)
@@ -224,9 +264,21 @@ def compare(recorded: dict[str, dict], actual: dict[str, dict]) -> list[tuple[st
             found.append(("+", path))
         elif new is None:
             found.append(("-", path))
-        elif old != new:
+        elif old != (new if old_version >= 2 else as_version_1(new)):
             found.append(("M", path))
     return found
+
+
+def as_version_1(entry: dict) -> dict | None:
+    """The entry as version 1 recorded it, or None (a difference in any case)
+    when it carries an overlay xattr that the kernel honours: version 1 left
+    them out, and no stacko ever wrote one into a layer it sealed."""
+    xattrs = entry.get("xattrs", {})
+    if any(name.startswith(OVERLAY_XATTR_PREFIX) for name in xattrs):
+        return None
+    if "links" not in entry:
+        return entry
+    return {k: v for k, v in entry.items() if k not in ("links", "link")}
 
 
 # --- storing ------------------------------------------------------------------------
@@ -269,15 +321,21 @@ def load(root: str, layer: str, digest: str) -> dict[str, dict]:
         with open(path, "rb") as f:
             data = json.loads(f.read())
         entries = data["entries"]
+        version = data.get("version", 1)
     except FileNotFoundError:
         raise ManifestMissing(f"its content manifest {path} is missing") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ManifestMissing(f"its content manifest {path} cannot be read: "
                               f"{getattr(e, 'strerror', None) or e}") from None
     if not isinstance(entries, dict) or digest_of(entries) != digest:
         raise ManifestMissing(f"its content manifest {path} does not match the digest "
                               f"recorded in images.json ({digest}): the manifest is damaged")
-    return entries
+    if not isinstance(version, int) or version > VERSION:
+        raise ManifestMissing(f"its content manifest {path} has version {version!r}, newer "
+                              f"than this stacko understands ({VERSION})", hint="upgrade stacko")
+    found = Recorded(entries)
+    found.version = version
+    return found
 
 
 def remove(root: str, layer: str) -> None:

@@ -243,3 +243,93 @@ def test_check_repairs_a_layer_and_its_manifest_together(stacko: Runner, root: P
     stacko("check", "--repair")
     stacko("check")
     assert os.listdir(root / "m") == []
+
+
+# --- what the kernel honours (issue 18, item 12) --------------------------------------
+HONOURED = [("d1", "trusted.overlay.redirect", b"/elsewhere"),
+            ("f1", "trusted.overlay.metacopy", b""),
+            ("d2", "trusted.overlay.opaque", b"x"),           # an xwhiteout directory …
+            ("d2/gone", "trusted.overlay.whiteout", b""),     # … and its whiteout file
+            ("f2", "trusted.overlay.overlay.opaque", b"y")]   # escaped, of a nested overlay
+
+
+def sealed_with_twins(stacko: Runner) -> None:
+    populate(stacko, "img", {"d1/conf": "good\n", "d2/gone": "", "f1": "1\n", "f2": "2\n",
+                             "twin/a": "same\n", "twin/b": "same\n"})
+
+
+@mounts
+@pytest.mark.parametrize("path, name, value", HONOURED)
+def test_verify_sees_every_overlay_xattr_the_kernel_honours(stacko: Runner, root: Path,
+                                                           path: str, name: str,
+                                                           value: bytes) -> None:
+    sealed_with_twins(stacko)
+    assert stacko("verify-image", "img").out == ""
+    os.setxattr(layer_of(root, "img") / path, name, value, follow_symlinks=False)
+    before = snapshot(root)
+    result = stacko("verify-image", "img", rc=1)
+    assert result.out == f"M /{path}"
+    assert stacko("check", "--content", rc=1).out == \
+        f"image 'img': M /{path} (changed since it was sealed)"
+    assert snapshot(root) == before
+
+
+@mounts
+def test_verify_sees_a_file_replaced_by_a_hard_link(stacko: Runner, root: Path) -> None:
+    """Same data, mode and owner: only the link count and identity changed."""
+    sealed_with_twins(stacko)
+    twin = layer_of(root, "img") / "twin"
+    (twin / "b").unlink()
+    os.link(twin / "a", twin / "b")
+    assert stacko("verify-image", "img", rc=1).out.split("\n") == ["M /twin/a", "M /twin/b"]
+    # and a link made from outside the layer (someone keeps a handle on its data)
+    (twin / "b").unlink()
+    (twin / "b").write_text("same\n")
+    assert stacko("verify-image", "img").out == ""
+    os.link(twin / "a", root / "outside")
+    assert stacko("verify-image", "img", rc=1).out == "M /twin/a"
+
+
+@mounts
+def test_hard_links_and_layer_bookkeeping_verify_clean(stacko: Runner, root: Path) -> None:
+    """Hard links sealed as such verify; the uuid and impure marks the kernel puts
+    on an upper layer (edit-image, commit-stackpoint) are not content."""
+    populate(stacko, "base", {"etc/a": "1\n"})
+    stacko("new-image", "app", "base")
+    mounted = Path(stacko("edit-image", "app").out)
+    (mounted / "etc" / "a").write_text("2\n")             # a copy-up: origin, impure
+    os.link(mounted / "etc" / "a", mounted / "etc" / "b")
+    stacko("close-image", "app")
+    assert stacko("verify-image", "base", "app").out == ""
+    entries = json.loads((root / "m" / f"{layer_of(root, 'app').name}.json").read_text())
+    assert entries["version"] == 2
+    assert entries["entries"]["/etc/b"]["link"] == "/etc/a"
+    assert entries["entries"]["/etc/a"]["links"] == 2
+
+
+@mounts
+def test_a_version_1_manifest_still_verifies(stacko: Runner, root: Path) -> None:
+    """Images sealed before version 2 keep their manifests: compared as version
+    1 recorded them, but an overlay xattr the kernel honours is still reported."""
+    sealed_with_twins(stacko)
+    manifest = root / "m" / f"{layer_of(root, 'img').name}.json"
+    data = json.loads(manifest.read_text())
+    data["version"] = 1          # no links nor overlay xattrs: the same entries and digest
+    manifest.write_text(json.dumps(data))
+    assert stacko("verify-image", "img").out == ""
+    os.setxattr(layer_of(root, "img") / "d1", "trusted.overlay.redirect", b"/twin")
+    assert stacko("verify-image", "img", rc=1).out == "M /d1"
+    data["version"] = 3
+    manifest.write_text(json.dumps(data))
+    assert "newer than this stacko understands" in stacko("verify-image", "img", rc=1).stderr
+
+
+def test_manifest_entries_without_links_or_overlay_xattrs_are_as_version_1(
+        tmp_path: Path) -> None:
+    """Plain content keeps its digest across the version bump (import-image
+    still finds an image sealed by an earlier stacko by its content)."""
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    entries = content.build(str(tmp_path)).entries
+    assert set(entries["/f"]) == {"type", "mode", "uid", "gid", "size", "sha256"}
+    assert content.as_version_1(entries["/f"]) == entries["/f"]
