@@ -1,0 +1,211 @@
+"""GnuPG "simple signing": gpg, run through stacko.run, both ways.
+
+Checking: the policy's keys are imported into a temporary home directory of
+their own, so no key of the user's keyring can vouch for an image, and a
+signature counts only when gpg reports, on its --status-fd, exactly one
+``VALIDSIG`` whose primary key is one of those imported.  gpg's output is
+bounded (--max-output), as a signed message can be a compression bomb.
+
+Signing: with the user's own keyring, as skopeo --sign-by does; a passphrase
+goes to gpg in a file readable only by us (--passphrase-file), never in argv.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from stacko import run
+from stacko.errors import StackoError
+
+MAX_SIGNED = 4 << 20         # bytes of a payload gpg may write out (containers/image's limit)
+BASE = ["gpg", "--batch", "--no-tty", "--no-autostart", "--no-options",
+        "--no-permission-warning", "--status-fd", "1"]
+
+
+class BadSignature(Exception):
+    def __init__(self, detail: str, unknown_key: bool = False) -> None:
+        super().__init__(detail)
+        self.detail, self.unknown_key = detail, unknown_key
+
+
+class SigningFailed(StackoError):
+    pass
+
+
+def status_lines(stdout: str) -> list[list[str]]:
+    return [line.split()[1:] for line in stdout.splitlines()
+            if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
+
+
+def private_dir(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=prefix)       # mode 0700
+
+
+class Keyring:
+    """A temporary GnuPG home holding only the given public keys."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+        self.home = ""
+        self.fingerprints: set[str] = set()
+        self.count = 0
+
+    def __enter__(self) -> "Keyring":
+        from stacko.signing.policyfile import PolicyError
+        self.home = private_dir("stacko-gpg-")
+        try:
+            paths = []
+            for n, key in enumerate(self.keys):
+                paths.append(self._write(f"key-{n}", key))
+            if paths:
+                run.run(BASE + ["--homedir", self.home, "--import", *paths], check=False)
+            listing = run.run(BASE[:-2] + ["--homedir", self.home, "--with-colons",
+                                           "--fingerprint", "--list-keys"], check=False)
+            self.fingerprints = primary_fingerprints(listing.stdout)
+            if not self.fingerprints:
+                raise PolicyError("no GnuPG public key could be imported from the keys the "
+                                  "trust policy names",
+                                  hint="keyPath, keyPaths and keyData must hold OpenPGP "
+                                       "public keys (gpg --export, binary or armoured)")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.home:
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.home = ""
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.home, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def verify(self, blob: bytes) -> tuple[str, bytes]:
+        """(the signer's primary key fingerprint, the signed data) of an OpenPGP
+        signed message; BadSignature when it is not a good one by these keys."""
+        self.count += 1
+        sig = self._write(f"sig-{self.count}", blob)
+        out = os.path.join(self.home, f"out-{self.count}")
+        result = run.run(BASE + ["--homedir", self.home, "--trust-model", "always",
+                                 "--max-output", str(MAX_SIGNED), "--output", out,
+                                 "--decrypt", sig], check=False)
+        try:
+            with open(out, "rb") as f:
+                data = f.read(MAX_SIGNED + 1)
+        except FileNotFoundError:
+            data = b""
+        finally:
+            for path in (sig, out):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        status = status_lines(result.stdout)
+        words = [s[0] for s in status]
+        valid = [s for s in status if s[0] == "VALIDSIG"]
+        if any(w in ("ERRSIG", "NO_PUBKEY") for w in words) and not valid:
+            return self._raise_unknown(status)
+        if "BADSIG" in words or "ERRSIG" in words:
+            raise BadSignature("the signature does not verify (tampered or corrupt)")
+        if len(valid) != 1 or words.count("NEWSIG") > 1 or words.count("GOODSIG") != 1:
+            raise BadSignature("not a signed message with exactly one good signature"
+                               if valid or "NEWSIG" in words else
+                               "not an OpenPGP signed message")
+        if result.returncode != 0 or len(data) > MAX_SIGNED:
+            raise BadSignature("gpg could not verify it (exit status "
+                               f"{result.returncode})")
+        fields = valid[0]
+        primary = fields[10] if len(fields) > 10 else fields[1]
+        if primary.upper() not in self.fingerprints:
+            raise BadSignature(f"signed by key {primary}, not one the policy names",
+                               unknown_key=True)
+        return primary.upper(), data
+
+    def _raise_unknown(self, status: list) -> tuple[str, bytes]:
+        key = next((s[1] for s in status if s[0] in ("NO_PUBKEY", "ERRSIG") and len(s) > 1),
+                   "?")
+        raise BadSignature(f"signed by key {key}, which is not one of the policy's",
+                           unknown_key=True)
+
+
+def primary_fingerprints(colons: str) -> set[str]:
+    found = set()
+    last = ""
+    for line in colons.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            last = fields[0]
+        elif fields[0] == "fpr" and last == "pub" and len(fields) > 9:
+            found.add(fields[9].upper())
+            last = ""
+    return found
+
+
+def read_passphrase(path: str) -> bytes:
+    """The passphrase in a --sign-passphrase-file: its first line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 * 1024 + 1)
+    except OSError as e:
+        raise SigningFailed(f"cannot read the passphrase file {path}: {e.strerror or e}") \
+            from None
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if len(data) > 64 * 1024 or not line:
+        raise SigningFailed(f"the passphrase file {path} holds no passphrase on its first line")
+    return line
+
+
+def _signing_argv(home: str, fingerprint: str, passphrase: bytes | None) -> list[str]:
+    argv = ["gpg", "--batch", "--no-tty", "--status-fd", "1", "--local-user", fingerprint]
+    if passphrase is not None:
+        path = os.path.join(home, "passphrase")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as f:
+            f.write(passphrase + b"\n")
+        argv += ["--pinentry-mode", "loopback", "--passphrase-file", path]
+    return argv
+
+
+def check_secret_key(fingerprint: str) -> None:
+    """The key exists in the user's keyring, with its secret part."""
+    result = run.run(["gpg", "--batch", "--no-tty", "--with-colons", "--list-secret-keys",
+                      "--", fingerprint], check=False)
+    if result.returncode != 0 or not any(line.startswith("sec:")
+                                         for line in result.stdout.splitlines()):
+        raise SigningFailed(f"no GnuPG secret key {fingerprint!r} in the keyring "
+                            f"({os.environ.get('GNUPGHOME') or '~/.gnupg'})",
+                            hint="give --sign-by the fingerprint of a key that "
+                                 "`gpg --list-secret-keys` shows; nothing was uploaded")
+
+
+def sign(data: bytes, fingerprint: str, passphrase: bytes | None) -> bytes:
+    """A binary OpenPGP signed message of data, by the user's key fingerprint."""
+    work = private_dir("stacko-sign-")
+    try:
+        source = os.path.join(work, "payload")
+        with open(source, "wb") as f:
+            f.write(data)
+        out = os.path.join(work, "signature")
+        argv = _signing_argv(work, fingerprint, passphrase)
+        result = run.run(argv + ["--output", out, "--sign", source], check=False)
+        created = [s for s in status_lines(result.stdout) if s[0] == "SIG_CREATED"]
+        if result.returncode != 0 or not created or not os.path.exists(out):
+            words = {s[0] for s in status_lines(result.stdout)}
+            why = "a wrong passphrase" if words & {"BAD_PASSPHRASE", "MISSING_PASSPHRASE"} \
+                or "Bad passphrase" in result.stderr else "an error"
+            detail = result.stderr.strip().splitlines()[-1:] if result.stderr.strip() else []
+            raise SigningFailed(f"gpg could not sign with key {fingerprint} ({why}"
+                                + (f": {detail[0]}" if detail else "") + ")",
+                                hint="check the key and --sign-passphrase-file")
+        with open(out, "rb") as f:
+            return f.read()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
