@@ -22,7 +22,7 @@ if TYPE_CHECKING:   # aliases for annotations only, never evaluated at run time
     Handler = Callable[["Args"], int]
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
-                  "export-image pull-image push-image verify-image")
+                  "export-image pull-image push-image verify-image generate-sigstore-key")
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
@@ -146,6 +146,12 @@ def cmd_push_image(args: Args) -> int:
     from stacko.registry import push
     push.push_image(store(args), args.name, args.ref, compression=args.compression,
                     options=registry_options(args))
+    return 0
+
+
+def cmd_generate_sigstore_key(args: Args) -> int:
+    from stacko.signing import keygen
+    keygen.generate_key_files(args.output_prefix, args.passphrase_file)
     return 0
 
 
@@ -464,6 +470,13 @@ COMMANDS = [
             "push an image's stack to an OCI registry, one layer per image",
             described(NAME, "the image to push, with the images beneath it"), REF, COMPRESSION,
             *REGISTRY_OPTIONS),
+    Command("generate-sigstore-key", cmd_generate_sigstore_key,
+            "write a new sigstore (cosign) key pair: PREFIX.private (encrypted) and PREFIX.pub",
+            arg("--output-prefix", metavar="PREFIX", required=True,
+                help="the files to write: PREFIX.private and PREFIX.pub (never overwritten)"),
+            arg("--passphrase-file", metavar="FILE",
+                help="the passphrase that encrypts the private key: FILE's first line "
+                     "(default: asked twice on the terminal)")),
     Command("new-stackpoint", cmd_new_stackpoint,
             "create a stackpoint and its first instance, of IMAGE (does not mount)",
             described(POINT, "the name of the new stackpoint"),

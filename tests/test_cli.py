@@ -24,6 +24,7 @@ ALL_COMMANDS = [
     "cutover-stackpoint-instance", "fallback-stackpoint", "fallback-stackpoint-instance",
     "new-stackpoint-instance", "set-stackpoint-instance", "delete-stackpoint-instance",
     "list-stackpoints", "diff-stackpoint", "commit-stackpoint", "prune-stackpoint", "check",
+    "generate-sigstore-key",
 ]
 
 # (argv with NAME placeholders) for every command that takes a name.
