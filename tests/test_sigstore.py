@@ -388,7 +388,8 @@ class Fake:
         from stacko.registry.ref import parse
         return Client(parse(f"{self.host}/hostile:latest"), Options(tls_verify=False))
 
-    def attachment(self, digest: str, manifest: object, media: str = sigstore.OCI_MANIFEST) -> None:
+    def attachment(self, digest: str, manifest: object,
+                   media: str = sigstore.OCI_MANIFEST) -> None:
         body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
         self.routes[f"/v2/hostile/manifests/{sigstore.attachment_tag(digest)}"] = (media, body)
 
@@ -440,7 +441,8 @@ def test_hostile_attachments_are_refused(fake: Fake, manifest: object, words: st
 
 def test_an_attachment_of_another_type_is_refused(fake: Fake) -> None:
     digest = fake_digest("docker type")
-    fake.attachment(digest, layered(), media="application/vnd.docker.distribution.manifest.v2+json")
+    fake.attachment(digest, layered(),
+                    media="application/vnd.docker.distribution.manifest.v2+json")
     with pytest.raises(sigstore.SignatureError) as e:
         sigstore.fetch_signatures(fake.client(), "hostile", digest)
     assert "not an OCI image manifest" in e.value.message

@@ -119,9 +119,23 @@ def field(obj: object, key: str, kind: type, what: str) -> object:
     return value
 
 
+def dict_field(obj: object, key: str, what: str) -> dict:
+    value = field(obj, key, dict, what)
+    assert isinstance(value, dict)
+    return value
+
+
+def int_field(obj: object, key: str, what: str) -> int:
+    value = field(obj, key, int, what)
+    assert isinstance(value, int)
+    return value
+
+
 def b64_field(obj: object, key: str, what: str) -> bytes:
+    value = field(obj, key, str, what)
+    assert isinstance(value, str)
     try:
-        return base64.b64decode(field(obj, key, str, what), validate=True)  # type: ignore[arg-type]
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise KeyUnreadable(f"{what}: {key!r} in its encrypted envelope is not base64") from None
 
@@ -134,14 +148,14 @@ def decrypt(envelope: bytes, passphrase: bytes, what: str) -> bytes:
         data = json.loads(envelope)
     except (ValueError, RecursionError):
         raise KeyUnreadable(f"{what}: its encrypted envelope is not JSON") from None
-    kdf = field(data, "kdf", dict, what)
-    cipher = field(data, "cipher", dict, what)
-    if kdf.get("name") != "scrypt":                         # type: ignore[union-attr]
-        raise KeyUnreadable(f"{what}: unknown key derivation {kdf.get('name')!r}")  # type: ignore[union-attr]
-    if cipher.get("name") != "nacl/secretbox":              # type: ignore[union-attr]
-        raise KeyUnreadable(f"{what}: unknown cipher {cipher.get('name')!r}")  # type: ignore[union-attr]
-    params = field(kdf, "params", dict, what)
-    n, r, p = (field(params, k, int, what) for k in ("N", "r", "p"))
+    kdf = dict_field(data, "kdf", what)
+    cipher = dict_field(data, "cipher", what)
+    if kdf.get("name") != "scrypt":
+        raise KeyUnreadable(f"{what}: unknown key derivation {kdf.get('name')!r}")
+    if cipher.get("name") != "nacl/secretbox":
+        raise KeyUnreadable(f"{what}: unknown cipher {cipher.get('name')!r}")
+    params = dict_field(kdf, "params", what)
+    n, r, p = (int_field(params, k, what) for k in ("N", "r", "p"))
     if n not in SCRYPT_N or (r, p) != (SCRYPT_R, SCRYPT_P):
         raise KeyUnreadable(f"{what}: unsupported scrypt parameters N={n} r={r} p={p}",
                             hint="cosign and skopeo write N=32768, 65536 or 131072 with r=8 p=1")
@@ -152,7 +166,7 @@ def decrypt(envelope: bytes, passphrase: bytes, what: str) -> bytes:
         raise KeyUnreadable(f"{what}: its nonce is {len(nonce)} bytes, not {NONCE_SIZE}")
     from nacl.exceptions import CryptoError
     from nacl.secret import SecretBox
-    key = derive(passphrase, salt, n, r, p)               # type: ignore[arg-type]
+    key = derive(passphrase, salt, n, r, p)
     try:
         return SecretBox(key).decrypt(sealed, nonce)
     except CryptoError:
