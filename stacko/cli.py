@@ -113,6 +113,13 @@ def cmd_verify_image(args: Args) -> int:
         lead = f"{image}: " if len(args.names) > 1 else ""
         try:
             found = images.verify_image(s, image)
+            if args.policy is not None:
+                from stacko.signing import pullsign
+                refused = pullsign.recheck(s, image, args.policy)
+                if refused is not None:
+                    out(f"S {image} {refused[0]}")
+                    print(f"stacko: error: image {image!r}: {refused[1]}", file=sys.stderr)
+                    status = 1
         except StackoError as e:       # that image only: the others are still verified
             print(f"stacko: error: {e.message}", file=sys.stderr)
             if e.hint:
@@ -138,14 +145,20 @@ def registry_options(args: Args) -> object:
 def cmd_pull_image(args: Args) -> int:
     from stacko.registry import pull
     pull.pull_image(store(args), args.name, args.ref, platform=args.platform,
-                    options=registry_options(args))
+                    options=registry_options(args), policy=args.policy,
+                    registries_d=args.registries_d)
     return 0
 
 
 def cmd_push_image(args: Args) -> int:
     from stacko.registry import push
+    sign = {"sign_by": args.sign_by, "sigstore_key": args.sign_by_sigstore_private_key,
+            "passphrase_file": args.sign_passphrase_file, "sign_identity": args.sign_identity,
+            "registries_d": args.registries_d}
     push.push_image(store(args), args.name, args.ref, compression=args.compression,
-                    options=registry_options(args))
+                    options=registry_options(args),
+                    sign=sign if any(v is not None for k, v in sign.items()
+                                     if k != "registries_d") else None)
     return 0
 
 
@@ -396,6 +409,25 @@ REGISTRY_OPTIONS = (
         help="verify the registry's TLS certificate (default: true); false also allows "
              "plain HTTP"),
 )
+POLICY = arg("--policy", metavar="FILE",
+             help="the trust policy, containers-policy.json(5) (default: "
+                  "/etc/containers/policy.json; none there: any image is accepted)")
+REGISTRIES_D = arg("--registries.d", dest="registries_d", metavar="DIR",
+                   help="where the lookaside of GnuPG signatures is configured, "
+                        "containers-registries.d(5) (default: /etc/containers/registries.d)")
+SIGNING_OPTIONS = (
+    arg("--sign-by", metavar="FINGERPRINT",
+        help="sign the pushed manifest with this GnuPG key (simple signing, in the "
+             "lookaside staging location registries.d names)"),
+    arg("--sign-by-sigstore-private-key", metavar="FILE",
+        help="sign the pushed manifest with this sigstore (cosign) private key, as the "
+             "sha256-<hex>.sig attachment"),
+    arg("--sign-passphrase-file", metavar="FILE",
+        help="the signing key's passphrase: the first line of FILE"),
+    arg("--sign-identity", metavar="REF",
+        help="the identity the signature names (default: REF)"),
+    REGISTRIES_D,
+)
 COMPRESSION = arg("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                   help="layer compression (default: gzip)")
 
@@ -458,18 +490,21 @@ COMMANDS = [
     Command("verify-image", cmd_verify_image,
             "compare images' content with the manifest recorded when they were sealed: "
             "M changed, - missing, + extra",
-            arg("names", metavar="NAME", type=name, nargs="+", help="the images to verify")),
+            arg("names", metavar="NAME", type=name, nargs="+", help="the images to verify"),
+            arg("--policy", metavar="FILE",
+                help="also check, offline, the signatures kept from the pull against this "
+                     "trust policy: S NAME REASON when refused")),
     Command("pull-image", cmd_pull_image,
             "pull an image from an OCI registry: what import-image of it would make",
             described(NAME, "the name of the new (top) image"), REF,
             arg("--platform", metavar="OS/ARCH",
                            help="the platform to take from a multi-platform image "
                                 "(default: this machine's)"),
-            *REGISTRY_OPTIONS),
+            POLICY, REGISTRIES_D, *REGISTRY_OPTIONS),
     Command("push-image", cmd_push_image,
             "push an image's stack to an OCI registry, one layer per image",
             described(NAME, "the image to push, with the images beneath it"), REF, COMPRESSION,
-            *REGISTRY_OPTIONS),
+            *SIGNING_OPTIONS, *REGISTRY_OPTIONS),
     Command("generate-sigstore-key", cmd_generate_sigstore_key,
             "write a new sigstore (cosign) key pair: PREFIX.private (encrypted) and PREFIX.pub",
             arg("--output-prefix", metavar="PREFIX", required=True,

@@ -146,9 +146,9 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
             # Its layer is about to change: it no longer matches the layer it was
             # imported from, and must not be reused for that layer by a later import
             # or pull (diff_id, digests); nor its manifest: close-image records a new
-            # one (unsealed until then).
+            # one (unsealed until then); nor the signatures of what was pulled.
             store.save_images({**images, name: replace(chain[0], diff_id=None, manifest=None,
-                                                       size=None, digests=())})
+                                                       size=None, digests=(), signed=None)})
         try:
             if sealed:
                 # Unsealed on the disk before the layer can change: else a power cut
@@ -279,7 +279,16 @@ class ImageInfo:
                 "created": utc_time(self.image.created),
                 # the run settings export and push write into the image config
                 "config": dict((self.image.settings or {}).get("config") or {}),
-                "annotations": dict((self.image.settings or {}).get("annotations") or {})}
+                "annotations": dict((self.image.settings or {}).get("annotations") or {}),
+                "signatures": signers(self.image)}
+
+
+def signers(image: Image) -> list:
+    """Who signed what pull-image installed (the signatures the trust policy accepted)."""
+    kept = (image.signed or {}).get("signatures")
+    return [{"type": s.get("type"), "signer": s.get("signer"), "identity": s.get("identity"),
+             "digest": s.get("digest")} for s in kept if isinstance(s, dict)] \
+        if isinstance(kept, list) else []
 
 
 @locked(exclusive=False)

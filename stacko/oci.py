@@ -139,7 +139,8 @@ def plan_images(store: Store, images: dict[str, Image], name: str, parent: str |
                              created=utc_time(spec.created or "") or now,
                              diff_id=spec.diff_id, digests=known,
                              settings=spec.settings if top else None,
-                             repos=(repo,) if repo else ()))
+                             repos=(repo,) if repo else (),
+                             signed=spec.signed if top else None))
         parent = image_name
     return planned
 

@@ -162,6 +162,9 @@ class Image:
     # {"config": {...}, "annotations": {...}}; export and push write them back.
     settings: dict[str, object] | None = None
     repos: tuple[str, ...] = ()     # HOST/REPO it was pulled from or pushed to
+    # pull-image under a trust policy: the reference, the manifest and the
+    # signatures accepted (stacko/signing/pullsign.py), for verify-image --policy.
+    signed: dict[str, object] | None = None
 
     def known_digests(self) -> tuple[str, ...]:
         return ((self.diff_id,) if self.diff_id and self.diff_id not in self.digests
@@ -182,6 +185,8 @@ class Image:
             data["settings"] = self.settings
         if self.repos:
             data["repos"] = list(self.repos)
+        if self.signed:
+            data["signed"] = self.signed
         return data
 
     @classmethod
@@ -201,7 +206,8 @@ class Image:
                    _get(data, "size", int, source, optional=True),
                    tuple(digests),
                    _get(data, "settings", dict, source, optional=True),
-                   tuple(repos))
+                   tuple(repos),
+                   _get(data, "signed", dict, source, optional=True))
 
 
 @record

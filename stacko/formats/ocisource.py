@@ -64,6 +64,7 @@ class LayerSpec:
     created: str | None = None          # from the config's history
     copy_into: Callable[[str], None] | None = None   # a directory's: copies it, no blob
     settings: dict | None = None        # the image's run settings (top layer only)
+    signed: dict | None = None          # pull-image: the signatures accepted (top layer only)
 
 
 # --- streams -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 
 from stacko.errors import StackoError, UsageError
@@ -26,21 +27,34 @@ from stacko.state import Store
 WORKERS = 4             # blobs fetched and unpacked at once
 RESUMES = 4             # a blob whose connection breaks is resumed (Range) this many times
 ACCEPT = INDEX_TYPES + MANIFEST_TYPES
+POLICY = "/etc/containers/policy.json"          # skopeo's defaults: pullsign.py
+USER_POLICY = ".config/containers/policy.json"
 
 
 def pull_image(store: Store, name: str, ref_text: str, platform: str | None = None,
-               options: Options = Options()) -> Image:
+               options: Options = Options(), policy: str | None = None,
+               registries_d: str | None = None) -> Image:
     from stacko import oci
     check_name(name, "image name")
     ref = parse(ref_text)
     wanted = parse_platform(platform)
+    trust = trust_checker(ref_text, policy, registries_d)
     client = Client(ref, options)
 
     @contextlib.contextmanager
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
-        yield resolve(client, ref, wanted)
+        yield resolve(client, ref, wanted, trust)
     return oci.import_layers(store, name, None, layers, workers=WORKERS,
                              repo=f"{ref.host}/{ref.repo}")
+
+
+def trust_checker(ref_text: str, policy: str | None, registries_d: str | None) -> object:
+    """The trust policy's check (stacko/signing/pullsign.py), or None without a policy."""
+    if policy is None and not (os.path.exists(POLICY) or os.path.exists(os.path.expanduser(
+            "~/" + USER_POLICY))):
+        return None       # no policy anywhere: accept, as before, importing nothing more
+    from stacko.signing import pullsign
+    return pullsign.checker(ref_text, policy, registries_d)
 
 
 def parse_platform(text: str | None) -> tuple[str, str, str | None]:
@@ -70,18 +84,22 @@ def document(body: bytes, what: str, digest: str | None) -> dict:
     return data
 
 
-def resolve(client: Client, ref: Reference,
-            platform: tuple[str, str, str | None]) -> list[LayerSpec]:
-    """The layers of the image REF names, bottom first."""
+def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None],
+            trust: object = None) -> list[LayerSpec]:
+    """The layers of the image REF names, bottom first.  The trust policy, when
+    there is one, is checked for the manifest to install before anything else
+    of the image is fetched."""
     body, media = client.manifest(ref.reference, ACCEPT)
     manifest = document(body, f"manifest of {ref}", ref.digest)
     media = manifest.get("mediaType") or media
+    digest = ref.digest
     if media in INDEX_TYPES or "manifests" in manifest:
         descriptor = pick_platform(manifest, platform, ref)
         digest = check_digest(descriptor.get("digest"), "the image index")
         body, media = client.manifest(digest, MANIFEST_TYPES)
         manifest = document(body, f"manifest {digest}", digest)
         media = manifest.get("mediaType") or media
+    signed = trust.check(client, ref.repo, body, digest) if trust is not None else None
     if manifest.get("schemaVersion") != 2 or media not in MANIFEST_TYPES \
             or not isinstance(manifest.get("layers"), list) \
             or not isinstance(manifest.get("config"), dict):
@@ -110,8 +128,11 @@ def resolve(client: Client, ref: Reference,
             open_blob=lambda d=digest, s=size: BlobReader(client, d, s),
             what=digest, digest=digest, size=size if isinstance(size, int) else None,
             diff_id=diff_id, name=stacko_name, created=created))
-    return with_settings(specs, run_settings(config, object_field(manifest, "annotations",
-                                                                  f"{ref}: the manifest")))
+    specs = with_settings(specs, run_settings(config, object_field(manifest, "annotations",
+                                                                   f"{ref}: the manifest")))
+    if signed is not None:       # the accepted signatures stay with the top image
+        specs[-1] = specs[-1]._replace(signed=signed)
+    return specs
 
 
 def describe_platform(p: object) -> str:

@@ -21,11 +21,17 @@ WORKERS = 4
 
 
 def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip",
-               options: Options = Options()) -> str:
-    """Returns the digest of the manifest pushed."""
+               options: Options = Options(), sign: dict | None = None) -> str:
+    """Returns the digest of the manifest pushed.  sign: pushsign.Signer's
+    options; the signing is made ready (keys found, decrypted) before any
+    upload, and done once the manifest is pushed."""
     from stacko import images as images_mod
     from stacko import oci, staging
     ref = parse(ref_text)
+    signer = None
+    if sign:
+        from stacko.signing import pushsign
+        signer = pushsign.Signer(ref_text, **sign)
     with store.locked(exclusive=False):
         images = store.load_images()
         chain = list(reversed(images_mod.stack_of(images, name)))     # bottom first
@@ -50,6 +56,8 @@ def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip"
         send_blob(client, packed.config, sources)
         digest = client.put_manifest(ref.reference, manifest_bytes(packed),
                                      packed.manifest_type)
+    if signer is not None:
+        signer.finish(client, ref.repo, digest or packed.manifest.digest)
     oci.remember(store, images, chain, packed, repo=f"{ref.host}/{ref.repo}")
     return digest or packed.manifest.digest
 

@@ -136,16 +136,18 @@ def _refusal(rejections: list, ref: Named, digest: str, where: str,
         return PolicyRefused(
             f"the trust policy refuses {ref}: {NO_SIGNATURE}: a {what} signature is required "
             f"({where}: {req.describe()}) but manifest {digest} has none", NO_SIGNATURE,
-            hint="nothing was fetched; sign the image (push-image --sign-by, "
+            hint="nothing was fetched or recorded; sign the image (push-image --sign-by, "
                  "--sign-by-sigstore-private-key) or check --registries.d")
     reasons = [r.reason for r in rejections]
     reason = reasons[0] if len(set(reasons)) == 1 else BAD if BAD in reasons else reasons[0]
     details = "; ".join(f"signature {n}: {r.reason}: {r.detail}"
                         for n, r in enumerate(rejections, start=1))
-    return PolicyRefused(f"the trust policy refuses {ref}: {reason}: none of the "
-                         f"{len(rejections)} {what} signature(s) of manifest {digest} is "
-                         f"accepted ({where}: {req.describe()}): {details}", reason,
-                         hint="nothing was fetched")
+    which = f"the {what} signature" if len(rejections) == 1 else \
+        f"none of the {len(rejections)} {what} signatures"
+    verb = "is not" if len(rejections) == 1 else "is"
+    return PolicyRefused(f"the trust policy refuses {ref}: {reason}: {which} of manifest "
+                         f"{digest} {verb} accepted ({where}: {req.describe()}): {details}",
+                         reason, hint="nothing was fetched or recorded")
 
 
 def _check_payload(req: Requirement, data: bytes, sig_type: str, ref: Named,
