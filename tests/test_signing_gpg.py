@@ -149,12 +149,24 @@ def images(registry: Registry, keys: Keys, sigs: Dict[str, Path],
     return {"host": registry.host}
 
 
-def refused(stacko: Runner, root: Path, registry: Registry, *argv: str) -> str:
-    """pull-image ARGV must exit 1, fetch no blob and change nothing; its stderr."""
+def image_blobs(registry: Registry, ref: str) -> set:
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                     f"docker://{ref}"], check=True,
+                                    capture_output=True).stdout)
+    return {raw["config"]["digest"]} | {layer["digest"] for layer in raw["layers"]}
+
+
+def refused(stacko: Runner, root: Path, registry: Registry, *argv: str,
+            sigstore: bool = False) -> str:
+    """pull-image ARGV must exit 1, fetch no blob and change nothing; its stderr.
+    (With sigstore, the blobs of the .sig attachment are read: no blob of the image.)"""
     before = snapshot(root)
     mark = registry.mark()
     r = stacko("pull-image", *argv, "--tls-verify=false", rc=1)
-    assert registry.blob_gets(mark) == [], r.stderr
+    if sigstore:
+        assert not set(registry.blob_gets(mark)) & image_blobs(registry, argv[1]), r.stderr
+    else:
+        assert registry.blob_gets(mark) == [], r.stderr
     assert snapshot(root) == before
     return r.stderr
 
@@ -403,3 +415,37 @@ def test_signing_problems_are_found_before_any_upload(
     assert r.returncode == (2 if case == "identity alone" else 1), r.stderr
     assert registry.requests(mark) == [], r.stderr
     assert "not the passphrase" not in r.stderr
+
+
+# --- the sigstore half, through the same orchestration -----------------------------------------
+def test_sigstore_signing_on_push_and_checking_on_pull(
+        stacko: Runner, root: Path, workdir: Path, registry: Registry, pushed: str) -> None:
+    pw = workdir / "pass"
+    pw.write_text("sigstore pass\n")
+    for name in ("mine", "other"):
+        stacko("generate-sigstore-key", "--output-prefix", str(workdir / name),
+               "--passphrase-file", str(pw))
+    ref = f"{registry.host}/cosigned:v1"
+    r = stacko("-v", "push-image", pushed, ref, "--sign-by-sigstore-private-key",
+               str(workdir / "mine.private"), "--sign-passphrase-file", str(pw),
+               "--tls-verify=false")
+    assert "sigstore pass" not in r.stderr
+    good = policy(workdir, {"type": "sigstoreSigned", "keyPath": str(workdir / "mine.pub")},
+                  name="mine.json")
+    bad = policy(workdir, {"type": "sigstoreSigned", "keyPath": str(workdir / "other.pub")},
+                 name="other.json")
+    err = refused(stacko, root, registry, "c", ref, "--policy", bad, sigstore=True)
+    assert "no key matched" in err
+    stacko("pull-image", "c", ref, "--policy", good, "--tls-verify=false")
+    listed = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+    assert [(s["type"], s["identity"]) for s in listed["c"]["signatures"]] == \
+        [("sigstore", f"{registry.host}/cosigned:v1")]
+    assert stacko("verify-image", "c", "--policy", good).out == ""
+    assert stacko("verify-image", "c", "--policy", bad, rc=1).out == "S c no key matched"
+    # A wrong passphrase is found before anything is uploaded.
+    (workdir / "wrong").write_text("nope\n")
+    mark = registry.mark()
+    stacko("push-image", pushed, f"{registry.host}/cosigned:v2",
+           "--sign-by-sigstore-private-key", str(workdir / "mine.private"),
+           "--sign-passphrase-file", str(workdir / "wrong"), "--tls-verify=false", rc=1)
+    assert registry.requests(mark) == []

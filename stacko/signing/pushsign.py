@@ -29,6 +29,8 @@ def _identity(text: str, what: str) -> Named:
                                else text)
     except BadReference as e:
         raise UsageError(f"{what} {text!r} is not a docker reference: {e}") from None
+    if ref.name_only and what == "REF":
+        return ref._replace(tag="latest")        # as push-image pushes it
     if ref.name_only:
         raise UsageError(f"{what} {text!r} names neither a tag nor a digest")
     return ref
@@ -78,12 +80,7 @@ class Signer:
 
     def _prepare_sigstore(self, path: str) -> None:
         from stacko.signing import cosignkey
-        try:
-            with open(path, "rb") as f:
-                pem = f.read(1 << 20)
-        except OSError as e:
-            raise StackoError(f"cannot read the sigstore private key {path}: "
-                              f"{e.strerror or e}") from None
+        pem = cosignkey.read_key_file(path, f"the sigstore private key {path}")
         passphrase = self.passphrase
         if passphrase is None:
             import getpass
@@ -91,7 +88,7 @@ class Signer:
                 raise UsageError("the sigstore private key needs its passphrase: give "
                                  "--sign-passphrase-file FILE (no terminal to ask on)")
             passphrase = getpass.getpass(f"Passphrase for {path}: ").encode()
-        self.sigstore_key = cosignkey.load_private(pem, passphrase)
+        self.sigstore_key = cosignkey.load_private(pem, passphrase, what=path)
 
     def finish(self, client: object, repository: str, digest: str) -> None:
         """Sign the pushed manifest digest, store the signature and read it back."""
