@@ -230,6 +230,29 @@ def test_skopeo_accepts_what_stacko_signs(trixie: Trixie, registry: Registry,
     skopeo_check(trixie, sigstore_policy(trixie, scope, Path(f"{ours}.pub")), ref)
 
 
+def test_debian_12s_skopeo_cannot_check_sigstore(trixie: Trixie, registry: Registry,
+                                                 pushed: tuple) -> None:
+    """The trap docs/signing.md warns of: Debian 12 builds skopeo 1.9 with
+    sigstore disabled, so it refuses what 1.18 accepts, and cannot sign."""
+    import subprocess
+    repo, ref, digest = pushed
+    ours = stacko_keys(trixie, "ours")
+    stacko_sign(registry, repo, digest, ref, ours)
+    policy_file = sigstore_policy(trixie, f"{registry.host}/{repo}", Path(f"{ours}.pub"))
+    skopeo_check(trixie, policy_file, ref)
+    # The host's skopeo, with the same files under their host names.
+    policy_file.write_text(policy_file.read_text().replace(
+        trixie.path(Path(f"{ours}.pub")), str(Path(f"{ours}.pub"))))
+    version = subprocess.run(["skopeo", "--version"], capture_output=True, text=True).stdout
+    if "version 1.9." not in version:
+        pytest.skip(f"the host's skopeo is not Debian 12's 1.9: {version}")
+    old = subprocess.run(["skopeo", "--policy", str(policy_file),
+                          "--registries.d", str(registries_d(trixie)), "copy",
+                          "--remove-signatures", "--src-tls-verify=false", f"docker://{ref}",
+                          f"oci:{trixie.work / 'old'}:x"], capture_output=True, text=True)
+    assert old.returncode == 1 and "sigstore disabled" in old.stderr, old.stderr
+
+
 def test_a_tampered_signature_is_refused_by_both(trixie: Trixie, registry: Registry,
                                                  pushed: tuple) -> None:
     repo, ref, digest = pushed

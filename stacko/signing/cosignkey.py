@@ -74,8 +74,8 @@ def pem_decode(data: bytes, labels: tuple[str, ...], what: str) -> tuple[str, by
     if end < 0:
         raise KeyUnreadable(f"{what}: its PEM block {label!r} has no {end_line} line")
     if label not in labels:
-        raise KeyUnreadable(f"{what} holds a {label!r}, not a "
-                            + " or ".join(repr(x) for x in labels))
+        raise KeyUnreadable(f"{what} holds a PEM {label!r} block, where "
+                            + " or ".join(repr(x) for x in labels) + " was expected")
     body = text[head_end + 5:end]
     if ":" in body:        # RFC 1421 headers (Proc-Type, DEK-Info): not cosign's
         raise KeyUnreadable(f"{what} has PEM headers that cosign never writes")
