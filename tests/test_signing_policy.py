@@ -204,8 +204,15 @@ def test_accept_reject_and_no_signature(tmp_path: Path) -> None:
     with pytest.raises(policy.PolicyRefused, match="rejects") as e:
         policy.evaluate(pol, "reg.io/rejected:1", DIGEST, NoSignatures())
     assert e.value.reason == policy.REJECTED
-    # A key file that holds no key is an error, not "no signature" (and not accept).
-    with pytest.raises(PolicyError, match="no GnuPG public key could be imported"):
+    with pytest.raises(policy.PolicyRefused, match="no signature") as e:
         policy.evaluate(pol, "reg.io/signed:1", DIGEST, NoSignatures())
+    assert e.value.reason == policy.NO_SIGNATURE
+
+    class OneSignature(NoSignatures):
+        def gpg(self) -> list:
+            return [b"not even OpenPGP"]
+    # A key file that holds no key is an error, never "accept".
+    with pytest.raises(PolicyError, match="no GnuPG public key could be imported"):
+        policy.evaluate(pol, "reg.io/signed:1", DIGEST, OneSignature())
     with pytest.raises(PolicyError, match="cannot read the key file"):
         policy.evaluate(pol, "reg.io/missing:1", DIGEST, NoSignatures())

@@ -59,10 +59,11 @@ class Keyring:
             for n, key in enumerate(self.keys):
                 paths.append(self._write(f"key-{n}", key))
             if paths:
-                run.run(BASE + ["--homedir", self.home, "--import", *paths], check=False)
-            listing = run.run(BASE[:-2] + ["--homedir", self.home, "--with-colons",
-                                           "--fingerprint", "--list-keys"], check=False)
-            self.fingerprints = primary_fingerprints(listing.stdout)
+                # IMPORT_OK names each primary key imported: no listing needed.
+                imported = run.run(BASE + ["--homedir", self.home, "--import", *paths],
+                                   check=False)
+                self.fingerprints = {s[2].upper() for s in status_lines(imported.stdout)
+                                     if s[0] == "IMPORT_OK" and len(s) > 2}
             if not self.fingerprints:
                 raise PolicyError("no GnuPG public key could be imported from the keys the "
                                   "trust policy names",
@@ -134,19 +135,6 @@ class Keyring:
                    "?")
         raise BadSignature(f"signed by key {key}, which is not one of the policy's",
                            unknown_key=True)
-
-
-def primary_fingerprints(colons: str) -> set[str]:
-    found = set()
-    last = ""
-    for line in colons.splitlines():
-        fields = line.split(":")
-        if fields[0] in ("pub", "sub"):
-            last = fields[0]
-        elif fields[0] == "fpr" and last == "pub" and len(fields) > 9:
-            found.add(fields[9].upper())
-            last = ""
-    return found
 
 
 def read_passphrase(path: str) -> bytes:

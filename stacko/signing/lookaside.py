@@ -105,7 +105,7 @@ def _read_http(url: str, end: float) -> bytes | None:
             if status != 200:
                 raise LookasideError(f"reading the signature {url}: HTTP {status} "
                                      f"{response.reason}")
-            data = response.read(MAX_SIGNATURE + 1)
+            data = _read_until(response, end, url)
             if len(data) > MAX_SIGNATURE:
                 raise LookasideError(f"the signature {url} is larger than {MAX_SIGNATURE} "
                                      "bytes")
@@ -115,6 +115,20 @@ def _read_http(url: str, end: float) -> bytes | None:
         finally:
             conn.close()
     raise LookasideError(f"the lookaside redirects {url} more than {REDIRECTS} times")
+
+
+def _read_until(response: object, end: float, url: str) -> bytes:
+    """At most MAX_SIGNATURE + 1 bytes, before the deadline: a server that
+    trickles a byte at a time cannot hold the pull."""
+    data = bytearray()
+    while len(data) <= MAX_SIGNATURE:
+        if time.monotonic() > end:
+            raise LookasideError(f"reading the signature {url} timed out")
+        chunk = response.read1(min(1 << 16, MAX_SIGNATURE + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def write(base: str, repo_path: str, digest: str, blob: bytes) -> str:

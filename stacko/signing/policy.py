@@ -178,7 +178,9 @@ def digest_matches(signed: str, digest: str, manifest: bytes | None) -> bool:
 def _check_gpg(req: Requirement, keys: list, ref: Named, digest: str,
                manifest: bytes | None, signatures: list) -> object:
     from stacko.signing import gpg
-    rejections = []
+    rejections: list = []
+    if not signatures:      # refused whatever the keys hold: no gpg started, a fast refusal
+        return rejections
     with gpg.Keyring(keys) as ring:
         for blob in signatures:
             try:

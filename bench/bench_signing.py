@@ -1,0 +1,120 @@
+"""Benchmark: what the trust policy costs a pull (issue 20's goals).
+
+One registry (Debian's docker-registry, on 127.0.0.1) holds the medium image
+of bench_registry (3 gzip layers, about 40 MB), signed by skopeo with a
+throwaway GnuPG key (the signature in a file:// lookaside), and an unsigned
+image of about 200 MB in one layer.  Rows, each the median of ROUNDS runs,
+interleaved:
+
+* signed pull: pull-image under a signedBy policy, beside the same pull under
+  insecureAcceptAnything (goal: at most 1.05x);
+* refusal: pull-image of the unsigned 200 MB image under a signedBy policy,
+  which must fetch no layer (goal: under 0.2 s).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import common
+
+TITLE = "signing: a pull under a signedBy policy vs under insecureAcceptAnything"
+ROUNDS = 7
+
+
+def run() -> List[dict]:
+    common.require_root("bench_signing")
+    for tool in ("docker-registry", "skopeo", "gpg"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is needed (tests/install-deps.sh)")
+    with tempfile.TemporaryDirectory(prefix="stacko-bench-signing-") as scratch:
+        return measure(Path(scratch))
+
+
+def measure(base: Path) -> List[dict]:
+    import bench_registry
+    registryd = bench_registry.registry_module()
+    home = base / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home)}
+    common.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+                "Bench <bench@example.com>", "ed25519", "sign", "never"], env=env)
+    listing = common.run(["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+                         env=env).stdout.decode()
+    fpr = next(x.split(":")[9] for x in listing.splitlines() if x.startswith("fpr:"))
+    (base / "key.pub").write_bytes(common.run(["gpg", "--batch", "--export", fpr],
+                                              env=env).stdout)
+    regd = base / "registries.d"
+    regd.mkdir()
+    (regd / "bench.yaml").write_text(f"default-docker:\n  sigstore: file://{base}/sigs\n"
+                                     f"  sigstore-staging: file://{base}/sigs\n")
+    signed = base / "signed.json"
+    signed.write_text(json.dumps({"default": [{"type": "signedBy", "keyType": "GPGKeys",
+                                               "keyPath": str(base / "key.pub")}]}))
+    accept = base / "accept.json"
+    accept.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    archives = bench_registry.make_layouts(base)
+    big = base / "big.tar"
+    import gzip
+    layer = common_layer(200 << 20)
+    common.write_oci_archive(big, [layer], "big", compress=lambda t: gzip.compress(
+        t, compresslevel=1, mtime=0), media_type="application/vnd.oci.image.layer.v1.tar+gzip")
+    registry = registryd.Registry(base / "registry").start()
+    try:
+        host = registry.host
+        common.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", "--sign-by", fpr,
+                    "--registries.d", str(regd), f"oci-archive:{archives['v1']}",
+                    f"docker://{host}/app:v1"], env=env)
+        common.run(["skopeo", "copy", "-q", "--dest-tls-verify=false",
+                    f"oci-archive:{big}", f"docker://{host}/big:v1"])
+        counter = iter(range(10_000))
+
+        def pull(policy: Path, ref: str, status: int = 0) -> float:
+            root = base / f"root-{next(counter)}"
+            argv = common.stacko_argv() + ["--root", str(root), "pull-image", "x", ref,
+                                           "--policy", str(policy), "--registries.d",
+                                           str(regd), "--tls-verify=false"]
+            seconds = common.timed(lambda: check(argv, status))
+            shutil.rmtree(root, ignore_errors=True)
+            return seconds
+
+        cases = {
+            "signed": lambda: {"signed": pull(signed, f"{host}/app:v1")},
+            "accept": lambda: {"accept": pull(accept, f"{host}/app:v1")},
+            "refuse": lambda: {"refuse": pull(signed, f"{host}/big:v1", status=1)},
+        }
+        samples = common.interleave(cases, common.repeats(ROUNDS), warmup=1)
+    finally:
+        registry.stop()
+    ours, theirs = (common.median_ms(samples[k]) / 1000 for k in ("signed", "accept"))
+    refuse = common.median_ms(samples["refuse"]) / 1000
+    return [common.row("pull under signedBy (GnuPG), ~40 MB", ours,
+                       "insecureAcceptAnything", theirs, "s", "<= 1.05x", ours <= 1.05 * theirs),
+            common.row("refuse an unsigned 200 MB image", refuse, None, None, "s", "< 0.2 s",
+                       refuse < 0.2)]
+
+
+def check(argv: List[str], status: int) -> None:
+    proc = subprocess.run(argv, env=common.child_env(), capture_output=True)
+    if proc.returncode != status:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace')}")
+
+
+def common_layer(size: int) -> bytes:
+    """One tar layer of about size bytes of incompressible data."""
+    import io
+    import tarfile
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        chunk = 16 << 20
+        for n in range(max(1, size // chunk)):
+            info = tarfile.TarInfo(f"data/blob{n}")
+            info.size, info.mtime = chunk, 1_600_000_000
+            tar.addfile(info, io.BytesIO(os.urandom(chunk)))
+    return out.getvalue()
