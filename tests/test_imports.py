@@ -42,7 +42,8 @@ with open(sys.argv[1], "w") as f:
 # collections.abc; dataclasses pulls in inspect; shutil (bz2, lzma) is what
 # argparse imports for the terminal width unless told it.
 HEAVY = {"typing", "tarfile", "hashlib", "ssl", "http.client", "dataclasses", "inspect",
-         "shutil", "bz2", "lzma", "isal", "zstandard", "subprocess", "secrets"}
+         "shutil", "bz2", "lzma", "isal", "zstandard", "subprocess", "secrets",
+         "stacko.signing"}
 # ctypes is for the new mount API only.
 NO_MOUNT = HEAVY | {"ctypes", "stacko.mountapi"}
 

@@ -216,3 +216,14 @@ def test_accept_reject_and_no_signature(tmp_path: Path) -> None:
         policy.evaluate(pol, "reg.io/signed:1", DIGEST, OneSignature())
     with pytest.raises(PolicyError, match="cannot read the key file"):
         policy.evaluate(pol, "reg.io/missing:1", DIGEST, NoSignatures())
+
+
+def test_a_fifo_named_as_policy_or_key_is_refused_not_waited_for(tmp_path: Path) -> None:
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(PolicyError, match="not a regular file"):
+        policy.load(str(fifo))
+    pol = policy.load(write(tmp_path, {"default": [signed_by(keyPath=str(fifo))]}))
+    with pytest.raises(PolicyError, match="not a regular file"):
+        policy.evaluate(pol, "reg.io/a:b", DIGEST, NoSignatures())

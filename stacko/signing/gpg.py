@@ -139,9 +139,9 @@ class Keyring:
 
 def read_passphrase(path: str) -> bytes:
     """The passphrase in a --sign-passphrase-file: its first line."""
+    from stacko.signing.files import read_regular
     try:
-        with open(path, "rb") as f:
-            data = f.read(64 * 1024 + 1)
+        data = read_regular(path, 64 * 1024)
     except OSError as e:
         raise SigningFailed(f"cannot read the passphrase file {path}: {e.strerror or e}") \
             from None

@@ -16,6 +16,7 @@ import json
 from stacko.errors import StackoError
 from stacko.records import record
 from stacko.signing import identity as identity_mod
+from stacko.signing.files import read_regular
 from stacko.signing.dockerref import (DOMAIN_RE, REFERENCE_RE, Named, policy_identity,
                                       policy_namespaces)
 from stacko.signing.identity import IdentityMatch
@@ -73,8 +74,7 @@ def _constant(name: str) -> object:
 def load(path: str = DEFAULT_PATH) -> Policy:
     """The policy in path; PolicyError naming the file and what is wrong."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_POLICY + 1)
+        data = read_regular(path, MAX_POLICY)
     except OSError as e:
         raise PolicyError(f"cannot read the trust policy {path}: {e.strerror or e}",
                           hint="name a policy file with --policy FILE") from None
@@ -249,8 +249,7 @@ def read_keys(req: Requirement) -> list[bytes]:
     keys = list(req.key_data)
     for path in req.key_paths:
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_POLICY + 1)
+            data = read_regular(path, MAX_POLICY)
         except OSError as e:
             raise PolicyError(f"cannot read the key file {path} that the trust policy names: "
                               f"{e.strerror or e}",

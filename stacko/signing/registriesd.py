@@ -19,6 +19,7 @@ import os
 
 from stacko.errors import StackoError
 from stacko.records import record
+from stacko.signing.files import read_regular
 from stacko.signing.dockerref import Named, policy_identity, policy_namespaces
 
 DEFAULT_DIR = "/etc/containers/registries.d"
@@ -179,8 +180,7 @@ def load(directory: str = DEFAULT_DIR) -> Config:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
+            data = read_regular(path, MAX_FILE)
         except FileNotFoundError:
             continue
         except OSError as e:
