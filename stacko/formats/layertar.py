@@ -47,13 +47,16 @@ class NoSpace(StackoError):
 
 
 BLOCK = 4096
+SPARE_INODES = 64
 
 
 class SpaceBudget:
-    """What an import may still write: the free space of the filesystem when it
-    began.  Each file's data is taken from it before a byte of it is written,
-    so an archive that unpacks to more than the disk holds (a gzip bomb, a
-    header that claims a huge file) is refused instead of filling the disk."""
+    """What an import may still write: the free space and the free inodes of the
+    filesystem when it began.  Each member is charged before it is made: an
+    inode, and its data in whole blocks (a block for anything but a regular
+    file: a directory takes one).  So an archive that unpacks to more than the
+    disk holds (a gzip bomb, a header that claims a huge file, 30,000 empty
+    directories in 141 KB) is refused instead of filling the disk."""
 
     def __init__(self, path: str, what: str = "the archive") -> None:
         import threading      # layers may unpack in parallel, from one budget
@@ -61,17 +64,36 @@ class SpaceBudget:
         self.path = path
         self.what = what
         self.left = st.f_bavail * st.f_frsize
+        # No inode count (btrfs makes them as it goes): no limit on them.  ext4
+        # keeps no inodes for root: a few are left for the import to finish
+        # (its manifests, the metadata) and for the host.
+        self.inodes_free = max(0, st.f_favail - SPARE_INODES) if st.f_files else -1
+        self.inodes = self.inodes_free
         self.lock = threading.Lock()
 
-    def take(self, size: int, what: str) -> None:
+    def take(self, size: int, what: str, inodes: int = 0) -> None:
         size = -(-size // BLOCK) * BLOCK       # whole blocks, as the filesystem counts
         with self.lock:
             if size > self.left:
                 raise NoSpace(f"{self.what} does not fit in the free space of the filesystem of "
                               f"{self.path}: {what} needs {size} bytes, {self.left} are left",
-                              hint="free some space (`stacko df` shows what can be reclaimed), "
-                                   "or use a root on a larger filesystem")
+                              hint=NO_SPACE_HINT)
+            if inodes > self.inodes >= 0:
+                raise NoSpace(f"{self.what} does not fit on the filesystem of {self.path}: "
+                              f"it makes more files and directories than the "
+                              f"{self.inodes_free} inodes that were free ({what} is one "
+                              "too many)", hint=NO_SPACE_HINT)
             self.left -= size
+            if self.inodes >= 0:
+                self.inodes -= inodes
+
+    def take_entry(self, what: str) -> None:
+        """A member that is not a regular file: an inode and a block."""
+        self.take(BLOCK, what, inodes=1)
+
+
+NO_SPACE_HINT = ("free some space (`stacko df` shows what can be reclaimed), or use a root "
+                 "on a larger filesystem")
 
 
 def data_size(member: tarfile.TarInfo) -> int:
@@ -193,6 +215,8 @@ class Unpacker:
                 or member.isblk() or member.isfifo()):
             raise BadLayer(f"archive member {member.name!r} has an unsupported type "
                            f"{member.type!r}")
+        if self.budget is not None and not member.isreg():      # a file: in _write_file
+            self.budget.take_entry(f"archive member {member.name!r}")
         try:
             self._create(tar, member, path)
         except FileExistsError:
@@ -242,6 +266,8 @@ class Unpacker:
     def _implicit_dir(self, rel: str, path: str) -> None:
         """A directory the tar fills without naming: as in the layers beneath, or
         0755 (looked up in _finish, once the layers beneath are complete)."""
+        if self.budget is not None:
+            self.budget.take_entry(f"the directory {rel!r}")
         os.mkdir(path, 0o755)
         self._implicit.append(rel)
 
@@ -269,6 +295,8 @@ class Unpacker:
             self._remove(rel, path)
             st = None
         if st is None:
+            if self.budget is not None:
+                self.budget.take_entry(f"archive member {member.name!r}")
             os.mkdir(path, 0o700)
         self._dirs.add(rel)
         self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
@@ -281,6 +309,8 @@ class Unpacker:
         path = self._path(rel)
         if os.path.lexists(path):
             return    # a whiteout hides lower layers only, never its own layer's entry
+        if self.budget is not None:
+            self.budget.take_entry(f"archive member {member!r}")
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
     def _remove(self, rel: str, path: str) -> None:
@@ -304,7 +334,7 @@ class Unpacker:
                      0o600)      # FileExistsError before the budget is charged: see _member
         if self.budget is not None:
             try:
-                self.budget.take(data_size(member), f"archive member {member.name!r}")
+                self.budget.take(data_size(member), f"archive member {member.name!r}", inodes=1)
             except BaseException:
                 os.close(fd)
                 raise
