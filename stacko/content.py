@@ -166,6 +166,50 @@ def show(rel: str) -> str:
     return "/" + rel
 
 
+LONG = 3072     # bytes of path beyond which a layer's paths are made short
+
+
+class ShortPaths:
+    """The paths of a layer, usable even where they are longer than PATH_MAX
+    (tar archives such trees, and import-image copies them): a long one is
+    given as /proc/self/fd/N/NAME, N a descriptor of its directory, opened one
+    name at a time and kept until close()."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.fds: dict[str, int] = {}
+
+    def get(self, rel: str) -> str:
+        path = os.path.join(self.root, rel) if rel else self.root
+        if len(path) < LONG:
+            return path
+        parent, _, name = rel.rpartition("/")
+        return f"/proc/self/fd/{self.dir_fd(parent)}/{name}"
+
+    def dir_fd(self, rel: str) -> int:
+        missing = []
+        while rel not in self.fds and len(os.path.join(self.root, rel)) >= LONG:
+            rel, _, name = rel.rpartition("/")
+            missing.append(name)
+        fd = self.fds.get(rel)
+        if fd is None:
+            fd = self.fds[rel] = os.open(os.path.join(self.root, rel), OPEN_DIR)
+        for name in reversed(missing):
+            rel = f"{rel}/{name}"
+            fd = self.fds[rel] = os.open(name, OPEN_DIR, dir_fd=fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    __del__ = close
+
+
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
           tolerant: bool = False) -> Manifest:
     """The manifest of the layer directory root.
@@ -181,14 +225,15 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
     first_path: dict[int, str] = {}
     sizes: dict[int, int] = {}
     todo = [""]
+    paths = ShortPaths(root)
     while todo:           # iterative: a layer may nest deeper than recursion allows
         rel = todo.pop()
-        path = os.path.join(root, rel) if rel else root
+        path = paths.get(rel)
         try:
             st = os.lstat(path)
             entry = entry_of(path, st)
         except OSError as e:
-            raise StackoError(f"cannot read {path}: {e.strerror}") from None
+            raise StackoError(f"cannot read {os.path.join(root, rel)}: {e.strerror}") from None
         entries[show(rel)] = entry
         if st.st_nlink > 1 and entry["type"] not in ("dir", "whiteout"):
             entry["links"] = st.st_nlink
@@ -197,7 +242,8 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
             try:
                 names = os.listdir(path)
             except OSError as e:
-                raise StackoError(f"cannot read {path}: {e.strerror}") from None
+                raise StackoError(f"cannot read {os.path.join(root, rel)}: "
+                                  f"{e.strerror}") from None
             todo.extend(f"{rel}/{n}" if rel else n for n in names)
         elif entry["type"] == "file":
             sizes[st.st_ino] = st.st_size
@@ -210,6 +256,7 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
         for ino, digest in _hash_all(first_path, sizes, workers, tolerant):
             for shown in to_hash[ino]:
                 entries[shown]["sha256"] = digest
+    paths.close()
     for shown in linked.values():
         if len(shown) > 1:
             first = min(shown)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import gzip
 import io
+import json
 import os
 import re
 import select
@@ -255,6 +256,16 @@ def test_a_tree_deeper_than_path_max_imports(stacko: Runner, root: Path, workdir
         assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o750
     finally:
         os.close(fd)
+    # Its content manifest was built (the layer is walked by short paths too),
+    # and verify-image reads it back, the deepest file included.
+    assert stacko("verify-image", "deep").out == ""
+    stacko("close-image", "deep")
+    layer = json.loads(stacko("list-images", "--json").out)[0]["layer"]
+    fd = open_deep(Path(layer), names + ["deep"], os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"changed\n")
+    os.close(fd)
+    shown = "/" + "/".join(names) + "/deep"
+    assert stacko("verify-image", "deep", rc=1).out.splitlines() == [f"M {shown}", "M /hard"]
 
 
 # --- item 10: a file that grows while it is copied ------------------------------------
