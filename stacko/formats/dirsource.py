@@ -114,7 +114,7 @@ def refuse_state_root(top_fd: int, source: str, state_root: str,
                 raise UsageError(f"cannot import {source!r}: it is {where}, and a copy of it "
                                  "would hold the copy being made",
                                  hint="import a directory outside the state root")
-            up = os.open("..", OPEN_DIR, dir_fd=fd)
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = up
             parent = os.fstat(fd)
