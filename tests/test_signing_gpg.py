@@ -189,6 +189,15 @@ def test_stacko_accepts_what_skopeo_signed_and_keeps_it(
     assert r.out == "S app no key matched"
     accept = policy(workdir, name="accept.json")
     assert stacko("verify-image", "app", "--policy", accept).out == ""
+    # What was kept is checked too: a manifest changed in images.json is caught.
+    state = json.loads((root / "images.json").read_text())
+    kept = state["images"]["app"]["signed"]
+    manifest = json.loads(base64.b64decode(kept["manifest"]))
+    manifest["annotations"] = {"changed": "after the pull"}
+    kept["manifest"] = base64.b64encode(json.dumps(manifest).encode()).decode()
+    (root / "images.json").write_text(json.dumps(state))
+    r = stacko("verify-image", "app", "--policy", p, rc=1)
+    assert r.out == "S app bad signature" and "does not match its digest" in r.stderr
 
 
 def test_key_rotation_with_key_paths(stacko: Runner, workdir: Path, registry: Registry,
