@@ -458,3 +458,33 @@ def test_sigstore_signing_on_push_and_checking_on_pull(
            "--sign-by-sigstore-private-key", str(workdir / "mine.private"),
            "--sign-passphrase-file", str(workdir / "wrong"), "--tls-verify=false", rc=1)
     assert registry.requests(mark) == []
+
+
+def test_signatures_read_from_an_http_lookaside(stacko: Runner, root: Path, workdir: Path,
+                                                registry: Registry, keys: Keys,
+                                                sigs: Dict[str, Path],
+                                                images: Dict[str, str]) -> None:
+    """Hosts read the lookaside the build machine published, over HTTP(S)."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(sigs["store"]))
+    handler.log_message = lambda *a: None       # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        regd = workdir / "http.d"
+        regd.mkdir()
+        (regd / "web.yaml").write_text(
+            f"docker:\n  {registry.host}:\n"
+            f"    lookaside: http://127.0.0.1:{httpd.server_address[1]}\n")
+        p = policy(workdir, signed_by(keys, "alice"))
+        stacko("pull-image", "app", f"{registry.host}/signed:v1", "--policy", p,
+               "--registries.d", str(regd), "--tls-verify=false")
+        err = refused(stacko, root, registry, "bob", f"{registry.host}/bob:v1", "--policy", p,
+                      "--registries.d", str(regd))
+        assert "no key matched" in err
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
