@@ -24,6 +24,7 @@ import tarfile
 from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import StackoError
+from stacko.formats.tarend import TarEnd
 from stacko.records import record
 
 WHITEOUT_PREFIX = ".wh."
@@ -173,8 +174,9 @@ class Unpacker:
         self._implicit: list[str] = []
 
     def unpack(self, stream: io.BufferedIOBase) -> None:
+        watched = TarEnd(stream)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+            with tarfile.open(fileobj=watched, mode="r|", errorlevel=2) as tar:
                 for member in tar:
                     try:
                         self._member(tar, member)
@@ -183,6 +185,10 @@ class Unpacker:
                         # beyond what the system can store.
                         raise BadLayer(f"archive member {member.name!r} has an impossible "
                                        f"value ({e}); refusing it") from None
+                end = tar.offset          # where tarfile found the end of the archive
+            problem = watched.problem(end)
+            if problem is not None:
+                raise BadLayer(f"{problem}; refusing it")
         except tarfile.TarError as e:
             raise BadLayer(f"the layer is not a valid tar archive: {e}") from None
         except EOFError:
