@@ -137,9 +137,10 @@ def cmd_verify_image(args: Args) -> int:
 
 
 def registry_options(args: Args) -> object:
-    from stacko.registry.client import Options
-    return Options(creds=args.creds, authfile=args.authfile, cert_dir=args.cert_dir,
-                   tls_verify=args.tls_verify)
+    from stacko.registry.auth import Options, with_password
+    return with_password(Options(creds=args.creds, authfile=args.authfile,
+                                 cert_dir=args.cert_dir, tls_verify=args.tls_verify),
+                         args.password_stdin, args.password_file)
 
 
 def cmd_pull_image(args: Args) -> int:
@@ -399,7 +400,12 @@ REF = arg("ref", metavar="REF", type=reference,
           help="[docker://]HOST[:PORT]/REPO[:TAG|@sha256:DIGEST] (TAG: latest)")
 REGISTRY_OPTIONS = (
     arg("--creds", metavar="USER[:PASS]",
-        help="credentials for the registry (default: from the auth file)"),
+        help="credentials for the registry (default: from the auth file); a PASS here is "
+             "visible to every local user in ps: prefer --password-stdin"),
+    arg("--password-stdin", action="store_true",
+        help="read the password of --creds USER from stdin (one line)"),
+    arg("--password-file", metavar="FILE",
+        help="read the password of --creds USER from FILE (one line)"),
     arg("--authfile", metavar="FILE",
         help="auth file (default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, "
              "~/.docker/config.json)"),

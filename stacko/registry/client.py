@@ -6,135 +6,40 @@ thread, answers the registry's 401 challenges (Basic, or Bearer with a token
 from the realm the registry names), follows redirects to blob storage without
 our credentials, and retries what fails for transient reasons (a refused or
 reset connection, a timeout, 429 and 5xx) a bounded number of times, so that an
-unreachable registry is given up on within a minute.  (http.client and ssl are
-imported at the top: only pull-image and push-image import this module.)
+unreachable registry is given up on within a minute.  Every read is bounded in
+bytes and time (``transport``).  Credentials go to the registry and to the
+token service it names, and to nothing else: never to a redirect target, never
+over plain HTTP once TLS is verified, and an https registry never leads to
+http.  (http.client and ssl are imported at the top: only pull-image and
+push-image import this module.)
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
 import ssl
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 
 from stacko.errors import NotFound, StackoError
-from stacko.records import record
+from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
+                                  basic, credentials, parse_challenge, token_from)
 from stacko.registry.ref import Reference
+from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Connection,
+                                       Expired, Meter, Response, TLSConnection, describe,
+                                       join_url, limits, origin, parse_url, shown, transient)
 
-TIMEOUT = 12.0          # seconds, for connecting and for each read
 ATTEMPTS = 4            # 4 × 12 s + the pauses stay under a minute
 PAUSES = (0.5, 1.0, 2.0)
 TRANSIENT = (429, 500, 502, 503, 504)
-MAX_DOCUMENT = 16 << 20
+REDIRECTS = (301, 302, 303, 307, 308)
 USER_AGENT = "stacko"
 
-
-class RegistryError(StackoError):
-    """The registry refused, or could not be reached."""
-
-
-class Unauthorized(RegistryError):
-    pass
-
-
-@record
-class Options:
-    """How to reach a registry: the command line's auth and TLS options."""
-    creds: str | None = None          # USER[:PASS]
-    authfile: str | None = None
-    cert_dir: str | None = None
-    tls_verify: bool = True
-
-
-# --- credentials -------------------------------------------------------------------
-def auth_files(explicit: str | None) -> list[str]:
-    """Where admins keep registry credentials, in the order podman reads them."""
-    if explicit:
-        return [explicit]
-    found = []
-    if os.environ.get("REGISTRY_AUTH_FILE"):
-        found.append(os.environ["REGISTRY_AUTH_FILE"])
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
-    found.append(os.path.join(runtime, "containers", "auth.json"))
-    home = os.path.expanduser("~")
-    found.append(os.path.join(home, ".config", "containers", "auth.json"))
-    found.append(os.path.join(home, ".docker", "config.json"))
-    return found
-
-
-def credentials(options: Options, host: str, repo: str) -> tuple[str, str] | None:
-    """USER and PASS for host/repo: --creds, else the first auth file with an entry."""
-    if options.creds is not None:
-        user, colon, password = options.creds.partition(":")
-        if not colon:
-            password = ask_password(user, host)
-        return user, password
-    for path in auth_files(options.authfile):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            if path == options.authfile:
-                raise RegistryError(f"the auth file {path} does not exist") from None
-            continue
-        except (OSError, ValueError) as e:
-            raise RegistryError(f"cannot read the auth file {path}: {e}") from None
-        entry = auth_entry(data.get("auths") if isinstance(data, dict) else None, host, repo)
-        if entry is not None:
-            return entry
-    return None
-
-
-def auth_entry(auths: object, host: str, repo: str) -> tuple[str, str] | None:
-    """The most specific entry of an "auths" object: host/repo/… before host."""
-    if not isinstance(auths, dict):
-        return None
-    best: tuple[int, tuple[str, str]] | None = None
-    for key, value in auths.items():
-        if not isinstance(key, str) or not isinstance(value, dict):
-            continue
-        plain = key.split("://", 1)[-1].rstrip("/")
-        if plain.endswith("/v1") or plain.endswith("/v2"):
-            plain = plain[:-3]
-        if plain != host and not f"{host}/{repo}/".startswith(plain + "/"):
-            continue
-        try:
-            user, _, password = base64.b64decode(value.get("auth", "")).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if user and (best is None or len(plain) > best[0]):
-            best = (len(plain), (user, password))
-    return best[1] if best else None
-
-
-def ask_password(user: str, host: str) -> str:
-    if not sys.stdin.isatty():
-        raise RegistryError(f"--creds {user} gives no password, and there is no terminal "
-                            "to ask for it", hint="write --creds USER:PASS")
-    import getpass
-    return getpass.getpass(f"password for {user} at {host}: ")
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """'Bearer realm="…",service="…",scope="…"' -> ("bearer", {…})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params: dict[str, str] = {}
-    while rest:
-        rest = rest.lstrip(" ,")
-        key, eq, rest = rest.partition("=")
-        if not eq:
-            break
-        if rest.startswith('"'):
-            value, _, rest = rest[1:].partition('"')
-        else:
-            value, _, rest = rest.partition(",")
-        params[key.strip().lower()] = value
-    return scheme.lower(), params
+__all__ = ["Client", "Options", "RegistryError", "Response", "Unauthorized", "auth_entry",
+           "parse_challenge", "MAX_DOCUMENT"]
 
 
 # --- TLS ---------------------------------------------------------------------------
@@ -168,42 +73,13 @@ def tls_context(options: Options, host: str) -> ssl.SSLContext:
     return context
 
 
-# --- the client --------------------------------------------------------------------
-class Response:
-    """A response whose body the caller reads (blobs) or has read (documents)."""
-
-    def __init__(self, raw: http.client.HTTPResponse, body: bytes | None = None,
-                 drop: Callable[[], None] | None = None) -> None:
-        self.raw = raw
-        self.status: int = raw.status
-        self.headers = raw.headers
-        self.body = body
-        self.drop = drop
-
-    def read(self, n: int = -1) -> bytes:
-        return self.raw.read(n)
-
-    def close(self) -> None:
-        if not self.raw.isclosed():
-            # Closed before its end: the rest would arrive as the connection's next
-            # response, so the connection goes too.
-            self.raw.close()
-            if self.drop is not None:
-                self.drop()
-
-    def __enter__(self) -> "Response":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Client:
     def __init__(self, ref: Reference, options: Options, push: bool = False) -> None:
         self.ref = ref
         self.options = options
         self.push = push
         self.host = ref.host
+        self.deadline, self.silence = limits()
         self._scheme: str | None = None if not options.tls_verify else "https"
         self._local = threading.local()
         self._auth_lock = threading.Lock()
@@ -225,10 +101,10 @@ class Client:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._tls(),
-                                                   blocksize=1 << 20)
+                conn = TLSConnection(netloc, timeout=self.silence, context=self._tls(),
+                                     blocksize=1 << 20)
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT, blocksize=1 << 20)
+                conn = Connection(netloc, timeout=self.silence, blocksize=1 << 20)
             pool[(scheme, netloc)] = conn
         return conn
 
@@ -241,7 +117,8 @@ class Client:
         """https; with --tls-verify=false, http when the registry speaks no TLS."""
         if self._scheme is None:
             try:
-                self._send("https", self.host, "GET", "/v2/", {}, None).read()
+                self._send("https", self.host, "GET", "/v2/", {}, None,
+                           f"the registry {self.host}").discard()
                 self._scheme = "https"
             except ssl.SSLError:
                 self._drop("https", self.host)
@@ -252,11 +129,15 @@ class Client:
                 self._scheme = "http"
         return self._scheme
 
+    def is_registry(self, scheme: str, netloc: str) -> bool:
+        """Whether (scheme, netloc) is the registry itself, where its credentials go."""
+        return origin(scheme, netloc) == origin(self.scheme(), self.host)
+
     def _send(self, scheme: str, netloc: str, method: str, path: str,
-              headers: dict[str, str], body: Callable[[], object] | None
-              ) -> http.client.HTTPResponse:
-        """One request, retried while the failure is transient; returns the raw
-        response with its body unread."""
+              headers: dict[str, str], body: Callable[[], object] | None, who: str
+              ) -> Response:
+        """One request, retried while the failure is transient; returns the
+        response with its body unread.  who names the server in messages."""
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -265,13 +146,16 @@ class Client:
             data = body() if body else None
             try:
                 self.requests += 1
+                if conn.sock is not None:
+                    conn.sock.settimeout(self.silence)     # a reader may have lowered it
                 conn.request(method, path, body=data,
                              headers={"User-Agent": USER_AGENT, **headers})
-                response = conn.getresponse()
+                meter = conn.meter = Meter(self.deadline, self.silence)  # type: ignore[attr-defined]
+                raw = conn.getresponse()
             except ssl.SSLCertVerificationError as e:
                 self._drop(scheme, netloc)
                 raise RegistryError(
-                    f"the TLS certificate of {netloc} does not verify: {e.verify_message}",
+                    f"the TLS certificate of {who} does not verify: {e.verify_message}",
                     hint="give the registry's CA certificate with --cert-dir DIR (DIR/ca.crt), "
                          "or skip verification with --tls-verify=false") from None
             except ssl.SSLError as e:
@@ -279,89 +163,111 @@ class Client:
                 if scheme == "https" and self._scheme is None:
                     raise                       # the probe of scheme(): plain HTTP
                 raise RegistryError(
-                    f"TLS with {netloc} failed: {e.reason or e}",
+                    f"TLS with {who} failed: {e.reason or e}",
                     hint="for a registry that speaks plain HTTP, pass --tls-verify=false"
                 ) from None
-            except (OSError, http.client.HTTPException) as e:
+            except Expired:
                 self._drop(scheme, netloc)
+                raise RegistryError(f"{who} did not answer {method} {shown(path)} within "
+                                    f"{self.deadline:g} s",
+                                    hint=f"on a slow link, give it longer with "
+                                         f"{TIMEOUT_VARIABLE}=SECONDS") from None
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                self._drop(scheme, netloc)
+                if not transient(e):
+                    raise RegistryError(f"{who} sent an answer to {method} {shown(path)} "
+                                        f"that is not valid HTTP: {describe(e)}") from None
                 last = e
                 continue
             finally:
                 if hasattr(data, "close"):
                     data.close()
+            response = Response(raw, meter, who, lambda: self._drop(scheme, netloc))
             if response.status in TRANSIENT and attempt + 1 < ATTEMPTS:
-                response.read()
+                response.discard()
                 last = RegistryError(f"HTTP {response.status} {response.reason}")
                 continue
             return response
-        reason = getattr(last, "strerror", None) or str(last) or type(last).__name__
-        raise RegistryError(f"cannot reach the registry {netloc}: {reason} "
-                            f"(gave up after {ATTEMPTS} attempts)",
+        reason = describe(last) if last is not None else "?"
+        raise RegistryError(f"cannot reach {who}: {reason} (gave up after {ATTEMPTS} attempts)",
                             hint="check the host name and port, and that the registry runs")
+
+    def target(self, url: str, what: str, scheme: str) -> tuple[str, str, str, str]:
+        """(scheme, netloc, path, who) of a URL the registry sent us to, from a
+        connection by scheme; https never leads to http while TLS is verified."""
+        to_scheme, netloc, path = parse_url(url, f"{what} named by {self.host}")
+        if scheme == "https" and to_scheme == "http" and self.options.tls_verify:
+            raise RegistryError(f"the registry {self.host} sent stacko from https to plain "
+                                f"HTTP ({shown(url)}); refused, since TLS is verified",
+                                hint="the registry is misconfigured, or someone is tampering "
+                                     "with the connection")
+        who = f"the registry {self.host}" if self.is_registry(to_scheme, netloc) \
+            else f"{what} {netloc}"
+        return to_scheme, netloc, path, who
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: Callable[[], object] | None = None, scope: str | None = None,
                 ok: tuple[int, ...] = (200,), stream: bool = False) -> Response:
         """A request to this registry (path: /v2/…, or a full URL it gave us)."""
-        scheme, netloc = self.scheme(), self.host
+        scheme, netloc, who = self.scheme(), self.host, f"the registry {self.host}"
         if "://" in path:
-            url = urllib.parse.urlsplit(path)
-            scheme, netloc = url.scheme, url.netloc
-            path = urllib.parse.urlunsplit(("", "", url.path, url.query, ""))
+            scheme, netloc, path, who = self.target(path, "the upload location", scheme)
         scope = scope or self.scope()
         headers = dict(headers or {})
         for hop in range(6):
-            ours = netloc == self.host
+            ours = self.is_registry(scheme, netloc)
             sent = dict(headers)
             if ours and scope in self._auth:
                 sent["Authorization"] = self._auth[scope]
-            raw = self._send(scheme, netloc, method, path, sent, body)
-            if raw.status == 401 and ours and "Authorization" not in sent:
-                challenge = raw.headers.get("WWW-Authenticate", "")
-                raw.read()
+            r = self._send(scheme, netloc, method, path, sent, body, who)
+            if r.status == 401 and ours and "Authorization" not in sent:
+                challenge = r.headers.get("WWW-Authenticate", "")
+                r.discard()
                 self.authenticate(challenge, scope)
                 continue
-            if raw.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
-                raw.read()
-                target = urllib.parse.urljoin(f"{scheme}://{netloc}{path}",
-                                              raw.headers.get("Location", ""))
-                url = urllib.parse.urlsplit(target)
-                scheme, netloc = url.scheme, url.netloc
-                path = urllib.parse.urlunsplit(("", "", url.path, url.query, ""))
+            if r.status in REDIRECTS and method in ("GET", "HEAD"):
+                location = r.headers.get("Location", "")
+                r.discard()
+                url = join_url(f"{scheme}://{netloc}{path}", location,
+                               f"the redirect target named by {netloc}")
+                scheme, netloc, path, who = self.target(url, "the redirect target", scheme)
                 continue
-            if raw.status not in ok:
-                error = self.failure(raw, method, path)
-                if not raw.isclosed():
-                    self._drop(scheme, netloc)
+            if r.status not in ok:
+                error = self.failure(r, method, path)
+                r.close()
                 raise error
             if stream:
-                return Response(raw, drop=lambda s=scheme, n=netloc: self._drop(s, n))
-            return Response(raw, read_limited(raw))
-        raise RegistryError(f"{self.host} redirected {path} too many times")
+                r.meter.stream()
+                return r
+            r.body = r.read_all(MAX_DOCUMENT, f"the answer to {method} {shown(path)}")
+            return r
+        raise RegistryError(f"{self.host} redirected {shown(path)} too many times")
 
-    def failure(self, raw: http.client.HTTPResponse, method: str, path: str) -> RegistryError:
-        text = raw.read(1 << 16)
+    def failure(self, r: Response, method: str, path: str) -> StackoError:
+        text = r.read_some(ERROR_BODY)
         detail = ""
         codes: list[str] = []
         try:
-            errors = json.loads(text).get("errors") or []
+            errors = json.loads(text.decode("utf-8")).get("errors") or []
             codes = [str(e.get("code")) for e in errors]
             detail = "; ".join(str(e.get("message") or e.get("code")) for e in errors)
         except (ValueError, AttributeError, TypeError, RecursionError):   # not what the API says
             detail = text[:200].decode("utf-8", "replace").strip()
-        where = f"{self.host}/{self.ref.repo}"
-        if raw.status == 401:
-            return Unauthorized(f"{self.host} refused the credentials ({detail or 'unauthorized'})",
-                                hint="give them with --creds USER:PASS or --authfile FILE "
-                                     "(podman login writes one)")
-        if raw.status == 403:
-            return Unauthorized(f"{self.host} denies {method} {path}: {detail or 'forbidden'}",
+        detail = shown(detail)[1:-1] if detail else ""
+        who, where = r.who, f"{self.host}/{self.ref.repo}"
+        if r.status == 401:
+            return Unauthorized(f"{who} refused the credentials ({detail or 'unauthorized'})",
+                                hint="give them with --creds USER --password-stdin, or "
+                                     "--authfile FILE (podman login writes one)")
+        if r.status == 403:
+            return Unauthorized(f"{who} denies {method} {shown(path)}: {detail or 'forbidden'}",
                                 hint="the credentials lack the right to do that")
-        if raw.status == 404 or {"NAME_UNKNOWN", "MANIFEST_UNKNOWN"} & set(codes):
-            return NotFound(f"{where} has no {path.rpartition('/')[2]!r} ({detail or 'not found'})",
-                            hint="check the repository and the tag")
-        return RegistryError(f"{self.host} answered {method} {path} with HTTP {raw.status} "
-                             f"{raw.reason}" + (f": {detail}" if detail else ""))
+        if r.who.startswith("the registry ") and \
+                (r.status == 404 or {"NAME_UNKNOWN", "MANIFEST_UNKNOWN"} & set(codes)):
+            return NotFound(f"{where} has no {shown(path.rpartition('/')[2])} "
+                            f"({detail or 'not found'})", hint="check the repository and the tag")
+        return RegistryError(f"{who} answered {method} {shown(path)} with HTTP {r.status} "
+                             f"{shown(r.reason)[1:-1]}" + (f": {detail}" if detail else ""))
 
     def scope(self, *more: str) -> str:
         actions = "pull,push" if self.push else "pull"
@@ -377,43 +283,40 @@ class Client:
             if kind == "basic":
                 if creds is None:
                     raise Unauthorized(f"{self.host} needs credentials",
-                                       hint="give them with --creds USER:PASS or --authfile FILE")
-                user, password = creds  # type: ignore[misc]
-                self._auth[scope] = "Basic " + base64.b64encode(
-                    f"{user}:{password}".encode()).decode()
+                                       hint="give them with --creds USER --password-stdin, "
+                                            "or --authfile FILE")
+                self._auth[scope] = basic(creds)  # type: ignore[arg-type]
             elif kind == "bearer" and params.get("realm"):
                 self._auth[scope] = "Bearer " + self.token(params, scope, creds)  # type: ignore[arg-type]
             else:
                 raise RegistryError(f"{self.host} asks for an authentication stacko does not "
-                                    f"speak: {challenge or '(no WWW-Authenticate header)'}")
+                                    f"speak: {shown(challenge or '(no WWW-Authenticate header)')}")
 
     def token(self, params: dict[str, str], scope: str,
               creds: tuple[str, str] | None) -> str:
         """Ask the token service the registry named for a token for scope."""
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in scope.split(" ")]
-        url = urllib.parse.urlsplit(params["realm"])
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise RegistryError(f"{self.host} names a token service stacko cannot use: "
-                                f"{params['realm']!r}")
-        path = (url.path or "/") + "?" + "&".join(
-            ([url.query] if url.query else []) + [urllib.parse.urlencode(query)])
-        headers = {}
-        if creds is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(
-                f"{creds[0]}:{creds[1]}".encode()).decode()
-        raw = self._send(url.scheme, url.netloc, "GET", path, headers, None)
-        body = read_limited(raw)
-        if raw.status in (401, 403):
-            raise Unauthorized(f"the token service of {self.host} refused the credentials",
-                               hint="give them with --creds USER:PASS or --authfile FILE")
-        if raw.status != 200:
-            raise RegistryError(f"the token service of {self.host} answered HTTP {raw.status}")
-        try:
-            data = json.loads(body)
-            return str(data.get("token") or data["access_token"])
-        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
-            raise RegistryError(f"the token service of {self.host} sent no token") from None
+        scheme, netloc, path = parse_url(params["realm"],
+                                         f"the token service named by {self.host}")
+        if scheme == "http" and self.scheme() == "https":
+            raise RegistryError(f"{self.host} names a token service on plain HTTP "
+                                f"({shown(params['realm'])}); refused, since the credentials "
+                                "would cross the network in clear",
+                                hint="the registry's token realm must be an https URL")
+        path += ("&" if "?" in path else "?") + urllib.parse.urlencode(query)
+        headers = {"Authorization": basic(creds)} if creds is not None else {}
+        who = f"the token service {netloc}"
+        r = self._send(scheme, netloc, "GET", path, headers, None, who)
+        if r.status in (401, 403):
+            r.discard()
+            raise Unauthorized(f"{who} (of {self.host}) refused the credentials",
+                               hint="give them with --creds USER --password-stdin, "
+                                    "or --authfile FILE")
+        if r.status != 200:
+            r.discard()
+            raise RegistryError(f"{who} (of {self.host}) answered HTTP {r.status}")
+        return token_from(r.read_all(MAX_TOKEN, "its token"), who)
 
     # --- the distribution API ---------------------------------------------------------
     def manifest(self, reference: str, accept: tuple[str, ...]) -> tuple[bytes, str]:
@@ -466,12 +369,5 @@ class Client:
         return r.headers.get("Docker-Content-Digest") or ""
 
     def absolute(self, location: str) -> str:
-        return urllib.parse.urljoin(f"{self.scheme()}://{self.host}/", location)
+        return join_url(f"{self.scheme()}://{self.host}/", location, "the upload location")
 
-
-def read_limited(raw: http.client.HTTPResponse) -> bytes:
-    data = raw.read(MAX_DOCUMENT + 1)
-    if len(data) > MAX_DOCUMENT:
-        raise RegistryError(f"a document from the registry is larger than "
-                            f"{MAX_DOCUMENT >> 20} MiB")
-    return data

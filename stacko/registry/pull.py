@@ -21,6 +21,7 @@ from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATI
                               string_field, with_settings)
 from stacko.records import Image, check_name
 from stacko.registry.client import Client, Options, RegistryError, Response
+from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
 
@@ -74,7 +75,11 @@ def document(body: bytes, what: str, digest: str | None) -> dict:
             raise DigestMismatch(f"the {what} does not match its digest: expected {digest}, "
                                  f"found {found}", hint="the registry sent corrupt data")
     try:
-        data = json.loads(body)
+        # JSON travels as UTF-8 (RFC 8259); json.loads would guess UTF-16 or -32
+        # from NULs and complain in those terms instead.
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadArchive(f"the {what} is not JSON: byte {e.start} is not UTF-8 text") from None
     except ValueError as e:
         raise BadArchive(f"the {what} is not valid JSON: {e}") from None
     except RecursionError:
@@ -120,13 +125,17 @@ def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None
         if "tar" not in media or media.endswith("+encrypted"):
             raise BadArchive(f"{ref}: unsupported layer media type {media!r}")
         digest = check_digest(layer.get("digest"), "a layer descriptor")
-        size = layer.get("size")
         where = f"{ref}: the manifest: the descriptor of layer {digest}"
+        size = layer.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            # The download is read to this size and no further (OCI requires it).
+            raise BadArchive(f"{where} has no valid size ({size!r})",
+                             hint="every OCI descriptor states its blob's size")
         stacko_name = string_field(object_field(layer, "annotations", where), NAME_ANNOTATION,
                                    f"{where}: annotations")
         specs.append(LayerSpec(
             open_blob=lambda d=digest, s=size: BlobReader(client, d, s),
-            what=digest, digest=digest, size=size if isinstance(size, int) else None,
+            what=digest, digest=digest, size=size,
             diff_id=diff_id, name=stacko_name, created=created))
     specs = with_settings(specs, run_settings(config, object_field(manifest, "annotations",
                                                                    f"{ref}: the manifest")))
@@ -158,18 +167,22 @@ def pick_platform(index: dict, platform: tuple[str, str, str | None],
 
 
 class BlobReader:
-    """A blob's bytes, read straight from the registry.  When the connection
-    breaks, the rest is asked for again with a Range request, a bounded number
-    of times; whatever arrives is still checked against the digest by the caller."""
+    """A blob's bytes, read straight from the registry, never more than its
+    declared size (one byte more is read, to tell a registry that sends more).
+    When the connection breaks, the rest is asked for again with a Range
+    request, a bounded number of times; whatever arrives is still checked
+    against the digest by the caller.  A download that stalls is given up."""
 
-    def __init__(self, client: Client, digest: str, size: object) -> None:
-        self.client, self.digest = client, digest
+    def __init__(self, client: Client, digest: str, size: int) -> None:
+        self.client, self.digest, self.size = client, digest, size
         self.offset = 0
         self.resumes = 0
         self.response: Response | None = client.blob(digest)
 
     def read(self, n: int = -1) -> bytes:
         import http.client
+        left = self.size + 1 - self.offset
+        n = left if n is None or n < 0 else min(n, left)
         while True:
             if self.response is None:
                 self.response = self.client.request(
@@ -177,11 +190,20 @@ class BlobReader:
                     {"Range": f"bytes={self.offset}-"}, ok=(206,), stream=True)
             try:
                 data = self.response.read(n)
-                left = getattr(self.response.raw, "length", None)
-                if not data and n != 0 and left:
+                missing = getattr(self.response.raw, "length", None)
+                if not data and n != 0 and missing:
                     # http.client answers a connection that ended before its
                     # Content-Length with b"", not an error.
-                    raise http.client.IncompleteRead(b"", left)
+                    raise http.client.IncompleteRead(b"", missing)
+            except Expired:
+                who = self.response.who
+                self.response.close()
+                self.response = None
+                raise RegistryError(f"the download of {self.digest} from {who} stalled: "
+                                    f"less than {STALL_BYTES >> 10} KiB arrived in "
+                                    f"{self.client.deadline:g} s",
+                                    hint=f"on a slow link, give it longer with "
+                                         f"{TIMEOUT_VARIABLE}=SECONDS") from None
             except (OSError, http.client.HTTPException) as e:
                 self.response.close()
                 self.response = None
@@ -191,11 +213,17 @@ class BlobReader:
                                         f"{self.resumes} times: {e}") from None
                 continue
             self.offset += len(data)
+            if self.offset > self.size:
+                self.close()
+                raise DigestMismatch(f"the registry sends more of {self.digest} than the "
+                                     f"{self.size} bytes its descriptor declares; refusing it",
+                                     hint="the registry sent corrupt data")
             return data
 
     def close(self) -> None:
         if self.response is not None:
             self.response.close()
+            self.response = None
 
     def __enter__(self) -> "BlobReader":
         return self
