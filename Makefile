@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PRIVATE := $(if $(filter 0,$(shell id -u)),unshare -m --propagation private,)
 PREFIX ?= /usr/local
 
-.PHONY: all venv test test-deps unit demo bench install clean
+.PHONY: all venv test test-deps unit pythons demo bench install clean
 
 all: venv
 
@@ -33,6 +33,13 @@ TESTTMP := /tmp/stacko-tests.$(shell echo $$PPID)
 test: venv test-deps
 	rm -rf $(TESTTMP)
 	$(PRIVATE) $(PY) -m pytest -q -p no:cacheprovider --basetemp=$(TESTTMP) tests; \
+	    status=$$?; rm -rf $(TESTTMP); \
+	    TMPDIR_BASE=$(TESTTMP) $(PRIVATE) ./tools/test-pythons.sh $(PY) || status=1; \
+	    rm -rf $(TESTTMP); exit $$status
+
+# Only the run under the other Pythons (3.9 to 3.13, as found): see tools/test-pythons.sh.
+pythons: venv
+	TMPDIR_BASE=$(TESTTMP) $(PRIVATE) ./tools/test-pythons.sh $(PY); \
 	    status=$$?; rm -rf $(TESTTMP); exit $$status
 
 unit: venv
@@ -81,4 +88,4 @@ install: man completion
 	install -D -m 644 build/stacko.8 "$(DESTDIR)$(MANDIR)/man8/stacko.8"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-py* build *.egg-info .pytest_cache
