@@ -63,10 +63,14 @@ build/stacko.bash: stacko/cli.py tools/gen_completion.py tools/cliref.py
 	$(PYTHON) tools/gen_completion.py $@
 
 # `make install [DESTDIR=/tmp/pkg] [PREFIX=/usr]`: the package (pip, into the
-# default scheme of $(PYTHON), under DESTDIR; PIP_INSTALL_FLAGS adds options such
-# as --prefix or --no-deps), the systemd unit, the bash completion and the man
-# page under PREFIX.  The unit runs the console script where pip put it.  A staged
-# install (DESTDIR) ignores what is installed already: pip would uninstall it.
+# default scheme of $(INSTALL_PYTHON), under DESTDIR; PIP_INSTALL_FLAGS adds
+# options such as --prefix or --no-deps), the systemd units, the bash completion
+# and the man page under PREFIX.  The system's interpreter by default, not the
+# first python3 on PATH (a pyenv shim or a venv would put the script in root's
+# home).  The units run the console script where pip put it, as its RECORD says.
+# A staged install (DESTDIR) ignores what is installed already: pip would
+# uninstall it.
+INSTALL_PYTHON ?= /usr/bin/python3
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 MANDIR ?= $(PREFIX)/share/man
@@ -75,12 +79,12 @@ PIP_INSTALL_FLAGS ?=
 UNITS := stacko-stackpoint@.service stacko-confirm@.service
 
 install: man completion
-	$(PYTHON) -m pip install --root "$(or $(DESTDIR),/)" $(if $(DESTDIR),--ignore-installed) \
+	$(INSTALL_PYTHON) -m pip install --root "$(or $(DESTDIR),/)" $(if $(DESTDIR),--ignore-installed) \
 	  $(PIP_INSTALL_FLAGS) .
-	bindir=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))') && \
+	script=$$($(INSTALL_PYTHON) tools/installed_script.py "$(DESTDIR)") && \
 	  mkdir -p "$(DESTDIR)$(UNITDIR)" && \
 	  for unit in $(UNITS); do \
-	    sed "s|/usr/local/bin/stacko|$$bindir/stacko|g" contrib/$$unit \
+	    sed "s|/usr/local/bin/stacko|$$script|g" contrib/$$unit \
 	      > "$(DESTDIR)$(UNITDIR)/$$unit" && \
 	    chmod 644 "$(DESTDIR)$(UNITDIR)/$$unit" || exit 1; \
 	  done

@@ -52,6 +52,10 @@ class Report(list):
     remaining: int = 0
     repairable: int = 0     # of those, how many --repair has a repair for
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.todo: list[str] = []   # what to do by hand, for the problems without a repair
+
 
 def check(store: Store, repair: bool = False, content: bool = False) -> Report:
     report = Report()
@@ -73,6 +77,8 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
                 report.append(line)
                 report.remaining += left
                 report.repairable += left and problem.repair is not None
+                if left and problem.repair is None and problem.cannot not in report.todo:
+                    report.todo.append(problem.cannot)
                 repaired += repair and not left
         if repaired:
             sync_repairs(store)
@@ -87,7 +93,8 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
                 "from a backup); the other checks run once they are valid" if bad else
                 "stacko: hint: `stacko check --repair` fixes what it can without losing data"
                 if report.repairable else
-                "stacko: hint: --repair has no repair for these; each line says what to do")
+                "stacko: hint: --repair has no repair for these: "
+                + "; ".join(report.todo[:3]) + ("; …" if len(report.todo) > 3 else ""))
     elif repair and report:
         run.log("stacko: check: every problem was repaired")
     return report
@@ -558,6 +565,8 @@ def content_problems(store: Store) -> list[Problem]:
             what = {"M": "changed", "-": "missing", "+": "extra"}[kind]
             problems.append(Problem(
                 f"image {name!r}: {kind} {show_path(path)} ({what} since it was sealed)",
-                cannot="the layer was changed or damaged outside stacko; restore the "
-                       "image from its source (import or pull it again)"))
+                cannot=f"image {name!r} was changed or damaged outside stacko: "
+                       f"`stacko verify-image {name}` lists the differences; import or pull "
+                       f"it again under a new name, cut over to that, then `stacko "
+                       f"delete-image {name}`"))
     return problems

@@ -26,7 +26,7 @@ IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images imp
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
-                  "delete-stackpoint-instance list-stackpoints confirm-stackpoint")
+                  "delete-stackpoint-instance list-stackpoints list-events confirm-stackpoint")
 UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint df check"
 
 
@@ -257,24 +257,42 @@ def cmd_list_stackpoints(args: Args) -> int:
     if args.json:
         print_json([i.to_dict() for i in infos])
         return 0
-    from stacko import events
+    from stacko import events, table
+    # On a terminal the table fits its width, as ps and systemctl fit theirs
+    # (table.fit); piped, nothing is cut, for the scripts that read it.
+    width = terminal_columns() if sys.stdout.isatty() else None
     rows = [("NAME", "CURRENT", "MOUNTED", "DIR", "INSTANCES", "HISTORY", "LAST EVENT")]
+    shorts = []
     for i in infos:
         mounted = "no" if i.mounted is None else ("yes" if i.mounted == i.point.current
                                                    else f"yes ({i.mounted})")
         # The columns before LAST EVENT stay one word each, for scripts that split them.
-        last = events.describe(i.point.events[-1]) if i.point.events else "-"
+        event = i.point.events[-1] if i.point.events else None
+        last = events.describe(event) if event else "-"
+        short = f"{event.time} {event.action}" if event else "-"   # list-events has the rest
         tentative = i.point.tentative
         if tentative is not None and tentative.image == i.point.current:
             s = "y" if tentative.tries_left == 1 else "ies"
             last += f" [tentative: {tentative.tries_left} tr{s} left, confirm-stackpoint]"
+            short = f"[tentative: {tentative.tries_left} tr{s} left] {short}"
         rows.append((i.point.name, i.point.current, mounted, i.directory,
                      ",".join(x.image for x in i.point.instances),
                      ",".join(reversed(i.point.history)) or "-", last))
+        shorts.append(short)
     if infos:
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
-        for r in rows:
-            out("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+        for line in table.fit(rows, ["LAST EVENT"] + shorts, width):
+            out(line)
+    return 0
+
+
+def cmd_list_events(args: Args) -> int:
+    from stacko import eventsview
+    since = None if args.since is None else eventsview.parse_since(args.since)
+    found = eventsview.list_events(store(args), args.point, since)
+    if args.json:
+        print_json([eventsview.to_dict(point, event) for point, event in found])
+    elif found:
+        out("\n".join(eventsview.line(point, event) for point, event in found))
     return 0
 
 
@@ -407,8 +425,10 @@ REGISTRY_OPTIONS = (
     arg("--password-file", metavar="FILE",
         help="read the password of --creds USER from FILE (one line)"),
     arg("--authfile", metavar="FILE",
-        help="auth file (default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, "
-             "~/.docker/config.json)"),
+        help="auth file, as `podman login --authfile FILE` writes it (default: the first "
+             "with an entry for the registry of $REGISTRY_AUTH_FILE, "
+             "$XDG_RUNTIME_DIR/containers/auth.json (unset: /run/containers/UID/auth.json), "
+             "~/.config/containers/auth.json, ~/.docker/config.json)"),
     arg("--cert-dir", metavar="DIR",
         help="CA certificates (*.crt) and client certificates (*.cert, *.key) for TLS"),
     arg("--tls-verify", metavar="BOOL", type=boolean, nargs="?", const=True, default=True,
@@ -481,9 +501,11 @@ COMMANDS = [
             arg("--tree", action="store_true", help="draw parents above their children"), JSON),
     Command("import-image", cmd_import_image,
             "import an OCI layout, OCI or docker archive, rootfs tarball or directory",
-            described(NAME, "the name of the new (top) image"),
+            # No type=name: import_image checks it, and can tell a swapped PATH NAME.
+            arg("name", metavar="NAME", help="the name of the new (top) image"),
             arg("path", metavar="PATH", help="what to import ('-': stdin); see below"),
-            described(PARENT, "an existing image to stack a rootfs tarball on"),
+            described(PARENT, "an existing image to stack what is imported on (its bottom "
+                              "layer, whatever the format; default: none)"),
             arg("--ref", help="which image of a layout or archive that holds several "
                               "(its ref name or repository tag)"),
             epilog=IMPORT_FORMATS),
@@ -548,8 +570,11 @@ COMMANDS = [
             described(POINT, "the stackpoint to switch"),
             described(IMAGE, "the image to switch it to"),
             arg("--check", metavar="CMD",
-                help="then run CMD with sh -c in the stackpoint's directory; if it fails or "
-                     "times out, fall back to the instance that was current before, exit 1"),
+                help="then run CMD with sh -c on the host, in the stackpoint's directory "
+                     "($STACKO_DIR); if it fails or times out, fall back to the instance that "
+                     "was current before, exit 1. Inside the new root: 'chroot \"$STACKO_DIR\" "
+                     "CMD', which sees the new root's own /proc, /dev and /sys: stacko mounts "
+                     "nothing there"),
             arg("--check-timeout", metavar="S", type=seconds,
                 help=f"seconds CMD may run (default: {CHECK_TIMEOUT:g})"),
             arg("--tries", metavar="N", type=non_negative,
@@ -572,6 +597,17 @@ COMMANDS = [
     Command("list-stackpoints", cmd_list_stackpoints,
             "show each stackpoint: directory, current image, mounted, instances, history, "
             "last event", JSON),
+    Command("list-events", cmd_list_events,
+            "show the stackpoints' events (cutovers, fallbacks, checks), one line "
+            "each, oldest first",
+            arg("point", metavar="POINT", type=name, nargs="?",
+                help="only this stackpoint's events (default: every stackpoint's)"),
+            arg("--since", metavar="TIME",
+                help="only events at or after TIME: a time in UTC (2026-11-25T21:00:00Z, "
+                     "2026-11-25 21:00, 2026-11-25) or with its offset, or how long ago "
+                     "(30m, 2h, 1d)"),
+            arg("--json", action="store_true",
+                help="one JSON array of objects: stackpoint, time, action, from, to, reason")),
     Command("confirm-stackpoint", cmd_confirm_stackpoint,
             "make a tentative cutover (--tries N) permanent; nothing tentative: do nothing",
             described(POINT, "the stackpoint whose tentative cutover to confirm")),
@@ -715,10 +751,12 @@ def build_parser(only: Command | None = None) -> argparse.ArgumentParser:
         epilog=command_groups() if only is None else None)
     parser.add_argument("--version", action="version", version=f"stacko {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    from stacko.examples import epilog as examples
     for command in COMMANDS if only is None else [only]:
+        epilog = "\n\n".join(t for t in (command.epilog, examples(command.name)) if t)
         p = sub.add_parser(command.name, parents=[common], help=command.help,
                            description=command.help, aliases=list(command.aliases),
-                           epilog=command.epilog,
+                           epilog=epilog or None,
                            formatter_class=formatter())
         for flags, kwargs in command.args:
             p.add_argument(*flags, **kwargs)
@@ -839,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("stacko: interrupted", file=sys.stderr)
-        return 130
+        return 130           # exitstatus.INTERRUPTED; errors.Interrupted: 143 (SIGTERM)
     except BrokenPipeError:
         # The reader went away (`stacko list-images | head`): nothing more to say.
         devnull = os.open(os.devnull, os.O_WRONLY)

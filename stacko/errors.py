@@ -96,3 +96,5 @@ class LockTimeout(StackoError):
 
 class Interrupted(StackoError):
     """SIGTERM arrived: raised so that ExitStack cleanups run."""
+
+    exit_code = 143       # 128 + SIGTERM, as shells report it: exitstatus.TERMINATED

@@ -24,8 +24,9 @@ def get(images: dict[str, Image], name: str) -> Image:
     try:
         return images[name]
     except KeyError:
-        raise ImageNotFound(f"no image named {name!r}",
-                            hint="`stacko list-images` shows the images") from None
+        from stacko.suggest import did_you_mean
+        raise ImageNotFound(f"no image named {name!r}", hint=did_you_mean(
+            name, images, "`stacko list-images` shows the images")) from None
 
 
 def stack_of(images: dict[str, Image], name: str) -> list[Image]:

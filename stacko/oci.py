@@ -17,6 +17,7 @@ becomes a new image named after the stacko name kept in the layer's
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import sys
@@ -32,6 +33,7 @@ from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudg
 from stacko.formats.ociexport import Packed, pack_chain, write_archive
 from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
+from stacko.quoting import quote, quoted
 from stacko.records import Image, check_name, is_name, replace, utc_time
 from stacko.state import Store
 
@@ -41,12 +43,22 @@ __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
 # --- import ----------------------------------------------------------------------
 def import_image(store: Store, name: str, path: str, parent: str | None = None,
                  ref: str | None = None) -> Image:
+    if is_name(path) and (name == "-" or os.path.lexists(name)) \
+            and (not is_name(name) or not os.path.lexists(path)):
+        # PATH NAME, the other way round: an invalid name (exit 2), or a name
+        # that is a file here while PATH is none.
+        hint = (f"{quote(name)} is what to import: the order is NAME PATH, "
+                f"`stacko import-image {path} {quote(name)}`")
+        if not is_name(name):
+            raise InvalidName(f"invalid image name {quoted(name)}", hint=hint)
+        raise BadArchive(f"cannot read {quote(path)}: there is no such file or directory",
+                         hint=hint)
     @contextlib.contextmanager
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
         with open_source(path, staging, store.root) as source:
             specs = source.layers(ref)
             if not specs:
-                raise BadArchive(f"{path} holds an image without layers")
+                raise BadArchive(f"{quote(path)} holds an image without layers")
             yield specs
     return import_layers(store, name, parent, layers)
 
@@ -75,13 +87,24 @@ def import_layers(store: Store, name: str, parent: str | None,
                                        f"layers, and overlayfs mounts at most "
                                        f"{overlay.MAX_LAYERS}")
                 planned = plan_images(store, images, name, parent, below, specs, repo)
-            new = unpack_all(store, staging, below, specs, planned, workers)
+            try:
+                new = unpack_all(store, staging, below, specs, planned, workers)
+            except StackoError as e:
+                hint_root(e)
+                raise
         with store.locked(exclusive=True):
             current = store.load_images()
             check_target(store, current, name, parent)
             check_unchanged(store, images, current, below, planned)
             top = record(store, current, new, planned)[-1]
     return top
+
+
+def hint_root(e: StackoError) -> None:
+    """A layer that the kernel refused to unpack for a user other than root."""
+    if os.geteuid() != 0 and e.hint is None and os.strerror(errno.EPERM) in e.message:
+        e.hint = ("an image keeps its files' owners, devices and setuid bits, which only "
+                  "root may set: run the command as root")
 
 
 def check_target(store: Store, images: dict[str, Image], name: str,
@@ -293,19 +316,19 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
             raw.drain()
         except (OSError, EOFError) as e:
             blame_the_blob(spec, raw)
-            raise BadLayer(f"layer {spec.what} is corrupt: {e}") from None
+            raise BadLayer(f"layer {quote(spec.what)} is corrupt: {e}") from None
         except (BadLayer, HostileArchive, NoSpace) as e:
             if isinstance(e, BadLayer):
                 blame_the_blob(spec, raw)
-            raise type(e)(f"layer {spec.what}: {e.message}", hint=e.hint) from None
+            raise type(e)(f"layer {quote(spec.what)}: {e.message}", hint=e.hint) from None
     if spec.digest is not None and raw.digest != spec.digest:
-        raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "
+        raise DigestMismatch(f"layer {quote(spec.what)} does not match its digest: expected "
                              f"{spec.digest}, found {raw.digest}", hint="the archive is corrupt")
     if spec.size is not None and raw.size != spec.size:
-        raise DigestMismatch(f"layer {spec.what} has {raw.size} bytes, its descriptor says "
+        raise DigestMismatch(f"layer {quote(spec.what)} has {raw.size} bytes, its descriptor says "
                              f"{spec.size}", hint="the archive is corrupt")
     if spec.diff_id is not None and diff.digest != spec.diff_id:
-        raise DigestMismatch(f"layer {spec.what} does not match its diff_id: expected "
+        raise DigestMismatch(f"layer {quote(spec.what)} does not match its diff_id: expected "
                              f"{spec.diff_id}, found {diff.digest}", hint="the archive is corrupt")
     return diff.digest, hashes
 
@@ -320,7 +343,7 @@ def blame_the_blob(spec: LayerSpec, raw: HashingReader) -> None:
     except (OSError, EOFError, StackoError):
         return
     if raw.digest != spec.digest:
-        raise DigestMismatch(f"layer {spec.what} does not match its digest: expected "
+        raise DigestMismatch(f"layer {quote(spec.what)} does not match its digest: expected "
                              f"{spec.digest}, found {raw.digest}",
                              hint="the archive or the download is corrupt") from None
 
@@ -405,7 +428,7 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
             chain = list(reversed(images_mod.stack_of(images, name)))   # bottom first
         except (ImageNotFound, InvalidName) as e:
             if path in images and name not in images:
-                raise type(e)(e.message, hint=f"{path!r} is an image: the order is NAME PATH, "
+                raise type(e)(e.message, hint=f"{quote(path)} is an image: the order is NAME PATH, "
                                               f"`stacko export-image {path} {name}`") from None
             raise
         images_mod.refuse_if_editing(store, images, name, f"export {name!r}")

@@ -88,8 +88,9 @@ def is_name(text: object) -> bool:
 def check_name(name: str, what: str = "name") -> str:
     if not is_name(name):
         shown = name if len(name) <= 40 else name[:40] + "…"
+        from stacko.quoting import quoted
         raise InvalidName(
-            f"invalid {what} {shown!r}",
+            f"invalid {what} {quoted(shown)}",
             hint="names are 1-128 characters of A-Z a-z 0-9 . _ + -, "
                  "starting with a letter or digit")
     return name

@@ -25,8 +25,9 @@ def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
     try:
         return points[name]
     except KeyError:
-        raise StackpointNotFound(f"no stackpoint named {name!r}",
-                                 hint="`stacko list-stackpoints` shows the stackpoints") from None
+        from stacko.suggest import did_you_mean
+        raise StackpointNotFound(f"no stackpoint named {name!r}", hint=did_you_mean(
+            name, points, "`stacko list-stackpoints` shows the stackpoints")) from None
 
 
 class OrderHint:

@@ -64,7 +64,7 @@ def test_no_command_prints_the_command_groups(tmp_path) -> None:
 
 @pytest.mark.parametrize("word, meant", [
     ("mount", "did you mean mount-stackpoint?"),
-    ("list", "did you mean list-images or list-stackpoints?"),
+    ("list", "did you mean list-images, list-stackpoints or list-events?"),
     ("inport-image", "did you mean import-image?"),
     ("cutover-stackpoint-instanc", "did you mean cutover-stackpoint?"),
     ("images", "did you mean list-images?"),
@@ -92,3 +92,45 @@ def test_help_and_version_still_win_over_a_missing_command(capsys) -> None:
     assert cli.main(["-h"]) == 0
     assert "image commands:" in capsys.readouterr().out
     assert cli.main(["--version"]) == 0
+
+
+def test_import_image_parent_is_for_every_format(capsys) -> None:
+    assert cli.main(["import-image", "-h"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "PARENT an existing image to stack what is imported on" in text
+    assert "a rootfs tarball on" not in text
+
+
+def test_authfile_help_names_where_podman_keeps_credentials(capsys) -> None:
+    assert cli.main(["pull-image", "-h"]) == 0
+    text = "".join(capsys.readouterr().out.split())      # argparse wraps anywhere
+    for path in ("$REGISTRY_AUTH_FILE", "$XDG_RUNTIME_DIR/containers/auth.json",
+                 "/run/containers/UID/auth.json", "~/.config/containers/auth.json",
+                 "~/.docker/config.json"):
+        assert path in text, path
+
+
+@pytest.mark.parametrize("command", ["new-image", "edit-image", "import-image", "pull-image",
+                                     "new-stackpoint", "cutover-stackpoint",
+                                     "fallback-stackpoint", "list-events"])
+def test_everyday_commands_have_examples(capsys, command: str) -> None:
+    from stacko import examples
+    assert cli.main([command, "-h"]) == 0
+    text = capsys.readouterr().out
+    assert "\nexamples:\n" in text
+    for line in examples.PER_COMMAND[command]:
+        assert f"  {line}\n" in text
+        if not line.startswith(("#", "stacko ")):
+            continue
+        # every example parses as the command line it shows
+        import shlex
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["stacko"]:
+            assert not isinstance(cli.parse(words[1:]), int), line
+
+
+def test_cutover_help_says_where_a_check_runs(capsys) -> None:
+    assert cli.main(["cutover-stackpoint", "-h"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "on the host, in the stackpoint's directory" in text
+    assert 'chroot "$STACKO_DIR"' in text and "/proc" in text

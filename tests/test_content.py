@@ -150,6 +150,9 @@ def test_check_content_reports_every_image(stacko: Runner, root: Path) -> None:
     # --repair cannot undo damaged content: the hint must not send the admin there.
     assert "--repair has no repair for these" in result.stderr
     assert "`stacko check --repair` fixes" not in result.stderr
+    # ... but says what the admin can do instead
+    assert "`stacko verify-image b` lists the differences; import or pull it again" \
+        in result.stderr and "`stacko delete-image b`" in result.stderr
     (root / "l" / "zzzzz").mkdir()            # a leftover layer: that one --repair can fix
     result = stacko("check", "--content", rc=1)
     assert "`stacko check --repair` fixes what it can" in result.stderr

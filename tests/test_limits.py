@@ -114,7 +114,7 @@ def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
     assert stacko("list-images").out.split() == ["base", "waited"]
 
 
-@pytest.mark.parametrize("signum, status, says", [(signal.SIGTERM, 1, "terminated"),
+@pytest.mark.parametrize("signum, status, says", [(signal.SIGTERM, 143, "terminated"),
                                                   (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_ends_a_waiting_command_cleanly(stacko, root, signum, status, says) -> None:
     stacko("new-image", "base")

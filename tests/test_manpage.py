@@ -55,6 +55,21 @@ def test_page_documents_every_command_option_and_help_text() -> None:
     for opt in cliref.global_options():
         assert all(f in text for f in opt.flags)
     assert "stacko-stackpoint@NAME" in text
+    assert "stacko-confirm@NAME" in text and "boot-complete.target" in text
+    for section in ("EXAMPLES", "EXIT STATUS"):
+        assert f" {section} " in text, section
+
+
+def test_examples_show_the_everyday_workflows() -> None:
+    from stacko import examples
+    page = gen_manpage.render()
+    section = page[page.index(".SH EXAMPLES"):page.index(".SH SEE ALSO")]
+    for title, commands in examples.WORKFLOWS:
+        for command in commands:
+            assert gen_manpage.roff(command) in section
+    for needed in ("new\\-image foundation", "import\\-image", "pull\\-image",
+                   "\\-\\-check", "chroot"):
+        assert needed in section, needed
 
 
 @pytest.mark.skipif(shutil.which("man") is None or shutil.which("groff") is None,

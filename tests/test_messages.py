@@ -209,3 +209,31 @@ def test_utc_time() -> None:
     assert utc_time("2026-11-26T01:52:05-0130") == "2026-11-26T03:22:05Z"
     assert utc_time("2026-11-25T20:22:05") == "2026-11-25T20:22:05Z"
     assert utc_time("") == "" and utc_time("yesterday") == "yesterday"
+
+
+def test_a_mistyped_image_name_gets_a_suggestion(system: Runner, root: Path) -> None:
+    err = refused(system, root, "delete-image", "deb21")
+    assert "stacko: error: no image named 'deb21'\n" in err
+    assert "stacko: hint: did you mean 'deb12' or 'deb12-v2'? `stacko list-images` shows the " \
+        "images" in err
+    err = refused(system, root, "new-image", "child", "Deb12-v2")
+    assert "did you mean 'deb12-v2'" in err
+
+
+def test_a_mistyped_stackpoint_name_gets_a_suggestion(system: Runner, root: Path) -> None:
+    err = refused(system, root, "get-stackpoint-dir", "sy")
+    assert "stacko: hint: did you mean 'sys'? `stacko list-stackpoints` shows" in err
+    err = refused(system, root, "delete-stackpoint", "frobnicator")
+    assert "did you mean" not in err and "`stacko list-stackpoints` shows" in err
+
+
+def test_suggestions_import_difflib_only_for_a_name_not_found() -> None:
+    import subprocess
+    import sys
+    probe = ("import sys; from stacko import images, suggest\n"
+             "assert 'difflib' not in sys.modules\n"
+             "print(suggest.close_names('deb21', ['deb12', 'web', 'DEB21']))\n"
+             "assert 'difflib' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "['DEB21', 'deb12']"

@@ -3,6 +3,8 @@ auth against a small token service, the auth files, REF parsing."""
 from __future__ import annotations
 
 import base64
+import io
+import os
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -183,3 +185,32 @@ def test_a_broken_blob_download_resumes_with_a_range(flaky: str) -> None:
         data += chunk
     assert data == Flaky.BLOB
     assert any(c.endswith(f"bytes={len(Flaky.BLOB) // 2}-") for c in Flaky.calls)
+
+
+def test_auth_files_are_where_podman_reads_them(monkeypatch, tmp_path) -> None:
+    from stacko.registry.auth import auth_files
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/7")
+    assert auth_files(None) == ["/run/user/7/containers/auth.json",
+                                f"{tmp_path}/.config/containers/auth.json",
+                                f"{tmp_path}/.docker/config.json"]
+    # Without XDG_RUNTIME_DIR (root under systemd): /run/containers/UID/auth.json, as
+    # `podman login` writes it (strace shows it opening that path).
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert auth_files(None)[:2] == [f"/run/containers/{os.getuid()}/auth.json",
+                                    f"{tmp_path}/cfg/containers/auth.json"]
+    assert auth_files("/etc/stacko/auth.json") == ["/etc/stacko/auth.json"]
+
+
+def test_creds_without_a_password_and_no_terminal_point_at_an_auth_file(monkeypatch) -> None:
+    from stacko.registry import auth, client
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))          # no terminal
+    with pytest.raises(client.RegistryError) as e:
+        auth.credentials(auth.Options(creds="admin"), "registry.example", "app")
+    assert "there is no terminal to ask for it" in e.value.message
+    # never "put the password on the command line", where ps shows it
+    assert "--password-stdin" in e.value.hint and "--authfile FILE" in e.value.hint
+    assert "USER:PASS" not in e.value.hint

@@ -18,7 +18,7 @@ from typing import List
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cliref  # noqa: E402
-from stacko import __version__  # noqa: E402
+from stacko import __version__, examples, exitstatus  # noqa: E402
 from stacko.state import DEFAULT_ROOT  # noqa: E402
 
 DESCRIPTION = """\
@@ -60,33 +60,23 @@ The directory of stackpoint NAME unless \\fBnew\\-stackpoint \\-\\-path\\fR name
 .I /etc/default/stacko
 Read by the systemd unit (for instance \\fBSTACKO_ROOT=\\fR\\fIDIR\\fR).
 .SH EXIT STATUS
-.TP
-.B 0
-Success.
-.TP
-.B 1
-The operation failed (\\fBstacko: error: ...\\fR on standard error) and nothing was changed;
-\\fBis\\-stackpoint\\-mounted\\fR: not mounted; \\fBcheck\\fR: a problem was found.
-.TP
-.B 2
-Bad usage or an invalid name. Names match \\fB[A\\-Za\\-z0\\-9][A\\-Za\\-z0\\-9._+\\-]{{0,127}}\\fR.
+{{exit_status}}
 .SH BOOT
 The template unit \\fBstacko\\-stackpoint@.service\\fR mounts a stackpoint at boot, after
-the local file systems and before ordinary services, and unmounts it at shutdown:
+the local file systems and before ordinary services, and unmounts it at shutdown.
+The template unit \\fBstacko\\-confirm@.service\\fR runs \\fBconfirm\\-stackpoint\\fR after
+systemd's \\fBboot\\-complete.target\\fR, so that a tentative cutover
+(\\fBcutover\\-stackpoint \\-\\-tries\\fR \\fIN\\fR) becomes permanent once the boot's health
+checks have passed; otherwise, after \\fIN\\fR boots, the boot's \\fBmount\\-stackpoint\\fR
+falls back:
 .PP
 .RS
 .B systemctl enable \\-\\-now stacko\\-stackpoint@\\fINAME\\fR
+.br
+.B systemctl enable stacko\\-confirm@\\fINAME\\fR
 .RE
 .SH EXAMPLES
-.nf
-stacko new\\-image base
-cd "$(stacko edit\\-image base)" && tar xf /tmp/rootfs.tar; cd /; stacko close\\-image base
-stacko new\\-stackpoint web base \\-\\-path /srv/web
-stacko mount\\-stackpoint web
-stacko diff\\-stackpoint web
-stacko commit\\-stackpoint web web\\-2024\\-06
-stacko prune\\-stackpoint web \\-\\-keep 3
-.fi
+{{examples}}
 .SH SEE ALSO
 .BR mount (8),
 .BR umount (8),
@@ -103,6 +93,29 @@ def roff(text: str) -> str:
 
 def bold(text: str) -> str:
     return f"\\fB{roff(text)}\\fR"
+
+
+def marked(text: str) -> str:
+    """Plain text with `commands` in it, for roff: the commands in bold."""
+    parts = text.replace("…", "...").split("`")     # roff reads ASCII
+    return "".join(bold(p) if i % 2 else roff(p) for i, p in enumerate(parts))
+
+
+def exit_status() -> str:
+    """EXIT STATUS, from stacko.exitstatus: the one list of them."""
+    lines: List[str] = []
+    for status, meaning in exitstatus.STATUSES:
+        lines += [".TP", f".B {status}", marked(meaning[:1].upper() + meaning[1:]) + "."]
+    return "\n".join(lines)
+
+
+def examples_section() -> str:
+    lines: List[str] = []
+    for title, commands in examples.WORKFLOWS:
+        lines += [".PP", marked(title), ".PP", ".RS", ".nf"]
+        lines += [roff(c) for c in commands]
+        lines += [".fi", ".RE"]
+    return "\n".join(lines[1:])
 
 
 def synopsis_line(cmd: cliref.Command) -> str:
@@ -151,7 +164,8 @@ def render() -> str:
                 lines += [".RS", ".TP", ", ".join(bold(f) for f in a.flags)
                           + (f" \\fI{roff(a.metavar)}\\fR" if a.takes_value else ""),
                           roff(a.help or "") or ".", ".RE"]
-    lines.append(TAIL)
+    lines.append(TAIL.replace("{exit_status}", exit_status())
+                 .replace("{examples}", examples_section()))
     return "\n".join(lines) + ("" if lines[-1].endswith("\n") else "\n")
 
 

@@ -25,6 +25,7 @@ from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import StackoError
 from stacko.formats.tarend import TarEnd
+from stacko.quoting import quote
 from stacko.records import record
 
 WHITEOUT_PREFIX = ".wh."
@@ -109,10 +110,10 @@ def data_size(member: tarfile.TarInfo) -> int:
 def clean_name(name: str, member: str) -> str:
     """The member's path relative to the layer root ('' for the root itself)."""
     if name.startswith("/"):
-        raise HostileArchive(f"archive member {member!r} has an absolute name; refusing it")
+        raise HostileArchive(f"archive member {quote(member)} has an absolute name; refusing it")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise HostileArchive(f"archive member {member!r} climbs out with '..'; refusing it")
+        raise HostileArchive(f"archive member {quote(member)} climbs out with '..'; refusing it")
     return "/".join(parts)
 
 
@@ -183,7 +184,7 @@ class Unpacker:
                     except (ValueError, OverflowError) as e:
                         # A NUL in a PAX name or link target, an owner or a time
                         # beyond what the system can store.
-                        raise BadLayer(f"archive member {member.name!r} has an impossible "
+                        raise BadLayer(f"archive member {quote(member.name)} has an impossible "
                                        f"value ({e}); refusing it") from None
                 end = tar.offset          # where tarfile found the end of the archive
             problem = watched.problem(end)
@@ -219,10 +220,10 @@ class Unpacker:
             return
         if not (member.isreg() or member.issym() or member.islnk() or member.ischr()
                 or member.isblk() or member.isfifo()):
-            raise BadLayer(f"archive member {member.name!r} has an unsupported type "
+            raise BadLayer(f"archive member {quote(member.name)} has an unsupported type "
                            f"{member.type!r}")
         if self.budget is not None and not member.isreg():      # a file: in _write_file
-            self.budget.take_entry(f"archive member {member.name!r}")
+            self.budget.take_entry(f"archive member {quote(member.name)}")
         try:
             self._create(tar, member, path)
         except FileExistsError:
@@ -262,10 +263,10 @@ class Unpacker:
                 self._implicit_dir(sub, path)
             else:
                 if stat.S_ISLNK(st.st_mode):
-                    raise HostileArchive(f"archive member {member!r} would be written through "
-                                         f"the symlink {sub!r}; refusing it")
+                    raise HostileArchive(f"archive member {quote(member)} would be written through "
+                                         f"the symlink {quote(sub)}; refusing it")
                 if not stat.S_ISDIR(st.st_mode):
-                    raise BadLayer(f"archive member {member!r} lies beneath {sub!r}, which is "
+                    raise BadLayer(f"archive member {quote(member)} lies beneath {quote(sub)}, which is "
                                    "not a directory")
             self._dirs.add(sub)
 
@@ -273,7 +274,7 @@ class Unpacker:
         """A directory the tar fills without naming: as in the layers beneath, or
         0755 (looked up in _finish, once the layers beneath are complete)."""
         if self.budget is not None:
-            self.budget.take_entry(f"the directory {rel!r}")
+            self.budget.take_entry(f"the directory {quote(rel)}")
         os.mkdir(path, 0o755)
         self._implicit.append(rel)
 
@@ -302,7 +303,7 @@ class Unpacker:
             st = None
         if st is None:
             if self.budget is not None:
-                self.budget.take_entry(f"archive member {member.name!r}")
+                self.budget.take_entry(f"archive member {quote(member.name)}")
             os.mkdir(path, 0o700)
         self._dirs.add(rel)
         self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
@@ -311,12 +312,12 @@ class Unpacker:
     def _whiteout(self, parent: str, name: str, member: str) -> None:
         rel = f"{parent}/{name}" if parent else name
         if not name or name in (".", "..") or "/" in name:
-            raise HostileArchive(f"archive member {member!r} is a malformed whiteout")
+            raise HostileArchive(f"archive member {quote(member)} is a malformed whiteout")
         path = self._path(rel)
         if os.path.lexists(path):
             return    # a whiteout hides lower layers only, never its own layer's entry
         if self.budget is not None:
-            self.budget.take_entry(f"archive member {member!r}")
+            self.budget.take_entry(f"archive member {quote(member)}")
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
     def _remove(self, rel: str, path: str) -> None:
@@ -340,7 +341,7 @@ class Unpacker:
                      0o600)      # FileExistsError before the budget is charged: see _member
         if self.budget is not None:
             try:
-                self.budget.take(data_size(member), f"archive member {member.name!r}", inodes=1)
+                self.budget.take(data_size(member), f"archive member {quote(member.name)}", inodes=1)
             except BaseException:
                 os.close(fd)
                 raise
@@ -376,16 +377,16 @@ class Unpacker:
     def _link(self, member: tarfile.TarInfo, path: str) -> None:
         target = clean_name(member.linkname, member.name)
         if not target:
-            raise HostileArchive(f"archive member {member.name!r} links to the layer root")
+            raise HostileArchive(f"archive member {quote(member.name)} links to the layer root")
         self._ensure_dir(target.rpartition("/")[0], member.name)
         target_path = self._path(target)
         try:
             st = os.lstat(target_path)
         except FileNotFoundError:
-            raise HostileArchive(f"archive member {member.name!r} is a hard link to "
-                                 f"{member.linkname!r}, which this layer does not hold") from None
+            raise HostileArchive(f"archive member {quote(member.name)} is a hard link to "
+                                 f"{quote(member.linkname)}, which this layer does not hold") from None
         if stat.S_ISDIR(st.st_mode):
-            raise HostileArchive(f"archive member {member.name!r} is a hard link to a directory")
+            raise HostileArchive(f"archive member {quote(member.name)} is a hard link to a directory")
         os.link(target_path, path, follow_symlinks=False)
 
     def _set_attrs(self, path: str, member: tarfile.TarInfo) -> None:
@@ -443,7 +444,7 @@ def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (
         unpacker.unpack(stream)
         return unpacker.hashes
     except OSError as e:
-        raise BadLayer(f"cannot unpack into {e.filename or root}: {e.strerror}") from None
+        raise BadLayer(f"cannot unpack into {quote(e.filename or root)}: {e.strerror}") from None
     except (ValueError, OverflowError) as e:      # a directory's owner or time, set last
         raise BadLayer(f"the layer has an impossible value ({e}); refusing it") from None
 

@@ -23,6 +23,7 @@ from stacko import words
 from stacko.formats.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
 from stacko.errors import StackoError, UsageError
 from stacko.formats.layertar import clean_name
+from stacko.quoting import quote
 from stacko.records import record
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -144,7 +145,7 @@ class DirContainer(Container):
         try:
             return open(self._full(name), "rb")
         except OSError as e:
-            raise BadArchive(f"cannot read {name} in {self.path}: {e.strerror}") from None
+            raise BadArchive(f"cannot read {quote(name)} in {quote(self.path)}: {e.strerror}") from None
 
 
 class TarContainer(Container):
@@ -379,7 +380,7 @@ def open_source(path: str, staging: str, state_root: str = "") -> Iterator[Sourc
     read in any order, is spooled into staging first (uncompressed)."""
     if path != "-" and os.path.isdir(path):
         box = DirContainer(path)
-        box.what = f"the layout directory {path}"
+        box.what = f"the layout directory {quote(path)}"
         if box.exists("index.json"):
             yield Source("oci", lambda ref: oci_layers(box, ref))
         elif box.exists("manifest.json"):
@@ -390,7 +391,7 @@ def open_source(path: str, staging: str, state_root: str = "") -> Iterator[Sourc
     try:
         raw: io.BufferedIOBase = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
-        raise BadArchive(f"cannot read {path}: {e.strerror}") from None
+        raise BadArchive(f"cannot read {quote(path)}: {e.strerror}") from None
     try:
         if path != "-" and stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
             head = raw.read(4)
@@ -416,7 +417,7 @@ def open_source(path: str, staging: str, state_root: str = "") -> Iterator[Sourc
 
 def not_a_rootfs_archive(path: str) -> UsageError:
     return UsageError("--ref chooses an image of an OCI or docker archive; "
-                      f"{path} is a plain rootfs tarball")
+                      f"{quote(path)} is a plain rootfs tarball")
 
 
 @contextlib.contextmanager
@@ -425,14 +426,14 @@ def tar_source(plain: str, path: str) -> Iterator[Source]:
     try:
         tar = tarfile.open(plain, mode="r:")
     except (tarfile.TarError, OSError) as e:
-        raise BadArchive(f"{path} is not a tar archive, nor a gzip or zstd compressed one "
+        raise BadArchive(f"{quote(path)} is not a tar archive, nor a gzip or zstd compressed one "
                          f"({e})") from None
     with tar:
         try:
             box = TarContainer(tar)
         except (tarfile.TarError, EOFError) as e:
-            raise BadArchive(f"{path} is a corrupt tar archive: {e}") from None
-        box.what = "the archive on stdin" if path == "-" else f"the archive {path}"
+            raise BadArchive(f"{quote(path)} is a corrupt tar archive: {e}") from None
+        box.what = "the archive on stdin" if path == "-" else f"the archive {quote(path)}"
         if box.exists("oci-layout") and box.exists("index.json"):
             yield Source("oci", lambda ref: oci_layers(box, ref))
         elif box.exists("manifest.json") and is_docker_manifest(box):
@@ -459,7 +460,7 @@ def streamed_rootfs(path: str, stream: io.BufferedIOBase, ref: str | None) -> li
 
 def plain_directory(path: str, ref: str | None, state_root: str) -> list[LayerSpec]:
     if ref is not None:
-        raise UsageError(f"--ref chooses an image of an OCI or docker archive; {path} is a "
+        raise UsageError(f"--ref chooses an image of an OCI or docker archive; {quote(path)} is a "
                          "plain directory")
     from stacko.formats import dirsource
     return [LayerSpec(open_blob=no_blob, what=path,
@@ -520,10 +521,10 @@ def spool(path: str, stream: io.BufferedIOBase, staging: str) -> str:
                 data = stream.read(CHUNK)
                 if not data:
                     break
-                budget.take(len(data), f"{path}, decompressed,")
+                budget.take(len(data), f"{quote(path)}, decompressed,")
                 out.write(data)
     except (OSError, EOFError) as e:
-        raise BadArchive(f"cannot decompress {path}: {e}") from None
+        raise BadArchive(f"cannot decompress {quote(path)}: {e}") from None
     return target
 
 

@@ -16,6 +16,7 @@ import os
 import stat
 
 from stacko.errors import StackoError
+from stacko.quoting import quote, quoted
 
 O_NOATIME = getattr(os, "O_NOATIME", 0)     # needs the owner or CAP_FOWNER
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -109,7 +110,7 @@ class Walker:
                 self.same(child.st, listed, "another directory took its place")
                 self.enter(child)
         except OSError as e:
-            raise BadSource(f"cannot import {self.source}: {self.where()!r}: "
+            raise BadSource(f"cannot import {quote(self.source)}: {quoted(self.where())}: "
                             f"{e.strerror or e}") from None
         finally:
             for frame in stack:
@@ -168,8 +169,9 @@ class Walker:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if need > soft:
             if hard != resource.RLIM_INFINITY and need > hard:
-                raise BadSource(f"cannot import {self.source}: {self.where()!r} lies {depth} "
-                                f"directories deep, and stacko may open at most {hard} files",
+                raise BadSource(f"cannot import {quote(self.source)}: {quoted(self.where())} "
+                                f"lies {depth} directories deep, and stacko may open at most "
+                                f"{hard} files",
                                 hint="raise the hard limit of open files (ulimit -Hn)")
             soft = need * 2 if hard == resource.RLIM_INFINITY else min(hard, need * 2)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -185,8 +187,8 @@ class Walker:
         return "/".join(parts) or "/"
 
     def changed(self, why: str) -> BadSource:
-        return BadSource(f"cannot import {self.source}: {self.where()!r} changed while it was "
-                         f"read ({why}); nothing was imported", hint=CHANGED_HINT)
+        return BadSource(f"cannot import {quote(self.source)}: {quoted(self.where())} changed "
+                         f"while it was read ({why}); nothing was imported", hint=CHANGED_HINT)
 
 
 def open_beneath(top_fd: int, names: list[str], flags: int) -> int:

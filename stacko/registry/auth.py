@@ -93,10 +93,14 @@ def auth_files(explicit: str | None) -> list[str]:
     found = []
     if os.environ.get("REGISTRY_AUTH_FILE"):
         found.append(os.environ["REGISTRY_AUTH_FILE"])
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
-    found.append(os.path.join(runtime, "containers", "auth.json"))
+    # As containers/image reads them (podman, skopeo): without XDG_RUNTIME_DIR,
+    # /run/containers/UID/auth.json, with no containers/ in between.
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    found.append(os.path.join(runtime, "containers", "auth.json") if runtime
+                 else f"/run/containers/{os.getuid()}/auth.json")
     home = os.path.expanduser("~")
-    found.append(os.path.join(home, ".config", "containers", "auth.json"))
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    found.append(os.path.join(config, "containers", "auth.json"))
     found.append(os.path.join(home, ".docker", "config.json"))
     return found
 
@@ -153,7 +157,9 @@ def ask_password(user: str, host: str) -> str:
         raise RegistryError(f"--creds {user} gives no password, and there is no terminal "
                             "to ask for it",
                             hint=f"pipe it in: --creds {user} --password-stdin, or give "
-                                 "--password-file FILE")
+                                 "--password-file FILE, or keep it in an auth file "
+                                 "(`podman login --authfile FILE HOST`) and give "
+                                 "--authfile FILE")
     import getpass
     return getpass.getpass(f"password for {user} at {host}: ")
 

@@ -1,0 +1,36 @@
+"""Every exit status in one place (stacko.exitstatus), and the README's table and
+the man page's EXIT STATUS made from it (issue 23)."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from stacko import errors, exitstatus
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+import gen_manpage  # noqa: E402
+
+
+def test_readme_exit_table_is_exitstatus() -> None:
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| exit status | meaning |"):]
+    rows = re.findall(r"^\| (\d+) \| (.*) \|$", table[:table.index("\n\n")], re.M)
+    assert [(int(n), m) for n, m in rows] == list(exitstatus.STATUSES)
+
+
+def test_man_page_exit_status_is_exitstatus() -> None:
+    page = gen_manpage.render()
+    section = page[page.index(".SH EXIT STATUS"):page.index(".SH BOOT")]
+    assert re.findall(r"^\.B (\d+)$", section, re.M) == \
+        [str(n) for n, _ in exitstatus.STATUSES]
+    assert "SIGTERM" in section and "Ctrl\\-C" in section
+
+
+def test_sigterm_and_ctrl_c_exit_as_shells_report_them() -> None:
+    import signal
+    assert errors.Interrupted("x").exit_code == exitstatus.TERMINATED == 128 + signal.SIGTERM
+    assert exitstatus.INTERRUPTED == 128 + signal.SIGINT
+    assert {n for n, _ in exitstatus.STATUSES} == {0, 1, 2, 130, 143}
