@@ -272,20 +272,21 @@ def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
     problem = validate.path_problem(directory, store.root)     # the rules records obey too
     if problem:
         raise UsageError(problem, hint="choose a directory outside the state root")
+    from stacko.quoting import quote
     if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise UsageError(f"{directory} is not a directory")
+        raise UsageError(f"{quote(directory)} is not a directory")
     m = overlay.find_mount(directory)
     if m is not None:
         # /proc, /dev, a disk: the overlay would hide it, and unmounting the
         # stackpoint would not give it back to whoever uses it.
-        raise UsageError(f"{directory} is a mount point ({m.fstype} from {m.source})",
+        raise UsageError(f"{quote(directory)} is a mount point ({m.fstype} from {m.source})",
                          hint="choose an empty directory that nothing is mounted on")
     for other in points.values():
         theirs = store.stackpoint_dir(other)
         if directory == theirs or directory.startswith(theirs + "/") \
                 or theirs.startswith(directory + "/"):
-            raise UsageError(f"{directory} overlaps the directory of stackpoint "
-                             f"{other.name!r} ({theirs})")
+            raise UsageError(f"{quote(directory)} overlaps the directory of stackpoint "
+                             f"{other.name!r} ({quote(theirs)})")
     return directory
 
 

@@ -33,14 +33,15 @@ def path_problem(path: str, root: str) -> str:
     """Why path may not be a stackpoint's directory ("" when it may), by the
     rules that need no file system: absolute and normal, not /, neither the
     state root nor inside it, nor above it (a mount there would hide the root)."""
+    from stacko.quoting import quote, quoted
     if not os.path.isabs(path) or os.path.normpath(path) != path or path.startswith("//"):
-        return f"{path!r} is not an absolute, normalised path"
+        return f"{quoted(path)} is not an absolute, normalised path"
     if path == "/":
         return "a stackpoint cannot be mounted on /"
     if path == root or path.startswith(root + "/"):
-        return f"{path} is inside the state root {root}"
+        return f"{quote(path)} is inside the state root {quote(root)}"
     if root.startswith(path + "/"):
-        return f"{path} holds the state root {root}: a mount there would hide it"
+        return f"{quote(path)} holds the state root {quote(root)}: a mount there would hide it"
     return ""
 
 

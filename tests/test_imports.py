@@ -73,6 +73,7 @@ def state(stacko: Runner, root: Path) -> Path:
 @pytest.mark.parametrize("argv", [
     ("list-images",), ("list-images", "--json"), ("list-images", "--tree"),
     ("list-stackpoints",), ("list-stackpoints", "--json"),
+    ("list-events",), ("list-events", "web", "--since", "1h", "--json"),
     ("get-stackpoint-dir", "web"), ("is-stackpoint-mounted", "web"),
     ("--version",), ("list-images", "-h"), ("no-such-command",),
 ])

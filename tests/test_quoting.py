@@ -130,3 +130,14 @@ def test_a_normal_users_import_names_the_file_and_says_why(monkeypatch) -> None:
         assert "stacko: hint:" in r.stderr and "run the command as root" in r.stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_a_stackpoint_path_is_quoted(stacko: Runner, root: Path, workdir: Path) -> None:
+    stacko("new-image", "base")
+    bad = workdir / "a\nfile"
+    bad.write_text("")
+    r = stacko("new-stackpoint", "p", "base", "--path", str(bad), rc=2)
+    assert f"stacko: error: {quote(str(bad))} is not a directory\n" in r.stderr
+    r = stacko("new-stackpoint", "p", "base", "--path", str(root / "in\nside"), rc=2)
+    inside = str(root / "in\nside")
+    assert f"{quote(inside)} is inside the state root" in r.stderr
