@@ -581,3 +581,19 @@ def test_generate_sigstore_key_asks_twice_on_the_terminal(tmp_path: Path) -> Non
     assert key is not None
     status, seen = typed("b", "one", "two")
     assert status == 1 and "differ" in seen and not (tmp_path / "b.private").exists()
+
+
+@pytest.mark.parametrize("module, package", [("cryptography", "cryptography"),
+                                             ("nacl", "PyNaCl")])
+def test_without_the_libraries_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                        keypair: tuple, module: str,
+                                                        package: str) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, module, None)       # import raises ImportError
+    for call in (lambda: cosignkey.generate(PASS),
+                 lambda: cosignkey.load_private(keypair[0], PASS),
+                 lambda: cosignkey.load_public(keypair[1]),
+                 lambda: sigstore.verify(b"x", "AAAA", [keypair[1]])):
+        with pytest.raises(StackoError) as e:
+            call()
+        assert package in e.value.message and "apt-get install python3-" in (e.value.hint or "")

@@ -59,7 +59,10 @@ echo "stacko: building a Debian 13 chroot with skopeo in $dir from $url (once)" 
 log=$parent/$(basename "$dir").log
 ok=0
 for attempt in 1 2 3; do
-    if debootstrap --variant=minbase trixie "$work" "$url" >"$log" 2>&1; then
+    # In a private mount namespace: whatever debootstrap mounts in $work (/proc)
+    # goes with it, even when it is killed, and rm never meets a mount there.
+    if unshare -m --propagation private \
+            debootstrap --variant=minbase trixie "$work" "$url" >"$log" 2>&1; then
         ok=1
         break
     fi
@@ -84,7 +87,9 @@ inside() {
         root=$1; shift
         mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" &&
         exec chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-            DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"' sh "$work" "$@"
+            DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 \
+            ${http_proxy:+http_proxy="$http_proxy"} ${https_proxy:+https_proxy="$https_proxy"} \
+            ${no_proxy:+no_proxy="$no_proxy"} "$@"' sh "$work" "$@"
 }
 ok=0
 for attempt in 1 2 3; do

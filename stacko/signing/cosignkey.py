@@ -45,6 +45,18 @@ class WrongPassphrase(KeyUnreadable):
     pass
 
 
+def require() -> None:
+    """The two libraries, or an error that says how to get them (not a traceback)."""
+    for module, package, debian in (("cryptography", "cryptography", "python3-cryptography"),
+                                    ("nacl", "PyNaCl", "python3-nacl")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise StackoError(f"sigstore keys and signatures need the Python package {package}",
+                              hint=f"pip install {package}, or apt-get install {debian}"
+                              ) from None
+
+
 # --- PEM -------------------------------------------------------------------------
 def pem_encode(label: str, der: bytes) -> bytes:
     """As Go's pem.EncodeToMemory: 64 base64 characters a line."""
@@ -96,6 +108,7 @@ def derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 def encrypt(plaintext: bytes, passphrase: bytes, n: int = WRITE_N) -> bytes:
     """go-securesystemslib's encrypted.Encrypt (with scrypt parameters n, 8, 1):
     the JSON envelope, its fields in Go's order, compact as json.Marshal writes."""
+    require()
     import json
     from nacl.secret import SecretBox
     salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
@@ -179,6 +192,7 @@ def generate(passphrase: bytes) -> tuple[bytes, bytes]:
     """A new ECDSA P-256 key pair: (private PEM, public PEM), the private one
     ENCRYPTED COSIGN PRIVATE KEY with scrypt N=32768 r=8 p=1 (skopeo 1.9 and
     every cosign read it)."""
+    require()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     key = ec.generate_private_key(ec.SECP256R1())
@@ -198,6 +212,7 @@ def load_private(pem: bytes, passphrase: bytes, what: str = "the private key") -
     """The signing key of an encrypted cosign key file (ECDSA, RSA or Ed25519,
     as containers/image accepts); WrongPassphrase when it does not decrypt,
     KeyUnreadable for anything else wrong.  `what` names the file in messages."""
+    require()
     if len(pem) > MAX_KEY_FILE:
         raise KeyUnreadable(f"{what} is larger than a key file can be")
     _, envelope = pem_decode(pem, PRIVATE_LABELS, what)
@@ -219,6 +234,7 @@ def load_private(pem: bytes, passphrase: bytes, what: str = "the private key") -
 def load_public(pem: bytes | str, what: str = "the public key") -> object:
     """A public key from PEM (PKIX ``PUBLIC KEY``, or PKCS#1 ``RSA PUBLIC KEY``),
     as sigstore's cryptoutils.UnmarshalPEMToPublicKey reads it."""
+    require()
     if isinstance(pem, str):
         pem = pem.encode("utf-8", "replace")
     if len(pem) > MAX_KEY_FILE:

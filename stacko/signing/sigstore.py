@@ -45,6 +45,8 @@ class SignatureError(StackoError):
 def sign(payload: bytes, key: object) -> str:
     """The base64 signature of payload with key (from cosignkey.load_private),
     as sigstore's SignerVerifier makes it for that key's kind."""
+    from stacko.signing.cosignkey import require
+    require()
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     if isinstance(key, ec.EllipticCurvePrivateKey):
