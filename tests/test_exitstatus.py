@@ -34,3 +34,25 @@ def test_sigterm_and_ctrl_c_exit_as_shells_report_them() -> None:
     assert errors.Interrupted("x").exit_code == exitstatus.TERMINATED == 128 + signal.SIGTERM
     assert exitstatus.INTERRUPTED == 128 + signal.SIGINT
     assert {n for n, _ in exitstatus.STATUSES} == {0, 1, 2, 130, 143}
+
+
+def test_sigterm_during_an_import_exits_143_and_records_nothing(root: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root),
+                             "import-image", "slow", "-"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        proc.stdin.write(b"\0" * 512)      # the start of a tar that never ends
+        proc.stdin.flush()
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert "slow" not in ((root / "images.json").read_text()
+                          if (root / "images.json").exists() else "")
