@@ -214,3 +214,10 @@ def test_creds_without_a_password_and_no_terminal_point_at_an_auth_file(monkeypa
     # never "put the password on the command line", where ps shows it
     assert "--password-stdin" in e.value.hint and "--authfile FILE" in e.value.hint
     assert "USER:PASS" not in e.value.hint
+
+
+def test_a_missing_auth_file_is_named_as_the_shell_reads_it() -> None:
+    from stacko.registry import auth
+    with pytest.raises(auth.RegistryError) as e:
+        auth.credentials(auth.Options(authfile="/no/such\nauth file"), "registry.example", "a")
+    assert e.value.message == "the auth file '/no/such'$'\\n''auth file' does not exist"

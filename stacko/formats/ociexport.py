@@ -22,6 +22,7 @@ from stacko.errors import StackoError
 from stacko.formats.layertar import pack_layer
 from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
+from stacko.quoting import quote
 from stacko.records import Image, record, utc_time
 from stacko.state import Store
 
@@ -168,7 +169,7 @@ def write_file(path: str, produce: Callable[[io.BufferedIOBase], None]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".stacko.tmp",
                                    dir=directory)
     except OSError as e:
-        raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+        raise StackoError(f"cannot write {quote(path)}: {e.strerror or e}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -187,12 +188,12 @@ def write_file(path: str, produce: Callable[[io.BufferedIOBase], None]) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+            raise StackoError(f"cannot write {quote(path)}: {e.strerror or e}") from None
         raise
     try:
         sync_directory(directory)
     except OSError as e:      # the archive is whole and in place: only its name may not last
-        print(f"stacko: warning: cannot sync {directory}: {e.strerror}; {path} is written "
+        print(f"stacko: warning: cannot sync {quote(directory)}: {e.strerror}; {quote(path)} is written "
               "but may not survive a power cut", file=sys.stderr)
 
 

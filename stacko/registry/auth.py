@@ -14,6 +14,7 @@ import re
 import sys
 
 from stacko.errors import StackoError, UsageError
+from stacko.quoting import quote
 from stacko.records import record
 
 MAX_PASSWORD = 64 << 10          # read from stdin or a file
@@ -118,10 +119,10 @@ def credentials(options: Options, host: str, repo: str) -> tuple[str, str] | Non
                 data = json.load(f)
         except FileNotFoundError:
             if path == options.authfile:
-                raise RegistryError(f"the auth file {path} does not exist") from None
+                raise RegistryError(f"the auth file {quote(path)} does not exist") from None
             continue
         except (OSError, ValueError, RecursionError) as e:
-            raise RegistryError(f"cannot read the auth file {path}: "
+            raise RegistryError(f"cannot read the auth file {quote(path)}: "
                                 f"{getattr(e, 'strerror', None) or 'not JSON'}") from None
         entry = auth_entry(data.get("auths") if isinstance(data, dict) else None, host, repo)
         if entry is not None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from stacko.errors import NotFound, StackoError
 from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
                                   basic, credentials, parse_challenge, token_from)
+from stacko.quoting import quote
 from stacko.registry.ref import Reference
 from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Connection,
                                        Expired, Meter, Response, TLSConnection, describe,
@@ -60,7 +61,7 @@ def tls_context(options: Options, host: str) -> ssl.SSLContext:
         try:
             names = sorted(os.listdir(directory))
         except OSError as e:
-            raise RegistryError(f"cannot read --cert-dir {directory}: {e.strerror}") from None
+            raise RegistryError(f"cannot read --cert-dir {quote(directory)}: {e.strerror}") from None
         for entry in names:
             path = os.path.join(directory, entry)
             try:
@@ -69,7 +70,7 @@ def tls_context(options: Options, host: str) -> ssl.SSLContext:
                 elif entry.endswith(".cert"):     # a client certificate, with NAME.key
                     context.load_cert_chain(path, path[:-len(".cert")] + ".key")
             except (OSError, ssl.SSLError) as e:
-                raise RegistryError(f"cannot load {path}: {e}") from None
+                raise RegistryError(f"cannot load {quote(path)}: {e}") from None
     return context
 
 
