@@ -57,6 +57,10 @@ Layer data of images and instances; \\fIw/\\fR holds their overlayfs work direct
 .I {DEFAULT_ROOT}/stackpoints/NAME
 The directory of stackpoint NAME unless \\fBnew\\-stackpoint \\-\\-path\\fR named another.
 .TP
+.I {DEFAULT_ROOT}/.stacko\\-root
+Marks the directory as a stacko root: stacko makes a root only in a missing or empty
+directory, and removes leftovers of interrupted commands only in a marked one.
+.TP
 .I /etc/default/stacko
 Read by the systemd unit (for instance \\fBSTACKO_ROOT=\\fR\\fIDIR\\fR).
 .SH EXIT STATUS
