@@ -224,6 +224,7 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
     linked: dict[int, list[str]] = {}      # inode -> its paths, for nlink > 1
     first_path: dict[int, str] = {}
     sizes: dict[int, int] = {}
+    allocated: dict[int, int] = {}         # inode -> bytes of the blocks it holds
     todo = [""]
     paths = ShortPaths(root)
     while todo:           # iterative: a layer may nest deeper than recursion allows
@@ -231,6 +232,7 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
         path = paths.get(rel)
         try:
             st = os.lstat(path)
+            allocated[st.st_ino] = st.st_blocks * 512
             entry = entry_of(path, st)
         except OSError as e:
             raise StackoError(f"cannot read {os.path.join(root, rel)}: {e.strerror}") from None
@@ -262,8 +264,10 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
             first = min(shown)
             for one in shown:
                 entries[one]["link"] = first
-    # The size counts each inode once: hard links share their data.
-    return Manifest(entries, size=sum(sizes.values()))
+    # The size is what the layer takes on the disk, as du counts it: the blocks
+    # of every inode, each once (hard links share theirs).  Not the files'
+    # lengths: a sparse file of 200 GiB may hold 20 KiB (stacko df, df.py).
+    return Manifest(entries, size=sum(allocated.values()))
 
 
 BIG = 256 << 10     # files at least this large are hashed by the thread pool

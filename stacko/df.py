@@ -1,12 +1,17 @@
 """stacko df: where the disk goes, the way an admin needs to know it.
 
-Sizes are the apparent bytes of file data, each inode once (a file with three
-hard links counts once), as the image record's ``size`` counts them when an
-image is sealed (content.py): directories, symlinks and block rounding are not
-counted, so `du` shows a little more.  Images never change after they are
-sealed, so their size is read from images.json; an image recorded before sizes
-were (size null) is measured here.  Instances change all the time: they are
-measured at every call, their workdir with them.
+Sizes are allocated bytes, what the disk gives up (st_blocks × 512, as `du`
+counts): every inode of a layer once (a file with three hard links counts
+once), directories and symlinks included.  Not the files' lengths: a sparse
+file of 200 GiB that holds 20 KiB takes 20 KiB, and deleting it frees that.
+A file whose data is shared with another (a reflink clone) counts whole,
+although deleting it frees only what it does not share.  Images never change
+after they are sealed, so their size is read from images.json, where sealing
+records it (content.py); an image recorded before sizes were (size null) is
+measured here.  Images sealed by a stacko before sizes were allocated bytes
+keep the length of their files as their size until `close-image` seals them
+again.  Instances change all the time: they are measured at every call, their
+workdir with them.
 
 ``reclaimable`` is what deleting every non-current instance and then every
 image that no current instance needs would free: the images outside the stacks
@@ -60,10 +65,16 @@ class Usage:
 
 
 def tree_size(path: str) -> int | None:
-    """Apparent bytes of the regular files under path, each inode once; None when
-    some of it cannot be read.  Iterative: layers may be hundreds of levels deep."""
+    """Allocated bytes of path and everything under it, each inode once; None
+    when some of it cannot be read.  Iterative: layers may be hundreds of levels
+    deep."""
     seen: set[int] = set()
-    total = 0
+    try:
+        total = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+    except PermissionError:
+        return None
     stack = [path]
     while stack:
         try:
@@ -72,17 +83,14 @@ def tree_size(path: str) -> int | None:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
-                            continue
-                        if not entry.is_file(follow_symlinks=False):
-                            continue
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue          # removed while we looked: it takes no room now
-                    if st.st_nlink > 1:
+                    if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
                         if st.st_ino in seen:
                             continue
                         seen.add(st.st_ino)
-                    total += st.st_size
+                    total += st.st_blocks * 512
         except FileNotFoundError:
             continue
         except PermissionError:

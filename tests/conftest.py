@@ -146,6 +146,19 @@ def populate(stacko: Runner, image: str, files: Dict[str, str], parent: Optional
     stacko("close-image", image)
 
 
+def du(path: Path) -> int:
+    """Allocated bytes of path and what is under it, each inode once, as
+    `du -s -B1` counts them: what stacko df and an image's recorded size count."""
+    seen, total = set(), 0
+    for directory, dirs, files in os.walk(path):
+        for name in [""] + files:
+            st = os.lstat(os.path.join(directory, name) if name else directory)
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
 def random_tar(path: Path, files: int, size: int, dirs: int = 0, seed: int = 1) -> Path:
     """A rootfs tarball of incompressible files (in dirs directories when dirs > 0)."""
     rng = random.Random(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Runner, populate, random_tar, snapshot
+from conftest import Runner, du, populate, random_tar, snapshot
 from ocigen import d, f, opq, sym, wh, write_layout
 
 from stacko import content
@@ -38,7 +38,7 @@ def test_manifest_digest_ignores_times_and_counts_hard_links_once(tmp_path: Path
     os.link(tmp_path / "a" / "file", tmp_path / "a" / "link")
     os.symlink("file", tmp_path / "a" / "sym")
     first = content.build(str(tmp_path / "a"))
-    assert first.size == 1000
+    assert first.size == du(tmp_path / "a") >= 1000      # allocated, the file once
     assert first.entries["/sym"] == {"type": "symlink", "uid": os.geteuid(),
                                      "gid": os.getegid(), "target": "file"}
     assert first.entries["/link"]["sha256"] == first.entries["/file"]["sha256"]
@@ -125,7 +125,7 @@ def test_image_made_before_manifests(stacko: Runner, root: Path) -> None:
     assert "has no content manifest" in stacko("check", "--content", rc=1).out
     stacko("check")                                  # plain check does not read content
     stacko("close-image", "old")                     # not mounted: seals it
-    assert record_of(root, "old")["size"] == 4
+    assert record_of(root, "old")["size"] == du(layer_of(root, "old")) >= 4
     assert stacko("verify-image", "old").out == ""
 
 
@@ -188,7 +188,7 @@ def test_commit_seals_the_new_image(stacko: Runner, root: Path) -> None:
     (mounted / "new").write_text("hello")
     (mounted / "f").unlink()
     stacko("commit-stackpoint", "p", "next")
-    assert record_of(root, "next")["size"] == 5
+    assert record_of(root, "next")["size"] == du(layer_of(root, "next")) >= 5
     assert stacko("verify-image", "next").out == ""
     entries = json.loads((root / "m" / f"{layer_of(root, 'next').name}.json").read_text())
     assert entries["entries"]["/f"] == {"type": "whiteout"}
@@ -217,7 +217,8 @@ def test_import_records_size_and_manifest(stacko: Runner, root: Path, workdir: P
     archive = random_tar(workdir / "r.tar", files=10, size=1000)
     stacko("import-image", "r", str(archive))
     record = record_of(root, "r")
-    assert record["size"] == 10_000 and record["manifest"].startswith("sha256:")
+    assert record["size"] == du(layer_of(root, "r")) >= 10_000
+    assert record["manifest"].startswith("sha256:")
     # The hashes computed while unpacking are those of the files on disk.
     assert content.build(str(layer_of(root, "r"))).digest == record["manifest"]
 
