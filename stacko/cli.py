@@ -883,6 +883,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as e:
+        # A system call failed where no code said what it means (a full disk,
+        # a read-only one): the file, the system's words and a hint; no traceback.
+        from stacko.errors import os_error
+        failure = os_error(e, store(args).root)
+        print(f"stacko: error: {failure.message}\nstacko: hint: {failure.hint}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 

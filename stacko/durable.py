@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from stacko.errors import StackoError
+from stacko.errors import os_error
 
 
 def sync_filesystem(path: str) -> None:
@@ -42,9 +42,9 @@ def sync_filesystem(path: str) -> None:
             return
         if syncfs(fd) != 0:
             err = ctypes.get_errno()
-            raise StackoError(f"cannot write the data under {path} to disk: {os.strerror(err)}",
-                              hint="nothing was recorded; check the disk (dmesg) and "
-                                   "the free space")
+            failure = os_error(OSError(err, os.strerror(err)), path,
+                               f"cannot write the data under {path} to disk")
+            raise type(failure)(failure.message, f"nothing was recorded; {failure.hint}")
     finally:
         os.close(fd)
 
@@ -70,7 +70,7 @@ def sync_new_dirs(*paths: str) -> None:
                 try:
                     fsync_path(target)
                 except OSError as e:
-                    raise StackoError(f"cannot sync {target}: {e.strerror}") from None
+                    raise os_error(e, target, f"cannot sync {target}") from None
 
 
 def fsync_tree(root: str, workers: int = 8) -> int:

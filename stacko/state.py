@@ -27,7 +27,7 @@ import sys
 import time
 from _collections_abc import Callable  # = collections.abc: see cli.py
 
-from stacko.errors import CorruptState, LockTimeout, StackoError
+from stacko.errors import CorruptState, LockTimeout, NoSpace, StackoError, os_error
 from stacko.records import Image, Stackpoint
 
 VERSION = 1
@@ -233,7 +233,16 @@ class Store:
                 fresh = False
             marker = os.path.join(self.root, MARKER)
             made = [self.root] if fresh else []
-            new_marker = not os.path.lexists(marker)
+            try:
+                os.lstat(marker)
+                new_marker = False
+            except FileNotFoundError:
+                new_marker = True
+            except PermissionError:
+                # Not "not a stacko root": we may not look (a user's command
+                # on root's root).
+                raise StackoError(f"permission denied: {self.root} (cannot look for its "
+                                  f"{MARKER})", hint=permission_hint(self.root)) from None
             if new_marker:
                 if not fresh and not self._earlier_root():
                     raise StackoError(
@@ -258,7 +267,7 @@ class Store:
                 from stacko import durable
                 durable.sync_new_dirs(*made, marker)
         except OSError as e:
-            raise StackoError(f"cannot create the state root {self.root}: {e.strerror}") from None
+            raise os_error(e, self.root, f"cannot create the state root {self.root}") from None
 
     def _earlier_root(self) -> bool:
         """An empty directory, or a root made before there was a marker."""
@@ -355,6 +364,9 @@ class Store:
                 text = f.read()
         except FileNotFoundError:
             return {}
+        except PermissionError:
+            raise StackoError(f"permission denied: cannot read {path}",
+                              hint=permission_hint(path)) from None
         except (OSError, UnicodeDecodeError) as e:
             raise CorruptState(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         try:
@@ -380,7 +392,18 @@ class Store:
         assert self._exclusive, "metadata written without the exclusive lock"
         import json     # here: see parse_json
         text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
-        if not atomic_write(path, text.encode("utf-8")):
+        try:
+            synced = atomic_write(path, text.encode("utf-8"))
+        except NoSpace:
+            # A full disk: a deletion may still record itself, in the spare's
+            # blocks (spare.py), so that its data can go and free the disk.
+            from stacko import spare
+            if not spare.forgets_layers(self._read(path, key), records) or \
+                    not spare.write_instead(self.root, path, text.encode("utf-8"),
+                                            kept_mode(path)):
+                raise
+            synced = sync_directory(path)
+        if not synced:
             self._unsynced.add(os.path.dirname(path))
 
     # --- layers ------------------------------------------------------------
@@ -397,8 +420,14 @@ class Store:
                 os.mkdir(self.layer_path(layer), 0o755)
             except FileExistsError:
                 continue
+            except OSError as e:
+                raise os_error(e, self.root, f"cannot make a layer in {self.layers_dir}") from None
             try:
-                os.mkdir(self.work_path(layer), 0o700)
+                try:
+                    os.mkdir(self.work_path(layer), 0o700)
+                except OSError as e:
+                    raise os_error(e, self.root, f"cannot make a workdir in {self.work_dir}") \
+                        from None
                 # Durable before any record names them (a new instance is
                 # recorded right after); two fsyncs, not a syncfs, so that a
                 # busy filesystem does not slow a cutover down.
@@ -462,6 +491,18 @@ class Store:
         content.remove(self.root, layer)
 
 
+def permission_hint(path: str) -> str:
+    """What to do when this user may not read or change what path holds."""
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        owner = 0
+    if owner == 0 and os.geteuid() != 0:
+        return "it belongs to root: run stacko as root (e.g. with sudo), or give " \
+               "--root (or STACKO_ROOT) a root of your own"
+    return f"check the owner and mode of {path} and of the directories above it"
+
+
 def refuse_violations(found: list[str]) -> None:
     if found:
         more = f" (and {len(found) - 1} more problem{'s' if len(found) > 2 else ''})" \
@@ -499,8 +540,16 @@ def _create_temp(path: str) -> tuple[int, str]:
         except FileExistsError:
             continue
         except OSError as e:
-            raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+            raise os_error(e, os.path.dirname(path), f"cannot write {path}") from None
     raise StackoError(f"cannot write {path}: no free name for a temporary file beside it")
+
+
+def kept_mode(path: str) -> int:
+    """The mode a rewritten metadata file gets, as atomic_write keeps it."""
+    try:
+        return os.stat(path).st_mode & 0o644
+    except OSError:
+        return 0o600
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> bool:
@@ -531,15 +580,20 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise StackoError(f"cannot write {path}: {e.strerror or e}") from None
+            raise os_error(e, directory, f"cannot write {path}") from None
         raise
-    if not fsync:
-        return True
-    # The new file is in place: failing now would tell the caller that nothing
-    # changed while it did, and its undo would unmake what the file records (a
-    # listed image without its layer).  Should the rename not reach the disk, a
-    # power cut leaves the old file, which is what a crash just before the rename
-    # leaves: every command is ordered for that.  So this is a warning.
+    return sync_directory(path) if fsync else True
+
+
+def sync_directory(path: str) -> bool:
+    """fsync the directory of path, just renamed into place; False (and a
+    warning) when that fails.
+    The new file is in place: failing now would tell the caller that nothing
+    changed while it did, and its undo would unmake what the file records (a
+    listed image without its layer).  Should the rename not reach the disk, a
+    power cut leaves the old file, which is what a crash just before the rename
+    leaves: every command is ordered for that.  So this is a warning."""
+    directory = os.path.dirname(path)
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -594,6 +648,11 @@ class Locked:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            if self.exclusive:
+                # Before the lock goes: the spare a deletion on a full disk used,
+                # made again from the room the deletion freed (spare.py).
+                from stacko import spare
+                spare.ensure(self.store.root)
             self.store._lock_fd, self.store._exclusive = None, False
             os.close(self.fd)
             self.fd = None
@@ -612,7 +671,7 @@ def open_lock_file(path: str, create: bool) -> int:
                               hint=f"remove it (`rm {path}`): stacko makes it again") from None
         if isinstance(e, (PermissionError, FileNotFoundError)):
             raise
-        raise StackoError(f"cannot open the lock {path}: {e.strerror}") from None
+        raise os_error(e, os.path.dirname(path), f"cannot open the lock {path}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
