@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from stacko.errors import os_error
+from stacko.quoting import quote
 
 
 def sync_filesystem(path: str) -> None:
@@ -43,7 +44,7 @@ def sync_filesystem(path: str) -> None:
         if syncfs(fd) != 0:
             err = ctypes.get_errno()
             failure = os_error(OSError(err, os.strerror(err)), path,
-                               f"cannot write the data under {path} to disk")
+                               f"cannot write the data under {quote(path)} to disk")
             raise type(failure)(failure.message, f"nothing was recorded; {failure.hint}")
     finally:
         os.close(fd)
@@ -70,7 +71,7 @@ def sync_new_dirs(*paths: str) -> None:
                 try:
                     fsync_path(target)
                 except OSError as e:
-                    raise os_error(e, target, f"cannot sync {target}") from None
+                    raise os_error(e, target, f"cannot sync {quote(target)}") from None
 
 
 def fsync_tree(root: str, workers: int = 8) -> int:

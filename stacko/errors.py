@@ -107,17 +107,19 @@ class NoSpace(StackoError):
 
 
 def os_error(e: OSError, where: str | None = None, doing: str | None = None) -> StackoError:
-    """The StackoError for an OSError: ``doing`` (e.g. "cannot write PATH"), or
-    else the file(s) it names, then the system's words for it, and a hint that
+    """The StackoError for an OSError: ``doing`` (e.g. "cannot write PATH", its
+    path quoted), or else the file(s) it names, then the system's words for it, and a hint that
     says what to do about this errno; where is the state root (or the
     directory) whose filesystem the hint names.  The one place that words
     system errors, for the top-level handler and for the code that knows more."""
+    from stacko.quoting import quote   # here: most commands never fail
     reason = e.strerror or str(e)
     if doing is None:
         names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
-        doing = " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names)
+        doing = " -> ".join(quote(os.fsdecode(n) if isinstance(n, bytes) else str(n))
+                            for n in names)
     message = f"{doing}: {reason}" if doing else reason
-    fs = f"the filesystem of {where}" if where else "the filesystem"
+    fs = f"the filesystem of {quote(where)}" if where else "the filesystem"
     hints = {
         errno.ENOSPC: f"{fs} is full; delete unused images or instances (`stacko df` "
                       "shows what is reclaimable) or make room on it",

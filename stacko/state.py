@@ -241,7 +241,7 @@ class Store:
             except PermissionError:
                 # Not "not a stacko root": we may not look (a user's command
                 # on root's root).
-                raise StackoError(f"permission denied: {self.root} (cannot look for its "
+                raise StackoError(f"permission denied: {q(self.root)} (cannot look for its "
                                   f"{MARKER})", hint=permission_hint(self.root)) from None
             if new_marker:
                 if not fresh and not self._earlier_root():
@@ -267,7 +267,7 @@ class Store:
                 from stacko import durable
                 durable.sync_new_dirs(*made, marker)
         except OSError as e:
-            raise os_error(e, self.root, f"cannot create the state root {self.root}") from None
+            raise os_error(e, self.root, f"cannot create the state root {q(self.root)}") from None
 
     def _earlier_root(self) -> bool:
         """An empty directory, or a root made before there was a marker."""
@@ -365,7 +365,7 @@ class Store:
         except FileNotFoundError:
             return {}
         except PermissionError:
-            raise StackoError(f"permission denied: cannot read {path}",
+            raise StackoError(f"permission denied: cannot read {q(path)}",
                               hint=permission_hint(path)) from None
         except (OSError, UnicodeDecodeError) as e:
             raise CorruptState(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
@@ -421,12 +421,13 @@ class Store:
             except FileExistsError:
                 continue
             except OSError as e:
-                raise os_error(e, self.root, f"cannot make a layer in {self.layers_dir}") from None
+                raise os_error(e, self.root, f"cannot make a layer in {q(self.layers_dir)}") \
+                    from None
             try:
                 try:
                     os.mkdir(self.work_path(layer), 0o700)
                 except OSError as e:
-                    raise os_error(e, self.root, f"cannot make a workdir in {self.work_dir}") \
+                    raise os_error(e, self.root, f"cannot make a workdir in {q(self.work_dir)}") \
                         from None
                 # Durable before any record names them (a new instance is
                 # recorded right after); two fsyncs, not a syncfs, so that a
@@ -500,7 +501,13 @@ def permission_hint(path: str) -> str:
     if owner == 0 and os.geteuid() != 0:
         return "it belongs to root: run stacko as root (e.g. with sudo), or give " \
                "--root (or STACKO_ROOT) a root of your own"
-    return f"check the owner and mode of {path} and of the directories above it"
+    return f"check the owner and mode of {q(path)} and of the directories above it"
+
+
+def q(path: str) -> str:
+    """path as a message shows it (quoting.py), quoting imported only then."""
+    from stacko.quoting import quote
+    return quote(path)
 
 
 def refuse_violations(found: list[str]) -> None:
@@ -540,7 +547,7 @@ def _create_temp(path: str) -> tuple[int, str]:
         except FileExistsError:
             continue
         except OSError as e:
-            raise os_error(e, os.path.dirname(path), f"cannot write {path}") from None
+            raise os_error(e, os.path.dirname(path), f"cannot write {q(path)}") from None
     raise StackoError(f"cannot write {path}: no free name for a temporary file beside it")
 
 
@@ -580,7 +587,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise os_error(e, directory, f"cannot write {path}") from None
+            raise os_error(e, directory, f"cannot write {q(path)}") from None
         raise
     return sync_directory(path) if fsync else True
 
@@ -671,7 +678,7 @@ def open_lock_file(path: str, create: bool) -> int:
                               hint=f"remove it (`rm {path}`): stacko makes it again") from None
         if isinstance(e, (PermissionError, FileNotFoundError)):
             raise
-        raise os_error(e, os.path.dirname(path), f"cannot open the lock {path}") from None
+        raise os_error(e, os.path.dirname(path), f"cannot open the lock {q(path)}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
