@@ -78,3 +78,15 @@ def test_a_chrooted_check_sees_nothing_mounted_on_proc_dev_sys(point: Path,
              '"test ! -e /proc/self && test ! -e /dev/null && test ! -e /sys/kernel"')
     stacko("cutover-stackpoint", "p", "B", "--check", check)
     assert current(stacko) == "B"
+
+
+def test_a_chrooted_check_can_mount_proc_in_a_namespace_of_its_own(point: Path,
+                                                                    stacko: Runner) -> None:
+    # The pattern docs/cutover.md gives; the mount ends with the check.
+    check = ('unshare -m sh -c \'mount -t proc proc "$STACKO_DIR/proc" && '
+             'chroot "$STACKO_DIR" /bin/sh -c "test -e /proc/self/status"\'')
+    stacko("cutover-stackpoint", "p", "B", "--check", check)
+    assert current(stacko) == "B"
+    mounts = Path("/proc/self/mountinfo").read_text().split("\n")
+    assert not any(f" {point}/proc " in line for line in mounts)
+    stacko("umount-stackpoint", "p")             # nothing left mounted inside it
