@@ -12,6 +12,7 @@ Layout of a root::
     stackpoints/NAME   default stackpoint directories
     tmp/               staging for imports and exports: import-PID-X, export-PID-X
     .stacko-root       marks a stacko root: stacko cleans up only in a marked root
+    .stacko-spare      allocated room for the record of a deletion on a full disk (spare.py)
 
 Layer directories get short names because overlayfs takes its options in one
 page (4096 bytes) of mount data: mounts are made from inside ``l/`` with

@@ -61,6 +61,10 @@ The directory of stackpoint NAME unless \\fBnew\\-stackpoint \\-\\-path\\fR name
 Marks the directory as a stacko root: stacko makes a root only in a missing or empty
 directory, and removes leftovers of interrupted commands only in a marked one.
 .TP
+.I {DEFAULT_ROOT}/.stacko\\-spare
+Allocated room (1 MiB or more) in which a deletion records itself when the filesystem is
+full, so that deleting an unused image still makes room.
+.TP
 .I /etc/default/stacko
 Read by the systemd unit (for instance \\fBSTACKO_ROOT=\\fR\\fIDIR\\fR).
 .SH EXIT STATUS
