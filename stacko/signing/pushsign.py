@@ -71,7 +71,7 @@ class Signer:
                                   else registriesd.DEFAULT_DIR)
         self.staging = registriesd.lookaside_base(config, self.ref, write=True)
         if not self.staging.startswith("file://"):
-            raise UsageError(f"the lookaside for {self.ref} is {self.staging}; stacko writes "
+            raise StackoError(f"the lookaside for {self.ref} is {self.staging}; stacko writes "
                              "GnuPG signatures only to a file:// location",
                              hint="set lookaside-staging to a file:// URL in registries.d")
         gpg.check_secret_key(self.sign_by)
