@@ -488,3 +488,22 @@ def test_signatures_read_from_an_http_lookaside(stacko: Runner, root: Path, work
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_one_good_signature_among_others_is_enough(stacko: Runner, workdir: Path,
+                                                   registry: Registry, keys: Keys,
+                                                   sigs: Dict[str, Path],
+                                                   images: Dict[str, str]) -> None:
+    from stacko.signing import payload
+    digest = manifest_digest(registry, "bob:v1")
+    second = sigdir(sigs, "bob", digest) / "signature-2"
+    second.write_bytes(keys.sign("alice", payload.make(f"{registry.host}/bob:v1", digest,
+                                                       payload.GPG)))
+    try:
+        p = policy(workdir, signed_by(keys, "alice"))
+        stacko("pull-image", "b", f"{registry.host}/bob:v1", "--policy", p,
+               "--registries.d", str(sigs["regd"]), "--tls-verify=false")
+        listed = {i["name"]: i for i in json.loads(stacko("list-images", "--json").out)}
+        assert [s["signer"] for s in listed["b"]["signatures"]] == [keys.fpr["alice"]]
+    finally:
+        second.unlink()
