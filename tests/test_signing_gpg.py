@@ -507,3 +507,28 @@ def test_one_good_signature_among_others_is_enough(stacko: Runner, workdir: Path
         assert [s["signer"] for s in listed["b"]["signatures"]] == [keys.fpr["alice"]]
     finally:
         second.unlink()
+
+
+def test_gpg_checks_exactly_one_signature_by_the_policys_keys(keys: Keys) -> None:
+    """As containers/image: a message signed twice, or not signed, is no signature."""
+    from stacko.signing import gpg
+    data = b'{"critical": {}}'
+    both = keys.gpg("--local-user", keys.fpr["alice"], "--local-user", keys.fpr["bob"],
+                    "--sign", input=data).stdout
+    with gpg.Keyring([keys.pub["alice"].read_bytes(), keys.pub["bob"].read_bytes()]) as ring:
+        assert ring.fingerprints == {keys.fpr["alice"], keys.fpr["bob"]}
+        assert ring.verify(keys.sign("bob", data)) == (keys.fpr["bob"], data)
+        with pytest.raises(gpg.BadSignature, match="exactly one"):
+            ring.verify(both)
+        clear = keys.gpg("--local-user", keys.fpr["alice"], "--clearsign", input=data).stdout
+        assert ring.verify(clear)[0] == keys.fpr["alice"]     # gpg's own framing, still one
+        encrypted = keys.gpg("--symmetric", "--passphrase", "x", "--pinentry-mode",
+                             "loopback", input=data).stdout
+        with pytest.raises(gpg.BadSignature):
+            ring.verify(encrypted)
+    with gpg.Keyring([keys.pub["alice"].read_bytes()]) as ring:
+        with pytest.raises(gpg.BadSignature) as e:
+            ring.verify(keys.sign("bob", data))
+        assert e.value.unknown_key
+        with pytest.raises(gpg.BadSignature):
+            ring.verify(both)
