@@ -20,7 +20,7 @@ import os
 import stat
 
 from stacko import images as images_mod
-from stacko import content, events, overlay, procs, run, stackpoints
+from stacko import content, events, overlay, pending, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
 from stacko.records import Image, Instance, Stackpoint, check_name, record, replace
 from stacko.state import Store, locked, remove_tree
@@ -280,6 +280,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     points = store.load_stackpoints()
     point = stackpoints.get(points, name)
     stackpoints.refuse_if_checking(point, "commit-stackpoint")
+    pending.refuse_if_interrupted(point, "commit-stackpoint")
     stackpoints.refuse_if_tentative(point, "commit-stackpoint")
     if new_image in images:
         raise AlreadyExists(f"image {new_image!r} exists already")
@@ -371,7 +372,8 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
     (made by new-stackpoint-instance, waiting for a cutover)."""
     if keep < 0:
         raise StackoError(f"--keep must be 0 or more, not {keep}")
-    points = store.load_stackpoints()
+    points = stackpoints.undo_if_interrupted(store, store.load_stackpoints(), name,
+                                             "prune-stackpoint")
     point = stackpoints.get(points, name)
     stackpoints.refuse_if_checking(point, "prune-stackpoint")
     doomed = list(point.history[:len(point.history) - keep]) if keep else list(point.history)

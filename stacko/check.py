@@ -242,9 +242,11 @@ def interrupted_checks(store: Store, points: dict[str, Stackpoint]) -> list[Prob
         pending = points[name].checking
         if pending is None or events.check_alive(pending):
             continue
+        on = (f"; it is on {pending.image!r}, which never passed its check"
+              if points[name].current == pending.image else "")
         problems.append(Problem(
             f"stackpoint {name!r}: the checked cutover to {pending.image!r} was interrupted "
-            f"during its check (process {pending.pid} is gone)",
+            f"during its check (process {pending.pid} is gone){on}",
             lambda name=name: undo_check(store, name)))
     return problems
 
@@ -256,6 +258,11 @@ def undo_check(store: Store, name: str) -> str:
     if stackpoints.mounted_instance(store, point) is not None:
         overlay.require_root("check --repair")
     stackpoints.undo_interrupted_check(store, name, mount=False)
+    if point.current != pending.image:
+        return "forgot the record: the stackpoint had moved on since"
+    if point.instance(pending.previous) is None:
+        return (f"forgot the record; nothing to fall back to: its instance of "
+                f"{pending.previous!r} is gone")
     return f"fell back to {pending.previous!r}, as the failed check would have"
 
 

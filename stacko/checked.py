@@ -5,20 +5,22 @@ Three steps:
 1. Under the exclusive lock: the cutover, as always (gapless where the kernel
    can), and in the same write of stackpoints.json a *pending check* record
    naming this process (pid, start time, boot id), the image that was current
-   before and the command.
+   before, the history as it was and the command.
 2. Without the lock: the check runs (run.run_check).  A long check must not
    block listings, boot mounts or other stackpoints for minutes, so the lock
    is released; what keeps the stackpoint safe meanwhile is the pending record:
    every command that would change this stackpoint (cutover, fallback, set,
    umount, delete-*, commit, prune) refuses while the process it names runs
-   (stackpoints.refuse_if_checking), and mount-stackpoint finds it mounted.
+   (pending.refuse_if_checking), and mount-stackpoint finds it mounted.
 3. Under the exclusive lock again: the check passed -> the record is cleared;
-   it failed or timed out -> the stackpoint falls back to the earlier instance
-   (gapless where the kernel can), the checked instance is kept, exit 1.
+   it failed or timed out -> the stackpoint is put back as it was before
+   (pending.back_from_check; gapless where the kernel can), the checked
+   instance is kept, exit 1.
 
 Killed during step 2 (SIGKILL, a power cut), the record stays and names a
-process that is gone: the next mount-stackpoint or `check --repair` undoes the
-cutover (stackpoints.undo_interrupted_check).  Undo, not finish: the update
+process that is gone: the next mount-stackpoint or `check --repair`, or any
+command that would change the stackpoint, undoes the cutover first
+(stackpoints.undo_interrupted_check; see pending.py).  Undo, not finish: the update
 never proved itself, and the instance that was current before is the one
 known to work.  SIGTERM and Ctrl-C during the check undo it right away.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 
 from stacko import events, overlay, run, stackpoints
+from stacko import pending as pending_mod
 from stacko.errors import StackoError
 from stacko.records import replace
 from stacko.state import Store
@@ -112,7 +115,7 @@ def _fall_back(store: Store, name: str, action: str, reason: str) -> str:
         pending = point.checking
         assert pending is not None
         images = store.load_images()
-        new = stackpoints.back_from_check(point, action, reason + "; fell back")
+        new = pending_mod.back_from_check(point, action, reason + "; fell back")
         stackpoints._switch(store, images, points, new, None, mount=True,
                             action="cutover-stackpoint --check")
         return pending.previous

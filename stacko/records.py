@@ -318,11 +318,15 @@ class PendingCheck:
     boot_id: str
     started: str             # RFC 3339 UTC
     token: str = ""          # STACKO_CHECK_ID in the check's environment
+    history: tuple[str, ...] | None = None   # the history before: what an undo restores
 
     def to_dict(self) -> dict[str, object]:
-        return {"previous": self.previous, "image": self.image, "command": self.command,
+        data = {"previous": self.previous, "image": self.image, "command": self.command,
                 "pid": self.pid, "start": self.start, "boot_id": self.boot_id,
                 "started": self.started, "token": self.token}
+        if self.history is not None:      # absent in records written before it was kept
+            data["history"] = list(self.history)
+        return data
 
     @classmethod
     def from_dict(cls, data: object, source: str) -> "PendingCheck":
@@ -334,7 +338,17 @@ class PendingCheck:
                    pid=_get_int(data, "pid", source), start=_get_int(data, "start", source),
                    boot_id=_get(data, "boot_id", str, source),
                    started=_get(data, "started", str, source),
-                   token=data.get("token") if isinstance(data.get("token"), str) else "")
+                   token=data.get("token") if isinstance(data.get("token"), str) else "",
+                   history=_history(data.get("history"), source))
+
+
+def _history(data: object, source: str) -> tuple[str, ...] | None:
+    if data is None:
+        return None
+    if not isinstance(data, list) or not all(isinstance(h, str) for h in data):
+        raise CorruptState(f"{source}: the history of a pending-check record is not a "
+                           "list of strings")
+    return tuple(data)
 
 
 @record

@@ -13,6 +13,7 @@ import time
 
 from stacko import images as images_mod
 from stacko import events, overlay
+from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
@@ -220,18 +221,6 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
     return replace(point, detached=tuple(keep))
 
 
-def refuse_if_checking(point: Stackpoint, action: str) -> None:
-    """A checked cutover runs its check without the lock (a long check must not
-    block listings and boot mounts); meanwhile nothing else may change that
-    stackpoint, or the undo of a failed check would undo someone else's work."""
-    pending = point.checking
-    if pending is not None and not events.is_mine(pending) and events.check_alive(pending):
-        raise StackpointBusy(
-            f"{action}: stackpoint {point.name!r} is being checked after its cutover to "
-            f"{pending.image!r} (process {pending.pid} runs `{events.one_line(pending.command, 80)}`)",
-            hint="wait for the check to end; it keeps or undoes the cutover")
-
-
 def active_tentative(point: Stackpoint) -> Tentative | None:
     """The tentative cutover point is on, if any (a record left on another image
     than the current one is stale: nothing would ever use it)."""
@@ -324,6 +313,8 @@ def delete_stackpoint(store: Store, name: str) -> None:
     if mounted_instance(store, point) is not None:
         raise StackpointBusy(f"stackpoint {name!r} is mounted at {store.stackpoint_dir(point)}",
                              hint=f"run `stacko umount-stackpoint {name}` first")
+    points = undo_if_interrupted(store, points, name, "delete-stackpoint")   # ends its leftovers
+    point = get(points, name)
     for inst in point.instances:     # as mount, prune and delete-stackpoint-instance do
         _refuse_if_held(store, point, inst.image, "delete-stackpoint")
     table = overlay.mounts()
@@ -421,42 +412,35 @@ def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     return store.stackpoint_dir(point)
 
 
-def back_from_check(point: Stackpoint, action: str, reason: str) -> Stackpoint:
-    """point back on the instance that was current before its checked cutover,
-    as a fallback leaves it: the checked instance is kept, off the history."""
-    pending = point.checking
-    assert pending is not None
-    history = point.history
-    history = history[:-1] if history and history[-1] == pending.previous \
-        else tuple(h for h in history if h != pending.previous)
-    new = replace(point, current=pending.previous, history=history, checking=None,
-                  tentative=None)
-    return events.add(new, action, pending.image, pending.previous, reason)
-
-
 @locked(exclusive=True)
-def undo_interrupted_check(store: Store, name: str, mount: bool) -> str:
+def undo_interrupted_check(store: Store, name: str, mount: bool, action: str = "") -> str:
     """Undo a checked cutover whose command died during its check: an update
-    that never proved itself is not trusted, so the stackpoint falls back to
-    the instance that was current before (the checked one is kept).  The
-    stackpoint ends mounted if it was, or if mount is true."""
+    that never proved itself is not trusted, so the stackpoint goes back to how
+    it was before (pending.back_from_check; the checked instance is kept), and
+    what the check left running is ended.  The stackpoint ends mounted if it
+    was, or if mount is true.  action: the command that undoes it on its way."""
     from stacko import run
     images = store.load_images()
     points = store.load_stackpoints()
     point = get(points, name)
     pending = point.checking
     assert pending is not None
+    # First: the check's processes hold the stackpoint (and, once switched away,
+    # the checked instance's detached mount).
+    left = events.end_leftovers(pending)
+    if left:
+        run.log(f"stacko: ended what the interrupted check left running: process"
+                f"{'es' if len(left) > 1 else ''} {', '.join(map(str, left))}")
     if point.current != pending.image or point.instance(pending.previous) is None:
         # Moved on since (by hand), or the earlier instance is gone: only forget.
+        if point.current == pending.image:
+            run.log(f"stacko: warning: stackpoint {name!r} stays on {pending.image!r}, whose "
+                    f"check was interrupted: its instance of {pending.previous!r} is gone")
         new = events.add(replace(point, checking=None), "check-interrupted", point.current,
                          point.current, f"the check of {pending.image!r} was interrupted; "
                          "nothing to fall back to")
         store.save_stackpoints({**points, name: new})
         return mount_stackpoint(store, name) if mount else store.stackpoint_dir(point)
-    left = events.end_leftovers(pending)
-    if left:
-        run.log(f"stacko: ended what the interrupted check left running: process"
-                f"{'es' if len(left) > 1 else ''} {', '.join(map(str, left))}")
     directory = store.stackpoint_dir(point)
     stacked = overlay.stacked_at(directory)
     if len(stacked) > 1 and _is_instance(store, stacked[-2], point.current_instance()):
@@ -465,15 +449,25 @@ def undo_interrupted_check(store: Store, name: str, mount: bool) -> str:
                           f"the check `{pending.command}` was interrupted (process "
                           f"{pending.pid} died); fell back")
     _switch(store, images, points, new, None, mount=mount, action="undo of a checked cutover")
-    run.log(f"stacko: stackpoint {name!r}: the checked cutover to {pending.image!r} was "
-            f"interrupted during its check; fell back to {pending.previous!r}")
+    run.log(undone(action, point, pending))
     return directory
+
+
+def undo_if_interrupted(store: Store, points: dict[str, Stackpoint], name: str,
+                        action: str) -> dict[str, Stackpoint]:
+    """Before action changes stackpoint name (under the lock): undo its checked
+    cutover if the command that ran the check died, so that nothing is built on
+    an image that never passed its check.  Returns the stackpoints as they are."""
+    if interrupted(get(points, name)) is None:
+        return points
+    undo_interrupted_check(store, name, mount=False, action=action)
+    return store.load_stackpoints()
 
 
 @overlay.needs_root("umount-stackpoint")
 @locked(exclusive=True)
 def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
-    points = store.load_stackpoints()
+    points = undo_if_interrupted(store, store.load_stackpoints(), name, "umount-stackpoint")
     point = get(points, name)
     directory = checked_dir(store, point)
     mounted = mounted_instance(store, point)
@@ -559,12 +553,10 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
     with OrderHint(images, points, name, image, "cutover-stackpoint"):
         images_mod.get(images, image)
         point = get(points, name)
-    if point.checking is not None and not events.check_alive(point.checking):
-        # An earlier checked cutover died in its check: undo it first, so that
-        # this one starts from the instance known to work.
-        undo_interrupted_check(store, name, mount=False)
-        points = store.load_stackpoints()
-        point = get(points, name)
+    # An earlier checked cutover died in its check: undo it first, so that this
+    # one starts from the instance known to work.
+    points = undo_if_interrupted(store, points, name, "cutover-stackpoint")
+    point = get(points, name)
     if image == point.current:
         return mount_stackpoint(store, name)
     refuse_if_checking(point, "cutover-stackpoint")
@@ -574,13 +566,16 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
     if inst is None:
         inst = created = _new_instance(store, images, name, image)
     try:
-        new = replace(point.with_instance(inst).switched_to(image), checking=None,
+        # An existing instance keeps its place: a failed check leaves all as it was.
+        new = replace((point if created is None else point.with_instance(inst)).switched_to(image),
+                      checking=None,
                       tentative=None if tries is None else Tentative(image, tries, tries))
         reasons = ([f"tentative, {tries} tr{'ies' if tries != 1 else 'y'}"]
                    if tries is not None else []) + ([f"checked by `{check}`"] if check else [])
         new = events.add(new, "cutover", point.current, image, "; ".join(reasons))
         if check is not None:
-            new = replace(new, checking=events.pending_check(point.current, image, check))
+            new = replace(new, checking=replace(events.pending_check(point.current, image, check),
+                                                history=point.history))
     except BaseException:
         if created is not None:
             store.remove_layer(created.layer)
@@ -595,6 +590,13 @@ def fallback(store: Store, name: str) -> str:
     images = store.load_images()
     points = store.load_stackpoints()
     point = get(points, name)
+    if interrupted(point) is not None:
+        # The undo is the fallback: back to the instance that was current before.
+        undo_interrupted_check(store, name, mount=True, action="fallback-stackpoint")
+        points = store.load_stackpoints()
+        if get(points, name).current != point.current:
+            return store.stackpoint_dir(point)
+        point = get(points, name)
     if not point.history:
         raise StackoError(f"stackpoint {name!r} has no earlier instance to fall back to",
                           hint="`stacko list-stackpoints` shows its history")
@@ -615,6 +617,8 @@ def new_instance(store: Store, name: str, image: str) -> None:
         point = get(points, name)
     if point.instance(image) is not None:
         raise AlreadyExists(f"stackpoint {name!r} has an instance of {image!r} already")
+    points = undo_if_interrupted(store, points, name, "new-stackpoint-instance")
+    point = get(points, name)
     inst = _new_instance(store, images, name, image)
     try:
         store.save_stackpoints({**points, name: point.with_instance(inst)})
@@ -639,6 +643,8 @@ def set_instance(store: Store, name: str, image: str) -> None:
     with OrderHint(images, points, name, image, "set-stackpoint-instance"):
         point = get(points, name)
     _instance(point, image)
+    points = undo_if_interrupted(store, points, name, "set-stackpoint-instance")
+    point = get(points, name)
     if image == point.current:
         return
     refuse_if_checking(point, "set-stackpoint-instance")
@@ -651,7 +657,7 @@ def set_instance(store: Store, name: str, image: str) -> None:
 @locked(exclusive=True)
 def confirm(store: Store, name: str) -> bool:
     """Make a tentative cutover permanent; False when nothing was tentative."""
-    points = store.load_stackpoints()
+    points = undo_if_interrupted(store, store.load_stackpoints(), name, "confirm-stackpoint")
     point = get(points, name)
     tentative = point.tentative
     if tentative is None:
@@ -669,6 +675,9 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     points = store.load_stackpoints()
     with OrderHint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
         point = get(points, name)
+    _instance(point, image)
+    points = undo_if_interrupted(store, points, name, "delete-stackpoint-instance")
+    point = get(points, name)
     inst = _instance(point, image)
     refuse_if_checking(point, "delete-stackpoint-instance")
     refuse_if_tentative(point, "delete-stackpoint-instance", deleting=image)
