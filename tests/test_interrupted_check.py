@@ -348,3 +348,42 @@ def test_an_interrupted_check_back_to_an_earlier_image_keeps_the_history(
     assert (three / "f").read_text() == "c\n"
     stacko("fallback-stackpoint", "p")
     assert (three / "f").read_text() == "b\n"
+
+
+def edit_pending(root: Path, **changes: object) -> None:
+    """Change p's pending-check record by hand, as an older stacko could have left it."""
+    path = root / "stackpoints.json"
+    data = json.loads(path.read_text())
+    pending = data["stackpoints"]["p"]["checking"]
+    for key, value in changes.items():
+        if value is None:
+            del pending[key]
+        else:
+            pending[key] = value
+    path.write_text(json.dumps(data))
+
+
+def test_a_record_without_the_history_is_undone_as_before(point: Path, stacko: Runner,
+                                                          root: Path, tmp_path: Path) -> None:
+    """A pending check recorded by a stacko that did not keep the history."""
+    with Killed(root, tmp_path) as killed:
+        edit_pending(root, history=None)
+        assert "fell back to 'g1'" in stacko("mount-stackpoint", "p").stderr
+        killed.assert_ended()
+    assert_undone(info(stacko), history=["g0"])
+
+
+def test_check_says_when_there_is_nothing_to_fall_back_to(point: Path, stacko: Runner,
+                                                          root: Path, tmp_path: Path) -> None:
+    with Killed(root, tmp_path) as killed:
+        edit_pending(root, previous="gone")
+        report = stacko("check", rc=1).out
+        assert "interrupted during its check" in report and "never passed its check" in report
+        result = stacko("check", "--repair")
+        assert "nothing to fall back to: its instance of 'gone' is gone" in result.out
+        assert "fell back" not in result.out
+        assert "stays on 'bad'" in result.stderr
+        killed.assert_ended()
+    state = info(stacko)
+    assert state["current"] == "bad" and state["checking"] is None
+    assert state["events"][-1]["action"] == "check-interrupted"
