@@ -590,10 +590,101 @@ def test_without_the_libraries_an_error_not_a_traceback(monkeypatch: pytest.Monk
                                                         package: str) -> None:
     import sys
     monkeypatch.setitem(sys.modules, module, None)       # import raises ImportError
-    for call in (lambda: cosignkey.generate(PASS),
-                 lambda: cosignkey.load_private(keypair[0], PASS),
-                 lambda: cosignkey.load_public(keypair[1]),
-                 lambda: sigstore.verify(b"x", "AAAA", [keypair[1]])):
+    calls = [lambda: cosignkey.generate(PASS), lambda: cosignkey.load_private(keypair[0], PASS)]
+    if module == "cryptography":           # checking needs no PyNaCl
+        calls += [lambda: cosignkey.load_public(keypair[1]),
+                  lambda: sigstore.verify(b"x", "AAAA", [keypair[1]])]
+    for call in calls:
         with pytest.raises(StackoError) as e:
             call()
         assert package in e.value.message and "apt-get install python3-" in (e.value.hint or "")
+    if module == "nacl":
+        assert cosignkey.load_public(keypair[1]) is not None
+
+
+# --- public keys without cryptography's serialization module -----------------------
+def every_kind_of_key() -> list:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    return [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
+            ec.generate_private_key(ec.SECP521R1()),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            ed25519.Ed25519PrivateKey.generate()]
+
+
+def test_public_keys_read_as_cryptography_reads_them() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from stacko.signing import publickey
+    for private in every_kind_of_key():
+        public = private.public_key()
+        spki = public.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert publickey.from_spki(spki).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == spki
+        pem = public.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        payload = b"payload"
+        key = cosignkey.load_private(cosignkey.pem_encode(cosignkey.SIGSTORE_LABEL,
+                                     cosignkey.encrypt(private.private_bytes(
+                                         serialization.Encoding.DER,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()), PASS)), PASS)
+        assert sigstore.verify(payload, sigstore.sign(payload, key), [pem])
+
+
+def test_malformed_public_keys_are_refused(keypair: tuple) -> None:
+    from stacko.signing import publickey
+    _, der = cosignkey.pem_decode(keypair[1], cosignkey.PUBLIC_LABELS, "k")
+    point = der[-65:]
+    bad = [b"", der[:-1], der + b"\x00", b"\x30\x81" + der[1:],        # non-minimal length
+           der.replace(bytes.fromhex("2a8648ce3d030107"), bytes.fromhex("2b8104000a")),  # k1
+           der[:-65] + b"\x04" + bytes(64),                               # not on the curve
+           der[:-66] + b"\x01" + point,                                   # unused bits
+           der[:-65] + b"\x02" + point[1:33] + point[33:]]                # compressed, 65 long
+    for data in bad:
+        with pytest.raises(publickey.BadKey):
+            publickey.from_spki(data)
+        with pytest.raises(cosignkey.KeyUnreadable):
+            cosignkey.load_public(cosignkey.pem_encode("PUBLIC KEY", data))
+
+
+def test_public_key_parser_never_raises_anything_else(keypair: tuple) -> None:
+    """Random damage to a real key: BadKey or a key, nothing else."""
+    import random
+    from stacko.signing import publickey
+    _, der = cosignkey.pem_decode(keypair[1], cosignkey.PUBLIC_LABELS, "k")
+    rng = random.Random(20)
+    for _ in range(3000):
+        data = bytearray(der)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(3)
+            at = rng.randrange(len(data) + 1)
+            if op == 0 and at < len(data):
+                data[at] = rng.randrange(256)
+            elif op == 1:
+                data[at:at] = bytes([rng.randrange(256)])
+            elif at < len(data):
+                del data[at]
+        try:
+            publickey.from_spki(bytes(data))
+        except publickey.BadKey:
+            pass
+
+
+def test_checking_a_signature_imports_no_serialization(keypair: tuple, tmp_path: Path) -> None:
+    """What a pull under a sigstoreSigned policy pays for: cryptography's ECDSA,
+    not its serialization module (SSH keys, dataclasses, inspect) nor PyNaCl."""
+    import subprocess
+    import sys
+    key = cosignkey.load_private(keypair[0], PASS)
+    payload = cosign_payload("h.example/r:t", DIGEST)
+    (tmp_path / "pub").write_bytes(keypair[1])
+    probe = ("import sys; from stacko.signing import sigstore; "
+             f"assert sigstore.verify({payload!r}, {sigstore.sign(payload, key)!r}, "
+             f"[open({str(tmp_path / 'pub')!r}, 'rb').read()]); "
+             "print(' '.join(sorted(sys.modules)))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    modules = set(subprocess.run([sys.executable, "-c", probe], check=True, env=env,
+                                 capture_output=True, text=True).stdout.split())
+    assert "cryptography.hazmat.primitives.asymmetric.ec" in modules
+    assert not {"cryptography.hazmat.primitives.serialization", "nacl", "dataclasses",
+                "inspect"} & modules

@@ -45,10 +45,13 @@ class WrongPassphrase(KeyUnreadable):
     pass
 
 
-def require() -> None:
-    """The two libraries, or an error that says how to get them (not a traceback)."""
-    for module, package, debian in (("cryptography", "cryptography", "python3-cryptography"),
-                                    ("nacl", "PyNaCl", "python3-nacl")):
+def require(nacl: bool = True) -> None:
+    """The libraries (PyNaCl only for private keys), or an error that says how
+    to get them (not a traceback)."""
+    wanted = [("cryptography", "cryptography", "python3-cryptography")]
+    if nacl:
+        wanted.append(("nacl", "PyNaCl", "python3-nacl"))
+    for module, package, debian in wanted:
         try:
             __import__(module)
         except ImportError:
@@ -234,28 +237,19 @@ def load_private(pem: bytes, passphrase: bytes, what: str = "the private key") -
 def load_public(pem: bytes | str, what: str = "the public key") -> object:
     """A public key from PEM (PKIX ``PUBLIC KEY``, or PKCS#1 ``RSA PUBLIC KEY``),
     as sigstore's cryptoutils.UnmarshalPEMToPublicKey reads it."""
-    require()
+    require(nacl=False)
     if isinstance(pem, str):
         pem = pem.encode("utf-8", "replace")
     if len(pem) > MAX_KEY_FILE:
         raise KeyUnreadable(f"{what} is larger than a key file can be")
     label, der = pem_decode(pem, PUBLIC_LABELS, what)
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from stacko.signing import publickey       # not cryptography's serialization: see there
     try:
-        if label == "RSA PUBLIC KEY":
-            # The PKCS#1 body, wrapped back into PEM for cryptography's loader.
-            key = serialization.load_pem_public_key(pem_encode(label, der))
-        else:
-            key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError):
-        raise KeyUnreadable(f"{what} is not a valid public key") from None
-    except Exception as e:   # UnsupportedAlgorithm
-        raise KeyUnreadable(f"{what}: unsupported public key ({type(e).__name__})") from None
-    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey,
-                            ed25519.Ed25519PublicKey)):
-        raise KeyUnreadable(f"{what}: a {type(key).__name__}, not an ECDSA, RSA or Ed25519 key")
-    return key
+        return publickey.from_pkcs1(der) if label == "RSA PUBLIC KEY" \
+            else publickey.from_spki(der)
+    except publickey.BadKey as e:
+        raise KeyUnreadable(f"{what} is not a valid ECDSA, RSA or Ed25519 public key ({e})"
+                            ) from None
 
 
 # --- files -------------------------------------------------------------------------

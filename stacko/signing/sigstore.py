@@ -46,7 +46,7 @@ def sign(payload: bytes, key: object) -> str:
     """The base64 signature of payload with key (from cosignkey.load_private),
     as sigstore's SignerVerifier makes it for that key's kind."""
     from stacko.signing.cosignkey import require
-    require()
+    require(nacl=False)
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -78,18 +78,20 @@ def verify(payload: bytes, signature_b64: str, public_key_pems: list) -> bool:
         return False
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec
     for key in keys:
         try:
             if isinstance(key, ec.EllipticCurvePublicKey):
                 key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-            elif isinstance(key, rsa.RSAPublicKey):
+                return True
+            # Rarer kinds: their modules only when such a key is there.
+            from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+            if isinstance(key, rsa.RSAPublicKey):
                 key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
-            elif isinstance(key, ed25519.Ed25519PublicKey):
+                return True
+            if isinstance(key, ed25519.Ed25519PublicKey):
                 key.verify(signature, payload)
-            else:
-                continue
-            return True
+                return True
         except (InvalidSignature, ValueError):
             continue
     return False
