@@ -136,6 +136,8 @@ def test_a_key_that_cannot_sign_uploads_nothing(stacko: Runner, image: str, trix
     no_secret(r.stderr, PASS, "not the passphrase")
     if problem == "wrong passphrase":
         assert "wrong passphrase" in r.stderr
+    if problem == "no key file":
+        assert r.stderr.count(str(key)) == 1 and "No such file" in r.stderr
     assert registry.requests(mark) == []          # not even a HEAD: found first
     assert snapshot(root) == before
 

@@ -25,6 +25,7 @@ import binascii
 import os
 
 from stacko.errors import StackoError
+from stacko.quoting import quote
 
 COSIGN_LABEL = "ENCRYPTED COSIGN PRIVATE KEY"
 SIGSTORE_LABEL = "ENCRYPTED SIGSTORE PRIVATE KEY"
@@ -260,23 +261,25 @@ def read_passphrase_file(path: str) -> bytes:
         with open(path, "rb") as f:
             line = f.readline(MAX_KEY_FILE + 1)
     except OSError as e:
-        raise StackoError(f"cannot read the passphrase file {path}: {e.strerror}") from None
+        raise StackoError(f"cannot read the passphrase file {quote(path)}: {e.strerror}") from None
     if len(line) > MAX_KEY_FILE:
-        raise StackoError(f"the passphrase file {path} has a first line longer than "
+        raise StackoError(f"the passphrase file {quote(path)} has a first line longer than "
                           f"{MAX_KEY_FILE >> 10} KiB")
     return line[:-1] if line.endswith(b"\n") else line
 
 
-def read_key_file(path: str, what: str) -> bytes:
-    """A key file's bytes, bounded (a FIFO or /dev/zero is not read forever)."""
+def read_key_file(path: str, what: str | None = None) -> bytes:
+    """A key file's bytes, bounded (a FIFO or /dev/zero is not read forever).
+    what names it in messages (default: "the key file PATH")."""
+    what = what or f"the key file {quote(path)}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        raise KeyUnreadable(f"cannot read {what} {path}: {e.strerror}") from None
+        raise KeyUnreadable(f"cannot read {what}: {e.strerror}") from None
     try:
         import stat
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyUnreadable(f"{what} {path} is not a regular file")
+            raise KeyUnreadable(f"{what} is not a regular file")
         data = os.read(fd, MAX_KEY_FILE + 1)
         while data and len(data) <= MAX_KEY_FILE:
             more = os.read(fd, MAX_KEY_FILE + 1 - len(data))
@@ -284,9 +287,9 @@ def read_key_file(path: str, what: str) -> bytes:
                 break
             data += more
     except OSError as e:
-        raise KeyUnreadable(f"cannot read {what} {path}: {e.strerror}") from None
+        raise KeyUnreadable(f"cannot read {what}: {e.strerror}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_KEY_FILE:
-        raise KeyUnreadable(f"{what} {path} is larger than a key file can be")
+        raise KeyUnreadable(f"{what} is larger than a key file can be")
     return data

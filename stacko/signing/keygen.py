@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from stacko.errors import AlreadyExists, StackoError
+from stacko.quoting import quote
 
 
 def ask_passphrase() -> bytes:
@@ -56,11 +57,11 @@ def generate_key_files(prefix: str, passphrase_file: str | None = None) -> tuple
     private_path, public_path = prefix + ".private", prefix + ".pub"
     for path in (private_path, public_path):
         if os.path.lexists(path):
-            raise AlreadyExists(f"{path} exists already; it is never overwritten",
+            raise AlreadyExists(f"{quote(path)} exists already; it is never overwritten",
                                 hint="choose another --output-prefix, or move the old key away")
     directory = os.path.dirname(os.path.abspath(private_path))
     if not os.path.isdir(directory):
-        raise StackoError(f"the directory {directory} does not exist",
+        raise StackoError(f"the directory {quote(directory)} does not exist",
                           hint="create it first, or choose another --output-prefix")
     if passphrase_file is not None:
         passphrase = cosignkey.read_passphrase_file(passphrase_file)
@@ -73,10 +74,10 @@ def generate_key_files(prefix: str, passphrase_file: str | None = None) -> tuple
             try:
                 write_new(path, data, mode)
             except FileExistsError:
-                raise AlreadyExists(f"{path} appeared while the key was made; "
+                raise AlreadyExists(f"{quote(path)} appeared while the key was made; "
                                     "it is never overwritten") from None
             except OSError as e:
-                raise StackoError(f"cannot write {path}: {e.strerror}") from None
+                raise StackoError(f"cannot write {quote(path)}: {e.strerror}") from None
             made.append(path)
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -85,7 +86,7 @@ def generate_key_files(prefix: str, passphrase_file: str | None = None) -> tuple
             finally:
                 os.close(fd)
         except OSError as e:
-            raise StackoError(f"cannot sync {directory}: {e.strerror}") from None
+            raise StackoError(f"cannot sync {quote(directory)}: {e.strerror}") from None
     except BaseException:
         for path in made:
             try:
