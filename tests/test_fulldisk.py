@@ -21,11 +21,11 @@ from stacko import errors, spare
 mounts = pytest.mark.mounts
 
 
-def fill(directory: Path) -> None:
+def fill(directory: Path, tag: str = "") -> None:
     """Write until the filesystem has not one block left, for root too (which
     may use ext4's reserve): large writes first, then ever smaller ones."""
     for n, size in enumerate((1 << 20, 64 << 10, 4096, 512, 1)):
-        fd = os.open(directory / f"filler{n}", os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(directory / f"filler{tag}{n}", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while True:
                 try:
@@ -107,18 +107,24 @@ def test_a_full_disk_refuses_cleanly_and_an_unused_image_can_still_go(workdir: P
 @mounts
 def test_a_deletion_uses_the_spare_and_nothing_else_does(workdir: Path) -> None:
     """Only a write that forgets layers may use the spare: an edit-image that
-    unseals an image on a full disk must not take the room a deletion needs."""
+    unseals an image on a full disk must not take the room a deletion needs.
+    Each kind of deletion works on a full disk, one after the other."""
     with LoopRoot(workdir, size_mb=64) as disk:
         root = disk.root
-        for name in ("a", "b"):
+        for name in ("a", "b", "c", "d"):
             run_stacko(root, "new-image", name)
-        (root / "edit").mkdir(exist_ok=True)
+        run_stacko(root, "new-stackpoint", "p", "c")
+        run_stacko(root, "new-stackpoint-instance", "p", "d")
         (root / "edit" / "a").mkdir()                    # so that edit-image gets to its record
         fill(disk.mnt)
         refused(root, "edit-image", "a", why="is full")
-        assert (root / spare.NAME).exists()
-        run_stacko(root, "delete-image", "b")
-        assert run_stacko(root, "list-images").out == "a"
+        for n, argv in enumerate((("delete-image", "b"), ("delete-stackpoint-instance", "p", "d"),
+                                  ("delete-stackpoint", "p"))):
+            assert (root / spare.NAME).stat().st_blocks * 512 >= spare.BASE, argv
+            fill(disk.mnt, tag=f"-{n}-")
+            run_stacko(root, *argv)
+        assert run_stacko(root, "list-images").out.split() == ["a", "c", "d"]
+        assert run_stacko(root, "list-stackpoints").out == ""
         (root / "edit" / "a").rmdir()
         run_stacko(root, "check")
 
