@@ -52,6 +52,12 @@ def ensure(root: str) -> None:
     """Make the spare, or grow it, to its wanted size or as far as the free
     space allows; quietly: a spare that cannot be made now is made later."""
     want = wanted(root)
+    try:   # the common case, in one system call: the spare is there, whole
+        st = os.lstat(path_of(root))
+        if stat.S_ISREG(st.st_mode) and st.st_blocks * 512 >= want:
+            return
+    except OSError:
+        pass
     try:
         fd = os.open(path_of(root), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                      | os.O_NONBLOCK, 0o600)
