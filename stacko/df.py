@@ -9,8 +9,8 @@ although deleting it frees only what it does not share.  Images never change
 after they are sealed, so their size is read from images.json, where sealing
 records it (content.py); an image recorded before sizes were (size null) is
 measured here.  Images sealed by a stacko before sizes were allocated bytes
-keep the length of their files as their size until `close-image` seals them
-again.  Instances change all the time: they are measured at every call, their
+keep the length of their files as their size until they are sealed again
+(edit-image and close-image, or imported again).  Instances change all the time: they are measured at every call, their
 workdir with them.
 
 ``reclaimable`` is what deleting every non-current instance and then every
