@@ -274,3 +274,80 @@ def replace_signatures(registry: Registry, repo: str, digest: str, pairs: list) 
     c.put_manifest(sigstore.attachment_tag(digest), json.dumps(manifest).encode(),
                    sigstore.OCI_MANIFEST)
 
+
+
+# --- multi-platform images -----------------------------------------------------------
+def platforms(registry: Registry, repo: str) -> Dict[str, str]:
+    """{architecture: manifest digest} of the index repo:1, and "index": its own digest."""
+    import urllib.request
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/{repo}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        body = r.read()
+    found = {m["platform"]["architecture"]: m["digest"] for m in json.loads(body)["manifests"]}
+    found["index"] = "sha256:" + hashlib.sha256(body).hexdigest()
+    return found
+
+
+def test_skopeo_signs_every_platform_and_stacko_checks_each(
+        stacko: Runner, root: Path, trixie: Trixie, registry: Registry, tmp_path: Path) -> None:
+    """skopeo copy --all --sign-by-sigstore-private-key signs each platform's
+    manifest (and the index); stacko checks the one it installs."""
+    import shutil
+    from test_registry import multi_platform
+    shutil.copytree(multi_platform(tmp_path / "m"), trixie.work / "multi")
+    prefix = skopeo_keys(trixie, "skopeo")
+    ref = f"{registry.host}/multi-signed:1"
+    trixie.skopeo("--insecure-policy", "--registries.d", trixie.path(registries_d(trixie)),
+                  "copy", "--all", "--dest-tls-verify=false",
+                  "--sign-by-sigstore-private-key", trixie.path(Path(f"{prefix}.private")),
+                  "--sign-passphrase-file", trixie.path(Path(f"{prefix}.pass")),
+                  f"oci:{trixie.path(trixie.work / 'multi')}:multi", f"docker://{ref}")
+    digests = platforms(registry, "multi-signed")
+    for what in ("amd64", "arm64", "index"):
+        assert len(sigstore.fetch_signatures(client(registry, "multi-signed"), "multi-signed",
+                                             digests[what])) == 1, what
+    policy_file = stacko_policy(tmp_path / "policy.json", f"{registry.host}/multi-signed",
+                                Path(f"{prefix}.pub"))
+    for arch in ("amd64", "arm64"):
+        stacko("pull-image", arch, ref, "--platform", f"linux/{arch}", "--tls-verify=false",
+               "--policy", policy_file)
+        kept = {i["name"]: i for i in json.loads(stacko("list-images", "--json").stdout)}
+        assert kept[arch]["signatures"][0]["digest"] == digests[arch]
+
+
+@pytest.mark.parametrize("signed", ["amd64", "index"])
+def test_only_a_signed_platform_manifest_counts(stacko: Runner, root: Path, trixie: Trixie,
+                                                registry: Registry, tmp_path: Path,
+                                                signed: str) -> None:
+    """One platform signed: the other is refused before any blob. Only the index
+    signed (cosign sign without --recursive): every platform is refused."""
+    import subprocess
+    from test_registry import multi_platform
+    from test_sigstore_interop import stacko_sign
+    repo = f"multi-{signed}"
+    ref = f"{registry.host}/{repo}:1"
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false",
+                    f"oci:{multi_platform(tmp_path / 'm')}:multi", f"docker://{ref}"],
+                   check=True, capture_output=True)
+    digests = platforms(registry, repo)
+    prefix = stacko_keys(trixie, "ours")
+    stacko_sign(registry, repo, digests[signed], ref, prefix)
+    policy_file = stacko_policy(tmp_path / "policy.json", f"{registry.host}/{repo}",
+                                Path(f"{prefix}.pub"))
+    for arch in ("amd64", "arm64"):
+        argv = ["pull-image", arch, ref, "--platform", f"linux/{arch}", "--tls-verify=false",
+                "--policy", policy_file]
+        if arch == signed:
+            stacko(*argv)
+            continue
+        before = snapshot(root)
+        mark = registry.mark()
+        r = stacko(*argv, rc=1)
+        assert "no signature" in r.stderr
+        image_blobs = set(registry.blob_gets(mark)) - {
+            "sha256:" + hashlib.sha256(p).hexdigest()
+            for p, _ in sigstore.fetch_signatures(client(registry, repo), repo, digests[arch])}
+        assert image_blobs == set()
+        assert snapshot(root) == before
