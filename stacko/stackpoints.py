@@ -631,8 +631,11 @@ def _instance(point: Stackpoint, image: str) -> Instance:
     check_name(image, "image name")
     inst = point.instance(image)
     if inst is None:
+        from stacko.suggest import did_you_mean
         raise InstanceNotFound(f"stackpoint {point.name!r} has no instance of {image!r}",
-                               hint=f"`stacko new-stackpoint-instance {point.name} {image}` makes one")
+                               hint=did_you_mean(image, [i.image for i in point.instances],
+                                                 f"`stacko new-stackpoint-instance "
+                                                 f"{point.name} {image}` makes one"))
     return inst
 
 

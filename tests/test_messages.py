@@ -237,3 +237,10 @@ def test_suggestions_import_difflib_only_for_a_name_not_found() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout
     assert out.strip() == "['DEB21', 'deb12']"
+
+
+def test_a_mistyped_instance_gets_a_suggestion(system: Runner, root: Path) -> None:
+    err = refused(system, root, "delete-stackpoint-instance", "sys", "deb12-v2")
+    assert "stackpoint 'sys' has no instance of 'deb12-v2'" in err
+    assert "did you mean 'deb12'? `stacko new-stackpoint-instance sys deb12-v2` makes one" \
+        in err
