@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Builds, once, a Debian 13 (trixie) chroot with skopeo 1.18 for the sigstore
-# interop tests: Debian 12 builds skopeo with sigstore disabled, so only a newer
-# skopeo can check stacko's sigstore signatures and make its own.
+# Builds, once, a Debian 13 (trixie) chroot with skopeo 1.18 and cosign 2.5 for
+# the sigstore interop tests: Debian 12 builds skopeo with sigstore disabled, so
+# only a newer skopeo can check stacko's sigstore signatures and make its own.
 #   tests/trixie-chroot.sh [DIR]      (default: $STACKO_TRIXIE or
 #                                      /var/cache/stacko-tests/trixie)
 # DIR/.stacko-ready marks a finished chroot: a later run does nothing.  The
-# chroot is made beside DIR and renamed into place once skopeo runs in it, so
+# chroot is made beside DIR and renamed into place once the tools run in it, so
 # an interrupted build leaves no half chroot behind for the tests to trip on.
+# A chroot of an earlier version of this script (without a tool) is copied and
+# completed the same way, without a new debootstrap.
 # The mirror is the one this machine's apt uses ($STACKO_DEBIAN_MIRROR wins).
 # Root only; as another user it says so and exits 0 (the tests then skip).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:-${STACKO_TRIXIE:-/var/cache/stacko-tests/trixie}}
 stamp=$dir/.stacko-ready
-if [ -e "$stamp" ] && [ -x "$dir/usr/bin/skopeo" ]; then
+tools="skopeo cosign"
+ready() {
+    [ -e "$stamp" ] || return 1
+    for tool in $tools; do
+        [ -x "$dir/usr/bin/$tool" ] || return 1
+    done
+}
+if ready; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,7 +52,7 @@ mkdir -p "$parent"
 # One build at a time (two `make test` at once): the second waits, then finds it done.
 exec 9>"$parent/.$(basename "$dir").lock"
 flock 9
-if [ -e "$stamp" ] && [ -x "$dir/usr/bin/skopeo" ]; then
+if ready; then
     exit 0
 fi
 
@@ -55,22 +64,28 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 url=$(mirror)
-echo "stacko: building a Debian 13 chroot with skopeo in $dir from $url (once)" >&2
 log=$parent/$(basename "$dir").log
-ok=0
-for attempt in 1 2 3; do
-    # In a private mount namespace: whatever debootstrap mounts in $work (/proc)
-    # goes with it, even when it is killed, and rm never meets a mount there.
-    if unshare -m --propagation private \
-            debootstrap --variant=minbase trixie "$work" "$url" >"$log" 2>&1; then
-        ok=1
-        break
-    fi
-    echo "stacko: debootstrap failed (attempt $attempt), see $log" >&2
-    cleanup
-    sleep $((attempt * 5))
-done
-[ "$ok" = 1 ] || { tail -n 20 "$log" >&2; exit 1; }
+if [ -e "$stamp" ]; then
+    echo "stacko: adding to the Debian 13 chroot in $dir: $tools (once)" >&2
+    cp -a "$dir" "$work"
+    rm -f "$work/.stacko-ready"
+else
+    echo "stacko: building a Debian 13 chroot with $tools in $dir from $url (once)" >&2
+    ok=0
+    for attempt in 1 2 3; do
+        # In a private mount namespace: whatever debootstrap mounts in $work (/proc)
+        # goes with it, even when it is killed, and rm never meets a mount there.
+        if unshare -m --propagation private \
+                debootstrap --variant=minbase trixie "$work" "$url" >"$log" 2>&1; then
+            ok=1
+            break
+        fi
+        echo "stacko: debootstrap failed (attempt $attempt), see $log" >&2
+        cleanup
+        sleep $((attempt * 5))
+    done
+    [ "$ok" = 1 ] || { tail -n 20 "$log" >&2; exit 1; }
+fi
 
 # apt inside: the host's proxy settings and resolver, no services started.
 cp -L /etc/resolv.conf "$work/etc/resolv.conf" 2>/dev/null || true
@@ -94,16 +109,17 @@ inside() {
 ok=0
 for attempt in 1 2 3; do
     if inside apt-get update -qq >>"$log" 2>&1 &&
-       inside apt-get install -y -qq --no-install-recommends skopeo >>"$log" 2>&1; then
+       inside apt-get install -y -qq --no-install-recommends $tools >>"$log" 2>&1; then
         ok=1
         break
     fi
-    echo "stacko: apt-get install skopeo in the chroot failed (attempt $attempt), see $log" >&2
+    echo "stacko: apt-get install $tools in the chroot failed (attempt $attempt), see $log" >&2
     sleep $((attempt * 5))
 done
 [ "$ok" = 1 ] || { tail -n 20 "$log" >&2; exit 1; }
 inside apt-get clean >/dev/null 2>&1 || true
 version=$(inside skopeo --version)
+inside cosign version >/dev/null 2>&1 || { echo "stacko: cosign does not run in $work" >&2; exit 1; }
 echo "$version" >&2
 # The previous chroot (an older stamp, or a broken one) goes only once the new one works.
 if [ -e "$dir" ]; then

@@ -1,5 +1,5 @@
-"""skopeo 1.18 from a Debian 13 (trixie) chroot, for the sigstore interop tests:
-Debian 12's skopeo 1.9 is built with sigstore disabled.
+"""skopeo 1.18 and cosign 2.5 from a Debian 13 (trixie) chroot, for the sigstore
+interop tests: Debian 12's skopeo 1.9 is built with sigstore disabled.
 
 tests/trixie-chroot.sh builds the chroot once (install-deps.sh runs it; the
 fixture runs it too when the chroot is missing, so that pytest alone works).
@@ -21,7 +21,8 @@ INSIDE = "/mnt"
 
 
 def ready() -> bool:
-    return (TRIXIE / ".stacko-ready").exists() and (TRIXIE / "usr/bin/skopeo").exists()
+    return (TRIXIE / ".stacko-ready").exists() and all(
+        (TRIXIE / "usr/bin" / tool).exists() for tool in ("skopeo", "cosign"))
 
 
 class Trixie:
@@ -33,17 +34,32 @@ class Trixie:
         return INSIDE + "/" + str(host.relative_to(self.work))
 
     def skopeo(self, *args: str, rc: Optional[int] = 0) -> subprocess.CompletedProcess:
+        return self.run("skopeo", *args, rc=rc)
+
+    def cosign(self, *args: str, rc: Optional[int] = 0,
+               password: str = "") -> subprocess.CompletedProcess:
+        """cosign in /mnt.  COSIGN_PASSWORD is how it takes a key's passphrase
+        without a terminal: read from a file in the chroot's shell, so that it
+        is in no process's arguments."""
+        (self.work / ".cosign-password").write_text(password)
+        return self.run("cosign", *args, rc=rc,
+                        prelude='COSIGN_PASSWORD=$(cat /mnt/.cosign-password); '
+                                'export COSIGN_PASSWORD; ')
+
+    def run(self, tool: str, *args: str, rc: Optional[int] = 0,
+            prelude: str = "") -> subprocess.CompletedProcess:
         script = ('mount --bind "$1" "$2/mnt" && root=$2 && shift 2 && '
                   'exec chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root '
-                  'LC_ALL=C.UTF-8 skopeo "$@"')
+                  'LC_ALL=C.UTF-8 "$@"')
         r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
-                            "sh", str(self.work), str(TRIXIE), *args],
+                            "sh", str(self.work), str(TRIXIE), "sh", "-c",
+                            prelude + 'cd /mnt && exec "$@"', "sh", tool, *args],
                            capture_output=True, text=True, timeout=300,
                            stdin=subprocess.DEVNULL)
         if rc is not None:
-            assert r.returncode == rc, (args, r.returncode, r.stdout, r.stderr)
+            assert r.returncode == rc, (tool, args, r.returncode, r.stdout, r.stderr)
         if os.environ.get("STACKO_SHOW_SKOPEO"):
-            print(args, r.returncode, r.stderr)
+            print(tool, args, r.returncode, r.stderr)
         return r
 
     def version(self) -> str:
