@@ -90,12 +90,24 @@ class CheckCgroup:
         finally:
             os.close(fd)
 
+    def _tree(self, bottom_up: bool = False) -> list[str]:
+        """The cgroup and its descendants: a check run as root may make children
+        of its cgroup and move processes there; they are the check's all the same."""
+        found = [self.path]
+        for directory, subdirs, _files in os.walk(self.path):
+            found += [os.path.join(directory, d) for d in subdirs]
+        return found[::-1] if bottom_up else found
+
     def pids(self) -> list[int]:
-        try:
-            with open(os.path.join(self.path, "cgroup.procs"), encoding="ascii") as f:
-                return [int(p) for p in f.read().split()]
-        except (OSError, ValueError):
-            return []
+        """Every process in the cgroup or below it."""
+        pids = []
+        for directory in self._tree():
+            try:
+                with open(os.path.join(directory, "cgroup.procs"), encoding="ascii") as f:
+                    pids += [int(p) for p in f.read().split()]
+            except (OSError, ValueError):
+                continue
+        return pids
 
     def signal(self, signum: int) -> None:
         for pid in self.pids():
@@ -105,9 +117,10 @@ class CheckCgroup:
                 pass
 
     def kill(self) -> None:
-        """SIGKILL everything in it.  cgroup.kill (Linux 5.14) does it at once, forks
-        in flight included; before that, freeze it (so that nothing forks meanwhile;
-        a frozen process still dies of SIGKILL) and kill pid by pid until it is empty."""
+        """SIGKILL everything in it and below.  cgroup.kill (Linux 5.14) does it at
+        once, forks in flight included; before that, freeze it (so that nothing forks
+        meanwhile; a frozen process still dies of SIGKILL) and kill pid by pid until
+        it is empty.  Both act on the descendants too."""
         import signal
         if self._write("cgroup.kill", "1"):
             return
@@ -131,12 +144,15 @@ class CheckCgroup:
         return True
 
     def remove(self) -> bool:
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError:       # EBUSY: a process that would not die (D state)
-            return False
+        """Remove the cgroup, its descendants first (rmdir of a cgroup with
+        children is EBUSY)."""
+        for directory in self._tree(bottom_up=True):
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError:       # EBUSY: a process that would not die (D state)
+                return False
         return True
 
     def _write(self, name: str, value: str) -> bool:

@@ -13,9 +13,9 @@ import time
 
 from stacko import images as images_mod
 from stacko import events, overlay
-from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
+from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
                             record, replace, utc_time)
 from stacko.state import Store, locked

@@ -88,6 +88,17 @@ def check_cgroup(root: Path) -> Optional[str]:
     return cgroups.find(cgroups.PREFIX + token) if token else None
 
 
+def remove_cgroup(path: Optional[str]) -> None:
+    """What a failing test leaves: the cgroup, its children first."""
+    if path is None:
+        return
+    for directory, _subdirs, _files in sorted(os.walk(path), reverse=True):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
 class Killed:
     """`cutover-stackpoint p bad --check …` SIGKILLed while its check runs; the
     check's `sleep` (in the stackpoint, where it holds bad's mount) lives on."""
@@ -120,6 +131,7 @@ class Killed:
 
     def __exit__(self, *exc: object) -> None:
         kill_marked(self.marker)
+        remove_cgroup(self.cgroup)
 
     def assert_ended(self) -> None:
         """Nothing of the dead check is left: no process, no cgroup."""
@@ -387,3 +399,59 @@ def test_check_says_when_there_is_nothing_to_fall_back_to(point: Path, stacko: R
     state = info(stacko)
     assert state["current"] == "bad" and state["checking"] is None
     assert state["events"][-1]["action"] == "check-interrupted"
+
+
+def nesting_check(marker: str, then: str) -> str:
+    """A check that makes a child of its own cgroup and runs `sleep marker` there."""
+    from stacko import cgroups
+    if cgroups.own_cgroup() is None:
+        pytest.skip("no writable cgroup v2 mount here")
+    mount_point, base = cgroups._cgroup2_mounts()[0]
+    return (f'cg="{mount_point.rstrip("/")}$(sed -n "s|^0::{base.rstrip("/")}||p" '
+            f'/proc/self/cgroup)"; mkdir "$cg/inner"; sh -c "echo \\$\\$ > '
+            f'\'$cg/inner/cgroup.procs\'; exec sleep {marker}" & sleep 0.5; {then}')
+
+
+def test_a_failed_check_ends_what_it_put_in_a_child_cgroup(point: Path, stacko: Runner,
+                                                           root: Path) -> None:
+    marker = f"1000.{os.getpid()}6"
+    try:
+        result = stacko("cutover-stackpoint", "p", "bad", "--check",
+                        nesting_check(marker, "exit 1"), rc=1)
+        assert "left behind" not in result.stderr
+        assert not alive(marker)
+    finally:
+        kill_marked(marker)
+    assert (point / "f").read_text() == "g1\n"
+
+
+def test_what_a_killed_check_left_in_a_cgroup_of_its_own_is_ended(
+        point: Path, stacko: Runner, root: Path, tmp_path: Path) -> None:
+    """A check (root) that makes a child of its cgroup and moves a process into
+    it: the child is the check's too, and goes with it."""
+    marker = f"1000.{os.getpid()}7"
+    started = tmp_path / "started"
+    nest = nesting_check(marker, f"touch '{started}'; sleep 300")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stacko", "--root", str(root), "cutover-stackpoint", "p", "bad",
+         "--check", nest], env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    group = None
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        group = check_cgroup(root)
+        assert group is not None and os.path.isdir(os.path.join(group, "inner"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert alive(marker)
+        assert "interrupted" in stacko("set-stackpoint-instance", "p", "g1").stderr
+        assert not alive(marker)
+        assert not os.path.exists(group)
+    finally:
+        proc.kill()
+        kill_marked(marker)
+        remove_cgroup(group)
+    assert (point / "f").read_text() == "g1\n"
