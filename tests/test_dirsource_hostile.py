@@ -28,6 +28,8 @@ from typing import Callable, List
 import pytest
 
 from conftest import Runner, run_stacko, snapshot
+from registryd import available as registry_available
+from registryfix import registry  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.mounts
 
@@ -369,6 +371,26 @@ def test_an_archive_of_more_entries_than_free_inodes_is_refused(few_inodes: Path
     # What fits is imported.
     (workdir / "some.tar.gz").write_bytes(empty_dirs_tar_gz(free // 4))
     run_stacko(root, "import-image", "some", str(workdir / "some.tar.gz"))
+
+
+@pytest.mark.skipif(not registry_available(), reason="docker-registry is needed "
+                    "(tests/install-deps.sh)")
+def test_a_pull_of_more_entries_than_free_inodes_is_refused(few_inodes: Path, workdir: Path,
+                                                           registry) -> None:
+    """The same layer pushed to a registry and pulled: refused the same way."""
+    root = few_inodes / "root"
+    free = os.statvfs(few_inodes).f_favail
+    (workdir / "many.tar.gz").write_bytes(empty_dirs_tar_gz(free + 10))
+    elsewhere = workdir / "big root"
+    run_stacko(elsewhere, "import-image", "many", str(workdir / "many.tar.gz"))
+    ref = f"{registry.host}/inodes/many:1"
+    run_stacko(elsewhere, "push-image", "many", ref, "--tls-verify=false")
+    before = snapshot(root)
+    r = run_stacko(root, "pull-image", "many", ref, "--tls-verify=false", rc=1)
+    assert "does not fit on the filesystem of" in r.stderr, r.stderr
+    assert re.search(r"than the \d+ inodes that were free", r.stderr), r.stderr
+    nothing_left(root, before)
+    assert os.statvfs(few_inodes).f_favail >= free - 1     # ROOT/tmp, made by the pull
 
 
 def test_a_directory_that_grows_after_it_was_measured_is_charged_again(
