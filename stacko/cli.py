@@ -144,22 +144,28 @@ def registry_options(args: Args) -> object:
 
 
 def cmd_pull_image(args: Args) -> int:
+    from stacko.moved import Tally
     from stacko.registry import pull
+    tally = Tally("pulled")
     pull.pull_image(store(args), args.name, args.ref, platform=args.platform,
                     options=registry_options(args), policy=args.policy,
-                    registries_d=args.registries_d)
+                    registries_d=args.registries_d, tally=tally)
+    print(tally.summary(), file=sys.stderr)
     return 0
 
 
 def cmd_push_image(args: Args) -> int:
+    from stacko.moved import Tally
     from stacko.registry import push
+    tally = Tally("pushed")
     sign = {"sign_by": args.sign_by, "sigstore_key": args.sign_by_sigstore_private_key,
             "passphrase_file": args.sign_passphrase_file, "sign_identity": args.sign_identity,
             "registries_d": args.registries_d}
     push.push_image(store(args), args.name, args.ref, compression=args.compression,
                     options=registry_options(args),
                     sign=sign if any(v is not None for k, v in sign.items()
-                                     if k != "registries_d") else None)
+                                     if k != "registries_d") else None, tally=tally)
+    print(tally.summary(), file=sys.stderr)
     return 0
 
 

@@ -149,7 +149,8 @@ def edit_image(store: Store, name: str, read_only: bool = False) -> str:
             # or pull (diff_id, digests); nor its manifest: close-image records a new
             # one (unsealed until then); nor the signatures of what was pulled.
             store.save_images({**images, name: replace(chain[0], diff_id=None, manifest=None,
-                                                       size=None, digests=(), signed=None)})
+                                                       size=None, digests=(), signed=None,
+                                                       blobs=())})
         try:
             if sealed:
                 # Unsealed on the disk before the layer can change: else a power cut

@@ -20,17 +20,16 @@ import contextlib
 import errno
 import io
 import os
-import sys
 from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
-from stacko import content, durable
+from stacko import content, durable, moved
 from stacko import images as images_mod
 from stacko import overlay
 from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
 from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
-from stacko.formats.ociexport import Packed, pack_chain, write_archive
+from stacko.formats.ociexport import Packed, write_archive
 from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
 from stacko.quoting import quote, quoted
@@ -65,7 +64,8 @@ def import_image(store: Store, name: str, path: str, parent: str | None = None,
 
 def import_layers(store: Store, name: str, parent: str | None,
                   layers: Callable[[str], contextlib.AbstractContextManager[list[LayerSpec]]],
-                  workers: int = 1, repo: str | None = None) -> Image:
+                  workers: int = 1, repo: str | None = None,
+                  tally: moved.Tally | None = None) -> Image:
     """Import the layers that layers(staging) yields as a chain whose top is NAME.
 
     The exclusive lock is held only to check the names at the start and to
@@ -87,8 +87,14 @@ def import_layers(store: Store, name: str, parent: str | None,
                                        f"layers, and overlayfs mounts at most "
                                        f"{overlay.MAX_LAYERS}")
                 planned = plan_images(store, images, name, parent, below, specs, repo)
+            if tally is not None:
+                tally.layers = len(specs)
+                for spec, image in zip(specs, planned):
+                    if image.layer:
+                        tally.note("reused", spec.digest, spec.size,
+                                   detail=f": image {quote(image.name)} has it")
             try:
-                new = unpack_all(store, staging, below, specs, planned, workers)
+                new = unpack_all(store, staging, below, specs, planned, workers, tally)
             except StackoError as e:
                 hint_root(e)
                 raise
@@ -163,9 +169,17 @@ def plan_images(store: Store, images: dict[str, Image], name: str, parent: str |
                              diff_id=spec.diff_id, digests=known,
                              settings=spec.settings if top else None,
                              repos=(repo,) if repo else (),
-                             signed=spec.signed if top else None))
+                             signed=spec.signed if top else None,
+                             blobs=blob_of(spec)))
         parent = image_name
     return planned
+
+
+def blob_of(spec: LayerSpec) -> tuple[tuple[str, str, int, str], ...]:
+    """The compressed blob a layer came as, for push-image to ask a registry for."""
+    if spec.media and spec.digest and spec.size is not None and spec.diff_id:
+        return ((spec.media, spec.digest, spec.size, spec.diff_id),)
+    return ()
 
 
 def reusable(store: Store, images: dict[str, Image], digests: tuple[str, ...],
@@ -194,7 +208,7 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
 
 
 def unpack_all(store: Store, staging: str, below: list[Image], specs: list[LayerSpec],
-               planned: list[Image], workers: int = 1
+               planned: list[Image], workers: int = 1, tally: moved.Tally | None = None
                ) -> dict[str, tuple[str, str | None, content.Manifest]]:
     """Unpack the new layers, up to workers at once; returns image name ->
     (staged directory, diff_id, manifest)."""
@@ -214,9 +228,11 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
         for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
             progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
             new[image.name] = (target, *unpack_one(spec, target, beneath, budget=budget))
+            if tally is not None:
+                tally.note("fetched", spec.digest, spec.size)
         progress("")
         return new
-    return unpack_parallel(jobs, workers, budget)
+    return unpack_parallel(jobs, workers, budget, tally)
 
 
 def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
@@ -236,7 +252,8 @@ class Cancelled(StackoError):
 
 
 def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
-                    workers: int, budget: SpaceBudget | None = None
+                    workers: int, budget: SpaceBudget | None = None,
+                    tally: moved.Tally | None = None
                     ) -> dict[str, tuple[str, str | None, content.Manifest]]:
     """Unpack several layers at once.  Each waits for the layers beneath it only
     at the end, where directories its tar does not name take their attributes
@@ -257,7 +274,10 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
             if cancel.is_set():
                 raise Cancelled("cancelled")
         try:
-            return unpack_one(spec, target, beneath, wait_beneath, cancel, budget)
+            done = unpack_one(spec, target, beneath, wait_beneath, cancel, budget)
+            if tally is not None:
+                tally.note("fetched", spec.digest, spec.size)
+            return done
         except BaseException:
             cancel.set()
             raise
@@ -413,9 +433,7 @@ def same_content(store: Store, images: dict[str, Image], digest: str,
 
 
 def progress(message: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\033[Kstacko: {message}" if message else "\r\033[K")
-        sys.stderr.flush()
+    moved.progress(message)
 
 
 # --- export ----------------------------------------------------------------------
@@ -444,15 +462,6 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
     remember(store, images, chain, packed)
 
 
-def pack_checked(store: Store, images: dict[str, Image], chain: list[Image], compression: str,
-                 staging: str, on_layer: Callable[..., None] | None = None) -> Packed:
-    """Pack a stack (bottom first) without the lock; then make sure that nothing
-    of it was deleted, changed or opened for editing meanwhile."""
-    packed = pack_chain(store, chain, compression, staging, progress, on_layer)
-    check_still(store, images, chain, f"push {chain[-1].name!r}")
-    return packed
-
-
 def check_still(store: Store, images: dict[str, Image], chain: list[Image], doing: str) -> None:
     with store.locked(exclusive=False):
         now = store.load_images()
@@ -476,7 +485,10 @@ def remember(store: Store, images: dict[str, Image], chain: list[Image], packed:
             digests = image.digests + tuple(d for d in (layer["digest"], diff_id)
                                             if d not in image.known_digests())
             repos = image.repos + ((repo,) if repo and repo not in image.repos else ())
-            if digests != image.digests or repos != image.repos:
-                changed[image.name] = replace(image, digests=digests, repos=repos)
+            blob = (layer["mediaType"], layer["digest"], layer["size"], diff_id)
+            blobs = image.blobs + ((blob,) if all(b[1] != blob[1] for b in image.blobs)
+                                   else ())
+            if digests != image.digests or repos != image.repos or blobs != image.blobs:
+                changed[image.name] = replace(image, digests=digests, repos=repos, blobs=blobs)
         if changed:
             store.save_images({**now, **changed})

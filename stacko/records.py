@@ -166,6 +166,12 @@ class Image:
     # pull-image under a trust policy: the reference, the manifest and the
     # signatures accepted (stacko/signing/pullsign.py), for verify-image --policy.
     signed: dict[str, object] | None = None
+    # The compressed blobs this layer is known as, (media type, digest, size,
+    # diff_id): the registry's, for a pulled layer, and what export-image and
+    # push-image packed.  push-image asks the registry for these before it packs
+    # anything, and packs a layer only to upload it.  Cleared, as digests, when
+    # the image is edited.
+    blobs: tuple[tuple[str, str, int, str], ...] = ()
 
     def known_digests(self) -> tuple[str, ...]:
         return ((self.diff_id,) if self.diff_id and self.diff_id not in self.digests
@@ -188,6 +194,9 @@ class Image:
             data["repos"] = list(self.repos)
         if self.signed:
             data["signed"] = self.signed
+        if self.blobs:
+            data["blobs"] = [{"mediaType": m, "digest": d, "size": n, "diff_id": i}
+                             for m, d, n, i in self.blobs]
         return data
 
     @classmethod
@@ -208,7 +217,20 @@ class Image:
                    tuple(digests),
                    _get(data, "settings", dict, source, optional=True),
                    tuple(repos),
-                   _get(data, "signed", dict, source, optional=True))
+                   _get(data, "signed", dict, source, optional=True),
+                   _blobs(data, source) if "blobs" in data else ())
+
+
+def _blobs(data: dict, source: str) -> tuple[tuple[str, str, int, str], ...]:
+    found = []
+    for b in _get(data, "blobs", list, source):  # type: ignore[union-attr]
+        if not isinstance(b, dict) or not all(isinstance(b.get(k), str) for k in
+                                              ("mediaType", "digest", "diff_id")) \
+                or not isinstance(b.get("size"), int) or isinstance(b.get("size"), bool):
+            raise CorruptState(f"{source}: field 'blobs' holds an entry that is not "
+                               "{mediaType, digest, size, diff_id}")
+        found.append((b["mediaType"], b["digest"], b["size"], b["diff_id"]))
+    return tuple(found)
 
 
 @record

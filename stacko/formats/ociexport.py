@@ -97,34 +97,47 @@ class Packed:
 
 
 def pack_chain(store: Store, chain: list[Image], compression: str, staging: str,
-               progress: Callable[[str], None],
-               on_layer: Callable[[Blob], None] | None = None) -> Packed:
-    """chain: the images of the stack, bottom first.  The top image's run
-    settings go into the config, its annotations into the manifest.  on_layer
-    is called with each layer's blob as soon as it is packed (push starts
-    uploading it while the next one is packed)."""
+               progress: Callable[[str], None]) -> Packed:
+    """chain: the images of the stack, bottom first."""
     blobs: dict[str, Blob] = {}
-    layers, diff_ids, history = [], [], []
+    layers, diff_ids = [], []
     for n, image in enumerate(chain, start=1):
         progress(f"packing layer {n}/{len(chain)} ({image.name})")
-        blob, diff_id = write_layer(store.layer_path(image.layer),
-                                    os.path.join(staging, f"layer-{n}"), compression)
+        blob, diff_id = pack_image_layer(store, image, n, compression, staging)
         blobs.setdefault(blob.digest, blob)
-        if on_layer is not None:
-            on_layer(blob)
-        layers.append({"mediaType": LAYER_TYPES[compression], "digest": blob.digest,
-                       "size": blob.size, "annotations": {NAME_ANNOTATION: image.name}})
+        layers.append(layer_descriptor(image, LAYER_TYPES[compression], blob.digest, blob.size))
         diff_ids.append(diff_id)
+    progress("")
+    return assemble(chain, layers, diff_ids, staging, blobs)
+
+
+def pack_image_layer(store: Store, image: Image, n: int, compression: str,
+                     staging: str) -> tuple[Blob, str]:
+    return write_layer(store.layer_path(image.layer), os.path.join(staging, f"layer-{n}"),
+                       compression)
+
+
+def layer_descriptor(image: Image, media: str, digest: str, size: int) -> dict:
+    return {"mediaType": media, "digest": digest, "size": size,
+            "annotations": {NAME_ANNOTATION: image.name}}
+
+
+def assemble(chain: list[Image], layers: list[dict], diff_ids: list[str], staging: str,
+             blobs: dict[str, Blob]) -> Packed:
+    """The config and manifest of a stack whose layers are described (bottom
+    first).  The top image's run settings go into the config, its annotations
+    into the manifest."""
+    history = []
+    for image in chain:
         entry = {"created_by": f"stacko image {image.name}"}
         if image.created:
             entry["created"] = utc_time(image.created)
         history.append(entry)
-    progress("")
     settings = chain[-1].settings or {}
     config: dict = {"architecture": host_architecture(), "os": "linux",
-                              "config": dict(settings.get("config") or {}),
-                              "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                              "history": history}
+                    "config": dict(settings.get("config") or {}),
+                    "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                    "history": history}
     if chain[-1].created:
         config["created"] = utc_time(chain[-1].created)
     config_blob = json_blob(config, staging, blobs)

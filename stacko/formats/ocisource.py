@@ -66,6 +66,7 @@ class LayerSpec:
     copy_into: Callable[[str], None] | None = None   # a directory's: copies it, no blob
     settings: dict | None = None        # the image's run settings (top layer only)
     signed: dict | None = None          # pull-image: the signatures accepted (top layer only)
+    media: str | None = None            # the blob's media type, from its descriptor
 
 
 # --- streams -------------------------------------------------------------------
@@ -215,7 +216,8 @@ def oci_layers(box: Container, ref: str | None) -> list[LayerSpec]:
             raise BadArchive(f"{where}: field 'size' is not a number")
         specs.append(LayerSpec(open_blob=lambda n=name: box.open(n), what=name,
                                digest=layer["digest"], size=size,
-                               diff_id=diff_id, name=stacko_name, created=created))
+                               diff_id=diff_id, name=stacko_name, created=created,
+                               media=media))
     return with_settings(specs, run_settings(config, object_field(manifest, "annotations",
                                                                   f"the manifest {manifest_name}")))
 

@@ -19,6 +19,7 @@ from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATI
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
                               host_architecture, layer_times, object_field, run_settings,
                               string_field, with_settings)
+from stacko.moved import Tally
 from stacko.records import Image, check_name
 from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
@@ -34,7 +35,8 @@ USER_POLICY = ".config/containers/policy.json"
 
 def pull_image(store: Store, name: str, ref_text: str, platform: str | None = None,
                options: Options = Options(), policy: str | None = None,
-               registries_d: str | None = None) -> Image:
+               registries_d: str | None = None, tally: Tally | None = None) -> Image:
+    """tally, when given, counts what was fetched and reused (cli prints it)."""
     from stacko import oci
     check_name(name, "image name")
     ref = parse(ref_text)
@@ -46,7 +48,7 @@ def pull_image(store: Store, name: str, ref_text: str, platform: str | None = No
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
         yield resolve(client, ref, wanted, trust)
     return oci.import_layers(store, name, None, layers, workers=WORKERS,
-                             repo=f"{ref.host}/{ref.repo}")
+                             repo=f"{ref.host}/{ref.repo}", tally=tally)
 
 
 def trust_checker(ref_text: str, policy: str | None, registries_d: str | None) -> object:
@@ -136,7 +138,7 @@ def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None
         specs.append(LayerSpec(
             open_blob=lambda d=digest, s=size: BlobReader(client, d, s),
             what=digest, digest=digest, size=size,
-            diff_id=diff_id, name=stacko_name, created=created))
+            diff_id=diff_id, name=stacko_name, created=created, media=media))
     specs = with_settings(specs, run_settings(config, object_field(manifest, "annotations",
                                                                    f"{ref}: the manifest")))
     if signed is not None:       # the accepted signatures stay with the top image
