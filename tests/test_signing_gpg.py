@@ -16,6 +16,7 @@ import pytest
 
 from conftest import Runner, snapshot
 from ocigen import f, write_layout
+from pgppackets import tampered, uncompressed
 from registryd import Registry, available
 from registryfix import registry  # noqa: F401  (the fixture)
 
@@ -270,21 +271,39 @@ def test_signature_for_another_manifest_is_refused(
         shutil.rmtree(sigdir(sigs, "signed", other))
 
 
+def test_a_damaged_signature_by_a_policy_key_is_bad_not_a_strangers(keys: Keys) -> None:
+    """gpg cannot check a signature whose digest algorithm byte was damaged
+    (ERRSIG, not NO_PUBKEY): it is a bad signature by alice, not one by a key
+    the policy does not name (it was, when any ERRSIG meant an unknown key)."""
+    from stacko.signing import gpg
+    good = keys.sign("alice", b"payload")
+    with gpg.Keyring([keys.pub["alice"].read_bytes()]) as ring:
+        assert ring.verify(uncompressed(good)) == (keys.fpr["alice"], b"payload")
+        for where in ("digest algorithm", "payload", "signature"):
+            with pytest.raises(gpg.BadSignature) as e:
+                ring.verify(tampered(good, where))
+            assert not e.value.unknown_key, (where, e.value.detail)
+
+
+@pytest.mark.parametrize("where", ["payload", "signature", "digest algorithm"])
 def test_tampered_signature_is_refused(stacko: Runner, root: Path, workdir: Path,
                                        registry: Registry, keys: Keys, sigs: Dict[str, Path],
-                                       images: Dict[str, str]) -> None:
+                                       images: Dict[str, str], where: str) -> None:
+    # Flipped at a chosen place of the uncompressed message: a byte flipped in
+    # the compressed one can change the issuer's key id (a signature by another
+    # key, rightly "no key matched") or an unsigned field (still good).
     p = policy(workdir, signed_by(keys, "alice"))
     digest = manifest_digest(registry, "signed:v1")
     sig = sigdir(sigs, "signed", digest) / "signature-1"
     good = sig.read_bytes()
+    from stacko.signing import gpg
+    with gpg.Keyring([keys.pub["alice"].read_bytes()]) as ring:    # only the bit is wrong
+        assert ring.verify(uncompressed(good))[0] == keys.fpr["alice"]
     try:
-        for n in (len(good) - 10, len(good) // 2):
-            bad = bytearray(good)
-            bad[n] ^= 0x40
-            sig.write_bytes(bytes(bad))
-            err = refused(stacko, root, registry, "app", f"{registry.host}/signed:v1",
-                          "--policy", p, "--registries.d", str(sigs["regd"]))
-            assert "bad signature" in err
+        sig.write_bytes(tampered(good, where))
+        err = refused(stacko, root, registry, "app", f"{registry.host}/signed:v1",
+                      "--policy", p, "--registries.d", str(sigs["regd"]))
+        assert "bad signature" in err and "no key matched" not in err
     finally:
         sig.write_bytes(good)
 

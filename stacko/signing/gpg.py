@@ -112,10 +112,21 @@ class Keyring:
         status = status_lines(result.stdout)
         words = [s[0] for s in status]
         valid = [s for s in status if s[0] == "VALIDSIG"]
-        if any(w in ("ERRSIG", "NO_PUBKEY") for w in words) and not valid:
+        # ERRSIG says gpg could not check a signature, and why (its 7th field):
+        # 9 is "no public key", then NO_PUBKEY follows and the signer is not one
+        # of the policy's keys (only they are in this home).  Any other reason
+        # (a bad MPI, an unknown digest algorithm, a time conflict) comes with
+        # the issuer's key id, often one of the policy's keys: a damaged
+        # signature, not a stranger's.
+        errsig = [s for s in status if s[0] == "ERRSIG"]
+        unchecked = [s for s in errsig if len(s) < 7 or s[6] != "9"]
+        if "NO_PUBKEY" in words and not valid and "BADSIG" not in words and not unchecked:
             return self._raise_unknown(status)
-        if "BADSIG" in words or "ERRSIG" in words:
-            raise BadSignature("the signature does not verify (tampered or corrupt)")
+        if "BADSIG" in words or errsig:
+            raise BadSignature("the signature does not verify (tampered or corrupt)"
+                               if "BADSIG" in words or not unchecked else
+                               "gpg cannot check the signature (tampered, corrupt, or made "
+                               "with an algorithm it does not support)")
         if len(valid) != 1 or words.count("NEWSIG") > 1 or words.count("GOODSIG") != 1:
             raise BadSignature("not a signed message with exactly one good signature"
                                if valid or "NEWSIG" in words else
@@ -131,8 +142,7 @@ class Keyring:
         return primary.upper(), data
 
     def _raise_unknown(self, status: list) -> tuple[str, bytes]:
-        key = next((s[1] for s in status if s[0] in ("NO_PUBKEY", "ERRSIG") and len(s) > 1),
-                   "?")
+        key = next((s[1] for s in status if s[0] == "NO_PUBKEY" and len(s) > 1), "?")
         raise BadSignature(f"signed by key {key}, which is not one of the policy's",
                            unknown_key=True)
 
