@@ -24,8 +24,8 @@ PREFIX = "stacko-check-"      # + the check's random STACKO_CHECK_ID
 def _cgroup2_mounts() -> list[tuple[str, str]]:
     """(mount point, root within the hierarchy) of each writable cgroup2 mount:
     /sys/fs/cgroup on a unified system, /sys/fs/cgroup/unified on a hybrid one."""
-    from stacko import overlay
-    found = [(m.mount_point, m.root) for m in overlay.mounts()
+    from stacko import mounttable
+    found = [(m.mount_point, m.root) for m in mounttable.mounts()
              if m.fstype == "cgroup2" and "ro" not in m.mount_options.split(",")]
     return sorted(found, key=lambda m: m[0] != "/sys/fs/cgroup")
 

@@ -22,6 +22,7 @@ import stat
 from stacko import images as images_mod
 from stacko import content, events, overlay, pending, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
+from stacko.layers import remove_layer
 from stacko.records import Image, Instance, Stackpoint, check_name, record, replace
 from stacko.state import Store, locked, remove_tree
 
@@ -320,7 +321,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
                         current=new_image)
     committed = events.add(committed, "commit", old.image, new_image, "commit-stackpoint")
     with contextlib.ExitStack() as undo:
-        undo.callback(store.remove_layer, fresh.layer)
+        undo.callback(remove_layer, store, fresh.layer)
         if mounted is not None:
             overlay.umount(directory)       # busy after all (a race): MountBusy, nothing changed
             undo.callback(stackpoints._mount, store, images, point, old)
@@ -398,7 +399,7 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
     for image in doomed:
         inst = point.instance(image)
         if inst is not None:
-            store.remove_layer(inst.layer)
+            remove_layer(store, inst.layer)
         run.log(f"stacko: pruned the instance of {image!r} from stackpoint {name!r}")
     return doomed
 

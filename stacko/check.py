@@ -28,13 +28,16 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
 
 from stacko import images as images_mod
-from stacko import overlay, run, stackpoints, words
+from stacko import layers, overlay, run, stackpoints, words
 from stacko.errors import StackoError
 from stacko.records import Image, Instance, Stackpoint, record, replace
 from stacko.state import Store, remove_tree
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
 
 ORPHANS = "orphans"       # <root>/orphans/ID: unnamed layers that held files
 
@@ -385,7 +388,7 @@ def finish_commit(store: Store, point_name: str, image_name: str, layer: str) ->
         store.save_stackpoints({**points, point_name: new})
     except BaseException:
         if fresh is not None:
-            store.remove_layer(fresh.layer)
+            layers.remove_layer(store, fresh.layer)
         raise
     done = f"the instance of {old.image!r} became image {image_name!r}"
     if was_current:
@@ -464,7 +467,7 @@ def unnamed_layers(store: Store, named: dict[str, str],
 
 
 def remove_layer(store: Store, layer: str) -> str:
-    store.remove_layer(layer)
+    layers.remove_layer(store, layer)
     return f"removed it (and {store.work_path(layer)})"
 
 

@@ -6,7 +6,7 @@ Three steps:
    can), and in the same write of stackpoints.json a *pending check* record
    naming this process (pid, start time, boot id), the image that was current
    before, the history as it was and the command.
-2. Without the lock: the check runs (run.run_check).  A long check must not
+2. Without the lock: the check runs (supervise.run_check).  A long check must not
    block listings, boot mounts or other stackpoints for minutes, so the lock
    is released; what keeps the stackpoint safe meanwhile is the pending record:
    every command that would change this stackpoint (cutover, fallback, set,
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-from stacko import events, overlay, run, stackpoints
+from stacko import events, overlay, run, stackpoints, supervise
 from stacko import pending as pending_mod
 from stacko.errors import StackoError
 from stacko.records import replace
@@ -53,9 +53,9 @@ def checked_cutover(store: Store, name: str, image: str, command: str,
     env = {"STACKO_STACKPOINT": name, "STACKO_IMAGE": image, "STACKO_DIR": directory,
            events.CHECK_ID: pending.token}
     try:
-        result = run.run_check(command, cwd=directory, env=env, timeout=timeout)
+        result = supervise.run_check(command, cwd=directory, env=env, timeout=timeout)
     except BaseException:
-        # SIGTERM or Ctrl-C: the check is ended (run_check); undo what was begun.
+        # SIGTERM or Ctrl-C: the check is ended (supervise.run_check); undo what was begun.
         try:
             _fall_back(store, name, "check-failed", "the check was interrupted")
         except StackoError as e:

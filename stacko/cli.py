@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import os
 import sys
-# collections.abc's names for the annotations only: importing collections.abc
-# imports all of collections (~1.7 ms a start); _collections_abc, which it
-# re-exports, is loaded by every interpreter already.
-from _collections_abc import Callable, Sequence
 
 from stacko import __version__
 from stacko.errors import Interrupted, StackoError
+from stacko.lean import signal
 from stacko.state import DEFAULT_ROOT, Store
-
-try:   # the C module behind signal, loaded at every start: signal itself builds
-    import _signal as signal    # enums at import (enum and re, ~4 ms), of no use here
-except ImportError:             # an interpreter without it
-    import signal               # type: ignore[no-redef]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # aliases for annotations only, never evaluated at run time
+    import argparse
+    from collections.abc import Callable, Sequence
+
     Handler = Callable[["Args"], int]
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
@@ -871,8 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(args, int):
             return args
     if getattr(args, "verbose", False):
-        from stacko import run
-        run.verbose = True
+        from stacko import log
+        log.verbose = True
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)

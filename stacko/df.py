@@ -29,6 +29,7 @@ import os
 from stacko import overlay
 from stacko.records import Image, Stackpoint
 from stacko.state import Store, locked
+from stacko.words import human
 
 
 class ImageUsage:
@@ -163,20 +164,6 @@ def disk_usage(store: Store) -> Usage:
                       i.name not in editing)
     reclaimable += sum(i.size or 0 for i in instance_rows if not i.current)
     return Usage(image_rows, instance_rows, reclaimable, free_bytes(store.root))
-
-
-def human(size: int | None) -> str:
-    """du -h style: 1023, 1.0K, 12K, 3.4M (binary units)."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("", "K", "M", "G", "T", "P"):
-        if value < 1024 or unit == "P":
-            if unit == "":
-                return str(size)
-            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -15,8 +15,8 @@ fsync of every file and directory (``fsync_tree``, kept for bench/bench_durable.
 which measures both), costs one journal commit per call; see
 docs/robustness.md for the figures and why syncfs won.
 
-ctypes is imported inside the function: the listing and mount paths never
-need it, and it costs several milliseconds of start-up.
+The C library (lean.libc, ctypes' C core) is loaded inside the function: the
+listing and mount paths never need it.
 """
 from __future__ import annotations
 
@@ -32,17 +32,18 @@ def sync_filesystem(path: str) -> None:
     Since Linux 5.8 syncfs reports writeback errors (EIO, ENOSPC) that happened
     on the filesystem since the file was opened, so a failure here means the
     data is not safe and the caller must not record it."""
-    import ctypes   # here, not at the top: see the module's docstring
+    from stacko.lean import libc     # here: see the module's docstring
 
+    c = libc()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = getattr(libc, "syncfs", None)
-        if syncfs is None:         # a libc without it (never on a current glibc or musl)
+        try:
+            syncfs = c.function("syncfs", c.c_int)
+        except AttributeError:     # a libc without it (never on a current glibc or musl)
             os.sync()
             return
-        if syncfs(fd) != 0:
-            err = ctypes.get_errno()
+        if syncfs(c.c_int(fd)) != 0:
+            err = c.get_errno()
             failure = os_error(OSError(err, os.strerror(err)), path,
                                f"cannot write the data under {quote(path)} to disk")
             raise type(failure)(failure.message, f"nothing was recorded; {failure.hint}")

@@ -7,6 +7,7 @@ import time
 from stacko import overlay, words
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, NeedsRoot, StackTooDeep,
                            StackoError)
+from stacko.layers import remove_layer
 from stacko.records import Image, Stackpoint, check_name, record, replace, utc_time
 from stacko.state import Store, locked
 
@@ -94,7 +95,7 @@ def new_image(store: Store, name: str, parent: str | None = None,
         image = seal(store, image, whole_filesystem=False)
         store.save_images({**images, name: image})
     except BaseException:
-        store.remove_layer(image.layer)
+        remove_layer(store, image.layer)
         raise
     return image
 
@@ -223,7 +224,7 @@ def delete_image(store: Store, name: str) -> None:
     rest = dict(images)
     del rest[name]
     store.save_images(rest)          # forget first: a crash leaves an unlisted layer, never a
-    store.remove_layer(image.layer)  # listed image without its data
+    remove_layer(store, image.layer)  # listed image without its data
     try:
         os.rmdir(store.edit_path(name))
     except OSError:

@@ -1,6 +1,5 @@
 """The kernel's new mount API (fsopen, fsconfig, fsmount, move_mount), reached
-through ctypes' C core and ``syscall(2)``, since the C library wraps only some
-of it; and the classic mount(2) and umount2(2), which it wraps, called the
+through ``syscall(2)``, since the C library wraps only some of it; and the classic mount(2) and umount2(2), which it wraps, called the
 same way so that no mount(8) or umount(8) has to be started.
 
 Why stacko uses it where the kernel has it:
@@ -20,25 +19,18 @@ shares since Linux 5.1 (424 onwards), so x86_64 and aarch64 agree on them.
 Errors become MountFailed, named by errno and carrying the kernel's own
 message from the fs context log when it wrote one.
 
-Why ``_ctypes`` and not ``ctypes``: every mount and unmount command imports
-this module, and ``import ctypes`` costs such a command about 2 ms of its
-~35 (its Python layer defines some forty C types, imports ``struct``, and its
-types are torn down again at exit), while the calls below need five C types
-and two function pointer classes.  ``_ctypes`` is the C module that
-``ctypes`` itself is built on; the classes below are defined exactly as
-``ctypes`` defines ``c_long``, ``c_int``, ``c_uint``, ``c_ulong``,
-``c_char_p`` and a ``CDLL(None, use_errno=True)`` function
-(tests/test_mountapi.py holds them to ``ctypes``' own).
+The C library is reached through ``lean.libc``, ctypes' C core without the
+``ctypes`` package around it (see lean.py for why, docs/startup.md for the
+figures).
 """
 from __future__ import annotations
 
-import _ctypes
 import errno
 import os
-from _collections_abc import Sequence  # = collections.abc: see cli.py
 
-from stacko import run
 from stacko.errors import MountFailed, StackoError
+from stacko.lean import libc
+from stacko.log import debug
 
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -63,6 +55,8 @@ MS_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4}   # MS_RDONLY, MS_NOSUID, MS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # an alias for annotations only: `str | None` fails at run time on 3.9
+    from collections.abc import Sequence
+
     Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
 ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(2); "new" insists on this API
 BENEATH_SINCE = (6, 5)
@@ -70,52 +64,18 @@ DIGITS = "0123456789"
 
 
 
-# --- the C library, through ctypes' C core (see the module's docstring) -------
-class _CLong(_ctypes._SimpleCData):     # ctypes.c_long
-    _type_ = "l"
-
-
-class _CInt(_ctypes._SimpleCData):      # ctypes.c_int
-    _type_ = "i"
-
-
-class _CUInt(_ctypes._SimpleCData):     # ctypes.c_uint
-    _type_ = "I"
-
-
-class _CCharP(_ctypes._SimpleCData):    # ctypes.c_char_p (None: NULL)
-    _type_ = "z"
-
-
-class _CULong(_ctypes._SimpleCData):    # ctypes.c_ulong
-    _type_ = "L"
-
-
-class _LongFunction(_ctypes.CFuncPtr):  # a function of CDLL(None, use_errno=True), restype c_long
-    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-    _restype_ = _CLong
-
-
-class _IntFunction(_ctypes.CFuncPtr):   # the same, restype c_int
-    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-    _restype_ = _CInt
-
-
-class _Libc:
-    """What a CFuncPtr asks of its library: the handle.  dlopen(NULL) is the
-    program itself, with the C library it is linked with, as CDLL(None)."""
-    _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
-
-
-_syscall = _LongFunction(("syscall", _Libc))
-_umount2 = _IntFunction(("umount2", _Libc))
-_mount = _IntFunction(("mount", _Libc))
+# --- the C library, through lean.libc (ctypes' C core) --------------------------
+_c = libc()
+_syscall = _c.function("syscall", _c.c_long)
+_umount2 = _c.function("umount2", _c.c_int)
+_mount = _c.function("mount", _c.c_int)
+_CLong, _CInt, _CUInt, _CULong, _CCharP = _c.c_long, _c.c_int, _c.c_uint, _c.c_ulong, _c.c_char_p
 
 
 def _call(name: str, number: int, *args: object) -> int:
     result = _syscall(_CLong(number), *args)
     if result < 0:
-        err = _ctypes.get_errno()
+        err = _c.get_errno()
         raise OSError(err, os.strerror(err))
     return int(result)
 
@@ -150,7 +110,7 @@ def move_mount(from_fd: int, to_path: str, flags: int) -> None:
 
 def umount2(target: str, flags: int) -> None:
     if _umount2(_CCharP(_b(target)), _CInt(flags)) != 0:
-        err = _ctypes.get_errno()
+        err = _c.get_errno()
         raise OSError(err, os.strerror(err))
 
 
@@ -158,7 +118,7 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     """The classic mount(2): data is the filesystem's options, at most one page."""
     if _mount(_CCharP(_b(source)), _CCharP(_b(target)), _CCharP(_b(fstype)), _CULong(flags),
               _CCharP(_b(data))) != 0:
-        err = _ctypes.get_errno()
+        err = _c.get_errno()
         raise OSError(err, os.strerror(err))
 
 
@@ -221,13 +181,13 @@ def _probe_kernel() -> bool:
     try:
         fd = fsopen("overlay")
     except OSError as e:
-        run.debug(f"mount API: fsopen(overlay) failed ({errno_name(e.errno)}); using mount(2)")
+        debug(f"mount API: fsopen(overlay) failed ({errno_name(e.errno)}); using mount(2)")
         return False
     try:
         fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", "/")
         return True
     except OSError as e:
-        run.debug(f"mount API: overlay has no lowerdir+ ({errno_name(e.errno)}); using mount(2)")
+        debug(f"mount API: overlay has no lowerdir+ ({errno_name(e.errno)}); using mount(2)")
         return False
     finally:
         os.close(fd)
@@ -316,8 +276,8 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None = None,
 def mount_parameters(target: str, params: Parameters, read_only: bool = False,
                      attrs: Sequence[str] = ()) -> None:
     """Mount the overlay that params describe at target."""
-    run.debug(f"+ [mount API] overlay {describe(params)}{' ro' if read_only else ''}"
-              f"{''.join(' ' + a for a in attrs)} -> move_mount {target}")
+    debug(f"+ [mount API] overlay {describe(params)}{' ro' if read_only else ''}"
+          f"{''.join(' ' + a for a in attrs)} -> move_mount {target}")
     mfd = make_overlay(params, read_only, attrs)
     try:
         _step("move_mount", f"to {target}",
@@ -335,8 +295,8 @@ class PreparedOverlay:
     def __init__(self, params: Parameters, read_only: bool = False,
                  attrs: Sequence[str] = ()) -> None:
         self.params = list(params)
-        run.debug(f"+ [mount API] overlay {describe(self.params)}"
-                  f"{''.join(' ' + a for a in attrs)} (detached, for a gapless switch)")
+        debug(f"+ [mount API] overlay {describe(self.params)}"
+              f"{''.join(' ' + a for a in attrs)} (detached, for a gapless switch)")
         self.fd: int | None = make_overlay(self.params, read_only, attrs)
         self.device = os.fstat(self.fd).st_dev
 
@@ -345,7 +305,7 @@ class PreparedOverlay:
         the old tree until that top mount is detached."""
         assert self.fd is not None
         fd = self.fd
-        run.debug(f"+ [mount API] move_mount beneath {target}")
+        debug(f"+ [mount API] move_mount beneath {target}")
         _step("move_mount", f"beneath {target}",
               lambda: move_mount(fd, target, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH))
 
@@ -364,7 +324,7 @@ class PreparedOverlay:
 def detach_top(target: str) -> None:
     """Lazily detach the top mount at target: whoever holds files in it keeps
     them (the tree lives on, unreachable by path) until they let go."""
-    run.debug(f"+ [mount API] umount2 {target} MNT_DETACH")
+    debug(f"+ [mount API] umount2 {target} MNT_DETACH")
     _step("umount2", f"{target} (detach)", lambda: umount2(target, MNT_DETACH))
 
 

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import io
 import os
-from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
 from stacko import content, durable, moved
 from stacko import images as images_mod
@@ -32,9 +31,14 @@ from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudg
 from stacko.formats.ociexport import Packed, write_archive
 from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
                               open_source)
+from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
 from stacko.records import Image, check_name, is_name, replace, utc_time
 from stacko.state import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable, Iterator
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
 
@@ -416,7 +420,7 @@ def record(store: Store, images: dict[str, Image], new: dict[str, tuple],
         return final
     except BaseException as e:
         for layer in placed:
-            store.remove_layer(layer)
+            remove_layer(store, layer)
         if isinstance(e, OSError):
             raise StackoError(f"cannot move the imported layers into place: {e}") from None
         raise

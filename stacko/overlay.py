@@ -32,165 +32,31 @@ from __future__ import annotations
 
 import errno
 import os
-from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import MountBusy, MountFailed, NeedsRoot, StackoError
-from stacko.records import record
-from stacko.state import wraps
+from stacko.lean import wraps
+# The mount table is read by mounttable.py; its names are here too, for the
+# callers that mount and read the table alike.
+from stacko.mounttable import (LAYER_KEYS, Mount, decode_mountinfo_field,  # noqa: F401
+                               find_mount, layer_users, layers_of, mounts, mounts_under,
+                               parse_mountinfo, stacked_at, unescape_option)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable, Sequence
+
+    from stacko import mountapi
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL
 PARAMETERS = "/sys/module/overlay/parameters"
-# mountapi (and ctypes with it) is imported inside the functions that mount, never
-# here: reading the mount table must not pay for it.  Annotations naming it are
-# never evaluated (from __future__ import annotations).
-
-
-@record
-class Mount:
-    mount_id: int
-    parent_id: int
-    device: str              # "major:minor"
-    root: str
-    mount_point: str
-    mount_options: str
-    fstype: str
-    source: str
-    super_options: str
-
-    def option(self, key: str) -> str | None:
-        """One value of the super options (overlay's upperdir=, lowerdir= …)."""
-        # The kernel writes each value with ',', ' ', tab, newline and '\\' as
-        # octal escapes, so splitting on ',' comes first and decoding after; what
-        # is left are the backslash escapes of the string as it was given.
-        for item in self.super_options.split(","):
-            name, _, value = item.partition("=")
-            if name == key:
-                return unescape_option(decode_mountinfo_field(value))
-        return None
-
-    @property
-    def read_only(self) -> bool:
-        return "ro" in self.mount_options.split(",")
-
-
-def decode_mountinfo_field(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as \\ooo.
-
-    Without `re` (re.sub(r"\\([0-7]{3})", ...) in effect), which would cost every
-    command that reads the mount table ~5 ms of start-up: see records.is_name."""
-    if "\\" not in field:
-        return field
-    parts = field.split("\\")
-    decoded = [parts[0]]
-    for part in parts[1:]:
-        if len(part) >= 3 and not part[:3].strip("01234567"):
-            decoded.append(chr(int(part[:3], 8)) + part[3:])
-        else:
-            decoded.append("\\" + part)
-    return "".join(decoded)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            # Positional: a record's keyword path costs 4 times more, and a
-            # host may have hundreds of mounts (see records.record).
-            mounts.append(Mount(
-                int(fields[0]), int(fields[1]), fields[2],       # mount_id, parent_id, device
-                decode_mountinfo_field(fields[3]),               # root
-                decode_mountinfo_field(fields[4]),               # mount_point
-                fields[5], fields[sep + 1],                      # mount_options, fstype
-                decode_mountinfo_field(fields[sep + 2]),         # source
-                " ".join(fields[sep + 3:])))                     # super_options
-        except (ValueError, IndexError):
-            continue     # a line we do not understand is no mount of ours
-    return mounts
-
-
-def mounts() -> list[Mount]:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return parse_mountinfo(f.read())
-
-
-def find_mount(path: str, table: list[Mount] | None = None) -> Mount | None:
-    """The mount on top at path (the one that shows there), if any."""
-    stacked = stacked_at(path, table)
-    return stacked[-1] if stacked else None
-
-
-def stacked_at(path: str, table: list[Mount] | None = None) -> list[Mount]:
-    """The mounts at path, bottom first.  A mount put beneath another
-    (MOVE_MOUNT_BENEATH) is listed after it but is its parent, so the order
-    comes from the parent ids, not from the order of the table."""
-    here = [m for m in (table if table is not None else mounts()) if m.mount_point == path]
-    ids = {m.mount_id for m in here}
-    todo = [m for m in here if m.parent_id not in ids]
-    ordered: list[Mount] = []
-    while todo:
-        m = todo.pop()
-        ordered.append(m)
-        todo += [n for n in here if n.parent_id == m.mount_id and n not in ordered]
-    return ordered + [m for m in here if m not in ordered]      # a loop: never
-
-
-LAYER_KEYS = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
-
-
-def layers_of(m: Mount, layers_dir: str, work_dir: str) -> set[str]:
-    """The layer ids (names in layers_dir or work_dir) an overlay mount uses."""
-    if m.fstype != "overlay":
-        return set()
-    found = set()
-    # The values are split on ',' (escaped by the kernel as \054 inside a value),
-    # then the ':' between legacy lowerdirs, which stacko's own paths never hold.
-    # mount(8) leaves them relative to layers_dir, the new API absolute.
-    for item in m.super_options.split(","):
-        key, _, value = item.partition("=")
-        if key not in LAYER_KEYS:
-            continue
-        value = decode_mountinfo_field(value)
-        for part in value.split(":") if key == "lowerdir" else [value]:
-            path = os.path.normpath(os.path.join(layers_dir, unescape_option(part)))
-            if os.path.dirname(path) in (layers_dir, work_dir):
-                found.add(os.path.basename(path))
-    return found
-
-
-def layer_users(layer: str, layers_dir: str, work_dir: str,
-                table: list[Mount] | None = None) -> list[Mount]:
-    """Every overlay mount, wherever it is mounted, that uses layer: the mount
-    table is the truth, whatever the records or a moved directory say."""
-    return [m for m in (table if table is not None else mounts())
-            if layer in layers_of(m, layers_dir, work_dir)]
-
-
-def mounts_under(path: str, table: list[Mount] | None = None) -> list[Mount]:
-    prefix = path.rstrip("/") + "/"
-    return [m for m in (table if table is not None else mounts())
-            if m.mount_point == path or m.mount_point.startswith(prefix)]
+# mountapi (and _ctypes with it) is imported inside the functions that mount,
+# never at the top: reading the mount table must not pay for it.
 
 
 # --- options -----------------------------------------------------------------
 def escape_option(path: str) -> str:
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
-
-
-def unescape_option(value: str) -> str:
-    """Undo escape_option: a backslash takes the next character (but a
-    newline) as it is, as re.sub(r"\\(.)", r"\1", value) would."""
-    if "\\" not in value:
-        return value
-    chars, i = [], 0
-    while i < len(value):
-        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] != "\n":
-            i += 1
-        chars.append(value[i])
-        i += 1
-    return "".join(chars)
 
 
 def kernel_defaults_off() -> list[str]:
@@ -248,9 +114,9 @@ def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
     for flag in (["ro"] if read_only else []) + list(attrs):   # flags of the mount, not data
         flags |= mountapi.MS_FLAGS[flag]
     target = os.path.abspath(target)      # the call runs in layers_dir
-    from stacko import run
-    run.debug(f"+ [mount(2)] (in {layers_dir}) overlay stacko -o {options}"
-              f"{''.join(' ' + f for f in (['ro'] if read_only else []) + list(attrs))} {target}")
+    from stacko.log import debug
+    debug(f"+ [mount(2)] (in {layers_dir}) overlay stacko -o {options}"
+          f"{''.join(' ' + f for f in (['ro'] if read_only else []) + list(attrs))} {target}")
     # Deep stacks name their layers relative to layers_dir (see page_options),
     # so the call is made from inside it, and the process goes back where it was.
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -364,8 +230,9 @@ def kernel_hint() -> str | None:
 
 def umount(target: str, lazy: bool = False) -> None:
     """Unmount target; when it is busy, name the processes that hold it."""
-    from stacko import mountapi, run      # umount2 on every kernel: no umount(8) to start
-    run.debug(f"+ [umount2] {target}" + (" MNT_DETACH" if lazy else ""))
+    from stacko import mountapi      # umount2 on every kernel: no umount(8) to start
+    from stacko.log import debug
+    debug(f"+ [umount2] {target}" + (" MNT_DETACH" if lazy else ""))
     try:
         mountapi.umount2(target, mountapi.MNT_DETACH if lazy else 0)
     except OSError as e:

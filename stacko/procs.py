@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
-from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
 
 
 @record

@@ -15,10 +15,15 @@ from stacko import images as images_mod
 from stacko import events, overlay
 from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
                            StackoError, StackpointBusy, StackpointNotFound, UsageError)
+from stacko.layers import remove_layer
 from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
                             record, replace, utc_time)
 from stacko.state import Store, locked
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import contextlib
 
 
 def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
@@ -297,7 +302,7 @@ def new_stackpoint(store: Store, name: str, image: str, path: str | None = None,
     try:
         store.save_stackpoints({**points, name: point})
     except BaseException:
-        store.remove_layer(inst.layer)
+        remove_layer(store, inst.layer)
         raise
     with contextlib.suppress(OSError):
         os.makedirs(store.stackpoint_dir(point), mode=0o755, exist_ok=True)
@@ -329,7 +334,7 @@ def delete_stackpoint(store: Store, name: str) -> None:
     del rest[name]
     store.save_stackpoints(rest)
     for inst in point.instances:
-        store.remove_layer(inst.layer)
+        remove_layer(store, inst.layer)
     if point.path is None:
         with contextlib.suppress(OSError):
             os.rmdir(store.stackpoint_dir(point))
@@ -520,7 +525,7 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
         checked_dir(store, old)
     with contextlib.ExitStack() as undo:
         if created is not None:
-            undo.callback(store.remove_layer, created.layer)
+            undo.callback(remove_layer, store, created.layer)
         new = _refuse_if_held(store, new, new.current, action)
         gapless = mounted is not None and mounted != new.current_instance() \
             and overlay.gapless_switch()
@@ -578,7 +583,7 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
                                                 history=point.history))
     except BaseException:
         if created is not None:
-            store.remove_layer(created.layer)
+            remove_layer(store, created.layer)
         raise
     _switch(store, images, points, new, created, mount=True, action="cutover-stackpoint")
     return store.stackpoint_dir(point)
@@ -623,7 +628,7 @@ def new_instance(store: Store, name: str, image: str) -> None:
     try:
         store.save_stackpoints({**points, name: point.with_instance(inst)})
     except BaseException:
-        store.remove_layer(inst.layer)
+        remove_layer(store, inst.layer)
         raise
 
 
@@ -693,7 +698,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
                              hint=f"run `stacko umount-stackpoint {name}` first")
     point = _refuse_if_held(store, point, image, "delete-stackpoint-instance")
     store.save_stackpoints({**points, name: point.without_instance(image)})
-    store.remove_layer(inst.layer)
+    remove_layer(store, inst.layer)
 
 
 @record

@@ -13,9 +13,12 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
 
 from stacko.state import Store, remove_tree
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Iterator
 
 BUSY = ".busy"
 

@@ -26,10 +26,16 @@ import os
 import stat
 import sys
 import time
-from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.errors import CorruptState, LockTimeout, NoSpace, StackoError, os_error
+from stacko.lean import parse_json, wraps
 from stacko.records import Image, Stackpoint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
+    Operation = Callable[..., object]     # a store operation; its first argument is the Store
 
 VERSION = 1
 DEFAULT_ROOT = "/var/lib/stacko"
@@ -49,44 +55,6 @@ def is_staging_name(name: str) -> bool:
             and tag.isascii() and tag.isalnum())
 
 
-class _JsonContext:
-    """What the json module's C scanner reads its settings from: json.loads's."""
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int = float, int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return float(name)          # NaN, Infinity, -Infinity, as json.loads
-
-
-def parse_json(text: str) -> object:
-    """json.loads(text), without importing json when text is well-formed.
-
-    Importing json costs every command ~7 ms (it imports re, and with it
-    enum), more than reading 1,000 records; its C scanner, in _json, costs
-    nothing to import and is what json.loads itself uses.  Anything the scanner
-    does not take whole, json.loads parses again, to raise its own error."""
-    try:
-        from _json import make_scanner
-    except ImportError:                   # an interpreter without it
-        make_scanner = None
-    if make_scanner is not None:
-        start = len(text) - len(text.lstrip(" \t\n\r"))
-        try:
-            value, end = make_scanner(_JsonContext)(text, start)
-        except Exception:   # noqa: BLE001  json.loads, below, says what is wrong
-            # Any: the scanner raises StopIteration, JSONDecodeError, or (when
-            # json.decoder, where its error class lives, is not loaded) a
-            # SystemError; its error paths are for json.loads, not for us.
-            pass
-        else:
-            if not text[end:].strip(" \t\n\r"):
-                return value
-    import json
-    return json.loads(text)
-
-
 class Store:
     """Owns everything under one state root."""
 
@@ -102,7 +70,7 @@ class Store:
         self._lock_fd: int | None = None
         self._exclusive = False
         # Directories whose fsync failed after a metadata file was renamed there
-        # (atomic_write only warns): remove_layer syncs them before removing data.
+        # (atomic_write only warns): layers.remove_layer syncs them before removing data.
         self._unsynced: set[str] = set()
 
     # --- paths -------------------------------------------------------------
@@ -391,7 +359,7 @@ class Store:
 
     def _write(self, path: str, key: str, records: dict[str, object]) -> None:
         assert self._exclusive, "metadata written without the exclusive lock"
-        import json     # here: see parse_json
+        import json     # here: a listing reads with lean.parse_json
         text = json.dumps({"version": VERSION, key: records}, indent=2, sort_keys=True) + "\n"
         try:
             synced = atomic_write(path, text.encode("utf-8"))
@@ -456,41 +424,6 @@ class Store:
                 raise StackoError(f"cannot sync {directory}: {e.strerror}; {refusal}",
                                   hint=f"check the disk (dmesg); {hint}") from None
             self._unsynced.discard(directory)
-
-    def remove_layer(self, layer: str) -> None:
-        """Remove a layer's data; never follows into a mount beneath it.  Every
-        caller forgets the layer first: one that a record still names (two
-        records given one layer by a hand edit) is someone's data, kept."""
-        from stacko import content, overlay, validate
-
-        if not validate.is_layer(layer):
-            raise CorruptState(f"{layer!r} is not a layer id stacko makes; not removing it")
-        owner = self.layer_owner(layer)
-        if owner:
-            raise CorruptState(f"layer {self.layer_path(layer)} is still {owner}'s; "
-                               "not removing it",
-                               hint="`stacko check` reports the records that share it")
-        table = overlay.mounts()
-        for path in (self.work_path(layer), self.layer_path(layer)):
-            busy = overlay.mounts_under(path, table)
-            if busy:
-                raise StackoError(f"{path} has a mount beneath it ({busy[0].mount_point}); "
-                                  "not removing it")
-        # Whatever the records say, a layer that a mount uses (maybe at a directory
-        # moved since) is live data: never remove it beneath that mount.
-        users = overlay.layer_users(layer, self.layers_dir, self.work_dir, table)
-        if users:
-            raise StackoError(f"{self.layer_path(layer)} is in use by the overlay mounted at "
-                              f"{users[0].mount_point}; not removing it",
-                              hint=f"unmount it first (`umount {users[0].mount_point}`)")
-        # The record that forgot the layer must be on the disk before its data goes:
-        # else a power cut could bring back a record of a layer removed meanwhile.
-        self.sync_records(f"not removing {self.layer_path(layer)}, which the records "
-                          "may still name after a power cut",
-                          "the data is kept, and `stacko check --repair` clears it later")
-        for path in (self.work_path(layer), self.layer_path(layer)):
-            remove_tree(path)
-        content.remove(self.root, layer)
 
 
 def permission_hint(path: str) -> str:
@@ -710,19 +643,6 @@ def wait_for_lock(fd: int, how: int, path: str, start: float | None = None) -> N
         time.sleep(0.02)
 
 
-def wraps(wrapper: Operation, func: Operation) -> Operation:
-    """functools.update_wrapper(wrapper, func), without importing functools
-    (with collections: see Locked)."""
-    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
-        setattr(wrapper, attr, getattr(func, attr))
-    wrapper.__dict__.update(func.__dict__)
-    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
-    return wrapper
-
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # an alias for annotations only
-    Operation = Callable[..., object]     # a store operation; its first argument is the Store
 
 
 def locked(exclusive: bool) -> Callable[[Operation], Operation]:

@@ -137,7 +137,7 @@ def shared_layers(images: dict[str, Image], points: dict[str, Stackpoint],
     """A layer that is both an image's and an instance's.  A commit-stackpoint
     stopped between its two metadata writes leaves exactly that (check finishes
     the commit), so loading allows it; removing such a layer is refused
-    (Store.remove_layer), and check names every one that a commit did not leave."""
+    (layers.remove_layer), and check names every one that a commit did not leave."""
     by_layer = {i.layer: i.name for i in images.values()}
     found = []
     for name in sorted(points):

@@ -1,4 +1,5 @@
-"""Lists in messages, in plain English: "images 'a' and 'b'", not "image 'a', image 'b'"."""
+"""Words in messages, in plain English: lists ("images 'a' and 'b'", not
+"image 'a', image 'b'"), counts and sizes."""
 from __future__ import annotations
 
 SHOWN = 8          # names shown before "and N more": a message is not a listing
@@ -24,3 +25,17 @@ def named(noun: str, names: list[str] | tuple[str, ...], plural: str = "") -> st
 def count(n: int, noun: str, plural: str = "") -> str:
     """"1 image", "3 images", "0 images"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def human(size: int | None) -> str:
+    """du -h style: 1023, 1.0K, 12K, 3.4M (binary units)."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if value < 1024 or unit == "P":
+            if unit == "":
+                return str(size)
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,8 +1,11 @@
-"""The checks written with str methods, to keep `re` out of every command's
-start (docs/startup.md), accept exactly what the regular expressions they
-replace accept."""
+"""What stacko does without costly standard modules, for start-up's sake
+(docs/startup.md), does what those modules do: the checks written with str
+methods accept exactly what the regular expressions they replace accept, and
+the stand-ins of stacko/lean.py behave as json, signal, functools and ctypes."""
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 import pytest
@@ -97,3 +100,74 @@ def test_records_behave_as_named_tuples() -> None:
         replace(Instance("a", "b"), size=1)
     with pytest.raises(AttributeError):
         Instance("a", "b").image = "c"         # immutable
+
+
+# --- lean.py: the stand-ins for json, signal, functools and ctypes ------------------
+# (lean.parse_json against json.loads: tests/test_state.py, on generated documents.)
+def test_the_signal_stand_in_is_signals_core() -> None:
+    import signal
+
+    from stacko.lean import signal as lean_signal
+    assert lean_signal.SIGTERM == signal.SIGTERM and lean_signal.SIG_DFL == signal.SIG_DFL
+
+    def handler(signum: int, frame: object) -> None:
+        pass
+    previous = lean_signal.signal(lean_signal.SIGUSR1, handler)
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is handler
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_wraps_is_update_wrapper() -> None:
+    import functools
+
+    from stacko.lean import wraps
+
+    def func(a: int) -> int:
+        """the doc"""
+        return a
+    func.extra = 1  # type: ignore[attr-defined]
+    ours, theirs = wraps(lambda: 0, func), functools.update_wrapper(lambda: 0, func)
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__", "__wrapped__", "extra"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+
+
+def test_libc_is_ctypes_own() -> None:
+    """lean.libc binds the C library through _ctypes: its types and functions
+    must be the ones ctypes would have passed."""
+    import ctypes
+
+    from stacko.lean import libc
+    c = libc()
+    assert libc() is c
+    for ours, theirs in ((c.c_long, ctypes.c_long), (c.c_int, ctypes.c_int),
+                         (c.c_uint, ctypes.c_uint), (c.c_ulong, ctypes.c_ulong),
+                         (c.c_char_p, ctypes.c_char_p)):
+        assert ours._type_ == theirs._type_ and ctypes.sizeof(ours) == ctypes.sizeof(theirs)
+    assert c.c_int(-100).value == -100 and c.c_uint(0x200).value == 0x200
+    assert c.c_char_p(None).value is None
+    lib = ctypes.CDLL(None, use_errno=True)
+    getpid = c.function("getpid", c.c_int)
+    assert getpid._flags_ == lib.getpid._flags_ and getpid() == os.getpid()
+    assert ctypes.sizeof(c.function("syscall", c.c_long)._restype_) == ctypes.sizeof(ctypes.c_long)
+    close = c.function("close", c.c_int)
+    assert close(c.c_int(-1)) == -1 and c.get_errno() == errno.EBADF
+    with pytest.raises(AttributeError):
+        c.function("no_such_function_in_libc", c.c_int)
+
+
+def test_only_lean_names_a_private_module() -> None:
+    """CPython's private modules (_json, _signal, _ctypes, _collections_abc …)
+    are named by lean.py alone: everywhere else, the standard module."""
+    import ast
+    from pathlib import Path
+    top = Path(__file__).resolve().parent.parent / "stacko"
+    for path in sorted(top.rglob("*.py")):
+        if path.name == "lean.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            private = [n for n in names if n.startswith("_") and n != "__future__"]
+            assert not private, f"{path.name}:{node.lineno}: {private}"

@@ -1,4 +1,5 @@
-"""run.py: the one place external commands run."""
+"""run.py, the one place that starts processes, and supervise.py, which
+watches an admin's check on a short leash."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from stacko import cgroups, run
+from stacko import cgroups, log, run, supervise
 from stacko.errors import CommandFailed
 
 
@@ -29,7 +30,7 @@ def test_a_missing_binary_is_named() -> None:
 
 
 def test_verbose_logs_the_quoted_command_to_stderr(capsys, monkeypatch) -> None:
-    monkeypatch.setattr(run, "verbose", True)
+    monkeypatch.setattr(log, "verbose", True)
     run.run(["echo", "two words"], env={"X": "1"})
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -38,17 +39,17 @@ def test_verbose_logs_the_quoted_command_to_stderr(capsys, monkeypatch) -> None:
 
 # --- run_check: an admin's check command, on a short leash (no root needed) -----------
 def test_check_runs_in_its_directory_with_its_environment(tmp_path) -> None:
-    result = run.run_check('echo "$PWD $STACKO_X $LC_ALL"; echo oops >&2', cwd=str(tmp_path),
+    result = supervise.run_check('echo "$PWD $STACKO_X $LC_ALL"; echo oops >&2', cwd=str(tmp_path),
                            env={"STACKO_X": "y"}, timeout=30)
     assert result.passed and result.returncode == 0
     assert result.output == f"{tmp_path} y C.UTF-8\noops\n"
 
 
 def test_check_output_is_bounded_to_its_tail(tmp_path) -> None:
-    result = run.run_check("head -c 20000000 /dev/zero | tr '\\0' 'x'; echo; echo last; exit 4",
+    result = supervise.run_check("head -c 20000000 /dev/zero | tr '\\0' 'x'; echo; echo last; exit 4",
                            cwd=str(tmp_path), env={}, timeout=60)
     assert result.returncode == 4 and not result.passed
-    assert len(result.output) <= run.CHECK_KEEP and result.output.endswith("x\nlast\n")
+    assert len(result.output) <= supervise.CHECK_KEEP and result.output.endswith("x\nlast\n")
     lines = result.last_lines()
     assert lines[-1] == "last" and len(lines[-2]) == 300 and lines[-2].startswith("…")
     assert result.describe() == "exited with status 4"
@@ -65,7 +66,7 @@ def leash(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
 
 def test_check_timeout_ends_the_whole_group(tmp_path, leash) -> None:
     marker = tmp_path / "survivor"
-    result = run.run_check(f"(sleep 2; touch '{marker}') & trap '' TERM; echo started; sleep 60",
+    result = supervise.run_check(f"(sleep 2; touch '{marker}') & trap '' TERM; echo started; sleep 60",
                            cwd=str(tmp_path), env={}, timeout=0.5)
     assert result.returncode is None and result.describe() == "timed out"
     assert result.output == "started\n"
@@ -76,7 +77,7 @@ def test_check_timeout_ends_the_whole_group(tmp_path, leash) -> None:
 
 def test_check_does_not_wait_for_children_that_hold_its_output(tmp_path, leash) -> None:
     marker = tmp_path / "survivor"
-    result = run.run_check(f"(sleep 2; touch '{marker}') & echo bye", cwd=str(tmp_path),
+    result = supervise.run_check(f"(sleep 2; touch '{marker}') & echo bye", cwd=str(tmp_path),
                            env={}, timeout=60)
     assert result.passed and result.output == "bye\n"
     import time
@@ -85,15 +86,15 @@ def test_check_does_not_wait_for_children_that_hold_its_output(tmp_path, leash) 
 
 
 def test_check_killed_or_missing(tmp_path) -> None:
-    killed = run.run_check("kill -TERM $$", cwd=str(tmp_path), env={}, timeout=30)
+    killed = supervise.run_check("kill -TERM $$", cwd=str(tmp_path), env={}, timeout=30)
     assert killed.returncode == -15 and killed.describe() == "was killed by SIGTERM"
-    missing = run.run_check("/no/such/check", cwd=str(tmp_path), env={}, timeout=30)
+    missing = supervise.run_check("/no/such/check", cwd=str(tmp_path), env={}, timeout=30)
     assert missing.returncode == 127 and "not found" in missing.output
-    assert run.run_check("true", cwd=str(tmp_path), env={}, timeout=30).last_lines() == []
+    assert supervise.run_check("true", cwd=str(tmp_path), env={}, timeout=30).last_lines() == []
 
 
 def test_a_check_that_cannot_start_is_a_failed_check(tmp_path) -> None:
-    result = run.run_check("true", cwd=str(tmp_path / "gone"), env={}, timeout=30)
+    result = supervise.run_check("true", cwd=str(tmp_path / "gone"), env={}, timeout=30)
     assert not result.passed and result.returncode == 127
     assert "cannot run sh -c" in result.output
 
@@ -151,7 +152,7 @@ def test_a_check_leaves_no_process_behind_even_in_sessions_of_its_own(tmp_path,
     command = ESCAPEES.format(a=markers[0], b=markers[1], c=markers[2]) + \
         ("echo started; sleep 60" if ending == "timeout" else "sleep 0.5; echo started")
     try:
-        result = run.run_check(command, cwd=str(tmp_path), env={CHECK_ID: TOKEN}, timeout=3)
+        result = supervise.run_check(command, cwd=str(tmp_path), env={CHECK_ID: TOKEN}, timeout=3)
         assert result.output == "started\n"
         assert result.returncode == (None if ending == "timeout" else 0)
         assert end(markers) == []          # every escapee was ended with the check
@@ -178,7 +179,7 @@ def test_a_cgroup_the_check_cannot_join_falls_back_to_the_group(tmp_path, monkey
         raise OSError(95, "Operation not supported")
     monkeypatch.setattr(cgroups.CheckCgroup, "create", classmethod(created))
     monkeypatch.setattr(cgroups.CheckCgroup, "join", refuse)
-    result = run.run_check("echo ran; exit 3", cwd=str(tmp_path), env={CHECK_ID: TOKEN},
+    result = supervise.run_check("echo ran; exit 3", cwd=str(tmp_path), env={CHECK_ID: TOKEN},
                            timeout=30)
     assert result.returncode == 3 and result.output == "ran\n"
     assert made == [os.path.join(own, cgroups.PREFIX + TOKEN)] and not os.path.exists(made[0])
@@ -190,7 +191,7 @@ def test_without_a_cgroup_a_session_of_its_own_escapes(tmp_path, monkeypatch) ->
     monkeypatch.setattr(cgroups.CheckCgroup, "create", classmethod(lambda cls, name: None))
     marker = marked("4")
     try:
-        result = run.run_check(f"setsid sleep {marker} & sleep 60", cwd=str(tmp_path),
+        result = supervise.run_check(f"setsid sleep {marker} & sleep 60", cwd=str(tmp_path),
                                env={}, timeout=0.5)
         assert result.returncode is None
         assert processes_with(marker) != []

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from stacko import state
+from stacko.layers import remove_layer
 from stacko.state import parse_json
 from stacko.errors import CorruptState, StackoError
 from stacko.records import Image, Instance, Stackpoint, check_name
@@ -107,7 +108,7 @@ def test_new_layer_makes_data_and_work_dirs(store) -> None:
         layer = store.new_layer()
         assert len(layer) == 5
         assert os.path.isdir(store.layer_path(layer)) and os.path.isdir(store.work_path(layer))
-        store.remove_layer(layer)
+        remove_layer(store, layer)
         assert not os.path.exists(store.layer_path(layer))
 
 

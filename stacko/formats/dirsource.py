@@ -173,7 +173,7 @@ class Copier(Walker):
     def fit(self, top_fd: int, top: os.stat_result, root: str) -> None:
         """Refuse (NoSpace) a tree that does not fit on the target's filesystem,
         before anything is written; then budget the copy."""
-        from stacko.df import human
+        from stacko.words import human
         measure = Measure(self.source, self.device, self.own)
         measure.walk(top_fd, top)
         need, inodes = measure.need, measure.inodes

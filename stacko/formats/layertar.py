@@ -21,12 +21,15 @@ import os
 import shutil
 import stat
 import tarfile
-from _collections_abc import Callable, Sequence  # = collections.abc: see cli.py
 
 from stacko.errors import StackoError
 from stacko.formats.tarend import TarEnd
 from stacko.quoting import quote
 from stacko.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable, Sequence
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

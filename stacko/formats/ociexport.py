@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tarfile
-from _collections_abc import Callable  # = collections.abc: see cli.py
 
 from stacko.formats.compression import compressor
 from stacko.errors import StackoError
@@ -25,6 +24,10 @@ from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATIO
 from stacko.quoting import quote
 from stacko.records import Image, record, utc_time
 from stacko.state import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
 
 LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",

@@ -17,7 +17,6 @@ import re
 import stat
 import sys
 import tarfile
-from _collections_abc import Callable, Iterator  # = collections.abc: see cli.py
 
 from stacko import words
 from stacko.formats.compression import GZIP_MAGIC, ZSTD_MAGIC, PrefixedReader, decompressed
@@ -25,6 +24,10 @@ from stacko.errors import StackoError, UsageError
 from stacko.formats.layertar import clean_name
 from stacko.quoting import quote
 from stacko.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable, Iterator
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 16 << 20

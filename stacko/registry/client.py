@@ -22,7 +22,6 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 
 from stacko.errors import NotFound, StackoError
 from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
@@ -32,6 +31,10 @@ from stacko.registry.ref import Reference
 from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Connection,
                                        Expired, Meter, Response, TLSConnection, describe,
                                        join_url, limits, origin, parse_url, shown, transient)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
 
 ATTEMPTS = 4            # 4 × 12 s + the pauses stay under a minute
 PAUSES = (0.5, 1.0, 2.0)

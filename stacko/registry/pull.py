@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 
 from stacko.errors import StackoError, UsageError
 from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
@@ -25,6 +24,10 @@ from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Iterator
 
 WORKERS = 4             # blobs fetched and unpacked at once
 RESUMES = 4             # a blob whose connection breaks is resumed (Range) this many times

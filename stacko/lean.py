@@ -1,0 +1,131 @@
+"""Stand-ins for four standard modules, for the sake of start-up.
+
+Why: the commands run most often (get-stackpoint-dir, mount-stackpoint,
+list-images …) do a millisecond or two of work, and importing ``json`` (with
+``re`` and ``enum``), ``signal`` (with ``enum``), ``ctypes`` or ``functools``
+(with ``collections``) would cost each of them more than that; the measured
+figures are in docs/startup.md.  So each stand-in below does what its public
+equivalent does, on the C module that equivalent is itself built on (``_json``,
+``_signal``, ``_ctypes``), which the interpreter has loaded already or loads
+for almost nothing.  This is the only module of stacko that names a private
+module of CPython, and tests/test_lean.py holds each stand-in to its public
+equivalent: ``parse_json`` to ``json.loads``, ``signal`` to ``signal``,
+``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``.
+"""
+from __future__ import annotations
+
+try:   # the C module behind signal, loaded at every start
+    import _signal as signal
+except ImportError:             # an interpreter without it
+    import signal               # type: ignore[no-redef]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
+    Function = Callable[..., object]
+
+__all__ = ["signal", "parse_json", "wraps", "libc"]
+
+
+# --- json.loads ---------------------------------------------------------------
+class _JsonContext:
+    """What the json module's C scanner reads its settings from: json.loads's."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name)          # NaN, Infinity, -Infinity, as json.loads
+
+
+def parse_json(text: str) -> object:
+    """json.loads(text), without importing json when text is well-formed: the C
+    scanner of _json is what json.loads itself uses.  Anything the scanner does
+    not take whole, json.loads parses again, to raise its own error."""
+    try:
+        from _json import make_scanner
+    except ImportError:                   # an interpreter without it
+        make_scanner = None
+    if make_scanner is not None:
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        try:
+            value, end = make_scanner(_JsonContext)(text, start)
+        except Exception:   # noqa: BLE001  json.loads, below, says what is wrong
+            # Any: the scanner raises StopIteration, JSONDecodeError, or (when
+            # json.decoder, where its error class lives, is not loaded) a
+            # SystemError; its error paths are for json.loads, not for us.
+            pass
+        else:
+            if not text[end:].strip(" \t\n\r"):
+                return value
+    import json
+    return json.loads(text)
+
+
+# --- functools.update_wrapper ---------------------------------------------------
+def wraps(wrapper: Function, func: Function) -> Function:
+    """functools.update_wrapper(wrapper, func)."""
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attr, getattr(func, attr))
+    wrapper.__dict__.update(func.__dict__)
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
+    return wrapper
+
+
+# --- ctypes -----------------------------------------------------------------------
+class CLibrary:
+    """The C library the process is linked with, as ``ctypes.CDLL(None,
+    use_errno=True)``, with the C types its calls need, as ctypes defines
+    ``c_int`` and the rest: built on _ctypes when first asked for (see libc)."""
+
+    def __init__(self) -> None:
+        import _ctypes
+
+        class c_long(_ctypes._SimpleCData):     # noqa: N801  ctypes' names
+            _type_ = "l"
+
+        class c_int(_ctypes._SimpleCData):      # noqa: N801
+            _type_ = "i"
+
+        class c_uint(_ctypes._SimpleCData):     # noqa: N801
+            _type_ = "I"
+
+        class c_ulong(_ctypes._SimpleCData):    # noqa: N801
+            _type_ = "L"
+
+        class c_char_p(_ctypes._SimpleCData):   # noqa: N801  (None: NULL)
+            _type_ = "z"
+
+        self.c_long, self.c_int, self.c_uint, self.c_ulong, self.c_char_p = \
+            c_long, c_int, c_uint, c_ulong, c_char_p
+        self._core = _ctypes
+        # What a function pointer asks of its library: the handle.  dlopen(NULL)
+        # is the program itself, with its C library, as CDLL(None).
+        self._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+    def function(self, name: str, restype: type) -> Callable[..., object]:
+        """The C function name, as ``CDLL(None, use_errno=True).name`` with that
+        restype; AttributeError when the library has none."""
+        core = self._core
+
+        class Function(core.CFuncPtr):   # type: ignore[name-defined,misc]
+            _flags_ = core.FUNCFLAG_CDECL | core.FUNCFLAG_USE_ERRNO
+            _restype_ = restype
+        return Function((name, self))    # type: ignore[no-any-return]
+
+    def get_errno(self) -> int:
+        """errno as the last call of a function above left it (ctypes.get_errno)."""
+        return self._core.get_errno()    # type: ignore[no-any-return]
+
+
+_libc: list[CLibrary] = []
+
+
+def libc() -> CLibrary:
+    """The one CLibrary of the process, made on first use: only the commands
+    that mount, sync or run a check pay for _ctypes."""
+    if not _libc:
+        _libc.append(CLibrary())
+    return _libc[0]
