@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from stacko.records import Event, PendingCheck, Stackpoint
+from stacko.records import Event, PendingCheck, Stackpoint, replace
 
 MAX_EVENTS = 50           # per stackpoint; the contract asks for at least 20
 REASON_MAX = 300          # characters: a reason is one line of the plain listing
@@ -32,7 +32,7 @@ def add(point: Stackpoint, action: str, from_: str | None, to: str | None,
         reason: str = "") -> Stackpoint:
     """point with one more event, the oldest dropped beyond MAX_EVENTS."""
     event = Event(time=now(), action=action, from_=from_, to=to, reason=one_line(reason))
-    return point._replace(events=(point.events + (event,))[-MAX_EVENTS:])
+    return replace(point, events=(point.events + (event,))[-MAX_EVENTS:])
 
 
 def describe(event: Event) -> str:

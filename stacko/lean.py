@@ -47,11 +47,13 @@ def parse_json(text: str) -> object:
     try:
         from _json import make_scanner
     except ImportError:                   # an interpreter without it
-        make_scanner = None
-    if make_scanner is not None:
+        pass
+    else:
         start = len(text) - len(text.lstrip(" \t\n\r"))
         try:
-            value, end = make_scanner(_JsonContext)(text, start)
+            # typeshed calls the argument a make_scanner; it is any object
+            # with json.decoder.JSONDecoder's attributes.
+            value, end = make_scanner(_JsonContext)(text, start)  # type: ignore[arg-type]
         except Exception:   # noqa: BLE001  json.loads, below, says what is wrong
             # Any: the scanner raises StopIteration, JSONDecodeError, or (when
             # json.decoder, where its error class lives, is not loaded) a
@@ -103,11 +105,11 @@ class CLibrary:
         self._core = _ctypes
         # What a function pointer asks of its library: the handle.  dlopen(NULL)
         # is the program itself, with its C library, as CDLL(None).
-        self._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+        self._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]
 
-    def function(self, name: str, restype: type) -> Callable[..., object]:
+    def function(self, name: str, restype: type) -> Callable[..., int]:
         """The C function name, as ``CDLL(None, use_errno=True).name`` with that
-        restype; AttributeError when the library has none."""
+        restype (an integer type); AttributeError when the library has none."""
         core = self._core
 
         class Function(core.CFuncPtr):   # type: ignore[name-defined,misc]

@@ -4,20 +4,29 @@ Records are named tuples made by the ``record`` decorator: immutable like frozen
 dataclasses, typed like NamedTuples, and ``replace`` changes fields as
 dataclasses.replace does.  They are built here rather than with
 collections.namedtuple, typing.NamedTuple or dataclasses, because every stacko
-command loads them: importing collections costs a start ~1.7 ms and compiling
-each class's __new__ more, typing and dataclasses (with inspect) more still,
-all of it more than a listing's whole work."""
+command loads them: importing collections, compiling each class's __new__,
+and typing and dataclasses (with inspect) would cost more than a listing's
+whole work (docs/startup.md has the figures).  Type checkers see them as
+frozen dataclasses (dataclass_transform, below)."""
 from __future__ import annotations
 
 from stacko.errors import CorruptState, InvalidName
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for type checkers only: nothing of it runs (typing costs a start)
+    from typing import TypeVar
 
-def replace(record: tuple, **changes: object) -> tuple:
+    from typing_extensions import dataclass_transform
+
+    T = TypeVar("T")
+
+
+def replace(record: T, **changes: object) -> T:
     """A copy of record (an @record instance) with some fields changed."""
-    return record._replace(**changes)  # type: ignore[attr-defined]
+    return record._replace(**changes)  # type: ignore[attr-defined,no-any-return]
 
 
-def record(cls: type) -> type:
+def _record(cls: type) -> type:
     """Class decorator: cls becomes an immutable record as with typing.NamedTuple.
 
     The fields are cls's annotated names, in order; a value given to one in the
@@ -68,13 +77,29 @@ def record(cls: type) -> type:
                 _asdict=lambda self: dict(zip(names, self)),
                 __getnewargs__=lambda self: tuple(self))
     for index, n in enumerate(names):
-        body[n] = property(lambda self, index=index: self[index], doc=f"field {index}: {n}")
+        body[n] = _field(index, n)
     return type(name, (tuple,), body)
+
+
+def _field(index: int, name: str) -> property:
+    def get(self: tuple[object, ...]) -> object:
+        return self[index]
+    return property(get, doc=f"field {index}: {name}")
+
+
+if TYPE_CHECKING:
+    # What type checkers see: a record class is a frozen dataclass (its
+    # fields, defaults and __init__ from its annotations), as PEP 681 lets a
+    # decorator say.  At run time it is the named tuple _record makes.
+    @dataclass_transform(frozen_default=True)
+    def record(cls: type[T]) -> type[T]: ...
+else:
+    record = _record
 
 
 # Names are 1-128 characters of these, starting with a letter or digit.  Checked
 # with str methods, not a regular expression: `re` (with enum) costs every start
-# of a command about 5 ms, more than a listing's whole work.
+# of a command more than a listing's whole work (docs/startup.md).
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _NAME_CHARS = _ALNUM + "._+-"
 
@@ -131,14 +156,22 @@ def utc_time(text: str) -> str:
         return text
 
 
-def _get(data: dict[str, object], key: str, kind: type, source: str,
-         optional: bool = False) -> object:
+def _get(data: dict[str, object], key: str, kind: type[T], source: str) -> T:
     value = data.get(key)
-    if value is None and optional:
-        return None
     if not isinstance(value, kind):
         raise CorruptState(f"{source}: field {key!r} is missing or not a {kind.__name__}")
     return value
+
+
+def _text(data: dict[str, object], key: str) -> str:
+    """A free-text field: what is not a string is read as ""."""
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _opt(data: dict[str, object], key: str, kind: type[T], source: str) -> T | None:
+    """_get of a field that may be missing or null."""
+    return None if data.get(key) is None else _get(data, key, kind, source)
 
 
 @record
@@ -178,7 +211,7 @@ class Image:
                 else ()) + self.digests
 
     def to_dict(self) -> dict[str, object]:
-        data = {"name": self.name, "layer": self.layer, "parent": self.parent,
+        data: dict[str, object] = {"name": self.name, "layer": self.layer, "parent": self.parent,
                 "created": self.created}
         if self.diff_id is not None:
             data["diff_id"] = self.diff_id
@@ -203,27 +236,27 @@ class Image:
     def from_dict(cls, data: object, source: str) -> "Image":
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an image record is not an object")
-        digests = _get(data, "digests", list, source, optional=True) or []
-        repos = _get(data, "repos", list, source, optional=True) or []
+        digests = _opt(data, "digests", list, source) or []
+        repos = _opt(data, "repos", list, source) or []
         if not all(isinstance(x, str) for x in digests + repos):
             raise CorruptState(f"{source}: field 'digests' or 'repos' holds a non-string")
         # Positional, in the order of the fields: a listing makes 1,000 of these.
         return cls(_get(data, "name", str, source), _get(data, "layer", str, source),
-                   _get(data, "parent", str, source, optional=True),
+                   _opt(data, "parent", str, source),
                    data.get("created") or "",
-                   _get(data, "diff_id", str, source, optional=True),
-                   _get(data, "manifest", str, source, optional=True),
-                   _get(data, "size", int, source, optional=True),
+                   _opt(data, "diff_id", str, source),
+                   _opt(data, "manifest", str, source),
+                   _opt(data, "size", int, source),
                    tuple(digests),
-                   _get(data, "settings", dict, source, optional=True),
+                   _opt(data, "settings", dict, source),
                    tuple(repos),
-                   _get(data, "signed", dict, source, optional=True),
+                   _opt(data, "signed", dict, source),
                    _blobs(data, source) if "blobs" in data else ())
 
 
 def _blobs(data: dict, source: str) -> tuple[tuple[str, str, int, str], ...]:
     found = []
-    for b in _get(data, "blobs", list, source):  # type: ignore[union-attr]
+    for b in _get(data, "blobs", list, source):
         if not isinstance(b, dict) or not all(isinstance(b.get(k), str) for k in
                                               ("mediaType", "digest", "diff_id")) \
                 or not isinstance(b.get("size"), int) or isinstance(b.get("size"), bool):
@@ -299,9 +332,9 @@ class Event:
         if not isinstance(data, dict):
             raise CorruptState(f"{source}: an event record is not an object")
         return cls(time=_get(data, "time", str, source), action=_get(data, "action", str, source),
-                   from_=_get(data, "from", str, source, optional=True),
-                   to=_get(data, "to", str, source, optional=True),
-                   reason=data.get("reason") if isinstance(data.get("reason"), str) else "")
+                   from_=_opt(data, "from", str, source),
+                   to=_opt(data, "to", str, source),
+                   reason=_text(data, "reason"))
 
 
 @record
@@ -360,7 +393,7 @@ class PendingCheck:
                    pid=_get_int(data, "pid", source), start=_get_int(data, "start", source),
                    boot_id=_get(data, "boot_id", str, source),
                    started=_get(data, "started", str, source),
-                   token=data.get("token") if isinstance(data.get("token"), str) else "",
+                   token=_text(data, "token"),
                    history=_history(data.get("history"), source))
 
 
@@ -404,10 +437,10 @@ class Stackpoint:
 
     def with_instance(self, inst: Instance) -> "Stackpoint":
         others = tuple(i for i in self.instances if i.image != inst.image)
-        return self._replace(instances=others + (inst,))
+        return replace(self, instances=others + (inst,))
 
     def without_instance(self, image: str) -> "Stackpoint":
-        return self._replace(instances=tuple(i for i in self.instances if i.image != image),
+        return replace(self, instances=tuple(i for i in self.instances if i.image != image),
                        history=tuple(h for h in self.history if h != image),
                        detached=tuple(d for d in self.detached if d.image != image))
 
@@ -416,10 +449,10 @@ class Stackpoint:
         if image == self.current:
             return self
         history = tuple(h for h in self.history if h not in (image, self.current))
-        return self._replace(current=image, history=history + (self.current,))
+        return replace(self, current=image, history=history + (self.current,))
 
     def to_dict(self) -> dict[str, object]:
-        data = {"name": self.name, "current": self.current, "path": self.path,
+        data: dict[str, object] = {"name": self.name, "current": self.current, "path": self.path,
                 "history": list(self.history),
                 "instances": [i.to_dict() for i in self.instances]}
         if self.detached:      # absent, not empty, in files written before there were any
@@ -443,18 +476,18 @@ class Stackpoint:
         if not all(isinstance(h, str) for h in history):
             raise CorruptState(f"{source}: field 'history' holds a non-string")
         point = cls(name=_get(data, "name", str, source), current=_get(data, "current", str, source),
-                    path=_get(data, "path", str, source, optional=True), history=tuple(history),
+                    path=_opt(data, "path", str, source), history=tuple(history),
                     instances=tuple(Instance.from_dict(i, source) for i in instances),
                     detached=tuple(DetachedMount.from_dict(d, source)
-                                   for d in _get(data, "detached", list, source, optional=True) or ()),
+                                   for d in _opt(data, "detached", list, source) or ()),
                     tentative=(Tentative.from_dict(data["tentative"], source)
                                if data.get("tentative") is not None else None),
                     events=tuple(Event.from_dict(e, source)
-                                 for e in _get(data, "events", list, source, optional=True) or ()),
+                                 for e in _opt(data, "events", list, source) or ()),
                     checking=(PendingCheck.from_dict(data["checking"], source)
                               if data.get("checking") is not None else None),
-                    nodev=_get(data, "nodev", bool, source, optional=True) or False,
-                    nosuid=_get(data, "nosuid", bool, source, optional=True) or False)
+                    nodev=_opt(data, "nodev", bool, source) or False,
+                    nosuid=_opt(data, "nosuid", bool, source) or False)
         if point.instance(point.current) is None:
             raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
                                f"of its current image {point.current!r}")
