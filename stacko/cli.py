@@ -40,7 +40,7 @@ def out(line: str) -> None:
 
 
 def print_json(data: object) -> None:
-    import json     # here: json imports re (and enum), ~7 ms of every start
+    import json     # here: json imports re and enum (docs/startup.md)
     out(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -473,11 +473,16 @@ A layout or archive that holds several images needs --ref to choose one."""
 
 
 class Command:
+    """One command of the table: its handler, help and arguments.  quick: the
+    quick parse takes its plainly well-formed lines (see quick_args)."""
+
     def __init__(self, name: str, handler: Handler, help: str, *args: Arg,
-                 aliases: Sequence[str] = (), epilog: str | None = None) -> None:
+                 aliases: Sequence[str] = (), epilog: str | None = None,
+                 quick: bool = False) -> None:
         self.name, self.handler, self.help, self.args, self.aliases = \
             name, handler, help, args, tuple(aliases)
         self.epilog = epilog
+        self.quick = quick
 
 
 COMMANDS = [
@@ -499,7 +504,8 @@ COMMANDS = [
     Command("delete-image", cmd_delete_image, "remove an image and its layer",
             described(NAME, "the image to remove")),
     Command("list-images", cmd_list_images, "show the images, one name per line",
-            arg("--tree", action="store_true", help="draw parents above their children"), JSON),
+            arg("--tree", action="store_true", help="draw parents above their children"), JSON,
+            quick=True),
     Command("import-image", cmd_import_image,
             "import an OCI layout, OCI or docker archive, rootfs tarball or directory",
             # No type=name: import_image checks it, and can tell a swapped PATH NAME.
@@ -557,15 +563,16 @@ COMMANDS = [
             described(POINT, "the stackpoint to remove")),
     Command("mount-stackpoint", cmd_mount_stackpoint,
             "mount the current instance at the stackpoint's directory; print it",
-            described(POINT, "the stackpoint to mount")),
+            described(POINT, "the stackpoint to mount"), quick=True),
     Command("umount-stackpoint", cmd_umount_stackpoint, "unmount a stackpoint",
             described(POINT, "the stackpoint to unmount"),
             arg("--lazy", action="store_true",
-                help="detach now even when busy; the kernel frees it when unused")),
+                help="detach now even when busy; the kernel frees it when unused"),
+            quick=True),
     Command("get-stackpoint-dir", cmd_get_stackpoint_dir, "print a stackpoint's directory",
-            POINT),
+            POINT, quick=True),
     Command("is-stackpoint-mounted", cmd_is_stackpoint_mounted,
-            "exit 0 when the stackpoint is mounted, 1 when not", POINT),
+            "exit 0 when the stackpoint is mounted, 1 when not", POINT, quick=True),
     Command("cutover-stackpoint", cmd_cutover_stackpoint,
             "switch a stackpoint to its instance of IMAGE (made if needed) and mount it",
             described(POINT, "the stackpoint to switch"),
@@ -597,7 +604,7 @@ COMMANDS = [
             described(IMAGE, "the image whose instance to delete")),
     Command("list-stackpoints", cmd_list_stackpoints,
             "show each stackpoint: directory, current image, mounted, instances, history, "
-            "last event", JSON),
+            "last event", JSON, quick=True),
     Command("list-events", cmd_list_events,
             "show the stackpoints' events (cutovers, fallbacks, checks), one line "
             "each, oldest first",
@@ -625,7 +632,7 @@ COMMANDS = [
                        help="how many instances of the history to keep")),
     Command("df", cmd_df,
             "disk usage of images and instances, what is reclaimable, free space",
-            arg("--json", action="store_true", help="one JSON object")),
+            arg("--json", action="store_true", help="one JSON object"), quick=True),
     Command("check", cmd_check,
             "compare metadata, layer directories and mounts; report every mismatch",
             arg("--repair", action="store_true",
@@ -777,16 +784,29 @@ def _terminate(signum: int, frame: object) -> None:
 # line made only of these words, spelt out in full, is parsed here; any other
 # line, however slightly different (an abbreviation, -h, --, a bad name, a
 # missing argument), goes to argparse, which alone reports usage errors.
-# tests/test_quickparse.py checks that the two parses agree.
-QUICK = {
-    "get-stackpoint-dir": (("point",), ()),
-    "is-stackpoint-mounted": (("point",), ()),
-    "mount-stackpoint": (("point",), ()),
-    "umount-stackpoint": (("point",), ("--lazy",)),
-    "list-stackpoints": ((), ("--json",)),
-    "list-images": ((), ("--tree", "--json")),
-    "df": ((), ("--json",)),                    # what monitoring runs every minute
-}
+# tests/test_quickparse.py checks that the two parses agree.  The grammar is
+# the command table's: each command marked quick=True gives its positionals
+# (names, as type=name checks them) and its flags (store_true options).
+def quick_grammar(command: Command) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the dests of the positionals, the flags spelt in full) of a command the
+    quick parse may take: one whose every positional is one name and every
+    option a flag.  Any other argument is a mistake in the table."""
+    positional: list[str] = []
+    flags: list[str] = []
+    for names, kwargs in command.args:
+        plain_flag = kwargs.get("action") == "store_true" and set(kwargs) <= {"action", "help"}
+        if names[0].startswith("-") and len(names) == 1 and names[0].startswith("--") \
+                and plain_flag:
+            flags.append(names[0])
+        elif not names[0].startswith("-") and kwargs.get("type") is name \
+                and set(kwargs) <= {"type", "metavar", "help"}:
+            positional.append(names[0])
+        else:
+            raise ValueError(f"{command.name}: the quick parse cannot take {names[0]}")
+    return tuple(positional), tuple(flags)
+
+
+QUICK = {c.name: quick_grammar(c) for c in COMMANDS if c.quick}
 
 
 class Args:
@@ -819,9 +839,9 @@ def quick_args(argv: Sequence[str]) -> Args | None:
                 return None
             command = word
             positional, flags = QUICK[command]
-            values.update((flag[2:], False) for flag in flags)
+            values.update((flag[2:].replace("-", "_"), False) for flag in flags)
         elif word in flags:
-            values[word[2:]] = True
+            values[word[2:].replace("-", "_")] = True
         elif word.startswith("-") or not is_name(word):
             return None
         else:
@@ -903,9 +923,9 @@ def console_main() -> None:
             sys.stderr.flush()
         except (OSError, ValueError):
             sys.exit(status)       # the interpreter's own exit reports it, as ever
-        # The interpreter's teardown (freeing every module and object) costs a
-        # start ~2.5 ms, a sixth of a hot command's run, and does nothing a
-        # quick command needs: its output is flushed, its files closed.
+        # The interpreter's teardown (freeing every module and object) costs
+        # a hot command a good part of its run (docs/startup.md) and does
+        # nothing a quick command needs: its output is flushed, its files closed.
         os._exit(status)
     sys.exit(status)
 

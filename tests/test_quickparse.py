@@ -91,17 +91,49 @@ def test_version_says_what_argparse_says(capsys) -> None:
     assert capsys.readouterr().out == quick
 
 
+# The vocabulary of the generated lines: the quick parse's own (from the command
+# table), and words just beside it.
+QUICK_FLAGS = sorted({flag for _, flags in cli.QUICK.values() for flag in flags})
 WORDS = st.sampled_from(
-    list(cli.QUICK) + ["new-image", "cutover-stackpoint", "--json", "--tree", "--lazy",
-                       "--root", "--root=/x", "--root=", "-v", "--verbose", "-h", "--", "-",
-                       "--js", "--roo", "web", "a.b", "0", "", " ", "a b", "-1", "/r",
-                       "x" * 129, "é"])
+    list(cli.QUICK) + QUICK_FLAGS + [flag[:-1] for flag in QUICK_FLAGS]
+    + ["new-image", "cutover-stackpoint", "edit-image", "--read-only", "--root", "--root=/x",
+       "--root=", "-v", "--verbose", "-h", "--", "-", "--roo", "web", "a.b", "0", "", " ",
+       "a b", "-1", "/r", "x" * 129, "é"])
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(WORDS, max_size=6))
 def test_any_line_the_quick_parse_takes_argparse_parses_the_same(argv: list[str]) -> None:
     assert agrees(argv)
+
+
+def test_the_quick_grammar_is_the_command_tables() -> None:
+    assert cli.QUICK == {
+        "get-stackpoint-dir": (("point",), ()), "is-stackpoint-mounted": (("point",), ()),
+        "mount-stackpoint": (("point",), ()), "umount-stackpoint": (("point",), ("--lazy",)),
+        "list-stackpoints": ((), ("--json",)), "list-images": ((), ("--tree", "--json")),
+        "df": ((), ("--json",))}
+    for command in cli.COMMANDS:
+        assert (command.name in cli.QUICK) == command.quick
+
+
+@pytest.mark.parametrize("argument", [
+    cli.arg("path", metavar="PATH"), cli.arg("--tries", type=cli.non_negative),
+    cli.arg("names", type=cli.name, nargs="+"), cli.arg("-l", action="store_true"),
+    cli.arg("--keep", action="store_true", required=True)])
+def test_a_command_the_quick_parse_cannot_take_is_refused(argument) -> None:
+    command = cli.Command("x", cli.cmd_df, "help", cli.POINT, argument, quick=True)
+    with pytest.raises(ValueError, match="the quick parse cannot take"):
+        cli.quick_grammar(command)
+
+
+def test_a_flag_with_a_dash_is_parsed_as_argparse_does(monkeypatch) -> None:
+    command = cli.Command("edit-image", cli.cmd_edit_image, "help", cli.NAME,
+                          cli.arg("--read-only", action="store_true"), quick=True)
+    monkeypatch.setattr(cli, "COMMANDS", [command])
+    monkeypatch.setattr(cli, "QUICK", {"edit-image": cli.quick_grammar(command)})
+    for argv in (["edit-image", "web"], ["edit-image", "--read-only", "web"]):
+        assert vars(cli.quick_args(argv)) == argparse_args(argv)
 
 
 def test_the_quick_parse_builds_no_parser(monkeypatch) -> None:
