@@ -58,7 +58,10 @@ if TYPE_CHECKING:   # an alias for annotations only: `str | None` fails at run t
     from collections.abc import Sequence
 
     Parameters = list[tuple[str, str | None]]   # fsconfig (key, value); None: a flag
-ENV = "STACKO_MOUNT_API"       # "legacy" forces mount(2); "new" insists on this API
+# How stacko mounts (overlay.backend): unset or "auto", the new API where the
+# kernel has it, else mount(2); "new" insists on the new API; "legacy" forces
+# mount(2); "command" runs mount(8) and umount(8) instead (overlay.Commands).
+ENV = "STACKO_MOUNT_API"
 BENEATH_SINCE = (6, 5)
 DIGITS = "0123456789"
 
@@ -149,13 +152,13 @@ def kernel_version(release: str | None = None) -> tuple[int, int]:
 
 
 def forced() -> str:
-    """The STACKO_MOUNT_API setting: "", "new" or "legacy"."""
+    """The STACKO_MOUNT_API setting: "", "new", "legacy" or "command"."""
     value = os.environ.get(ENV, "").strip().lower()
     if value in ("", "auto"):
         return ""
-    if value not in ("new", "legacy"):
+    if value not in ("new", "legacy", "command"):
         raise StackoError(f"{ENV}={value!r} is not understood",
-                          hint=f"set {ENV} to new, legacy or auto, or unset it")
+                          hint=f"set {ENV} to new, legacy, command or auto, or unset it")
     return value
 
 
@@ -196,7 +199,7 @@ def _probe_kernel() -> bool:
 def supports_new_api() -> bool:
     """Whether stack mounts go through fsopen/fsconfig(lowerdir+)/fsmount."""
     mode = forced()
-    if mode == "legacy":
+    if mode in ("legacy", "command"):
         return False
     if mode == "new":
         if not _probe_new_api():

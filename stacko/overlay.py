@@ -1,5 +1,6 @@
-"""overlayfs mounts: building the options, mounting, unmounting, and reading
-the kernel's mount table (``/proc/self/mountinfo``, never mount(8)'s text).
+"""overlayfs mounts: building the options, mounting and unmounting, through
+one backend (STACKO_MOUNT_API: in-process by default, or mount(8) and
+umount(8)).  The kernel's mount table is read by mounttable.py.
 
 Kernel facts this module relies on:
 
@@ -17,10 +18,12 @@ Kernel facts this module relies on:
   result undefined), which is why images are frozen once something stacks on them.
 * In overlayfs options ``\\`` escapes the next character, so ``:`` and ``,``
   inside a path are written ``\\:`` and ``\\,``.
-* mount(2) and umount2(2) are called in-process (mountapi.py), not through
-  mount(8) and umount(8): starting those costs a mount or an unmount ~5 ms, a
-  sixth of the command; and util-linux 2.39 and newer would use the new mount
-  API, which refuses a lowerdir over 256 bytes in one fsconfig call.
+* By default mount(2) and umount2(2) are called in-process (mountapi.py),
+  not through mount(8) and umount(8): starting those costs a mount or an
+  unmount a good part of its time (docs/startup.md); and util-linux 2.39 and
+  newer would use the new mount API, which refuses a lowerdir over 256 bytes
+  in one fsconfig call.  STACKO_MOUNT_API=command starts them all the same,
+  for hosts that want it (Commands, below).
 * Where the kernel has the new mount API with ``lowerdir+`` (Linux 6.8), every
   stack is mounted through it instead (mountapi.py): one fsconfig call per
   layer with its absolute path, so neither the page limit nor the escaping
@@ -94,13 +97,145 @@ def build_options(lowers: Sequence[str], upper: str | None = None,
     return options
 
 
-# --- mounting ----------------------------------------------------------------
+# --- mounting: every mount and unmount goes through the backend --------------
 def mount_overlay(target: str, layers_dir: str, lowers: Sequence[str],
                   upper: str | None = None, work: str | None = None,
                   read_only: bool = False, attrs: Sequence[str] = ()) -> None:
     """Mount one overlay at target; layer paths are relative to layers_dir.
     attrs: mount flags among "nodev" and "nosuid"."""
-    from stacko import mountapi     # here: ctypes is not needed to read the mount table
+    backend().mount(target, layers_dir, lowers, upper, work, read_only, attrs)
+
+
+def umount(target: str, lazy: bool = False) -> None:
+    """Unmount target; when it is busy, name the processes that hold it."""
+    backend().umount(target, lazy)
+
+
+def gapless_switch() -> bool:
+    """Whether a mounted directory can be switched to another overlay without a
+    moment in which it shows nothing (MOVE_MOUNT_BENEATH, Linux 6.5)."""
+    return backend().gapless()
+
+
+def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: str | None,
+                    work: str | None, attrs: Sequence[str] = ()) -> mountapi.PreparedOverlay:
+    """A detached overlay, not yet visible anywhere (for replace: see mountapi).
+    Only where gapless_switch() says so."""
+    return backend().prepare(layers_dir, lowers, upper, work, attrs)
+
+
+def detach_top(target: str) -> None:
+    """Detach the top mount at target lazily (its holders keep it)."""
+    backend().detach_top(target)
+
+
+def why_not_gapless() -> str:
+    """Why the chosen backend switches no mounted directory without a gap, when
+    that is its choice (not the kernel's lack): cutover says so on stderr."""
+    return backend().why_not_gapless()
+
+
+def backend() -> InProcess | Commands:
+    """The backend STACKO_MOUNT_API chooses: in-process (unset, auto, new,
+    legacy) or mount(8) and umount(8) (command)."""
+    from stacko import mountapi     # here: the mount table is read without it
+    return COMMANDS if mountapi.forced() == "command" else IN_PROCESS
+
+
+class InProcess:
+    """The default: the new mount API where the kernel has lowerdir+, else
+    mount(2), and umount2, all called in-process (mountapi.py); gapless
+    switches where the kernel has MOVE_MOUNT_BENEATH."""
+
+    name = "in-process"
+
+    def mount(self, target: str, layers_dir: str, lowers: Sequence[str], upper: str | None,
+              work: str | None, read_only: bool, attrs: Sequence[str]) -> None:
+        _mount_in_process(target, layers_dir, lowers, upper, work, read_only, attrs)
+
+    def umount(self, target: str, lazy: bool) -> None:
+        _umount_in_process(target, lazy)
+
+    def gapless(self) -> bool:
+        from stacko import mountapi
+        return mountapi.supports_beneath()
+
+    def why_not_gapless(self) -> str:
+        return ""       # the kernel's lack, not the backend's choice: -v says it
+
+    def prepare(self, layers_dir: str, lowers: Sequence[str], upper: str | None,
+                work: str | None, attrs: Sequence[str]) -> mountapi.PreparedOverlay:
+        from stacko import mountapi
+        try:
+            return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work),
+                                            attrs=attrs)
+        except MountFailed as e:
+            raise MountFailed(f"cannot build the new mount: {e.message}", hint=kernel_hint(),
+                              errno=e.errno) from None
+
+    def detach_top(self, target: str) -> None:
+        from stacko import mountapi
+        mountapi.detach_top(target)
+
+
+class Commands:
+    """STACKO_MOUNT_API=command: mount(8) and umount(8), run through run.py, for
+    hosts whose policy wants mount helpers and audited mount commands.  Each
+    starts a process (a few milliseconds more a mount), and the mount data
+    goes through mount(8)'s option parser, which splits at every comma: so
+    layers are named by absolute path only where the root's path holds no
+    character that would need escaping, else relative to the layers
+    directory, where the command runs.  No gapless switch: a mounted
+    stackpoint is unmounted, then mounted again."""
+
+    name = "command"
+
+    def mount(self, target: str, layers_dir: str, lowers: Sequence[str], upper: str | None,
+              work: str | None, read_only: bool, attrs: Sequence[str]) -> None:
+        from stacko import run
+        from stacko.errors import CommandFailed
+        options = page_options(layers_dir, lowers, upper, work)
+        if "\\" in options:
+            options = build_options(lowers, upper, work, kernel_defaults_off())
+        flags = (["ro"] if read_only else []) + list(attrs)     # mount flags, not overlay data
+        try:
+            run.run(["mount", "-t", "overlay", "-o", ",".join([options] + flags), "stacko",
+                     os.path.abspath(target)], cwd=layers_dir)
+        except CommandFailed as e:
+            raise MountFailed(f"cannot mount {target}: {e.message}", hint=kernel_hint()) from None
+
+    def umount(self, target: str, lazy: bool) -> None:
+        from stacko import run
+        from stacko.errors import CommandFailed
+        try:
+            run.run(["umount"] + (["--lazy"] if lazy else []) + ["--", target])
+        except CommandFailed as e:
+            if "busy" in e.stderr:        # "target is busy": children run in C.UTF-8
+                raise busy(target) from None
+            raise MountFailed(f"cannot unmount {target}: {e.message}") from None
+
+    def gapless(self) -> bool:
+        return False
+
+    def why_not_gapless(self) -> str:
+        return ("STACKO_MOUNT_API=command mounts with mount(8), which cannot switch a "
+                "mounted directory without a gap")
+
+    def prepare(self, layers_dir: str, lowers: Sequence[str], upper: str | None,
+                work: str | None, attrs: Sequence[str]) -> mountapi.PreparedOverlay:
+        raise StackoError("STACKO_MOUNT_API=command cannot build a detached mount")
+
+    def detach_top(self, target: str) -> None:
+        self.umount(target, lazy=True)
+
+
+IN_PROCESS, COMMANDS = InProcess(), Commands()
+
+
+def _mount_in_process(target: str, layers_dir: str, lowers: Sequence[str],
+                      upper: str | None = None, work: str | None = None,
+                      read_only: bool = False, attrs: Sequence[str] = ()) -> None:
+    from stacko import mountapi     # here: _ctypes is not needed to read the mount table
     if mountapi.supports_new_api():
         params = new_api_parameters(layers_dir, lowers, upper, work)
         try:
@@ -178,31 +313,6 @@ def check_depth(lowers: Sequence[str]) -> None:
                           f"limit of {MAX_LAYERS}")
 
 
-def gapless_switch() -> bool:
-    """Whether a mounted directory can be switched to another overlay without a
-    moment in which it shows nothing (MOVE_MOUNT_BENEATH, Linux 6.5)."""
-    from stacko import mountapi
-    return mountapi.supports_beneath()
-
-
-def prepare_overlay(layers_dir: str, lowers: Sequence[str], upper: str | None,
-                    work: str | None, attrs: Sequence[str] = ()) -> mountapi.PreparedOverlay:
-    """A detached overlay, not yet visible anywhere (for replace: see mountapi)."""
-    try:
-        from stacko import mountapi
-        return mountapi.PreparedOverlay(new_api_parameters(layers_dir, lowers, upper, work),
-                                        attrs=attrs)
-    except MountFailed as e:
-        raise MountFailed(f"cannot build the new mount: {e.message}", hint=kernel_hint(),
-                          errno=e.errno) from None
-
-
-def detach_top(target: str) -> None:
-    """Detach the top mount at target lazily (its holders keep it)."""
-    from stacko import mountapi
-    mountapi.detach_top(target)
-
-
 def device_number(mount: Mount) -> int:
     """st_dev of the files of a mount, from mountinfo's "major:minor"."""
     major, _, minor = mount.device.partition(":")
@@ -228,8 +338,7 @@ def kernel_hint() -> str | None:
     return "`dmesg | grep overlay` shows the kernel's reason"
 
 
-def umount(target: str, lazy: bool = False) -> None:
-    """Unmount target; when it is busy, name the processes that hold it."""
+def _umount_in_process(target: str, lazy: bool = False) -> None:
     from stacko import mountapi      # umount2 on every kernel: no umount(8) to start
     from stacko.log import debug
     debug(f"+ [umount2] {target}" + (" MNT_DETACH" if lazy else ""))

@@ -529,6 +529,10 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
         new = _refuse_if_held(store, new, new.current, action)
         gapless = mounted is not None and mounted != new.current_instance() \
             and overlay.gapless_switch()
+        why = overlay.why_not_gapless() if mounted is not None and not gapless \
+            and mounted != new.current_instance() else ""
+        if why:
+            run.log(f"stacko: {action}: {why}: unmounting {directory}, then mounting it again")
         if mounted is not None:
             run.debug(f"{action}: switching {directory} "
                       + ("without a gap (new mount beneath the old, then the old detached)"

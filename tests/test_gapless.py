@@ -1,9 +1,10 @@
-"""Gapless cutover and fallback (MOVE_MOUNT_BENEATH), both mount backends, and
+"""Gapless cutover and fallback (MOVE_MOUNT_BENEATH), every mount backend, and
 the refusal to mount an instance twice while its detached mount is held."""
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -19,7 +20,9 @@ from stacko.state import Store
 
 pytestmark = pytest.mark.mounts
 
-BACKENDS = ["", "legacy"]      # STACKO_MOUNT_API: the default (new API where there is one) and mount(2)
+# STACKO_MOUNT_API: the default (new API where there is one), mount(2), and
+# mount(8) with umount(8)
+BACKENDS = ["", "legacy", "command"]
 
 
 def new_api_here() -> bool:
@@ -33,7 +36,7 @@ def gapless_here() -> bool:
 needs_gapless = pytest.mark.skipif(not gapless_here(), reason="no MOVE_MOUNT_BENEATH here")
 
 
-@pytest.fixture(params=BACKENDS, ids=["default", "legacy"])
+@pytest.fixture(params=BACKENDS, ids=["default", "legacy", "command"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "":
         monkeypatch.delenv(mountapi.ENV, raising=False)
@@ -122,10 +125,18 @@ def test_cutover_fallback_set_on_both_backends(stacko: Runner, root: Path, backe
     assert r.out == str(point)
     assert (point / "f").read_text() == "B\n"
     gapless = backend == "" and gapless_here()
-    assert ("without a gap" in r.stderr) == gapless
+    assert (f"switching {point} without a gap" in r.stderr) == gapless
     assert ("by unmount-then-mount" in r.stderr) == (not gapless)
-    if not gapless:
+    if backend == "command":      # audited commands, and a plain word about the gap
+        assert f"+ umount -- {shlex.quote(str(point))}" in r.stderr and "+ (cd " in r.stderr
+        assert "[umount2]" not in r.stderr and "[mount" not in r.stderr
+        assert (f"stacko: cutover-stackpoint: STACKO_MOUNT_API=command mounts with mount(8), "
+                f"which cannot switch a mounted directory without a gap: unmounting {point}, "
+                "then mounting it again") in r.stderr
+    elif not gapless:
         assert "+ [umount2] " in r.stderr
+    if backend != "command":
+        assert "mount(8)" not in r.stderr
     assert len(entries(point)) == 1
     (point / "written-in-b").write_text("b")
 
@@ -145,7 +156,7 @@ def test_cutover_fallback_set_on_both_backends(stacko: Runner, root: Path, backe
 def test_backends_recognise_each_others_mounts(stacko: Runner, point: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A stackpoint mounted by one backend is switched by the other."""
-    for mode in ("legacy", "", "legacy"):
+    for mode in ("legacy", "", "command", "legacy", "command"):
         monkeypatch.setenv(mountapi.ENV, mode)
         stacko("cutover-stackpoint", "p", "b")
         assert (point / "f").read_text() == "B\n"

@@ -1,4 +1,4 @@
-"""Stackpoint commands on real overlayfs mounts."""
+"""Stackpoint commands on real overlayfs mounts, by each mount backend."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,17 @@ import pytest
 from conftest import populate, snapshot
 
 pytestmark = pytest.mark.mounts
+
+
+@pytest.fixture(autouse=True, params=["", "command"], ids=["in-process", "command"])
+def mount_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on each mount backend (STACKO_MOUNT_API): the
+    in-process default, and mount(8) with umount(8)."""
+    if request.param:
+        monkeypatch.setenv("STACKO_MOUNT_API", request.param)
+    else:
+        monkeypatch.delenv("STACKO_MOUNT_API", raising=False)
+    return request.param
 
 
 def unmount_everything(root: Path, *extra: Path) -> None:
