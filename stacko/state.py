@@ -15,8 +15,9 @@ Layout of a root::
     .stacko-spare      allocated room for the record of a deletion on a full disk (spare.py)
 
 Layer directories get short names because overlayfs takes its options in one
-page (4096 bytes) of mount data: mounts are made from inside ``l/`` with
-relative names, six bytes a layer, so 500 layers fit whatever the root path.
+page (4096 bytes) of mount data: a stack too deep for absolute paths is
+mounted from inside ``l/`` with relative names, six bytes a layer, so 500
+layers fit whatever the root path (overlay.page_options).
 """
 from __future__ import annotations
 
@@ -378,7 +379,7 @@ class Store:
     # --- layers ------------------------------------------------------------
     def new_layer(self) -> str:
         """Create an empty layer and its workdir; returns the layer's id."""
-        # os.urandom, not secrets (which imports hashlib and random: ~5 ms a command).
+        # os.urandom, not secrets (which imports hashlib and random: docs/startup.md).
         # 256 is not a multiple of 36, so some characters come a little more often:
         # harmless, an id only has to be free, and a taken one is drawn again.
         from stacko import durable
@@ -471,7 +472,7 @@ def remove_tree(path: str) -> None:
 def _create_temp(path: str) -> tuple[int, str]:
     """A new file beside path, opened as tempfile.mkstemp opens one (O_EXCL and
     O_NOFOLLOW: never through a planted symlink), without importing tempfile,
-    which brings shutil and random and costs every writing command ~8 ms."""
+    which brings shutil and random (docs/startup.md)."""
     base = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
@@ -551,7 +552,7 @@ def sync_directory(path: str) -> bool:
 class Locked:
     """The context of Store.locked: a class, not a contextlib.contextmanager,
     because contextlib (with collections and functools) costs every command's
-    start ~3 ms (docs/startup.md)."""
+    start (docs/startup.md)."""
 
     def __init__(self, store: Store, exclusive: bool) -> None:
         self.store, self.exclusive = store, exclusive

@@ -14,7 +14,7 @@ import os
 
 from stacko.records import Image, Stackpoint, is_name
 
-# Without `re`, which would cost every command's start ~5 ms (see records.is_name).
+# Without `re`, which would cost every command's start (see records.is_name).
 _LAYER_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 

@@ -124,7 +124,7 @@ def pax_mtime_ns(member: tarfile.TarInfo) -> int:
     """The member's mtime in nanoseconds; PAX keeps fractions a float would round."""
     text = member.pax_headers.get("mtime")
     if text:
-        import decimal    # here: ~1 ms a start, for the members with a PAX mtime only
+        import decimal    # here: for the members with a PAX mtime only
         try:
             return int(decimal.Decimal(text) * 1_000_000_000)
         except decimal.InvalidOperation:

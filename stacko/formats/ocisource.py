@@ -180,7 +180,7 @@ class TarContainer(Container):
 # --- image formats ---------------------------------------------------------------
 def host_architecture() -> str:
     # os.uname() is what platform.machine() reads on Linux, without importing
-    # platform (~1.4 ms a start of the archive and registry commands).
+    # platform (docs/startup.md: the archive and registry commands).
     machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
