@@ -259,10 +259,10 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
             for shown in to_hash[ino]:
                 entries[shown]["sha256"] = digest
     paths.close()
-    for shown in linked.values():
-        if len(shown) > 1:
-            first = min(shown)
-            for one in shown:
+    for group in linked.values():
+        if len(group) > 1:
+            first = min(group)
+            for one in group:
                 entries[one]["link"] = first
     # The size is what the layer takes on the disk, as du counts it: the blocks
     # of every inode, each once (hard links share theirs).  Not the files'
