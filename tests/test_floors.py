@@ -265,10 +265,11 @@ def test_circles_are_found_and_named() -> None:
 
 
 def test_the_real_graph_has_the_lazy_edges() -> None:
-    """overlay imports mountapi only inside the functions that mount."""
+    """overlay imports mountapi only inside the functions that mount, layers
+    content only inside remove_layer."""
     graph = import_graph()
     assert "stacko.mountapi" in {t for t, _ in graph["stacko.overlay"]}
-    assert "stacko.state" in {t for t, _ in graph["stacko.cli"]}
+    assert "stacko.content" in {t for t, _ in graph["stacko.layers"]}
 
 
 @pytest.mark.parametrize("floor", sorted(FLOOR_NAMES))
