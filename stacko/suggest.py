@@ -5,7 +5,10 @@ their names never pay for it.  A primitive: it imports nothing of stacko.
 """
 from __future__ import annotations
 
-from _collections_abc import Iterable  # = collections.abc: see cli.py
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Iterable
+
 
 SHOWN = 3              # a hint, not a listing
 

@@ -9,7 +9,10 @@ scripts that read the table.  A primitive: it imports nothing.
 """
 from __future__ import annotations
 
-from _collections_abc import Sequence  # = collections.abc: see cli.py
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Sequence
+
 
 
 def lines(rows: Sequence[Sequence[str]], last: Sequence[str] | None = None) -> list[str]:
