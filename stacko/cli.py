@@ -806,7 +806,10 @@ def quick_grammar(command: Command) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(positional), tuple(flags)
 
 
-QUICK = {c.name: quick_grammar(c) for c in COMMANDS if c.quick}
+def __getattr__(name: str) -> object:
+    if name == "QUICK":      # every quick command's grammar, for tests (made when asked)
+        return {c.name: quick_grammar(c) for c in COMMANDS if c.quick}
+    raise AttributeError(f"module 'stacko.cli' has no attribute {name!r}")
 
 
 class Args:
@@ -820,7 +823,7 @@ class Args:
 
 def quick_args(argv: Sequence[str]) -> Args | None:
     """The parse of argv as argparse would make it, for a plainly well-formed
-    line of one of the QUICK commands; None for every other line."""
+    line of one of the quick commands; None for every other line."""
     from stacko.records import is_name
     values: dict[str, object] = {}
     names: list[str] = []
@@ -835,10 +838,11 @@ def quick_args(argv: Sequence[str]) -> Args | None:
         elif word in ("-v", "--verbose"):
             values["verbose"] = True
         elif command is None:
-            if word not in QUICK:
+            quick = next((c for c in COMMANDS if c.name == word and c.quick), None)
+            if quick is None:
                 return None
             command = word
-            positional, flags = QUICK[command]
+            positional, flags = quick_grammar(quick)     # only this command's
             values.update((flag[2:].replace("-", "_"), False) for flag in flags)
         elif word in flags:
             values[word[2:].replace("-", "_")] = True

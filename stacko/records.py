@@ -77,14 +77,9 @@ def _record(cls: type) -> type:
                 _asdict=lambda self: dict(zip(names, self)),
                 __getnewargs__=lambda self: tuple(self))
     for index, n in enumerate(names):
-        body[n] = _field(index, n)
+        body[n] = property(lambda self, index=index: self[index],  # type: ignore[misc]
+                           doc=f"field {index}: {n}")
     return type(name, (tuple,), body)
-
-
-def _field(index: int, name: str) -> property:
-    def get(self: tuple[object, ...]) -> object:
-        return self[index]
-    return property(get, doc=f"field {index}: {name}")
 
 
 if TYPE_CHECKING:
