@@ -87,8 +87,8 @@ def test_eight_concurrent_invocations(stacko, root) -> None:
         stacko("umount-stackpoint", f"p{i}")
 
 
-def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
-    stacko("new-image", "base")
+def lock_holder(root: Path) -> subprocess.Popen:
+    """A process that holds <root>/lock exclusively until a line on its stdin."""
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
@@ -96,18 +96,41 @@ def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
         "print('locked', flush=True)\n"
         "sys.stdin.readline()\n"), str(root / "lock")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if holder.stdout.readline().strip() != b"locked":
+        holder.kill()
+        holder.wait()
+        raise AssertionError("the holder could not take the lock")
+    return holder
+
+
+def waiting(root: Path, *args: str) -> "tuple[subprocess.Popen, str]":
+    """A stacko command started while the lock is held, once it has said that it
+    waits: its first line on stderr, read as it comes, however slow the start
+    (a generous timeout only so that a command that never says so ends)."""
+    waiter = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, STACKO_LOCK_TIMEOUT="240",
+                                       PYTHONPATH=str(Path(__file__).parent.parent)))
+    return waiter, waiter.stderr.readline().decode()
+
+
+def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
+    stacko("new-image", "base")
+    holder = lock_holder(root)
     try:
-        assert holder.stdout.readline().strip() == b"locked"
         before = snapshot(root)
+        start = time.monotonic()
         r = stacko("new-image", "gives-up", rc=1, env={"STACKO_LOCK_TIMEOUT": "1.5"})
+        assert time.monotonic() - start >= 1.5
         assert "waiting for another stacko command" in r.stderr and "gave up" in r.stderr
         assert snapshot(root) == before
-        with ThreadPoolExecutor(1) as pool:
-            waiter = pool.submit(stacko, "new-image", "waited")
-            time.sleep(1.5)
-            holder.stdin.write(b"go\n")
-            holder.stdin.flush()
-            assert "waiting for another stacko command" in waiter.result().stderr
+        waiter, said = waiting(root, "new-image", "waited")
+        assert "waiting for another stacko command" in said
+        assert waiter.poll() is None
+        holder.stdin.write(b"go\n")
+        holder.stdin.flush()
+        out, err = waiter.communicate(timeout=240)
+        assert waiter.returncode == 0 and b"Traceback" not in err, err
     finally:
         holder.kill()
         holder.wait()
@@ -118,22 +141,13 @@ def test_a_waiting_command_says_so_and_gives_up_in_time(stacko, root) -> None:
                                                   (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_ends_a_waiting_command_cleanly(stacko, root, signum, status, says) -> None:
     stacko("new-image", "base")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys\n"
-        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.readline()\n"), str(root / "lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder = lock_holder(root)
     try:
-        assert holder.stdout.readline().strip() == b"locked"
         before = snapshot(root)
-        waiter = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root),
-                                   "new-image", "never"], stderr=subprocess.PIPE,
-                                  env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
-        time.sleep(1.5)                      # it is waiting for the lock by now
+        waiter, said = waiting(root, "new-image", "never")
+        assert "waiting for another stacko command" in said
         waiter.send_signal(signum)
-        err = waiter.communicate(timeout=30)[1].decode()
+        err = said + waiter.communicate(timeout=60)[1].decode()
         assert waiter.returncode == status, err
         assert says in err and "Traceback" not in err
         assert snapshot(root) == before

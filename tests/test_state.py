@@ -218,3 +218,27 @@ def test_a_new_root_is_durable_before_anything_is_recorded_in_it(tmp_path) -> No
               if line.startswith(("fsync(", "[pid")) and "fsync(" in line and "<" in line]
     assert str(parent) in synced and str(root / ".stacko-root") in synced
     assert str(root) in synced
+
+
+def test_a_command_that_gives_up_says_first_that_it_waited(monkeypatch, capsys,
+                                                           tmp_path) -> None:
+    """A loaded machine can keep a waiting command off the processor from before
+    the 1 s mark until past its timeout: it still says that it waited (it gave
+    up silently before the line that says so)."""
+    import fcntl
+    import types
+    lock = str(tmp_path / "lock")
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    clock = iter([0.5, 2.0])          # one look before the 1 s mark, the next past the timeout
+    monkeypatch.setattr(state, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                             sleep=lambda s: None))
+    monkeypatch.setenv("STACKO_LOCK_TIMEOUT", "1.5")
+    try:
+        with pytest.raises(state.LockTimeout):
+            state.wait_for_lock(fd, fcntl.LOCK_EX, lock, 0.0)
+    finally:
+        os.close(fd)
+        os.close(held)
+    assert "waiting for another stacko command" in capsys.readouterr().err
