@@ -9,6 +9,8 @@ two sides alternating in a random order:
 
 * pull: a fresh state root / podman storage pulls the image;
 * pull of an update (only the top layer changed) into a store that has v1;
+* push again: the pulled image to a new repository of the registry it came
+  from, which holds every blob (stacko mounts them, packing nothing);
 * push: the image, from a store that has it, to a fresh, empty registry (so
   that every blob is uploaded: no blob is known or mountable there).
 
@@ -174,11 +176,22 @@ def measure(fs: Path) -> List[dict]:
             target.stop()
             return {"podman push": seconds}
 
+        def again_stacko() -> Dict[str, float]:
+            repo = f"{source.host}/copy-{next(counter)}/app:v1"
+            return {"stacko push again": common.timed(lambda: stacko(
+                stacko_root, "push-image", "app", repo, "--tls-verify=false"))}
+
+        def again_podman() -> Dict[str, float]:
+            repo = f"{source.host}/copy-{next(counter)}/app:v1"
+            return {"podman push again": common.timed(lambda: common.run(
+                podman_store + ["push", "-q", "--tls-verify=false", f"{source.host}/app:v1",
+                                f"docker://{repo}"]))}
+
         cases = {"stacko pull": pull_stacko, "stacko update": update_stacko,
-                 "stacko push": push_stacko}
+                 "stacko push": push_stacko, "stacko push again": again_stacko}
         if have_podman:
             cases.update({"podman pull": pull_podman, "podman update": update_podman,
-                          "podman push": push_podman})
+                          "podman push": push_podman, "podman push again": again_podman})
         samples = common.interleave(cases, common.repeats(ROUNDS), warmup=1)
     finally:
         for r in started:
@@ -189,7 +202,9 @@ def measure(fs: Path) -> List[dict]:
             ("pull, beside podman + syncfs", "pull", "pull+sync"),
             ("pull an update (top layer changed)", "update", "update"),
             ("pull an update, beside podman + syncfs", "update", "update+sync"),
-            ("push (empty registry)", "push", "push")):
+            ("push (empty registry)", "push", "push"),
+            ("push to a new repository of a registry that holds the blobs", "push again",
+             "push again")):
         ours = common.median_ms(samples[f"stacko {label}"]) / 1000
         theirs = common.median_ms(samples[f"podman {baseline}"]) / 1000 \
             if f"podman {baseline}" in samples else None

@@ -40,6 +40,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable, Iterator
 
+IMPORT_WORKERS = 2
+
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
 
 
@@ -63,7 +65,9 @@ def import_image(store: Store, name: str, path: str, parent: str | None = None,
             if not specs:
                 raise BadArchive(f"{quote(path)} holds an image without layers")
             yield specs
-    return import_layers(store, name, parent, layers)
+    # Two layers at once: the second core unpacks while the first waits on the
+    # disk or holds the GIL (docs/bench.md).
+    return import_layers(store, name, parent, layers, workers=IMPORT_WORKERS)
 
 
 def import_layers(store: Store, name: str, parent: str | None,

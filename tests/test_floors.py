@@ -73,6 +73,7 @@ FLOORS = {
     "stacko.pending": NOUNS,
     "stacko.staging": NOUNS,
     "stacko.formats.layertar": NOUNS,
+    "stacko.formats.layerpack": NOUNS,
     "stacko.formats.dirsource": NOUNS,
     "stacko.formats.ocisource": NOUNS,
     "stacko.formats.ociexport": NOUNS,

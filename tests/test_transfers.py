@@ -200,3 +200,34 @@ def test_a_wrong_setting_fails_before_anything_is_packed(
     assert not [q for q in secure.requests(mark) if q[0] in ("POST", "PUT", "PATCH")]
     assert snapshot(root) == before
     assert not (root / "tmp").exists() or not any((root / "tmp").iterdir())
+
+
+# --- import-image reads several blobs of one archive at once ---------------------------
+def test_blobs_of_one_archive_read_at_once_each_get_their_own_bytes(tmp_path: Path) -> None:
+    """Layers unpack in parallel from one tar archive: each blob is read with
+    pread, so interleaved readers (and links to blobs) give the right bytes."""
+    import io
+    import tarfile
+    from stacko.formats.ocisource import TarContainer
+    archive = tmp_path / "a.tar"
+    one, two = os.urandom(70_000), os.urandom(30_000)
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("blobs/one", one), ("blobs/two", two)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind, target in (("blobs/sym", tarfile.SYMTYPE, "one"),
+                                   ("blobs/hard", tarfile.LNKTYPE, "blobs/two")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    with tarfile.open(archive) as tar:
+        box = TarContainer(tar)
+        readers = [box.open(n) for n in ("blobs/one", "blobs/two", "blobs/sym", "blobs/hard")]
+        got = [b""] * 4
+        while True:
+            chunks = [r.read(4096) for r in readers]
+            if not any(chunks):
+                break
+            got = [g + c for g, c in zip(got, chunks)]
+    assert got == [one, two, one, two]

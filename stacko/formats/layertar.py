@@ -1,5 +1,5 @@
-"""One image layer as a tar stream: unpacking into a layer directory, and packing
-a layer directory back into a tar, converting between OCI and overlayfs whiteouts.
+"""One image layer as a tar stream: unpacking into a layer directory (packing
+is in ``layerpack``), converting OCI whiteouts to overlayfs ones.
 
 OCI marks a deleted path with an empty file ``.wh.NAME`` and a directory whose
 lower contents are hidden with ``.wh..wh..opq``; overlayfs marks the same with a
@@ -76,9 +76,14 @@ class SpaceBudget:
         self.inodes = self.inodes_free
         self.lock = threading.Lock()
 
-    def take(self, size: int, what: str, inodes: int = 0) -> None:
+    def take(self, size: int, what: str | Callable[[], str], inodes: int = 0) -> None:
+        """what: the member, or a function that names it (the message is only
+        made when it is needed: quoting every
+        member's name cost a tenth of an unpack's CPU time: docs/bench.md)."""
         size = -(-size // BLOCK) * BLOCK       # whole blocks, as the filesystem counts
         with self.lock:
+            if (size > self.left or inodes > self.inodes >= 0) and callable(what):
+                what = what()
             if size > self.left:
                 raise NoSpace(f"{self.what} does not fit in the free space of the filesystem of "
                               f"{self.path}: {what} needs {size} bytes, {self.left} are left",
@@ -92,7 +97,7 @@ class SpaceBudget:
             if self.inodes >= 0:
                 self.inodes -= inodes
 
-    def take_entry(self, what: str) -> None:
+    def take_entry(self, what: str | Callable[[], str]) -> None:
         """A member that is not a regular file: an inode and a block."""
         self.take(BLOCK, what, inodes=1)
 
@@ -226,7 +231,7 @@ class Unpacker:
             raise BadLayer(f"archive member {quote(member.name)} has an unsupported type "
                            f"{member.type!r}")
         if self.budget is not None and not member.isreg():      # a file: in _write_file
-            self.budget.take_entry(f"archive member {quote(member.name)}")
+            self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
         try:
             self._create(tar, member, path)
         except FileExistsError:
@@ -277,7 +282,7 @@ class Unpacker:
         """A directory the tar fills without naming: as in the layers beneath, or
         0755 (looked up in _finish, once the layers beneath are complete)."""
         if self.budget is not None:
-            self.budget.take_entry(f"the directory {quote(rel)}")
+            self.budget.take_entry(lambda: f"the directory {quote(rel)}")
         os.mkdir(path, 0o755)
         self._implicit.append(rel)
 
@@ -306,7 +311,7 @@ class Unpacker:
             st = None
         if st is None:
             if self.budget is not None:
-                self.budget.take_entry(f"archive member {quote(member.name)}")
+                self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
             os.mkdir(path, 0o700)
         self._dirs.add(rel)
         self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
@@ -320,7 +325,7 @@ class Unpacker:
         if os.path.lexists(path):
             return    # a whiteout hides lower layers only, never its own layer's entry
         if self.budget is not None:
-            self.budget.take_entry(f"archive member {quote(member)}")
+            self.budget.take_entry(lambda: f"archive member {quote(member)}")
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
     def _remove(self, rel: str, path: str) -> None:
@@ -344,19 +349,22 @@ class Unpacker:
                      0o600)      # FileExistsError before the budget is charged: see _member
         if self.budget is not None:
             try:
-                self.budget.take(data_size(member), f"archive member {quote(member.name)}", inodes=1)
+                self.budget.take(data_size(member), lambda: f"archive member {quote(member.name)}",
+                                 inodes=1)
             except BaseException:
                 os.close(fd)
                 raise
-        with os.fdopen(fd, "wb") as out:
-            source = tar.extractfile(member)
-            if source is not None and member.sparse:
-                self._write_sparse(source, member, out)
-                return      # not hashed here: content.build reads it (holes read as zeros)
-            digest = hashlib.sha256()
-            if source is not None:
-                shutil.copyfileobj(_Hashing(source, digest), out, CHUNK)
-            self.hashes[os.fstat(out.fileno()).st_ino] = digest.hexdigest()
+        if member.sparse:
+            with os.fdopen(fd, "wb") as out:
+                source = tar.extractfile(member)
+                if source is not None:
+                    self._write_sparse(source, member, out)
+            return      # not hashed here: content.build reads it (holes read as zeros)
+        try:
+            digest = _copy_data(tar.fileobj, member.size, fd)  # type: ignore[arg-type]
+            self.hashes[os.fstat(fd).st_ino] = digest
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _write_sparse(source: io.BufferedIOBase, member: tarfile.TarInfo,
@@ -425,16 +433,23 @@ class Unpacker:
                 os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
 
 
-class _Hashing:
-    """A reader that hashes what passes through it."""
-
-    def __init__(self, source: io.BufferedIOBase, digest: "hashlib._Hash") -> None:
-        self.source, self.digest = source, digest
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        return data
+def _copy_data(stream: io.BufferedIOBase, size: int, fd: int) -> str:
+    """Copy a regular member's size bytes from the tar stream to fd; returns
+    their sha256.  Read from tarfile's stream itself (which skips the padding
+    when it moves on to the next header), as extractfile would, but without the
+    two file objects it builds for every member and a buffered writer: those
+    were a tenth of an import's CPU time (docs/bench.md)."""
+    digest = hashlib.sha256()
+    while size > 0:
+        data = stream.read(min(size, CHUNK))
+        if not data:
+            raise EOFError("the layer tar ends inside a member")
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        size -= len(data)
+    return digest.hexdigest()
 
 
 def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (),
@@ -450,157 +465,3 @@ def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (
         raise BadLayer(f"cannot unpack into {quote(e.filename or root)}: {e.strerror}") from None
     except (ValueError, OverflowError) as e:      # a directory's owner or time, set last
         raise BadLayer(f"the layer has an impossible value ({e}); refusing it") from None
-
-
-# --- packing -------------------------------------------------------------------
-def _xattrs_of(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    found = {}
-    for name in sorted(names):
-        if name.startswith(OVERLAY_XATTR_PREFIX):
-            continue
-        try:
-            found[name] = os.getxattr(path, name, follow_symlinks=False)
-        except OSError:
-            continue
-    return found
-
-
-def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.uname = info.gname = ""
-    info.mtime = st.st_mtime_ns // 1_000_000_000
-    frac = st.st_mtime_ns % 1_000_000_000
-    if frac:
-        info.pax_headers["mtime"] = f"{info.mtime}.{frac:09d}".rstrip("0")
-    return info
-
-
-def pack_layer(root: str, out: io.BufferedIOBase) -> None:
-    """Write the layer directory root as a deterministic OCI layer tar.
-
-    Entries come sorted by name, with numeric owners and no user names, access
-    or change times, so the same directory always gives the same bytes.
-    """
-    links: dict[tuple[int, int], str] = {}
-    tar = TarWriter(out)
-    # Pre-order, names sorted, without recursion (a layer may be deep).
-    stack: list[tuple[str, list[str]]] = [("", _sorted_names(root))]
-    while stack:
-        rel, names = stack[-1]
-        if not names:
-            stack.pop()
-            continue
-        name = names.pop()
-        child = f"{rel}/{name}" if rel else name
-        path = os.path.join(root, child)
-        if _pack_entry(tar, path, child, links):
-            stack.append((child, _sorted_names(path)))
-    tar.close()
-
-
-class TarWriter:
-    """A PAX tar stream: tarfile builds the headers, the data is copied here in
-    large reads (tarfile's own copy loop reads 16 KiB at a time)."""
-
-    RECORD = 20 * 512         # what tar and tarfile pad the archive to
-
-    def __init__(self, out: io.BufferedIOBase) -> None:
-        self.out = out
-        self.offset = 0
-
-    def _write(self, data: bytes) -> None:
-        self.out.write(data)
-        self.offset += len(data)
-
-    def addfile(self, info: tarfile.TarInfo, path: str | None = None) -> None:
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        if path is None or info.type != tarfile.REGTYPE:
-            return
-        left = info.size
-        with open(path, "rb", buffering=0) as f:
-            while left:
-                data = f.read(min(left, CHUNK))
-                if not data:
-                    raise StackoError(f"{path} shrank while it was being exported")
-                self._write(data)
-                left -= len(data)
-        if info.size % 512:
-            self._write(b"\0" * (512 - info.size % 512))
-
-    def close(self) -> None:
-        self._write(b"\0" * 1024)
-        if self.offset % self.RECORD:
-            self._write(b"\0" * (self.RECORD - self.offset % self.RECORD))
-
-
-def _sorted_names(directory: str) -> list[str]:
-    """The entries of directory, last first (they are popped from the end)."""
-    with os.scandir(directory) as it:
-        return sorted((e.name for e in it), reverse=True)
-
-
-def _pack_entry(tar: TarWriter, path: str, rel: str,
-                links: dict[tuple[int, int], str]) -> bool:
-    """Add one entry; True when it is a directory to descend into."""
-    st = os.lstat(path)
-    mode = st.st_mode
-    if stat.S_ISCHR(mode) and st.st_rdev == 0:          # overlayfs whiteout
-        parent, _, base = rel.rpartition("/")
-        info = _info(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base,
-                     st, tarfile.REGTYPE)
-        info.mode, info.size = 0o644, 0
-        tar.addfile(info)
-        return False
-    xattrs = _xattrs_of(path)
-    if stat.S_ISDIR(mode):
-        info = _info(rel, st, tarfile.DIRTYPE)
-    elif stat.S_ISREG(mode):
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in links:
-            info = _info(rel, st, tarfile.LNKTYPE)
-            info.linkname = links[key]
-            _add_xattrs(info, xattrs)
-            tar.addfile(info)
-            return False
-        if st.st_nlink > 1:
-            links[key] = rel
-        info = _info(rel, st, tarfile.REGTYPE)
-        info.size = st.st_size
-    elif stat.S_ISLNK(mode):
-        info = _info(rel, st, tarfile.SYMTYPE)
-        info.linkname = os.readlink(path)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        info = _info(rel, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE)
-        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    elif stat.S_ISFIFO(mode):
-        info = _info(rel, st, tarfile.FIFOTYPE)
-    else:
-        return False          # sockets do not go into images
-    _add_xattrs(info, xattrs)
-    tar.addfile(info, path)
-    if stat.S_ISDIR(mode):
-        if _is_opaque(path):
-            marker = _info(f"{rel}/{OPAQUE_MARKER}", st, tarfile.REGTYPE)
-            marker.mode, marker.size = 0o644, 0
-            tar.addfile(marker)
-        return True
-    return False
-
-
-def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _add_xattrs(info: tarfile.TarInfo, xattrs: dict[str, bytes]) -> None:
-    for name, value in xattrs.items():
-        info.pax_headers[PAX_XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")

@@ -18,7 +18,7 @@ import tarfile
 
 from stacko.formats.compression import compressor
 from stacko.errors import StackoError
-from stacko.formats.layertar import pack_layer
+from stacko.formats.layerpack import pack_layer
 from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
 from stacko.quoting import quote
