@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 from stacko import run
 
@@ -76,29 +75,45 @@ class Tally:
 
 class Progress:
     """One line on a terminal, rewritten in place; shown only once the
-    operation has lasted PROGRESS_AFTER seconds, so quick ones print nothing."""
+    operation has lasted PROGRESS_AFTER seconds (a timer shows it then, even
+    when no new message came meanwhile: one long layer), so quick ones print
+    nothing."""
 
     def __init__(self) -> None:
-        self.start: float | None = None
+        self.message = ""
         self.shown = False
+        self.timer: threading.Timer | None = None
+        self.lock = threading.Lock()
 
     def __call__(self, message: str) -> None:
         if not sys.stderr.isatty():
             return
-        now = time.monotonic()
-        if not message:
-            if self.shown:
-                sys.stderr.write("\r\033[K")
-                sys.stderr.flush()
-            self.start, self.shown = None, False
-            return
-        if self.start is None:
-            self.start = now
-        if now - self.start < PROGRESS_AFTER:
-            return
-        sys.stderr.write(f"\r\033[Kstacko: {message}")
+        with self.lock:
+            self.message = message
+            if not message:
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                if self.shown:
+                    self._write("\r\033[K")
+                self.shown = False
+            elif self.shown:
+                self._write(f"\r\033[Kstacko: {message}")
+            elif self.timer is None:
+                self.timer = threading.Timer(PROGRESS_AFTER, self._show)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _show(self) -> None:
+        with self.lock:
+            if self.message and self.timer is not None:
+                self._write(f"\r\033[Kstacko: {self.message}")
+                self.shown = True
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stderr.write(text)
         sys.stderr.flush()
-        self.shown = True
 
 
 progress = Progress()

@@ -233,12 +233,14 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
         lowers.insert(0, target)
     if workers <= 1 or len(jobs) <= 1:
         new = {}
-        for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
-            progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
-            new[image.name] = (target, *unpack_one(spec, target, beneath, budget=budget))
-            if tally is not None:
-                tally.note("fetched", spec.digest, spec.size)
-        progress("")
+        try:
+            for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
+                progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
+                new[image.name] = (target, *unpack_one(spec, target, beneath, budget=budget))
+                if tally is not None:
+                    tally.note("fetched", spec.digest, spec.size)
+        finally:
+            progress("")       # erased, and never shown after an error message
         return new
     return unpack_parallel(jobs, workers, budget, tally)
 

@@ -231,3 +231,32 @@ def test_blobs_of_one_archive_read_at_once_each_get_their_own_bytes(tmp_path: Pa
                 break
             got = [g + c for g, c in zip(got, chunks)]
     assert got == [one, two, one, two]
+
+
+def test_the_progress_line_shows_only_after_a_second_and_is_erased(monkeypatch) -> None:
+    """On a terminal: nothing for a quick operation; a long one (one message,
+    then silence, as while one big layer unpacks) gets its line from a timer,
+    and the line is erased at the end.  Never on stdout."""
+    import io
+    import time
+    from stacko import moved
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setattr(moved, "PROGRESS_AFTER", 0.05)
+    progress = moved.Progress()
+    progress("packing layer 1/1")
+    progress("")
+    time.sleep(0.2)
+    assert err.getvalue() == ""                       # quick: nothing at all
+    progress("unpacking layer 1/1 (big)")
+    deadline = time.monotonic() + 10
+    while "big" not in err.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    progress("unpacking layer 2/2 (next)")
+    progress("")
+    assert err.getvalue() == ("\r\033[Kstacko: unpacking layer 1/1 (big)"
+                              "\r\033[Kstacko: unpacking layer 2/2 (next)\r\033[K")

@@ -104,13 +104,16 @@ def pack_chain(store: Store, chain: list[Image], compression: str, staging: str,
     """chain: the images of the stack, bottom first."""
     blobs: dict[str, Blob] = {}
     layers, diff_ids = [], []
-    for n, image in enumerate(chain, start=1):
-        progress(f"packing layer {n}/{len(chain)} ({image.name})")
-        blob, diff_id = pack_image_layer(store, image, n, compression, staging)
-        blobs.setdefault(blob.digest, blob)
-        layers.append(layer_descriptor(image, LAYER_TYPES[compression], blob.digest, blob.size))
-        diff_ids.append(diff_id)
-    progress("")
+    try:
+        for n, image in enumerate(chain, start=1):
+            progress(f"packing layer {n}/{len(chain)} ({image.name})")
+            blob, diff_id = pack_image_layer(store, image, n, compression, staging)
+            blobs.setdefault(blob.digest, blob)
+            layers.append(layer_descriptor(image, LAYER_TYPES[compression], blob.digest,
+                                           blob.size))
+            diff_ids.append(diff_id)
+    finally:
+        progress("")           # erased, and never shown after an error message
     return assemble(chain, layers, diff_ids, staging, blobs)
 
 
