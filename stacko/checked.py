@@ -42,9 +42,11 @@ class CheckFailed(StackoError):
 
 
 def checked_cutover(store: Store, name: str, image: str, command: str,
-                    timeout: float = DEFAULT_TIMEOUT, tries: int | None = None) -> str:
+                    timeout: float = DEFAULT_TIMEOUT, tries: int | None = None,
+                    action: str = "cutover", why: str = "") -> str:
     overlay.require_root("cutover-stackpoint")
-    directory = stackpoints.cutover(store, name, image, tries=tries, check=command)
+    directory = stackpoints.cutover(store, name, image, tries=tries, check=command,
+                                    action=action, why=why)
     with store.locked(exclusive=False):
         point = stackpoints.get(store.load_stackpoints(), name)
     pending = point.checking

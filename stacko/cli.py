@@ -21,7 +21,8 @@ IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images imp
 POINT_COMMANDS = ("new-stackpoint delete-stackpoint mount-stackpoint umount-stackpoint "
                   "get-stackpoint-dir is-stackpoint-mounted cutover-stackpoint "
                   "fallback-stackpoint new-stackpoint-instance set-stackpoint-instance "
-                  "delete-stackpoint-instance list-stackpoints list-events confirm-stackpoint")
+                  "delete-stackpoint-instance list-stackpoints list-events confirm-stackpoint "
+                  "update-stackpoint")
 UPKEEP_COMMANDS = "diff-stackpoint commit-stackpoint prune-stackpoint df check"
 
 
@@ -219,6 +220,19 @@ def cmd_cutover_stackpoint(args: Args) -> int:
         raise UsageError("--check-timeout needs --check")
     from stacko import stackpoints
     out(stackpoints.cutover(store(args), args.point, args.image, tries=args.tries))
+    return 0
+
+
+def cmd_update_stackpoint(args: Args) -> int:
+    from stacko import update
+    if args.check_timeout is not None and args.check is None:
+        from stacko.errors import UsageError
+        raise UsageError("--check-timeout needs --check")
+    update.update_stackpoint(
+        store(args), args.point, args.ref, dry_run=args.dry_run, platform=args.platform,
+        options=registry_options(args), policy=args.policy, registries_d=args.registries_d,
+        check=args.check, tries=args.tries, keep=args.keep,
+        check_timeout=CHECK_TIMEOUT if args.check_timeout is None else args.check_timeout)
     return 0
 
 
@@ -616,6 +630,24 @@ COMMANDS = [
                      "(30m, 2h, 1d)"),
             arg("--json", action="store_true",
                 help="one JSON array of objects: stackpoint, time, action, from, to, reason")),
+    Command("update-stackpoint", cmd_update_stackpoint,
+            "pull what REF names now and cut the stackpoint over to it, unless it runs it",
+            described(POINT, "the stackpoint to update"), REF,
+            arg("--platform", metavar="OS/ARCH",
+                help="the platform to take from a multi-platform image (default: this "
+                     "machine's)"),
+            POLICY, REGISTRIES_D, *REGISTRY_OPTIONS,
+            arg("--check", metavar="CMD",
+                help="as cutover-stackpoint --check: a failing CMD falls back, exit 1"),
+            arg("--check-timeout", metavar="S", type=seconds,
+                help=f"seconds CMD may run (default: {CHECK_TIMEOUT:g})"),
+            arg("--tries", metavar="N", type=non_negative,
+                help="as cutover-stackpoint --tries: tentative for N boots"),
+            arg("--keep", metavar="N", type=non_negative,
+                help="then prune the instances beyond the N most recent of the history, and "
+                     "the images only they used that updates pulled from REF (N >= 1)"),
+            arg("--dry-run", action="store_true",
+                help="say what would happen; change nothing")),
     Command("confirm-stackpoint", cmd_confirm_stackpoint,
             "make a tentative cutover (--tries N) permanent; nothing tentative: do nothing",
             described(POINT, "the stackpoint whose tentative cutover to confirm")),

@@ -283,7 +283,8 @@ class ImageInfo:
                 # the run settings export and push write into the image config
                 "config": dict((self.image.settings or {}).get("config") or {}),
                 "annotations": dict((self.image.settings or {}).get("annotations") or {}),
-                "signatures": signers(self.image)}
+                "signatures": signers(self.image),
+                "repos": list(self.image.repos)}     # HOST/REPO it was pulled from
 
 
 def signers(image: Image) -> list:

@@ -414,6 +414,9 @@ class Stackpoint:
     checking: PendingCheck | None = None    # a cutover --check whose check runs
     nodev: bool = False       # mount without device nodes (new-stackpoint --nodev)
     nosuid: bool = False      # mount without setuid and setgid (new-stackpoint --nosuid)
+    # update-stackpoint: the REF followed, the last check, the images it pulled
+    # (a plain object, checked by update.py, which alone reads and writes it).
+    follows: dict | None = None
 
     def mount_attrs(self) -> tuple[str, ...]:
         """The mount flags this stackpoint's overlay gets besides the defaults."""
@@ -460,6 +463,8 @@ class Stackpoint:
             data["checking"] = self.checking.to_dict()
         for attr in self.mount_attrs():      # absent when off, as in files written before
             data[attr] = True
+        if self.follows is not None:
+            data["follows"] = self.follows
         return data
 
     @classmethod
@@ -482,7 +487,8 @@ class Stackpoint:
                     checking=(PendingCheck.from_dict(data["checking"], source)
                               if data.get("checking") is not None else None),
                     nodev=_opt(data, "nodev", bool, source) or False,
-                    nosuid=_opt(data, "nosuid", bool, source) or False)
+                    nosuid=_opt(data, "nosuid", bool, source) or False,
+                    follows=_opt(data, "follows", dict, source))
         if point.instance(point.current) is None:
             raise CorruptState(f"{source}: stackpoint {point.name!r} has no instance "
                                f"of its current image {point.current!r}")

@@ -554,9 +554,10 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
 @overlay.needs_root("cutover-stackpoint")
 @locked(exclusive=True)
 def cutover(store: Store, name: str, image: str, tries: int | None = None,
-            check: str | None = None) -> str:
+            check: str | None = None, action: str = "cutover", why: str = "") -> str:
     """tries: make it tentative (see _boot_try).  check: record that this process
-    runs that check next (see checked.py), in the same write as the switch."""
+    runs that check next (see checked.py), in the same write as the switch.
+    action, why: the event's (update-stackpoint's own)."""
     images = store.load_images()
     points = store.load_stackpoints()
     with OrderHint(images, points, name, image, "cutover-stackpoint"):
@@ -579,9 +580,9 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
         new = replace((point if created is None else point.with_instance(inst)).switched_to(image),
                       checking=None,
                       tentative=None if tries is None else Tentative(image, tries, tries))
-        reasons = ([f"tentative, {tries} tr{'ies' if tries != 1 else 'y'}"]
+        reasons = ([why] if why else []) + ([f"tentative, {tries} tr{'ies' if tries != 1 else 'y'}"]
                    if tries is not None else []) + ([f"checked by `{check}`"] if check else [])
-        new = events.add(new, "cutover", point.current, image, "; ".join(reasons))
+        new = events.add(new, action, point.current, image, "; ".join(reasons))
         if check is not None:
             new = replace(new, checking=replace(events.pending_check(point.current, image, check),
                                                 history=point.history))
@@ -721,7 +722,7 @@ class StackpointInfo:
                 "tentative": None if p.tentative is None or p.tentative.image != p.current
                 else {"tries_left": p.tentative.tries_left, "tries": p.tentative.tries},
                 "events": [e.to_dict() for e in p.events],
-                "nodev": p.nodev, "nosuid": p.nosuid,
+                "nodev": p.nodev, "nosuid": p.nosuid, "follows": p.follows,
                 "checking": None if p.checking is None else
                 {"image": p.checking.image, "previous": p.checking.previous,
                  "command": p.checking.command, "pid": p.checking.pid,

@@ -38,14 +38,20 @@ USER_POLICY = ".config/containers/policy.json"
 
 def pull_image(store: Store, name: str, ref_text: str, platform: str | None = None,
                options: Options = Options(), policy: str | None = None,
-               registries_d: str | None = None, tally: Tally | None = None) -> Image:
-    """tally, when given, counts what was fetched and reused (cli prints it)."""
+               registries_d: str | None = None, tally: Tally | None = None,
+               pin: str | None = None, client: Client | None = None) -> Image:
+    """tally, when given, counts what was fetched and reused (cli prints it).
+    pin: the digest of the manifest to install, found by an earlier look at
+    REF (update-stackpoint): a tag that moves meanwhile cannot change what is
+    installed under a name made from the digest.  The policy still judges REF."""
     from stacko import oci
     check_name(name, "image name")
     ref = parse(ref_text)
+    if pin is not None:
+        ref = ref._replace(digest=pin)
     wanted = parse_platform(platform)
     trust = trust_checker(ref_text, policy, registries_d)
-    client = Client(ref, options)
+    client = client or Client(ref, options)
 
     @contextlib.contextmanager
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
