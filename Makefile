@@ -75,8 +75,10 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 MANDIR ?= $(PREFIX)/share/man
 PIP_INSTALL_FLAGS ?=
-# The mount at boot, and the confirmation of a tentative cutover after a good boot.
-UNITS := stacko-stackpoint@.service stacko-confirm@.service
+# The mount at boot, the confirmation of a tentative cutover after a good boot, and
+# the update timer.
+UNITS := stacko-stackpoint@.service stacko-confirm@.service stacko-update@.service \
+         stacko-update@.timer
 
 install: man completion
 	$(INSTALL_PYTHON) -m pip install --root "$(or $(DESTDIR),/)" $(if $(DESTDIR),--ignore-installed) \

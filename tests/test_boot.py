@@ -149,6 +149,9 @@ def test_make_install_puts_everything_under_destdir(tmp_path: Path) -> None:
     # the script runs the system's interpreter, not the one first on PATH.
     assert f"ExecStart={installed} mount-stackpoint %i" in unit.read_text()
     assert f"ExecStart={installed} confirm-stackpoint %i" in confirm.read_text()
+    update = dest / "usr/lib/systemd/system/stacko-update@.service"
+    assert f"ExecStart={installed} update-stackpoint %i" in update.read_text()
+    assert (dest / "usr/lib/systemd/system/stacko-update@.timer").is_file()
     assert script.read_text().splitlines()[0] == "#!/usr/bin/python3"
     assert not installed.startswith(("/root", str(REPO)))
 
