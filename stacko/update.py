@@ -211,6 +211,8 @@ class Update:
         if dry_run:
             self.tell(images, target, digest, shown)
             return False
+        # Before anything travels: an unproven cutover is decided first.
+        stackpoints.refuse_if_tentative(point, "update-stackpoint")
         if target not in images:
             self.fetch(images, target, digest, shown)
         else:

@@ -285,3 +285,19 @@ def test_two_updates_at_once_cut_over_once(stacko: Runner, root: Path, channel: 
     actions = [e["action"] for e in state(stacko)["events"]]
     assert actions.count("update") == 1 and actions[-1] in ("update", "update-current")
     assert version(stacko) == "v1"
+
+
+def test_a_tentative_cutover_is_decided_first(stacko: Runner, root: Path, registry: Registry,
+                                              channel: Channel, point: str) -> None:
+    channel.publish("v1")
+    update(stacko, channel, "--tries", "1")
+    assert state(stacko)["tentative"] == {"tries_left": 1, "tries": 1}
+    channel.publish("v2")
+    images = (root / "images.json").read_bytes()
+    mark = registry.mark()
+    r = update(stacko, channel, rc=1)
+    assert "tentative" in r.stderr and "confirm-stackpoint" in r.stderr
+    assert registry.blob_gets(mark) == [] and (root / "images.json").read_bytes() == images
+    stacko("confirm-stackpoint", "p")
+    update(stacko, channel)
+    assert version(stacko) == "v2"
