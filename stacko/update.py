@@ -238,10 +238,13 @@ class Update:
         # Claimed before the pull: a pull killed half-way leaves a claim on a
         # name that does not exist, which the next update pulls again.
         self.record(digest, images={target: self.origin(digest)})
+        from stacko.moved import Tally
+        tally = Tally("pulled")
         try:
             pull.pull_image(self.store, target, self.ref_text, platform=self.platform_text,
                             options=self.options, policy=self.policy,
-                            registries_d=self.registries_d, pin=digest, client=self.client)
+                            registries_d=self.registries_d, pin=digest, client=self.client,
+                            tally=tally)
         except PolicyRefused as e:
             self.record(digest, drop=(target,), event=(REFUSED, f"{shown}: {e.message}"))
             raise
@@ -251,6 +254,7 @@ class Update:
             except StackoError:
                 pass
             raise
+        run.log(tally.summary())
         with self.store.locked(exclusive=False):
             stack = images_mod.stack_of(self.store.load_images(), target)
         # The images of the stack that the pull made (reused ones are not ours).

@@ -89,7 +89,8 @@ def test_the_tag_moves_and_only_the_changed_layer_travels(
     assert first["history"] == ["seed"]
     channel.publish("v2")
     mark = registry.mark()
-    update(stacko, channel)
+    r = update(stacko, channel)
+    assert "pulled 1 of 3 layers" in r.stderr and "2 reused" in r.stderr
     assert version(stacko) == "v2"
     fetched = registry.blob_gets(mark)
     assert channel.layers["v2"][2] in fetched
