@@ -106,6 +106,7 @@ FLOORS = {
     "stacko.oci": COMMANDS,
     "stacko.registry.pull": COMMANDS,
     "stacko.registry.push": COMMANDS,
+    "stacko.update": COMMANDS,
     # The command line on top.
     "stacko.cli": CLI,
     "stacko.__main__": CLI,
