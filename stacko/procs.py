@@ -22,13 +22,18 @@ def _inside(path: str, prefix: str) -> bool:
     return path == prefix[:-1] or path.startswith(prefix)
 
 
-def holders(mount_point: str | None = None, device: int | None = None) -> list[Holder]:
+def holders(mount_point: str | None = None, device: int | None = None,
+            same: Callable[[str, int], bool] | None = None) -> list[Holder]:
     """Processes whose cwd, root, executable, open files or mapped files lie under
     mount_point (by path) or on device (by device number).
 
     The device number is how a detached mount, which has no path any more, is
     found: overlayfs gives all its files the device number of its own superblock
     when its layers share one filesystem, as stacko's layers under the root do.
+    But the numbers of such anonymous superblocks are handed out again, lowest
+    free first, as soon as one is freed: ``same(path, inode)``, when given, says
+    whether a file found on device (its path as /proc shows it, relative to the
+    root of a detached mount; its inode number) is one of the mount looked for.
     """
     prefix = mount_point.rstrip("/") + "/" if mount_point is not None else None
     wanted = f"{os.major(device):02x}:{os.minor(device):02x}" if device is not None else None
@@ -42,17 +47,18 @@ def holders(mount_point: str | None = None, device: int | None = None) -> list[H
         if not entry.isdigit() or int(entry) == me:
             continue
         base = f"/proc/{entry}"
-        if _holds(base, by_path, device, wanted):
+        if _holds(base, by_path, device, wanted, same):
             found.append(Holder(int(entry), _command(base)))
     return sorted(found, key=lambda h: h.pid)
 
 
-def device_holders(device: int) -> list[Holder]:
-    return holders(device=device)
+def device_holders(device: int, same: Callable[[str, int], bool] | None = None
+                   ) -> list[Holder]:
+    return holders(device=device, same=same)
 
 
 def _holds(base: str, by_path: Callable[[str], bool], device: int | None,
-           wanted: str | None) -> bool:
+           wanted: str | None, same: Callable[[str, int], bool] | None = None) -> bool:
     links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
     try:
         links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
@@ -60,17 +66,24 @@ def _holds(base: str, by_path: Callable[[str], bool], device: int | None,
         pass
     for link in links:
         try:
-            if by_path(os.readlink(link)):
+            target = os.readlink(link)
+            if by_path(target):
                 return True
-            if device is not None and os.stat(link).st_dev == device:
-                return True
+            if device is not None:
+                st = os.stat(link)
+                if st.st_dev == device and (same is None or same(target, st.st_ino)):
+                    return True
         except OSError:
             continue
     try:
         with open(f"{base}/maps", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 fields = line.split(None, 5)     # address perms offset dev inode path
-                if len(fields) == 6 and (fields[3] == wanted or by_path(fields[5].rstrip("\n"))):
+                if len(fields) < 6:
+                    continue
+                path = fields[5].rstrip("\n")
+                if by_path(path) or (fields[3] == wanted and (
+                        same is None or not fields[4].isdigit() or same(path, int(fields[4])))):
                     return True
     except OSError:
         pass

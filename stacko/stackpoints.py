@@ -24,6 +24,7 @@ from stacko.state import Store, locked
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     import contextlib
+    from collections.abc import Callable
 
 
 def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
@@ -174,9 +175,38 @@ def _held(store: Store, point: Stackpoint, record: DetachedMount,
                     m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)):
                 return f"a mount at {m.mount_point}"
             return ""
-    found = [h for h in procs.device_holders(record.device)
+    same = _file_of(store, inst) if inst is not None else None
+    found = [h for h in procs.device_holders(record.device, same)
              if not _reused_in_namespace_of(h.pid, record.device, store, inst)]
     return procs.describe(found) if found else ""
+
+
+def _file_of(store: Store, inst: Instance) -> Callable[[str, int], bool]:
+    """Whether a file held on the detached mount's device number can be one of
+    that mount's: its path (relative to the detached mount's root, as /proc
+    shows it) names, in the instance's upper layer or one of its image's layers,
+    a file of that inode number (overlayfs shows the inode numbers of the
+    layers' files when they share a filesystem).  Another filesystem that got
+    the device number once ours was gone (a tmpfs, another root's overlay still
+    being set up by fsmount, or detached in another namespace) holds other
+    files.  A deleted file cannot be told apart: it counts as ours."""
+    try:
+        lowers = [i.layer for i in images_mod.stack_of(store.load_images(), inst.image)]
+    except StackoError:
+        lowers = []
+    layers = [store.layer_path(layer) for layer in [inst.layer] + lowers]
+
+    def same(path: str, inode: int) -> bool:
+        if path.endswith(" (deleted)") or not path.startswith("/"):
+            return True
+        for layer in layers:
+            try:
+                if os.lstat(os.path.join(layer, path.lstrip("/"))).st_ino == inode:
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+    return same
 
 
 def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Instance | None) -> bool:

@@ -284,6 +284,37 @@ def test_records_from_another_boot_or_a_reused_device_do_not_block(
     assert "detached" not in state(root) or all(d["image"] != "a" for d in state(root)["detached"])
 
 
+@needs_gapless
+@pytest.mark.parametrize("how", ["fd", "mmap"])
+def test_a_reused_device_number_held_on_another_detached_mount_does_not_block(
+        stacko: Runner, root: Path, point: Path, reader: list, workdir: Path,
+        default_backend: None, how: str) -> None:
+    """a's detached mount is gone and its device number now belongs to another
+    overlay (another root's, say), itself detached and held by a process: that
+    process holds another mount's files, not a's (it was refused: device numbers
+    alone named the mount)."""
+    stacko("cutover-stackpoint", "p", "b")            # nobody holds a's mount: it is freed
+    other = workdir / "other"
+    for d in ("lower", "upper", "work", "mnt"):
+        (other / d).mkdir(parents=True)
+    (other / "upper" / "f").write_text("A\n")        # the same name as a's file
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={other}/lower,upperdir={other}/upper,workdir={other}/work",
+                    str(other / "mnt")], check=True)
+    try:
+        reader.append(Reader(other / "mnt" / "f", how))
+        device = os.stat(other / "mnt").st_dev
+    finally:
+        subprocess.run(["umount", "-l", str(other / "mnt")], check=True)
+    data = json.loads((root / "stackpoints.json").read_text())
+    data["stackpoints"]["p"]["detached"] = [
+        {"image": "a", "device": device, "boot_id": overlay.boot_id()}]
+    (root / "stackpoints.json").write_text(json.dumps(data))
+    stacko("fallback-stackpoint", "p")
+    assert (point / "f").read_text() == "A\n"
+    assert reader[0].read().startswith("A")           # it held the other mount all along
+
+
 # --- failures leave everything as it was ----------------------------------------------
 def test_a_broken_new_instance_leaves_the_old_one_mounted(stacko: Runner, root: Path,
                                                           backend: str, point: Path) -> None:
