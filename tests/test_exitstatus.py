@@ -36,6 +36,13 @@ def test_sigterm_and_ctrl_c_exit_as_shells_report_them() -> None:
     assert {n for n, _ in exitstatus.STATUSES} == {0, 1, 2, 130, 143}
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process pid has a handler for signum (SigCgt in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (signum - 1)))
+
+
 def test_sigterm_during_an_import_exits_143_and_records_nothing(root: Path) -> None:
     import os
     import signal
@@ -47,7 +54,11 @@ def test_sigterm_during_an_import_exits_143_and_records_nothing(root: Path) -> N
     try:
         proc.stdin.write(b"\0" * 512)      # the start of a tar that never ends
         proc.stdin.flush()
-        time.sleep(2)
+        # Signalled once it catches SIGTERM (a start-up under load can take
+        # seconds): before that, the signal would kill it before stacko runs.
+        deadline = time.monotonic() + 120
+        while not catches(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1].decode()
     finally:
