@@ -190,15 +190,17 @@ def _file_of(store: Store, inst: Instance) -> Callable[[str, int], bool]:
     the device number once ours was gone (a tmpfs, another root's overlay still
     being set up by fsmount, or detached in another namespace) holds other
     files.  A deleted file cannot be told apart: it counts as ours."""
-    try:
-        lowers = [i.layer for i in images_mod.stack_of(store.load_images(), inst.image)]
-    except StackoError:
-        lowers = []
-    layers = [store.layer_path(layer) for layer in [inst.layer] + lowers]
+    layers: list[str] = []
 
     def same(path: str, inode: int) -> bool:
         if path.endswith(" (deleted)") or not path.startswith("/"):
             return True
+        if not layers:          # read only once a file is found on the device: rare
+            try:
+                lowers = [i.layer for i in images_mod.stack_of(store.load_images(), inst.image)]
+            except StackoError:
+                lowers = []
+            layers.extend(store.layer_path(layer) for layer in [inst.layer] + lowers)
         for layer in layers:
             try:
                 if os.lstat(os.path.join(layer, path.lstrip("/"))).st_ino == inode:
