@@ -113,10 +113,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.stall:          # a byte at a time, each well within a socket timeout
-            for byte in data:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(self.stall)
+            try:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.stall)
+            except (BrokenPipeError, ConnectionResetError):
+                pass            # the reader gave up at its deadline, as it should
         else:
             self.wfile.write(data)
 
