@@ -101,6 +101,8 @@ FLOORS = {
     "stacko.checked": COMMANDS,
     "stacko.changes": COMMANDS,
     "stacko.check": COMMANDS,
+    "stacko.checkfiles": COMMANDS,
+    "stacko.checkmounts": COMMANDS,
     "stacko.df": COMMANDS,
     "stacko.eventsview": COMMANDS,
     "stacko.oci": COMMANDS,
