@@ -29,8 +29,9 @@ from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName
                            StackTooDeep)
 from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
 from stacko.formats.ociexport import Packed, write_archive
-from stacko.formats.ocisource import (BadArchive, DigestMismatch, HashingReader, LayerSpec, decompressed,
-                              open_source)
+from stacko.formats.compression import decompressed
+from stacko.formats.ocisource import BadArchive, DigestMismatch, HashingReader, LayerSpec
+from stacko.formats.sourcepath import open_source
 from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
 from stacko.records import Image, check_name, is_name, replace, utc_time

@@ -76,6 +76,7 @@ FLOORS = {
     "stacko.formats.layerpack": NOUNS,
     "stacko.formats.dirsource": NOUNS,
     "stacko.formats.ocisource": NOUNS,
+    "stacko.formats.sourcepath": NOUNS,
     "stacko.formats.ociexport": NOUNS,
     "stacko.registry.client": NOUNS,
     "stacko.registry.auth": NOUNS,
