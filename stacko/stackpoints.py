@@ -40,7 +40,7 @@ def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
 class OrderHint:
     """A lookup that fails because POINT and IMAGE were given the other way round
     gets a hint saying so (new_point: POINT is a name not made yet).  A class,
-    not a contextlib.contextmanager: see state.Locked."""
+    not a contextlib.contextmanager: see rootlock.Locked."""
 
     def __init__(self, images: dict[str, Image], points: dict[str, Stackpoint], name: str,
                  image: str, command: str, new_point: bool = False) -> None:

@@ -84,7 +84,7 @@ def fell_back_from(point: Stackpoint, image: str) -> events.Event | None:
 
 class UpdateLock:
     """One update of a stackpoint at a time; the second waits for the first.
-    A class, not a contextlib.contextmanager: see state.Locked."""
+    A class, not a contextlib.contextmanager: see rootlock.Locked."""
 
     def __init__(self, store: Store, name: str) -> None:
         self.path = os.path.join(store.tmp_dir, f"update-{name}.lock")
@@ -92,7 +92,7 @@ class UpdateLock:
 
     def __enter__(self) -> None:
         import fcntl
-        from stacko.state import open_lock_file, wait_for_lock
+        from stacko.rootlock import open_lock_file, wait_for_lock
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         self.fd = open_lock_file(self.path, True)
         try:

@@ -56,6 +56,7 @@ FLOORS = {
     # The files under the root: paths, metadata, the lock, content manifests.
     # They know nothing of mounts or processes.
     "stacko.state": FILES,
+    "stacko.rootlock": FILES,
     "stacko.content": FILES,
     "stacko.spare": FILES,
     # The kernel's mounts and the processes stacko watches.

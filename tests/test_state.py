@@ -232,12 +232,13 @@ def test_a_command_that_gives_up_says_first_that_it_waited(monkeypatch, capsys,
     fd = os.open(lock, os.O_RDWR)
     fcntl.flock(held, fcntl.LOCK_EX)
     clock = iter([0.5, 2.0])          # one look before the 1 s mark, the next past the timeout
-    monkeypatch.setattr(state, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
-                                                             sleep=lambda s: None))
+    from stacko import rootlock      # the lock of a root (Store's base class)
+    monkeypatch.setattr(rootlock, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                                sleep=lambda s: None))
     monkeypatch.setenv("STACKO_LOCK_TIMEOUT", "1.5")
     try:
-        with pytest.raises(state.LockTimeout):
-            state.wait_for_lock(fd, fcntl.LOCK_EX, lock, 0.0)
+        with pytest.raises(rootlock.LockTimeout):
+            rootlock.wait_for_lock(fd, fcntl.LOCK_EX, lock, 0.0)
     finally:
         os.close(fd)
         os.close(held)
