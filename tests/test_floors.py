@@ -113,6 +113,9 @@ FLOORS = {
     "stacko.update": COMMANDS,
     # The command line on top.
     "stacko.cli": CLI,
+    "stacko.cmdtable": CLI,
+    "stacko.handlers": CLI,
+    "stacko.parser": CLI,
     "stacko.__main__": CLI,
 }
 
