@@ -7,7 +7,6 @@ import time
 from stacko import overlay, words
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, NeedsRoot, StackTooDeep,
                            StackoError)
-from stacko.layers import remove_layer
 from stacko.records import Image, Stackpoint, check_name, record, replace, utc_time
 from stacko.state import Store, locked
 
@@ -355,3 +354,10 @@ def draw_tree(infos: list[ImageInfo]) -> list[str]:
             last = pos == len(kids) - 1
             todo.append((kid, rest + ("└── " if last else "├── "), rest + ("    " if last else "│   ")))
     return lines
+
+
+def remove_layer(store: Store, layer: str) -> None:
+    """layers.remove_layer, imported when an image is removed: the listings
+    do without it (docs/startup.md)."""
+    from stacko import layers
+    layers.remove_layer(store, layer)
