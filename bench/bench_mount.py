@@ -12,7 +12,7 @@ import os
 from typing import Callable, Dict, List
 
 import common
-from stacko import overlay, stackpoints
+from stacko import images, overlay, stackpoints
 from stacko.state import Store
 
 TITLE = "mount-stackpoint / umount-stackpoint vs plain mount + umount (the floor)"
@@ -71,7 +71,7 @@ def floor_case(store: Store, scratch: str, image: str, depth: int
     becomes: the layers' short names relative to <root>/l, which keep 500
     layers inside the one page of classic mount data.
     """
-    lowers = [i.layer for i in stackpoints.images_mod.stack_of(store.load_images(), image)]
+    lowers = [i.layer for i in images.stack_of(store.load_images(), image)]
     upper = store.new_layer()          # unrecorded: the floor's own instance layer
     work = os.path.relpath(store.work_path(upper), store.layers_dir)
     options = ",".join([f"lowerdir={':'.join(lowers)}", f"upperdir={upper}", f"workdir={work}"]

@@ -1,30 +1,26 @@
 """Stackpoints: named directories that show one instance of an image stack.
 
-Every switch (cutover, fallback, set) runs the same steps on an ExitStack so
-that a failure at any step puts back what the earlier steps did: create the new
-instance's layer, unmount the old instance, record, mount the new one.  Killed
-between two steps, the state on disk is either the old or the new stackpoint,
-unmounted at worst, and mount-stackpoint finishes the job.
+The commands on stackpoints (new, delete, mount, umount, cutover, fallback,
+set, confirm, the instances, the listing).  Their rooms: guard.py (what must
+hold before a mount, a switch or an unmount), switch.py (mounting an
+instance, and switching from one to another so that a failure at any step
+puts back what the earlier steps did), tentative.py (cutovers that have not
+proved themselves yet).  Killed between two steps of a switch, the state on
+disk is either the old or the new stackpoint, unmounted at worst, and
+mount-stackpoint finishes the job.
 """
 from __future__ import annotations
 
 import os
-import time
 
-from stacko import images as images_mod
 from stacko import events, overlay
-from stacko.errors import (AlreadyExists, HeldByProcesses, ImageNotFound, InstanceNotFound,
-                           StackoError, StackpointBusy, StackpointNotFound, UsageError)
-from stacko.layers import remove_layer
+from stacko.errors import (AlreadyExists, ImageNotFound, InstanceNotFound, StackoError,
+                           StackpointBusy, StackpointNotFound)
+from stacko.guard import _check_path, _is_instance, _refuse_if_held, checked_dir, mounted_instance
 from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
                             record, replace, utc_time)
 from stacko.state import Store, locked
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:   # for annotations only: imports nothing at run time
-    import contextlib
-    from collections.abc import Callable
 
 
 def get(points: dict[str, Stackpoint], name: str) -> Stackpoint:
@@ -59,266 +55,16 @@ class OrderHint:
                                          f"`stacko {self.command} {image} {name}`") from None
 
 
-def checked_dir(store: Store, point: Stackpoint) -> str:
-    """The stackpoint's directory, for a command that mounts or unmounts there.
-
-    The kernel names a mount point by its resolved path, and the directory was
-    resolved when the stackpoint was made: if it resolves elsewhere now (a moved
-    directory, a symlink put in its path), the mount there would not be found,
-    and a second overlay would be stacked on the same upper layer.  Refuse."""
-    directory = store.stackpoint_dir(point)
-    resolved = os.path.realpath(directory)
-    if resolved != directory:
-        raise StackpointBusy(
-            f"the directory of stackpoint {point.name!r} was {directory} and now resolves "
-            f"to {resolved} (a moved directory or a symlink in its path)",
-            hint=f"put the directory back at {directory}; until then `umount {resolved}` "
-                 "unmounts what is mounted there")
-    return directory
-
-
-def mounted_instance(store: Store, point: Stackpoint,
-                     table: list[overlay.Mount] | None = None) -> Instance | None:
-    """The instance of point that the kernel has mounted at its directory, if any
-    (the directory as it resolves now, which is how the kernel names mounts)."""
-    directory = os.path.realpath(store.stackpoint_dir(point))
-    m = overlay.find_mount(directory, table)
-    if m is None:
-        return None
-    upper = m.option("upperdir") if m.fstype == "overlay" else None
-    for inst in point.instances:
-        if upper in (inst.layer, store.layer_path(inst.layer)):    # mount(8) or new API
-            return inst
-    raise StackpointBusy(f"something else is mounted at {directory} "
-                         f"({m.fstype} from {m.source})",
-                         hint=f"unmount it with `umount {directory}` first")
-
-
-def _is_instance(store: Store, m: overlay.Mount, inst: Instance) -> bool:
-    return m.fstype == "overlay" and \
-        m.option("upperdir") in (inst.layer, store.layer_path(inst.layer))
-
-
 def _new_instance(store: Store, images: dict[str, Image], point_name: str, image: str) -> Instance:
+    from stacko import images as images_mod
     images_mod.refuse_if_editing(store, images, image, f"make an instance of {image!r}")
     return Instance(image=image, layer=store.new_layer(), created=images_mod.now())
-
-
-def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance,
-                                table: list[overlay.Mount] | None = None) -> None:
-    """Two overlays must never share an upper layer: whatever the records say,
-    the mount table tells whether this instance's layer is mounted anywhere."""
-    users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
-    if users:
-        raise StackpointBusy(
-            f"the instance of {inst.image!r} of stackpoint {point.name!r} is mounted at "
-            f"{users[0].mount_point} already",
-            hint="two mounts must never write one layer: unmount that one first")
-
-
-def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Instance,
-           table: list[overlay.Mount] | None = None) -> str:
-    """table: the mount table as the caller read it under the lock, with nothing
-    mounted or unmounted since (None: read it now)."""
-    directory = checked_dir(store, point)
-    refuse_if_mounted_elsewhere(store, point, inst, table)
-    try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-    except OSError as e:     # FileExistsError: a file took the directory's place
-        raise StackoError(f"cannot mount stackpoint {point.name!r} at {directory}: "
-                          f"{'it is not a directory' if os.path.lexists(directory) else e.strerror}"
-                          ) from None
-    lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
-    overlay.mount_overlay(directory, store.layers_dir, lowers, upper=inst.layer,
-                          attrs=point.mount_attrs(),
-                          work=os.path.relpath(store.work_path(inst.layer), store.layers_dir))
-    return directory
-
-
-def _replace_mount(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
-                   new: Stackpoint, mounted: Instance, undo: contextlib.ExitStack) -> None:
-    """The gapless switch: build new's overlay detached, record, tuck it beneath
-    the mounted one, detach that one.  The directory shows the old tree until
-    the last step and the new one from then on, never the empty directory."""
-    directory = store.stackpoint_dir(new)
-    top = overlay.find_mount(directory)
-    assert top is not None, f"{directory} was mounted a moment ago"
-    # Whoever holds files in the old mount keeps it, and it keeps writing that
-    # instance's upper layer: recorded so that it is not mounted twice.
-    record = DetachedMount(mounted.image, overlay.device_number(top), overlay.boot_id())
-    new = replace(new, detached=new.detached + (record,))
-    inst = new.current_instance()
-    refuse_if_mounted_elsewhere(store, new, inst)
-    lowers = [i.layer for i in images_mod.stack_of(images, inst.image)]
-    with overlay.prepare_overlay(store.layers_dir, lowers, inst.layer,
-                                 store.work_path(inst.layer), new.mount_attrs()) as prepared:
-        store.save_stackpoints({**points, new.name: new})
-        undo.callback(store.save_stackpoints, points)
-        prepared.attach_beneath(directory)
-    # Cannot fail short of a kernel bug (root, our namespace, MNT_DETACH never
-    # EBUSY); had it failed, the new mount would stay tucked under the old one.
-    overlay.detach_top(directory)
-
-
-def _held(store: Store, point: Stackpoint, record: DetachedMount,
-          table: list[overlay.Mount]) -> str:
-    """Who still holds an instance's detached mount: "" when nobody does."""
-    from stacko import procs
-    if record.boot_id != overlay.boot_id():
-        return ""            # rebooted since: that mount is gone
-    inst = point.instance(record.image)
-    for m in table:
-        if overlay.device_number(m) == record.device:
-            # The same overlay, still attached elsewhere (a bind mount of the
-            # stackpoint), or a new mount that reuses a freed device number.
-            if inst is not None and m.fstype == "overlay" and \
-                    m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)):
-                return f"a mount at {m.mount_point}"
-            return ""
-    same = _file_of(store, inst) if inst is not None else None
-    found = [h for h in procs.device_holders(record.device, same)
-             if not _reused_in_namespace_of(h.pid, record.device, store, inst)]
-    return procs.describe(found) if found else ""
-
-
-def _file_of(store: Store, inst: Instance) -> Callable[[str, int], bool]:
-    """Whether a file held on the detached mount's device number can be one of
-    that mount's: its path (relative to the detached mount's root, as /proc
-    shows it) names, in the instance's upper layer or one of its image's layers,
-    a file of that inode number (overlayfs shows the inode numbers of the
-    layers' files when they share a filesystem).  Another filesystem that got
-    the device number once ours was gone (a tmpfs, another root's overlay still
-    being set up by fsmount, or detached in another namespace) holds other
-    files.  A deleted file cannot be told apart: it counts as ours."""
-    layers: list[str] = []
-
-    def same(path: str, inode: int) -> bool:
-        if path.endswith(" (deleted)") or not path.startswith("/"):
-            return True
-        if not layers:          # read only once a file is found on the device: rare
-            try:
-                lowers = [i.layer for i in images_mod.stack_of(store.load_images(), inst.image)]
-            except StackoError:
-                lowers = []
-            layers.extend(store.layer_path(layer) for layer in [inst.layer] + lowers)
-        for layer in layers:
-            try:
-                if os.lstat(os.path.join(layer, path.lstrip("/"))).st_ino == inode:
-                    return True
-            except (OSError, ValueError):
-                continue
-        return False
-    return same
-
-
-def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Instance | None) -> bool:
-    """Whether pid's files on device belong to another filesystem that is mounted
-    in pid's own mount namespace: device numbers are freed with a superblock and
-    soon handed to the next one, maybe in a namespace whose table we cannot see.
-    Our detached overlay is in no namespace's table, unless a copy of it is still
-    attached there (then its upperdir is this instance's layer)."""
-    try:
-        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            table = overlay.parse_mountinfo(f.read())
-    except OSError:
-        return True          # it has exited since: it holds nothing
-    for m in table:
-        if overlay.device_number(m) == device:
-            return not (inst is not None and m.fstype == "overlay" and
-                        m.option("upperdir") in (inst.layer, store.layer_path(inst.layer)))
-    return False
-
-
-GRACE = (0.05, 0.1, 0.2, 0.4)     # seconds between the checks before a refusal
-
-
-def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) -> Stackpoint:
-    """Refuse to mount (or delete) an instance whose earlier, detached mount is
-    still held; returns point without the records of mounts nobody holds any more."""
-    if not point.detached:
-        return point
-    table = overlay.mounts()
-    keep = []
-    for detached in point.detached:
-        holders = _held(store, point, detached, table)
-        for delay in GRACE if holders and detached.image == image else ():
-            time.sleep(delay)    # a reader that had a file open at the switch closes it
-            holders = _held(store, point, detached, table)
-            if not holders:
-                break
-        if holders and detached.image == image:
-            raise HeldByProcesses(
-                f"{action}: the instance of {image!r} of stackpoint {point.name!r} is still "
-                f"mounted, detached from {store.stackpoint_dir(point)} (by a gapless switch "
-                f"or a lazy unmount) but used by {holders}",
-                hint="two mounts must never write one upper layer: stop those processes "
-                     "(or let them close the old files), then try again")
-        if holders:
-            keep.append(detached)
-    return replace(point, detached=tuple(keep))
-
-
-def active_tentative(point: Stackpoint) -> Tentative | None:
-    """The tentative cutover point is on, if any (a record left on another image
-    than the current one is stale: nothing would ever use it)."""
-    t = point.tentative
-    return t if t is not None and t.image == point.current else None
-
-
-def refuse_if_tentative(point: Stackpoint, action: str, deleting: str | None = None) -> None:
-    """A tentative cutover (--tries N) is an update that has not proved itself.
-    Until confirm-stackpoint or fallback-stackpoint decides it, refuse what would
-    build on it or move away from it (cutover, set, commit: the unproven instance
-    would go on the history, or into an image, as if it were a good one) and what
-    would delete the instance it falls back to (deleting: that image).  Commands
-    that touch neither keep the tentative state as it is."""
-    t = active_tentative(point)
-    if t is None:
-        return
-    previous = point.history[-1] if point.history else None
-    if deleting is not None and deleting != previous:
-        return
-    tries = f"{t.tries_left} tr{'y' if t.tries_left == 1 else 'ies'} left"
-    if deleting is not None:
-        message = (f"{action}: the instance of {deleting!r} is what the tentative cutover of "
-                   f"stackpoint {point.name!r} to {t.image!r} ({tries}) falls back to if it "
-                   "is not confirmed")
-    else:
-        message = (f"{action}: stackpoint {point.name!r} is on a tentative cutover to "
-                   f"{t.image!r} ({tries}) that is not confirmed yet")
-    back = (f", `stacko fallback-stackpoint {point.name}` goes back to {previous!r}"
-            if previous is not None else "")
-    raise StackpointBusy(message, hint=f"decide it first: `stacko confirm-stackpoint "
-                                       f"{point.name}` keeps {t.image!r}{back}")
-
-
-def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
-    from stacko import validate
-    directory = os.path.realpath(os.path.abspath(path))
-    problem = validate.path_problem(directory, store.root)     # the rules records obey too
-    if problem:
-        raise UsageError(problem, hint="choose a directory outside the state root")
-    from stacko.quoting import quote
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise UsageError(f"{quote(directory)} is not a directory")
-    m = overlay.find_mount(directory)
-    if m is not None:
-        # /proc, /dev, a disk: the overlay would hide it, and unmounting the
-        # stackpoint would not give it back to whoever uses it.
-        raise UsageError(f"{quote(directory)} is a mount point ({m.fstype} from {m.source})",
-                         hint="choose an empty directory that nothing is mounted on")
-    for other in points.values():
-        theirs = store.stackpoint_dir(other)
-        if directory == theirs or directory.startswith(theirs + "/") \
-                or theirs.startswith(directory + "/"):
-            raise UsageError(f"{quote(directory)} overlaps the directory of stackpoint "
-                             f"{other.name!r} ({quote(theirs)})")
-    return directory
 
 
 @locked(exclusive=True)
 def new_stackpoint(store: Store, name: str, image: str, path: str | None = None,
                    nodev: bool = False, nosuid: bool = False) -> Stackpoint:
+    from stacko import images as images_mod
     import contextlib
     check_name(name, "stackpoint name")
     images = store.load_images()
@@ -407,46 +153,6 @@ def mount_stackpoint(store: Store, name: str) -> str:
     # _refuse_if_held may have waited for a holder to let go: then read anew.
     return _mount(store, images, point, point.current_instance(),
                   table if not point.detached else None)
-
-
-def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
-    """Mount a tentative stackpoint that was not mounted (a boot): use one try,
-    or, with none left, fall back to the instance that was current before."""
-    from stacko import run
-    points = store.load_stackpoints()
-    tentative = point.tentative
-    assert tentative is not None
-    if tentative.image != point.current:
-        new = replace(point, tentative=None)     # moved on since (commit-stackpoint)
-    elif tentative.tries_left > 0:
-        new = replace(point, tentative=tentative._replace(tries_left=tentative.tries_left - 1))
-    elif not point.history:
-        # Its earlier instance was deleted: nothing to fall back to, and a boot must go on.
-        run.log(f"stacko: warning: stackpoint {point.name!r}: the tentative cutover to "
-                f"{tentative.image!r} was not confirmed, but there is no earlier instance "
-                f"to fall back to; mounting {point.current!r}")
-        new = events.add(replace(point, tentative=None), "boot-fallback", point.current,
-                         point.current, "not confirmed, and no earlier instance to fall back to")
-    else:
-        new = None
-    if new is not None:
-        _refuse_if_held(store, new, new.current, "mount-stackpoint")
-        # The try is used before the mount: a boot that dies mounting it has used it.
-        store.save_stackpoints({**points, point.name: new})
-        try:
-            return _mount(store, images, new, new.current_instance())
-        except BaseException:
-            store.save_stackpoints(points)
-            raise
-    previous = point.history[-1]
-    boots = f"{tentative.tries} boot{'s' if tentative.tries != 1 else ''}"
-    new = replace(point, current=previous, history=point.history[:-1], tentative=None)
-    new = events.add(new, "boot-fallback", point.current, previous,
-                     f"the tentative cutover was not confirmed after {boots}")
-    _switch(store, images, points, new, None, mount=True, action="mount-stackpoint")
-    run.log(f"stacko: stackpoint {point.name!r}: the cutover to {point.current!r} was not "
-            f"confirmed after {boots}; fell back to {previous!r}")
-    return store.stackpoint_dir(point)
 
 
 @locked(exclusive=True)
@@ -538,51 +244,6 @@ def is_mounted(store: Store, name: str) -> bool:
     return mounted_instance(store, get(store.load_stackpoints(), name)) is not None
 
 
-def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
-            new: Stackpoint, created: Instance | None, mount: bool, action: str) -> None:
-    """Move a stackpoint from its recorded state to new, or leave it as it was.
-
-    A mounted stackpoint switches without a gap where the kernel can
-    (MOVE_MOUNT_BENEATH, see _replace_mount); elsewhere it is unmounted, then
-    mounted again, which fails while processes hold the old tree.
-    """
-    import contextlib
-    from stacko import run
-    old = points[new.name]
-    refuse_if_checking(old, action)
-    directory = store.stackpoint_dir(old)
-    mounted = mounted_instance(store, old)
-    if mount or mounted is not None:
-        overlay.require_root(action)
-        checked_dir(store, old)
-    with contextlib.ExitStack() as undo:
-        if created is not None:
-            undo.callback(remove_layer, store, created.layer)
-        new = _refuse_if_held(store, new, new.current, action)
-        gapless = mounted is not None and mounted != new.current_instance() \
-            and overlay.gapless_switch()
-        why = overlay.why_not_gapless() if mounted is not None and not gapless \
-            and mounted != new.current_instance() else ""
-        if why:
-            run.log(f"stacko: {action}: {why}: unmounting {directory}, then mounting it again")
-        if mounted is not None:
-            run.debug(f"{action}: switching {directory} "
-                      + ("without a gap (new mount beneath the old, then the old detached)"
-                         if gapless else "by unmount-then-mount"))
-        if gapless:
-            assert mounted is not None
-            _replace_mount(store, images, points, new, mounted, undo)
-        elif mounted is not None:
-            overlay.umount(directory)
-            undo.callback(_mount, store, images, old, mounted)
-        if not gapless:
-            store.save_stackpoints({**points, new.name: new})
-            undo.callback(store.save_stackpoints, points)
-            if mount or mounted is not None:
-                _mount(store, images, new, new.current_instance())
-        undo.pop_all()
-
-
 @overlay.needs_root("cutover-stackpoint")
 @locked(exclusive=True)
 def cutover(store: Store, name: str, image: str, tries: int | None = None,
@@ -590,6 +251,7 @@ def cutover(store: Store, name: str, image: str, tries: int | None = None,
     """tries: make it tentative (see _boot_try).  check: record that this process
     runs that check next (see checked.py), in the same write as the switch.
     action, why: the event's (update-stackpoint's own)."""
+    from stacko import images as images_mod
     images = store.load_images()
     points = store.load_stackpoints()
     with OrderHint(images, points, name, image, "cutover-stackpoint"):
@@ -652,6 +314,7 @@ def fallback(store: Store, name: str) -> str:
 
 @locked(exclusive=True)
 def new_instance(store: Store, name: str, image: str) -> None:
+    from stacko import images as images_mod
     images = store.load_images()
     points = store.load_stackpoints()
     with OrderHint(images, points, name, image, "new-stackpoint-instance"):
@@ -775,3 +438,31 @@ def list_stackpoints(store: Store) -> list[StackpointInfo]:
         infos.append(StackpointInfo(point, store.stackpoint_dir(point),
                                     inst.image if inst else None))
     return infos
+
+
+# The rooms a listing never enters, imported when a command first needs them:
+# get-stackpoint-dir, is-stackpoint-mounted and list-stackpoints then start
+# without images.py, switch.py and tentative.py (docs/startup.md).
+def _mount(*args: object, **kwargs: object) -> str:
+    from stacko import switch
+    return switch._mount(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _switch(*args: object, **kwargs: object) -> None:
+    from stacko import switch
+    switch._switch(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
+    from stacko import tentative
+    return tentative._boot_try(store, images, point)
+
+
+def refuse_if_tentative(point: Stackpoint, action: str, deleting: str | None = None) -> None:
+    from stacko import tentative
+    tentative.refuse_if_tentative(point, action, deleting)
+
+
+def remove_layer(store: Store, layer: str) -> None:
+    from stacko import layers
+    layers.remove_layer(store, layer)
