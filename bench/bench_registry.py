@@ -197,18 +197,20 @@ def measure(fs: Path) -> List[dict]:
         for r in started:
             r.stop()
     rows = []
-    for what, label, baseline in (
-            ("pull (fresh store)", "pull", "pull"),
-            ("pull, beside podman + syncfs", "pull", "pull+sync"),
-            ("pull an update (top layer changed)", "update", "update"),
-            ("pull an update, beside podman + syncfs", "update", "update+sync"),
-            ("push (empty registry)", "push", "push"),
+    # Issue 21's goals: a fresh pull <= 0.9x podman's, an update <= 0.8x, a first push
+    # <= 0.9x, a push of blobs the registry holds <= 1.0x.
+    for what, label, baseline, factor in (
+            ("pull (fresh store)", "pull", "pull", 0.9),
+            ("pull, beside podman + syncfs", "pull", "pull+sync", 0.9),
+            ("pull an update (top layer changed)", "update", "update", 0.8),
+            ("pull an update, beside podman + syncfs", "update", "update+sync", 0.8),
+            ("push (empty registry)", "push", "push", 0.9),
             ("push to a new repository of a registry that holds the blobs", "push again",
-             "push again")):
+             "push again", 1.0)):
         ours = common.median_ms(samples[f"stacko {label}"]) / 1000
         theirs = common.median_ms(samples[f"podman {baseline}"]) / 1000 \
             if f"podman {baseline}" in samples else None
         rows.append(common.row(what, ours, "podman" if theirs is not None else None, theirs,
-                               "s", "<= 1.0x podman",
-                               None if theirs is None else ours <= theirs))
+                               "s", f"<= {factor:.1f}x podman",
+                               None if theirs is None else ours <= factor * theirs))
     return rows
