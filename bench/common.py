@@ -181,7 +181,8 @@ def build_forest(store: Store, count: int, prefix: str) -> List[str]:
     each time, so 1,000 calls would spend most of their time re-encoding JSON.
     The records are the ones new_image() writes.
     """
-    from stacko.records import Image, check_name
+    from stacko.names import check_name
+    from stacko.records import Image
 
     with store.locked(exclusive=True):
         existing = store.load_images()

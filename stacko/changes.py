@@ -23,7 +23,8 @@ from stacko import images as images_mod
 from stacko import content, events, overlay, pending, procs, run, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
 from stacko.layers import remove_layer
-from stacko.records import Image, Instance, Stackpoint, check_name, record, replace
+from stacko.names import check_name
+from stacko.records import Image, Instance, Stackpoint, record, replace
 from stacko.state import Store, locked, remove_tree
 
 OPAQUE = "trusted.overlay.opaque"

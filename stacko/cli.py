@@ -28,7 +28,7 @@ def _terminate(signum: int, frame: object) -> None:
 def quick_args(argv: Sequence[str]) -> Args | None:
     """The parse of argv as argparse would make it, for a plainly well-formed
     line of one of the quick commands; None for every other line."""
-    from stacko.records import is_name
+    from stacko.names import is_name
     values: dict[str, object] = {}
     names: list[str] = []
     command = None

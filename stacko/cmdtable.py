@@ -54,7 +54,7 @@ def usage_error(message: str) -> Exception:
 def name(text: str) -> str:
     """Names are checked while parsing, so that a bad one is a usage error (2)."""
     from stacko.errors import InvalidName
-    from stacko.records import check_name
+    from stacko.names import check_name
     try:
         return check_name(text)
     except InvalidName as e:

@@ -11,7 +11,8 @@ import time
 from stacko import events, stackpoints
 from stacko.errors import UsageError
 from stacko.quoting import escaped
-from stacko.records import Event, is_utc_time, utc_time
+from stacko.names import is_utc_time, utc_time
+from stacko.records import Event
 from stacko.state import Store
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

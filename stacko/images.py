@@ -7,7 +7,8 @@ import time
 from stacko import overlay, words
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, NeedsRoot, StackTooDeep,
                            StackoError)
-from stacko.records import Image, Stackpoint, check_name, record, replace, utc_time
+from stacko.names import check_name, utc_time
+from stacko.records import Image, Stackpoint, record, replace
 from stacko.state import Store, locked
 
 EMPTY_LOWER = "../e"     # relative to the layers directory, like every layer
@@ -15,7 +16,7 @@ EMPTY_LOWER = "../e"     # relative to the layers directory, like every layer
 
 def now() -> str:
     """RFC 3339 in UTC to the second, as every time stacko writes and prints
-    (records.utc_time); time, not datetime: cheaper to import."""
+    (names.utc_time); time, not datetime: cheaper to import."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -143,7 +143,7 @@ def fs_log(fd: int) -> list[str]:
 def kernel_version(release: str | None = None) -> tuple[int, int]:
     """(major, minor) of a release such as "6.8.0-1-amd64" (ASCII digits, dot,
     digits); (0, 0) when it does not start so.  Read with str methods: a
-    regular expression would import `re` into every mount (see records.is_name)."""
+    regular expression would import `re` into every mount (see names.is_name)."""
     major, dot, rest = (os.uname().release if release is None else release).partition(".")
     minor = rest[:len(rest) - len(rest.lstrip(DIGITS))]
     if not dot or not minor or not major or major.strip(DIGITS):

@@ -54,7 +54,7 @@ def decode_mountinfo_field(field: str) -> str:
     """mountinfo writes space, tab, newline and backslash as \\ooo.
 
     Without `re` (re.sub(r"\\([0-7]{3})", ...) in effect), which would cost every
-    command that reads the mount table: see records.is_name."""
+    command that reads the mount table: see names.is_name."""
     if "\\" not in field:
         return field
     parts = field.split("\\")

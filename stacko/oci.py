@@ -34,7 +34,8 @@ from stacko.formats.ocisource import BadArchive, DigestMismatch, HashingReader, 
 from stacko.formats.sourcepath import open_source
 from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
-from stacko.records import Image, check_name, is_name, replace, utc_time
+from stacko.names import check_name, is_name, utc_time
+from stacko.records import Image, replace
 from stacko.state import Store
 
 TYPE_CHECKING = False

@@ -17,9 +17,9 @@ from stacko import events, overlay
 from stacko.errors import (AlreadyExists, ImageNotFound, InstanceNotFound, StackoError,
                            StackpointBusy, StackpointNotFound)
 from stacko.guard import _check_path, _is_instance, _refuse_if_held, checked_dir, mounted_instance
+from stacko.names import check_name, utc_time
 from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
-from stacko.records import (DetachedMount, Image, Instance, Stackpoint, Tentative, check_name,
-                            record, replace, utc_time)
+from stacko.records import DetachedMount, Image, Instance, Stackpoint, Tentative, record, replace
 from stacko.state import Store, locked
 
 

@@ -44,7 +44,7 @@ LAYER_ID_LEN = 5
 
 def is_staging_name(name: str) -> bool:
     """Whether name is one stacko gives its staging directories in tmp:
-    (import|export)-DIGITS-ALNUM (without `re`: see records.is_name)."""
+    (import|export)-DIGITS-ALNUM (without `re`: see names.is_name)."""
     kind, _, rest = name.partition("-")
     number, _, tag = rest.partition("-")
     return (kind in ("import", "export") and number.isascii() and number.isdigit()

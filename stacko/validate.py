@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 
-from stacko.records import Image, Stackpoint, is_name
+from stacko.names import is_name
+from stacko.records import Image, Stackpoint
 
-# Without `re`, which would cost every command's start (see records.is_name).
+# Without `re`, which would cost every command's start (see names.is_name).
 _LAYER_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 

@@ -33,6 +33,7 @@ FLOORS = {
     # stand-ins for costly standard modules, durable writes, running a command.
     "stacko": PRIMITIVES,
     "stacko.errors": PRIMITIVES,
+    "stacko.names": PRIMITIVES,
     "stacko.records": PRIMITIVES,
     "stacko.words": PRIMITIVES,
     "stacko.lean": PRIMITIVES,

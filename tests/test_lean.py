@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from stacko import overlay, validate
-from stacko.records import is_name, is_utc_time
+from stacko.names import is_name, is_utc_time
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 LAYER_RE = re.compile(r"[a-z0-9]{5}")

@@ -203,7 +203,7 @@ def test_every_time_in_json_is_rfc3339_utc(stacko: Runner, root: Path, workdir: 
 
 
 def test_utc_time() -> None:
-    from stacko.records import utc_time
+    from stacko.names import utc_time
     assert utc_time("2026-11-25T20:22:21+00:00") == "2026-11-25T20:22:21Z"
     assert utc_time("2026-11-25T20:22:05.187251933Z") == "2026-11-25T20:22:05Z"
     assert utc_time("2026-11-26T01:52:05-0130") == "2026-11-26T03:22:05Z"

@@ -11,7 +11,8 @@ from stacko import state
 from stacko.layers import remove_layer
 from stacko.state import parse_json
 from stacko.errors import CorruptState, StackoError
-from stacko.records import Image, Instance, Stackpoint, check_name
+from stacko.names import check_name
+from stacko.records import Image, Instance, Stackpoint
 from stacko.errors import InvalidName
 
 

@@ -22,7 +22,8 @@ from stacko.formats.layerpack import pack_layer
 from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
     host_architecture
 from stacko.quoting import quote
-from stacko.records import Image, record, utc_time
+from stacko.names import utc_time
+from stacko.records import Image, record
 from stacko.state import Store
 
 TYPE_CHECKING = False

@@ -19,7 +19,8 @@ from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATI
                               host_architecture, layer_times, object_field, run_settings,
                               string_field, with_settings)
 from stacko.moved import Tally
-from stacko.records import Image, check_name
+from stacko.names import check_name
+from stacko.records import Image
 from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
 from stacko.registry.ref import Reference, parse
