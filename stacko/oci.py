@@ -32,6 +32,7 @@ from stacko.formats.ociexport import Packed, write_archive
 from stacko.formats.compression import decompressed
 from stacko.formats.ocisource import BadArchive, DigestMismatch, HashingReader, LayerSpec
 from stacko.formats.sourcepath import open_source
+from stacko.imageblobs import check_still, remember
 from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
 from stacko.names import check_name, is_name, utc_time
@@ -471,36 +472,4 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
-    remember(store, images, chain, packed)
-
-
-def check_still(store: Store, images: dict[str, Image], chain: list[Image], doing: str) -> None:
-    with store.locked(exclusive=False):
-        now = store.load_images()
-        for image in chain:
-            if now.get(image.name) != images.get(image.name):
-                raise StackoError(f"cannot {doing}: image {image.name!r} changed or was "
-                                  "deleted meanwhile", hint="run the command again")
-        images_mod.refuse_if_editing(store, now, chain[-1].name, doing)
-
-
-def remember(store: Store, images: dict[str, Image], chain: list[Image], packed: Packed,
-             repo: str | None = None) -> None:
-    """Record on each image of the stack the digests its layer was written under
-    (and where it was pushed), so that importing or pulling them back reuses it."""
-    with store.locked(exclusive=True):
-        now = store.load_images()
-        changed = {}
-        for image, layer, diff_id in zip(chain, packed.layers, packed.diff_ids):
-            if now.get(image.name) != images.get(image.name):
-                continue           # changed meanwhile: what we wrote may not be its layer
-            digests = image.digests + tuple(d for d in (layer["digest"], diff_id)
-                                            if d not in image.known_digests())
-            repos = image.repos + ((repo,) if repo and repo not in image.repos else ())
-            blob = (layer["mediaType"], layer["digest"], layer["size"], diff_id)
-            blobs = image.blobs + ((blob,) if all(b[1] != blob[1] for b in image.blobs)
-                                   else ())
-            if digests != image.digests or repos != image.repos or blobs != image.blobs:
-                changed[image.name] = replace(image, digests=digests, repos=repos, blobs=blobs)
-        if changed:
-            store.save_images({**now, **changed})
+    remember(store, images, chain, packed.layers, packed.diff_ids)

@@ -185,6 +185,26 @@ def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> 
         check_no_typing(modules, cause, argv)
 
 
+# What only packing needs: the tar writer and its compressors, the thread pool
+# (concurrent.futures imports logging), the archive importer, `rm -rf` for a
+# staging directory.
+PACKING = {"tarfile", "concurrent.futures", "logging", "isal", "zstandard", "stacko.oci",
+           "stacko.formats.ociexport", "stacko.formats.layerpack", "stacko.staging",
+           "subwrap", "subprocess"}
+
+
+@pytest.mark.skipif(not available(), reason="docker-registry is needed (tests/install-deps.sh)")
+def test_a_push_that_packs_nothing_imports_nothing_to_pack_with(state: Path,
+                                                                registry: Registry) -> None:
+    first = ("push-image", "app", f"{registry.host}/lean/app:1", "--tls-verify=false")
+    assert {"tarfile", "stacko.formats.ociexport"} <= imported(state, *first, status=0)
+    # Again, and to another repository (every blob mounted): nothing is packed.
+    for ref in ("lean/app:1", "lean/other:1"):
+        modules = imported(state, "push-image", "app", f"{registry.host}/{ref}",
+                           "--tls-verify=false", status=0)
+        assert modules & PACKING == set(), ref
+
+
 MACHINES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
             "mips64": "mips64", "loongarch64": "loongarch64"}

@@ -19,10 +19,10 @@ import tarfile
 from stacko.formats.compression import compressor
 from stacko.errors import StackoError
 from stacko.formats.layerpack import pack_layer
-from stacko.formats.ocisource import INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, REF_ANNOTATION, \
-    host_architecture
+from stacko.formats.ocimanifest import (CONFIG_TYPE, INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES,
+                                        REF_ANNOTATION, config_document, json_bytes,
+                                        layer_descriptor, manifest_document)
 from stacko.quoting import quote
-from stacko.names import utc_time
 from stacko.records import Image, record
 from stacko.state import Store
 
@@ -30,10 +30,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable
 
-LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-               "none": "application/vnd.oci.image.layer.v1.tar"}
-CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+__all__ = ["CONFIG_TYPE", "LAYER_TYPES", "Blob", "Packed", "assemble", "layer_descriptor",
+           "pack_chain", "pack_image_layer", "write_archive", "write_layer"]
 
 
 class HashingWriter:
@@ -79,8 +77,7 @@ def write_layer(layer_dir: str, target: str, compression: str) -> tuple[Blob, st
 
 
 def json_blob(data: object, staging: str, blobs: dict[str, Blob]) -> Blob:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    digest = "sha256:" + hashlib.sha256(text).hexdigest()
+    text, digest = json_bytes(data)
     path = os.path.join(staging, digest[len("sha256:"):])
     with open(path, "wb") as f:
         f.write(text)
@@ -124,38 +121,14 @@ def pack_image_layer(store: Store, image: Image, n: int, compression: str,
                        compression)
 
 
-def layer_descriptor(image: Image, media: str, digest: str, size: int) -> dict:
-    return {"mediaType": media, "digest": digest, "size": size,
-            "annotations": {NAME_ANNOTATION: image.name}}
-
-
 def assemble(chain: list[Image], layers: list[dict], diff_ids: list[str], staging: str,
              blobs: dict[str, Blob]) -> Packed:
     """The config and manifest of a stack whose layers are described (bottom
     first).  The top image's run settings go into the config, its annotations
     into the manifest."""
-    history = []
-    for image in chain:
-        entry = {"created_by": f"stacko image {image.name}"}
-        if image.created:
-            entry["created"] = utc_time(image.created)
-        history.append(entry)
-    settings = chain[-1].settings or {}
-    config: dict = {"architecture": host_architecture(), "os": "linux",
-                    "config": dict(settings.get("config") or {}),
-                    "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                    "history": history}
-    if chain[-1].created:
-        config["created"] = utc_time(chain[-1].created)
-    config_blob = json_blob(config, staging, blobs)
-    manifest: dict = {
-        "schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
-        "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest,
-                   "size": config_blob.size},
-        "layers": layers}
-    if settings.get("annotations"):
-        manifest["annotations"] = dict(settings["annotations"])
-    manifest_blob = json_blob(manifest, staging, blobs)
+    config_blob = json_blob(config_document(chain, diff_ids), staging, blobs)
+    manifest_blob = json_blob(manifest_document(chain, layers, config_blob.digest,
+                                                config_blob.size), staging, blobs)
     return Packed(blobs, layers, diff_ids, config_blob, manifest_blob, MANIFEST_TYPES[0])
 
 

@@ -18,6 +18,8 @@ import tarfile
 from stacko import words
 from stacko.errors import StackoError
 from stacko.formats.layertar import clean_name
+from stacko.formats.ocimanifest import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION,  # noqa: F401
+                                        REF_ANNOTATION, host_architecture)
 from stacko.quoting import quote
 from stacko.records import record
 
@@ -27,12 +29,6 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 16 << 20
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
-NAME_ANNOTATION = "io.stacko.image.name"
-INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-               "application/vnd.docker.distribution.manifest.list.v2+json")
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v2+json")
 CHUNK = 1 << 20
 
 
@@ -215,14 +211,6 @@ class MemberReader:
 
 
 # --- image formats ---------------------------------------------------------------
-def host_architecture() -> str:
-    # os.uname() is what platform.machine() reads on Linux, without importing
-    # platform (docs/startup.md: the archive and registry commands).
-    machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-
-
 def oci_layers(box: Container, ref: str | None) -> list[LayerSpec]:
     index = box.read_json("index.json")
     descriptor = pick_ref(index, ref, "index.json", box.what)

@@ -2,28 +2,40 @@
 
 The registry is asked first.  Before anything is packed, push-image contacts
 it (TLS, credentials: a wrong setting fails at once, whatever the image's size)
-and asks, for each layer whose compressed blob stacko remembers (the blob it
-was pulled as, or what an earlier export or push packed: ``Image.blobs``),
-whether the registry has it (HEAD) or can mount it from another repository of
-the same registry that the image came from or went to.  Only the layers left
-are packed, exactly as export-image packs them (deterministic, so the same
-image always gives the same digests), and each is uploaded while the next one
-is packed, again only when the registry lacks it.  The manifest goes last, so a
-tag never names an image whose blobs are not all there.  The digests written
-are remembered on the images.
+with the question for the bottom layer, alone, so that the others reuse its
+token; then, for all the other layers at once, it asks about each layer whose
+compressed blob stacko remembers (the blob it was pulled as, or what an earlier
+export or push packed: ``Image.blobs``).  A layer that came from or went to
+another repository of the same registry is mounted from there (one request,
+which also answers when the repository has it already); a layer that went to
+this repository before is asked for (HEAD) first.  Only the layers left are
+packed, exactly as export-image packs them (deterministic, so the same image
+always gives the same digests), and each is uploaded while the next one is
+packed.  The manifest goes last, so a tag never names an image whose blobs are
+not all there.  The digests written are remembered on the images.
+
+A push that packs nothing imports nothing to pack with (tarfile, the
+compressors, concurrent.futures) and makes no staging directory: its config
+and manifest are built in memory (docs/bench.md).
 """
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import urllib.parse
 
-from stacko import run
-from stacko.formats.ociexport import (LAYER_TYPES, Blob, Packed, assemble, layer_descriptor,
-                                      pack_image_layer)
+from stacko import moved, run
+from stacko.formats.ocimanifest import (LAYER_TYPES, MANIFEST_TYPES, config_document,
+                                        json_bytes, layer_descriptor, manifest_document)
+from stacko.imageblobs import check_still, remember
 from stacko.moved import Tally, blob_text
+from stacko.parallel import Task, map_all
 from stacko.records import Image
 from stacko.registry.client import Client, Options
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from stacko.formats.ociexport import Blob
 
 WORKERS = 4
 # Media types of layer blobs by compression: a Docker gzip layer is the same
@@ -38,6 +50,7 @@ COMPRESSIONS = {
 EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 Known = tuple  # (media type, digest, size, diff_id): an entry of Image.blobs
+Found = tuple  # (Known, "skipped" or "mounted", detail for -v)
 
 
 def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip",
@@ -47,7 +60,6 @@ def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip"
     options; the signing is made ready (keys found, decrypted) before any
     upload, and done once the manifest is pushed.  tally counts what moved."""
     from stacko import images as images_mod
-    from stacko import oci, staging
     ref = parse(ref_text)
     tally = tally if tally is not None else Tally("pushed")
     signer = None
@@ -60,62 +72,82 @@ def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip"
         images_mod.refuse_if_editing(store, images, name, f"push {name!r}")
     tally.layers = len(chain)
     client = Client(ref, options, push=True)
+    here = f"{ref.host}/{ref.repo}"
     sources = mountable(ref, chain)
-    wanted = [remembered(image, compression) for image in chain]
+
+    def look(n: int) -> Found | None:
+        return find_present(client, remembered(chain[n], compression), sources,
+                            here in chain[n].repos)
     # The first request settles TLS and the credentials, alone: the others
     # then reuse its token instead of each asking for one.
-    if wanted[0]:
-        first = find_present(client, wanted[0], sources)
+    if remembered(chain[0], compression):
+        first = look(0)
     else:
         client.has_blob(EMPTY)
         first = None
-    with staging.staging_dir(store.tmp_dir, "export") as work, \
-            ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        found = [first] + list(pool.map(lambda k: find_present(client, k, sources),
-                                        wanted[1:]))
-        layers: list[dict] = []
-        diff_ids: list[str] = []
-        blobs: dict[str, Blob] = {}
-        sent: dict[str, Future] = {}
-        try:
-            for n, (image, hit) in enumerate(zip(chain, found), start=1):
-                if hit is not None:
-                    (_media, digest, size, diff_id), how, detail = hit
-                    tally.note(how, digest, size, detail=detail)
-                else:
-                    oci.progress(f"packing layer {n}/{len(chain)} ({image.name})")
-                    blob, diff_id = pack_image_layer(store, image, n, compression, work)
-                    digest, size = blob.digest, blob.size
-                    run.debug(f"stacko: packed {image.name} as {blob_text(digest, size)}")
-                    if digest in sent:          # two layers alike: one upload
-                        tally.note("skipped", digest, size, detail=": sent already")
-                    else:
-                        blobs[digest] = blob
-                        sent[digest] = pool.submit(send_blob, client, blob, sources, tally)
-                layers.append(layer_descriptor(image, LAYER_TYPES[compression], digest, size))
-                diff_ids.append(diff_id)
-            oci.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}"
-                         if sent else "")
-            for future in sent.values():
-                future.result()
-        finally:
-            for future in sent.values():
-                future.cancel()
-            oci.progress("")
-        packed = assemble(chain, layers, diff_ids, work, blobs)
-        oci.check_still(store, images, chain, f"push {chain[-1].name!r}")
-        send_blob(client, packed.config, sources, tally, layer=False)
-        digest = client.put_manifest(ref.reference, manifest_bytes(packed),
-                                     packed.manifest_type)
+    found = [first] + map_all(look, range(1, len(chain)), WORKERS)
+    layers: list[dict | None] = [None] * len(chain)
+    diff_ids: list[str | None] = [None] * len(chain)
+    for n, hit in enumerate(found):
+        if hit is not None:
+            (_media, digest, size, diff_id), how, detail = hit
+            tally.note(how, digest, size, detail=detail)
+            layers[n] = layer_descriptor(chain[n], LAYER_TYPES[compression], digest, size)
+            diff_ids[n] = diff_id
+    if None in layers:
+        tried = {entry[1] for image in chain for entry in remembered(image, compression)}
+        pack_and_send(store, chain, layers, diff_ids, compression, client, sources, tally,
+                      tried)
+    config, config_digest = json_bytes(config_document(chain, diff_ids))  # type: ignore[arg-type]
+    manifest, manifest_digest = json_bytes(manifest_document(
+        chain, layers, config_digest, len(config)))  # type: ignore[arg-type]
+    check_still(store, images, chain, f"push {chain[-1].name!r}")
+    send_config(client, config, config_digest, last_source(ref, chain[-1]),
+                here in chain[-1].repos, tally)
+    digest = client.put_manifest(ref.reference, manifest, MANIFEST_TYPES[0]) or manifest_digest
     if signer is not None:
-        signer.finish(client, ref.repo, digest or packed.manifest.digest)
-    oci.remember(store, images, chain, packed, repo=f"{ref.host}/{ref.repo}")
-    return digest or packed.manifest.digest
+        signer.finish(client, ref.repo, digest)
+    remember(store, images, chain, layers, diff_ids, repo=here)  # type: ignore[arg-type]
+    return digest
 
 
-def manifest_bytes(packed: Packed) -> bytes:
-    with open(packed.manifest.path, "rb") as f:
-        return f.read()
+def pack_and_send(store: Store, chain: list[Image], layers: list[dict | None],
+                  diff_ids: list[str | None], compression: str, client: Client,
+                  sources: list[str], tally: Tally, tried: set[str]) -> None:
+    """Pack the layers the registry lacks (their entries of layers are None),
+    each uploaded while the next one is packed; fills in layers and diff_ids."""
+    from stacko import staging
+    from stacko.formats.ociexport import pack_image_layer
+    sent: dict[str, Task] = {}
+    with staging.staging_dir(store.tmp_dir, "export") as work:
+        try:
+            for n, image in enumerate(chain):
+                if layers[n] is not None:
+                    continue
+                moved.progress(f"packing layer {n + 1}/{len(chain)} ({image.name})")
+                blob, diff_id = pack_image_layer(store, image, n + 1, compression, work)
+                run.debug(f"stacko: packed {image.name} as "
+                                f"{blob_text(blob.digest, blob.size)}")
+                if blob.digest in sent:          # two layers alike: one upload
+                    tally.note("skipped", blob.digest, blob.size, detail=": sent already")
+                else:
+                    # At most WORKERS uploads at once: wait for the oldest.
+                    running = [t for t in sent.values() if not t.done()]
+                    if len(running) >= WORKERS:
+                        running[0].result()
+                    sent[blob.digest] = Task(send_blob, client, blob, sources, tally,
+                                             blob.digest in tried)
+                layers[n] = layer_descriptor(image, LAYER_TYPES[compression], blob.digest,
+                                             blob.size)
+                diff_ids[n] = diff_id
+            moved.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}"
+                           if sent else "")
+            for task in sent.values():
+                task.result()
+        finally:
+            for task in sent.values():      # no upload reads a file that is being removed
+                task.wait()
+            moved.progress("")
 
 
 def mountable(ref: Reference, chain: list[Image]) -> list[str]:
@@ -125,33 +157,89 @@ def mountable(ref: Reference, chain: list[Image]) -> list[str]:
                    if r.startswith(here) and r != here + ref.repo})
 
 
+def last_source(ref: Reference, image: Image) -> str | None:
+    """The repository of the same registry that image went to (or came from) last."""
+    here = f"{ref.host}/"
+    for repo in reversed(image.repos):
+        if repo.startswith(here) and repo != here + ref.repo:
+            return repo[len(here):]
+    return None
+
+
 def remembered(image: Image, compression: str) -> list[Known]:
     """The blobs of image's layer known under this compression."""
     return [b for b in image.blobs if COMPRESSIONS.get(b[0]) == compression]
 
 
-def find_present(client: Client, known: list[Known], sources: list[str]
-                 ) -> tuple[Known, str, str] | None:
+def find_present(client: Client, known: list[Known], sources: list[str],
+                 been_here: bool = False) -> Found | None:
     """The first remembered blob the registry has ("skipped") or could mount
-    from one of sources ("mounted"); None: the layer must be packed."""
-    for entry in known:
-        if client.has_blob(entry[1]):
-            return entry, "skipped", ": the registry has it"
-    for entry in known:
-        for source in sources:
-            if client.mount_blob(entry[1], source):
-                return entry, "mounted", f" from {source}"
+    from one of sources ("mounted"); None: the layer must be packed.
+
+    A layer that went to this repository before is asked for first (HEAD); one
+    that did not is mounted first: a mount is one request, and answers 201 as
+    well when the repository has the blob already."""
+    def heads() -> Found | None:
+        for entry in known:
+            if client.has_blob(entry[1]):
+                return entry, "skipped", ": the registry has it"
+        return None
+
+    def mounts() -> Found | None:
+        for entry in known:
+            for source in sources:
+                if client.mount_blob(entry[1], source):
+                    return entry, "mounted", f" from {source}"
+        return None
+    if not known:
+        return None
+    for ask in ((heads, mounts) if been_here or not sources else (mounts, heads)):
+        hit = ask()
+        if hit is not None:
+            return hit
     return None
 
 
 def send_blob(client: Client, blob: Blob, sources: list[str], tally: Tally,
-              layer: bool = True) -> None:
-    if client.has_blob(blob.digest):
-        tally.note("skipped", blob.digest, blob.size, layer, detail=": the registry has it")
-        return
-    for source in sources:
-        if client.mount_blob(blob.digest, source):
-            tally.note("mounted", blob.digest, blob.size, layer, detail=f" from {source}")
+              asked: bool = False) -> None:
+    """Upload a packed layer, unless the registry has it or can mount it.
+    asked: the registry was asked for this digest already (it lacked it)."""
+    if not asked:
+        if client.has_blob(blob.digest):
+            tally.note("skipped", blob.digest, blob.size, detail=": the registry has it")
             return
+        for source in sources:
+            if client.mount_blob(blob.digest, source):
+                tally.note("mounted", blob.digest, blob.size, detail=f" from {source}")
+                return
     client.upload_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"))
-    tally.note("uploaded", blob.digest, blob.size, layer)
+    tally.note("uploaded", blob.digest, blob.size)
+
+
+def send_config(client: Client, data: bytes, digest: str, source: str | None,
+                been_here: bool, tally: Tally) -> None:
+    """The image config, made in memory.  Where the image was pushed before, the
+    registry may have it (HEAD); else it is mounted from the repository the
+    image went to last, and when that one lacks it, the upload goes into the
+    session that the refused mount opened (no request is wasted)."""
+    size = len(data)
+    if been_here and client.has_blob(digest):
+        tally.note("skipped", digest, size, False, detail=": the registry has it")
+        return
+    location = None
+    if source is not None:
+        query = urllib.parse.urlencode({"mount": digest, "from": source})
+        r = client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?{query}",
+                           scope=client.scope(source), ok=(201, 202))
+        if r.status == 201:
+            tally.note("mounted", digest, size, False, detail=f" from {source}")
+            return
+        location = r.headers.get("Location")
+    if not location:
+        client.upload_blob(digest, size, lambda: data)
+    else:
+        url = client.absolute(location)
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
+        client.request("PUT", url, {"Content-Type": "application/octet-stream",
+                                    "Content-Length": str(size)}, body=lambda: data, ok=(201,))
+    tally.note("uploaded", digest, size, False)
