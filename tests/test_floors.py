@@ -89,6 +89,7 @@ FLOORS = {
     "stacko.registry.client": NOUNS,
     "stacko.registry.auth": NOUNS,
     "stacko.registry.transport": NOUNS,
+    "stacko.registry.http1": NOUNS,
     "stacko.formats.tarend": NOUNS,
     # Image signatures (GPG, sigstore): formats, policies and their protocols.
     "stacko.signing.cosignkey": NOUNS,

@@ -10,30 +10,30 @@ unreachable registry is given up on within a minute.  Every read is bounded in
 bytes and time (``transport``).  Credentials go to the registry and to the
 token service it names, and to nothing else: never to a redirect target, never
 over plain HTTP once TLS is verified, and an https registry never leads to
-http.  (http.client and ssl are imported at the top: only pull-image and
-push-image import this module.)
+http.  HTTP is http1.py's; ssl is imported only for a connection that speaks
+TLS (a look at a plain HTTP registry with --tls-verify=false loads none).
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import ssl
 import threading
 import time
-import urllib.parse
 
 from stacko.errors import NotFound, StackoError
 from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
                                   basic, credentials, parse_challenge, token_from)
 from stacko.quoting import quote
 from stacko.registry.ref import Reference
-from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Connection,
-                                       Expired, Meter, Response, TLSConnection, describe,
-                                       join_url, limits, origin, parse_url, shown, transient)
+from stacko.registry.http1 import Connection, UnsafeRequest
+from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Expired, Meter,
+                                       Response, describe, join_url, limits, origin, parse_url,
+                                       query, shown, speaks_plain_http, tls_error, transient,
+                                       unverified)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import ssl
     from collections.abc import Callable
 
 ATTEMPTS = 4            # 4 × 12 s + the pauses stay under a minute
@@ -56,6 +56,7 @@ def cert_dirs(options: Options, host: str) -> list[str]:
 
 
 def tls_context(options: Options, host: str) -> ssl.SSLContext:
+    import ssl
     if not options.tls_verify:
         context = ssl._create_unverified_context()
     else:
@@ -98,17 +99,14 @@ class Client:
             self._context = tls_context(self.options, self.host)
         return self._context
 
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, netloc: str) -> Connection:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
         conn = pool.get((scheme, netloc))
         if conn is None:
-            if scheme == "https":
-                conn = TLSConnection(netloc, timeout=self.silence, context=self._tls(),
-                                     blocksize=1 << 20)
-            else:
-                conn = Connection(netloc, timeout=self.silence, blocksize=1 << 20)
+            conn = Connection(netloc, timeout=self.silence, blocksize=1 << 20,
+                              context=self._tls() if scheme == "https" else None)
             pool[(scheme, netloc)] = conn
         return conn
 
@@ -119,17 +117,21 @@ class Client:
 
     def scheme(self) -> str:
         """https; with --tls-verify=false, http when the registry speaks no TLS."""
+        if self._scheme is None and speaks_plain_http(self.host, self.silence):
+            self._scheme = "http"       # what the probe below finds, without ssl
         if self._scheme is None:
             try:
                 self._send("https", self.host, "GET", "/v2/", {}, None,
                            f"the registry {self.host}").discard()
                 self._scheme = "https"
-            except ssl.SSLError:
-                self._drop("https", self.host)
-                self._scheme = "http"
             except RegistryError as e:
                 if "TLS" not in e.message:
                     raise
+                self._scheme = "http"
+            except OSError as e:
+                if not tls_error(e):
+                    raise
+                self._drop("https", self.host)
                 self._scheme = "http"
         return self._scheme
 
@@ -150,34 +152,36 @@ class Client:
             data = body() if body else None
             try:
                 self.requests += 1
-                if conn.sock is not None:
-                    conn.sock.settimeout(self.silence)     # a reader may have lowered it
                 conn.request(method, path, body=data,
                              headers={"User-Agent": USER_AGENT, **headers})
-                meter = conn.meter = Meter(self.deadline, self.silence)  # type: ignore[attr-defined]
+                meter = conn.meter = Meter(self.deadline, self.silence)
                 raw = conn.getresponse()
-            except ssl.SSLCertVerificationError as e:
+            except UnsafeRequest as e:
                 self._drop(scheme, netloc)
-                raise RegistryError(
-                    f"the TLS certificate of {who} does not verify: {e.verify_message}",
-                    hint="give the registry's CA certificate with --cert-dir DIR (DIR/ca.crt), "
-                         "or skip verification with --tls-verify=false") from None
-            except ssl.SSLError as e:
-                self._drop(scheme, netloc)
-                if scheme == "https" and self._scheme is None:
-                    raise                       # the probe of scheme(): plain HTTP
-                raise RegistryError(
-                    f"TLS with {who} failed: {e.reason or e}",
-                    hint="for a registry that speaks plain HTTP, pass --tls-verify=false"
-                ) from None
+                raise RegistryError(f"stacko refuses to send {method} {shown(path)} to {who}: "
+                                    f"{e}") from None
             except Expired:
                 self._drop(scheme, netloc)
                 raise RegistryError(f"{who} did not answer {method} {shown(path)} within "
                                     f"{self.deadline:g} s",
                                     hint=f"on a slow link, give it longer with "
                                          f"{TIMEOUT_VARIABLE}=SECONDS") from None
-            except (OSError, http.client.HTTPException, ValueError) as e:
+            except (OSError, ValueError) as e:
                 self._drop(scheme, netloc)
+                reason = unverified(e)
+                if reason is not None:
+                    raise RegistryError(
+                        f"the TLS certificate of {who} does not verify: {reason}",
+                        hint="give the registry's CA certificate with --cert-dir DIR "
+                             "(DIR/ca.crt), or skip verification with --tls-verify=false"
+                    ) from None
+                if tls_error(e):
+                    if scheme == "https" and self._scheme is None:
+                        raise                       # the probe of scheme(): plain HTTP
+                    raise RegistryError(
+                        f"TLS with {who} failed: {getattr(e, 'reason', None) or e}",
+                        hint="for a registry that speaks plain HTTP, pass --tls-verify=false"
+                    ) from None
                 if not transient(e):
                     raise RegistryError(f"{who} sent an answer to {method} {shown(path)} "
                                         f"that is not valid HTTP: {describe(e)}") from None
@@ -225,12 +229,12 @@ class Client:
                 sent["Authorization"] = self._auth[scope]
             r = self._send(scheme, netloc, method, path, sent, body, who)
             if r.status == 401 and ours and "Authorization" not in sent:
-                challenge = r.headers.get("WWW-Authenticate", "")
+                challenge = r.headers.get("WWW-Authenticate") or ""
                 r.discard()
                 self.authenticate(challenge, scope)
                 continue
             if r.status in REDIRECTS and method in ("GET", "HEAD"):
-                location = r.headers.get("Location", "")
+                location = r.headers.get("Location") or ""
                 r.discard()
                 url = join_url(f"{scheme}://{netloc}{path}", location,
                                f"the redirect target named by {netloc}")
@@ -299,8 +303,8 @@ class Client:
     def token(self, params: dict[str, str], scope: str,
               creds: tuple[str, str] | None) -> str:
         """Ask the token service the registry named for a token for scope."""
-        query = [("service", params["service"])] if params.get("service") else []
-        query += [("scope", s) for s in scope.split(" ")]
+        pairs = [("service", params["service"])] if params.get("service") else []
+        pairs += [("scope", s) for s in scope.split(" ")]
         scheme, netloc, path = parse_url(params["realm"],
                                          f"the token service named by {self.host}")
         if scheme == "http" and self.scheme() == "https":
@@ -308,7 +312,7 @@ class Client:
                                 f"({shown(params['realm'])}); refused, since the credentials "
                                 "would cross the network in clear",
                                 hint="the registry's token realm must be an https URL")
-        path += ("&" if "?" in path else "?") + urllib.parse.urlencode(query)
+        path += ("&" if "?" in path else "?") + query(pairs)
         headers = {"Authorization": basic(creds)} if creds is not None else {}
         who = f"the token service {netloc}"
         r = self._send(scheme, netloc, "GET", path, headers, None, who)
@@ -343,8 +347,8 @@ class Client:
 
     def mount_blob(self, digest: str, source_repo: str) -> bool:
         """Ask the registry to link a blob it holds in source_repo: True when done."""
-        query = urllib.parse.urlencode({"mount": digest, "from": source_repo})
-        r = self.request("POST", f"/v2/{self.ref.repo}/blobs/uploads/?{query}",
+        r = self.request("POST", f"/v2/{self.ref.repo}/blobs/uploads/?"
+                         f"{query([('mount', digest), ('from', source_repo)])}",
                          scope=self.scope(source_repo), ok=(201, 202))
         if r.status == 202:         # not mounted: end the upload session it opened
             location = r.headers.get("Location")
@@ -362,7 +366,7 @@ class Client:
         if not location:
             raise RegistryError(f"{self.host} opened an upload without a Location")
         url = self.absolute(location)
-        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
+        url += ("&" if "?" in url else "?") + query([("digest", digest)])
         self.request("PUT", url, {"Content-Type": "application/octet-stream",
                                   "Content-Length": str(size)}, body=open_data, ok=(201,))
 

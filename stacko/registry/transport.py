@@ -21,25 +21,34 @@ more the connection is closed instead of read to the end.
 
 URLs a server names (a redirect's Location, an upload location, a token
 service's realm) are parsed and checked here before anything connects to them.
+
+The HTTP itself is stacko/registry/http1.py's (our own, not http.client's:
+see there why), and TLS is ssl's, imported only when a connection speaks it.
 """
 from __future__ import annotations
 
-import http.client
-import io
 import os
 import socket
-import time
-import urllib.parse
-from collections.abc import Callable
+import sys
 
 from stacko.registry.auth import RegistryError
+from stacko.registry.http1 import (STALL_BYTES, Expired, MalformedResponse, Meter, address,
+                                   split_netloc)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
+    from stacko.registry import http1
+
+__all__ = ["STALL_BYTES", "Expired", "Meter", "Response", "limits", "transient"]
 
 SILENCE = 12.0          # seconds: connecting, the TLS handshake, each write
 DEADLINE = 60.0         # seconds: a request and its answer but a blob's body
-STALL_BYTES = 64 << 10  # a blob must bring this much every DEADLINE seconds
 MAX_DOCUMENT = 16 << 20
 ERROR_BODY = 64 << 10
 SMALL_BODY = 4 << 10
+SNIFF = 3.0             # seconds the look for a plain HTTP server may take
 TIMEOUT_VARIABLE = "STACKO_REGISTRY_TIMEOUT"
 
 
@@ -58,104 +67,10 @@ def limits() -> tuple[float, float]:
     return seconds, min(SILENCE, seconds)
 
 
-class Expired(TimeoutError):
-    """A request's deadline passed, or a blob stalled (an OSError, so that the
-    code that cleans up after a broken connection runs)."""
-
-
-class Meter:
-    """The time left to one response: a fixed deadline, or, once streaming, a
-    deadline pushed on by every STALL_BYTES received."""
-
-    __slots__ = ("seconds", "silence", "deadline", "streaming", "count")
-
-    def __init__(self, seconds: float, silence: float) -> None:
-        self.seconds, self.silence = seconds, silence
-        self.deadline = time.monotonic() + seconds
-        self.streaming = False
-        self.count = 0
-
-    def timeout(self) -> float:
-        """The socket timeout for the next receive."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise Expired("the deadline passed")
-        return self.silence if left >= self.silence else left
-
-    def moved(self, n: int) -> None:
-        if self.streaming:
-            self.count += n
-            if self.count >= STALL_BYTES:
-                self.count = 0
-                self.deadline = time.monotonic() + self.seconds
-
-    def stream(self) -> None:
-        """From now on, a body that moves (a blob's)."""
-        self.streaming, self.count = True, 0
-        self.deadline = time.monotonic() + self.seconds
-
-
-class SocketReader(io.RawIOBase):
-    """The socket as a response reads it, each receive within its meter's time."""
-
-    def __init__(self, sock: socket.socket, meter: Meter) -> None:
-        self.io = sock.makefile("rb", buffering=0)
-        self.sock, self.meter = sock, meter
-        self.current: float | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        timeout = self.meter.timeout()
-        if timeout != self.current:
-            self.sock.settimeout(timeout)
-            self.current = timeout
-        try:
-            n = self.io.readinto(buffer)
-        except socket.timeout:
-            if timeout < self.meter.silence:        # cut short by the deadline
-                raise Expired("the deadline passed") from None
-            raise
-        if n:
-            self.meter.moved(n)
-        return n  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self.io.close()
-        super().close()
-
-
-class MeteredResponse(http.client.HTTPResponse):
-    def __init__(self, sock: socket.socket, meter: Meter, debuglevel: int = 0,
-                 method: str | None = None, url: str | None = None) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        self.fp.close()             # http.client's own makefile: only its reference goes
-        self.fp = io.BufferedReader(SocketReader(sock, meter))  # type: ignore[assignment]
-
-
-class Metered:
-    """What the connections share: getresponse() builds a MeteredResponse
-    that reads within self.meter, which each request sets."""
-    meter: Meter
-
-    def response_class(self, sock: socket.socket, *args: object,  # type: ignore[override]
-                       **kwargs: object) -> MeteredResponse:
-        return MeteredResponse(sock, self.meter, *args, **kwargs)  # type: ignore[arg-type]
-
-
-class Connection(Metered, http.client.HTTPConnection):  # type: ignore[misc]
-    pass
-
-
-class TLSConnection(Metered, http.client.HTTPSConnection):  # type: ignore[misc]
-    pass
-
-
 class Response:
     """A response whose body the caller reads (blobs) or has read (documents)."""
 
-    def __init__(self, raw: http.client.HTTPResponse, meter: Meter, who: str,
+    def __init__(self, raw: http1.Response, meter: Meter, who: str,
                  drop: Callable[[], None]) -> None:
         self.raw, self.meter, self.who, self.drop = raw, meter, who, drop
         self.status: int = raw.status
@@ -177,7 +92,7 @@ class Response:
                                 f"within {self.meter.seconds:g} s",
                                 hint=f"on a slow link, give it longer with "
                                      f"{TIMEOUT_VARIABLE}=SECONDS") from None
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             self.close()
             raise RegistryError(f"{self.who} broke off {what}: {describe(e)}") from None
         if len(data) > limit:
@@ -190,7 +105,7 @@ class Response:
         """Up to limit bytes of a body that only explains an error."""
         try:
             return self.raw.read(limit)
-        except (OSError, http.client.HTTPException):
+        except OSError:
             return b""
 
     def discard(self) -> None:
@@ -221,23 +136,75 @@ def describe(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-# Failures that the same request would meet again: not retried.
-DETERMINISTIC = (http.client.LineTooLong, http.client.InvalidURL,
-                 http.client.UnknownProtocol, http.client.UnknownTransferEncoding)
-
-
 def transient(e: BaseException) -> bool:
-    """A failure worth another attempt: the network's, not the server's syntax."""
-    if isinstance(e, DETERMINISTIC):
+    """A failure worth another attempt: the network's, not the server's syntax
+    (nor a request stacko refuses to send)."""
+    return isinstance(e, OSError) and not isinstance(e, MalformedResponse)
+
+
+# --- TLS -----------------------------------------------------------------------------
+# ssl is imported only to speak TLS (it costs a start ~5 ms): an error of its
+# kind can only have been raised once it was, so sys.modules says.
+def tls_error(e: BaseException) -> bool:
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(e, ssl.SSLError)
+
+
+def unverified(e: BaseException) -> str | None:
+    """The reason a certificate did not verify, when that is what e is."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(e, ssl.SSLCertVerificationError):
+        return str(e.verify_message)
+    return None
+
+
+def length2(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def client_hello(host: str) -> bytes:
+    """A TLS 1.2 ClientHello any TLS server answers with a TLS record (its
+    ServerHello, or an alert).  Its supported_groups extension (type 0x000a)
+    holds an LF, so that an HTTP server reads a request line and refuses it."""
+    extensions = b"\x00\x0a" + length2(length2(bytes.fromhex("001d00170018")))
+    extensions += b"\x00\x0b" + length2(b"\x01\x00")          # ec_point_formats
+    extensions += b"\x00\x0d" + length2(length2(bytes.fromhex(   # signature_algorithms
+        "040305030603080408050806040105010601")))
+    if host.isascii() and not host.replace(".", "").isdigit() and ":" not in host:
+        extensions += b"\x00\x00" + length2(length2(b"\x00" + length2(host.encode())))
+    ciphers = bytes.fromhex("c02bc02fc02cc030cca9cca8009c009d")
+    hello = (b"\x03\x03" + os.urandom(32) + b"\x00" + length2(ciphers) + b"\x01\x00"
+             + length2(extensions))
+    handshake = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return b"\x16\x03\x01" + length2(handshake)
+
+
+def speaks_plain_http(netloc: str, timeout: float) -> bool:
+    """Whether the server at netloc answers a TLS ClientHello with a byte that
+    cannot begin a TLS record (content types 20-24): then TLS with it fails,
+    whatever the context, and plain HTTP is what it speaks.  Anything else
+    (a TLS record, silence, a closed or refused connection) is False: the
+    real TLS probe decides, as before.  For --tls-verify=false, whose probe
+    of TLS would otherwise load ssl for a plain HTTP registry."""
+    host, port = split_netloc(netloc, 443)
+    timeout = min(timeout, SNIFF)
+    try:
+        with socket.create_connection((address(host), port), timeout) as sock:  # type: ignore[arg-type]
+            sock.settimeout(timeout)
+            sock.sendall(client_hello(host))
+            first = sock.recv(1)
+    except OSError:
         return False
-    return isinstance(e, (OSError, http.client.IncompleteRead,
-                          http.client.ImproperConnectionState, http.client.RemoteDisconnected))
+    return bool(first) and not 20 <= first[0] <= 24
 
 
 # --- URLs a server names -----------------------------------------------------------
+# urllib.parse is imported here only when a server names a URL (a redirect, an
+# upload location, a token realm): a look at a manifest needs none.
 def parse_url(url: str, what: str) -> tuple[str, str, str]:
     """(scheme, netloc, path with query) of an absolute http(s) URL that a
     server sent; what names it in the error ("the redirect target …")."""
+    import urllib.parse
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url) or len(url) > 8192:
         raise RegistryError(f"{what} is not a valid URL: {shown(url)} (it holds spaces "
                             "or control characters, or is too long)")
@@ -257,17 +224,22 @@ def parse_url(url: str, what: str) -> tuple[str, str, str]:
 
 def join_url(base: str, location: str, what: str) -> str:
     """location (absolute, or relative to base) as an absolute URL."""
+    import urllib.parse
     try:
         return urllib.parse.urljoin(base, location)
     except ValueError as e:
         raise RegistryError(f"{what} is not a valid URL: {shown(location)} ({e})") from None
 
 
+def query(pairs: list[tuple[str, str]]) -> str:
+    import urllib.parse
+    return urllib.parse.urlencode(pairs)
+
+
 def origin(scheme: str, netloc: str) -> tuple[str, str, int]:
     """What credentials are given for: scheme, host and port (443 and 80 filled in)."""
-    parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
-    return scheme, (parts.hostname or "").lower(), \
-        parts.port or (443 if scheme == "https" else 80)
+    host, port = split_netloc(netloc, 443 if scheme == "https" else 80)
+    return scheme, host.lower(), port
 
 
 def shown(text: str) -> str:
