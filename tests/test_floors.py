@@ -91,6 +91,8 @@ FLOORS = {
     "stacko.registry.transport": NOUNS,
     "stacko.registry.http1": NOUNS,
     "stacko.formats.tarend": NOUNS,
+    "stacko.formats.tarstream": NOUNS,
+    "stacko.formats.spacebudget": NOUNS,
     # Image signatures (GPG, sigstore): formats, policies and their protocols.
     "stacko.signing.cosignkey": NOUNS,
     "stacko.signing.dockerref": NOUNS,

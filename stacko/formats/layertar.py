@@ -12,23 +12,26 @@ Unpacking trusts nothing in the archive: every member name is checked
 checked with lstat (so a symlink planted by the archive is never followed), and
 hard links must point at something this same layer already holds.  Files are
 created with O_EXCL|O_NOFOLLOW after removing what was there, as tar does.
+The tar itself is read by ``tarstream``, which checks every header.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import stat
-import tarfile
 
 from stacko.errors import StackoError
-from stacko.formats.tarend import TarEnd
+from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
+                                        NoSpace, SpaceBudget)
+from stacko.formats.tarstream import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, BadLayer, Member,
+                                      TarReader)
 from stacko.quoting import quote
 from stacko.records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import io
     from collections.abc import Callable, Sequence
 
 WHITEOUT_PREFIX = ".wh."
@@ -37,86 +40,19 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 CHUNK = 1 << 20
+__all__ = ["BadLayer", "HostileArchive", "NoSpace", "SpaceBudget", "BLOCK", "SPARE_INODES",
+           "unpack_layer", "clean_name"]
 
 
 class HostileArchive(StackoError):
     """A member would write outside its layer or through a planted symlink."""
 
 
-class BadLayer(StackoError):
-    """A layer tar that cannot be unpacked (corrupt, or an unsupported member)."""
-
-
-class NoSpace(StackoError):
-    """An archive that would not fit in the free space of the root's filesystem."""
-
-
-BLOCK = 4096
-SPARE_INODES = 64
-
-
-class SpaceBudget:
-    """What an import may still write: the free space and the free inodes of the
-    filesystem when it began.  Each member is charged before it is made: an
-    inode, and its data in whole blocks (a block for anything but a regular
-    file: a directory takes one).  So an archive that unpacks to more than the
-    disk holds (a gzip bomb, a header that claims a huge file, 30,000 empty
-    directories in 141 KB) is refused instead of filling the disk."""
-
-    def __init__(self, path: str, what: str = "the archive") -> None:
-        import threading      # layers may unpack in parallel, from one budget
-        st = os.statvfs(path)
-        self.path = path
-        self.what = what
-        self.left = st.f_bavail * st.f_frsize
-        # No inode count (btrfs makes them as it goes): no limit on them.  ext4
-        # keeps no inodes for root: a few are left for the import to finish
-        # (its manifests, the metadata) and for the host.
-        self.inodes_free = max(0, st.f_favail - SPARE_INODES) if st.f_files else -1
-        self.inodes = self.inodes_free
-        self.lock = threading.Lock()
-
-    def take(self, size: int, what: str | Callable[[], str], inodes: int = 0) -> None:
-        """what: the member, or a function that names it (the message is only
-        made when it is needed: quoting every
-        member's name cost a tenth of an unpack's CPU time: docs/bench.md)."""
-        size = -(-size // BLOCK) * BLOCK       # whole blocks, as the filesystem counts
-        with self.lock:
-            if (size > self.left or inodes > self.inodes >= 0) and callable(what):
-                what = what()
-            if size > self.left:
-                raise NoSpace(f"{self.what} does not fit in the free space of the filesystem of "
-                              f"{self.path}: {what} needs {size} bytes, {self.left} are left",
-                              hint=NO_SPACE_HINT)
-            if inodes > self.inodes >= 0:
-                raise NoSpace(f"{self.what} does not fit on the filesystem of {self.path}: "
-                              f"it makes more files and directories than the "
-                              f"{self.inodes_free} inodes that were free ({what} is one "
-                              "too many)", hint=NO_SPACE_HINT)
-            self.left -= size
-            if self.inodes >= 0:
-                self.inodes -= inodes
-
-    def take_entry(self, what: str | Callable[[], str]) -> None:
-        """A member that is not a regular file: an inode and a block."""
-        self.take(BLOCK, what, inodes=1)
-
-
-NO_SPACE_HINT = ("free some space (`stacko df` shows what can be reclaimed), or use a root "
-                 "on a larger filesystem")
-
-
-def data_size(member: tarfile.TarInfo) -> int:
-    """The bytes a regular member really stores: a sparse one only its data."""
-    sparse = getattr(member, "sparse", None)
-    if sparse:
-        return sum(size for _, size in sparse)
-    return member.size
-
-
 # --- names ---------------------------------------------------------------------
 def clean_name(name: str, member: str) -> str:
     """The member's path relative to the layer root ('' for the root itself)."""
+    if "/." not in name and "//" not in name and name[:1] not in ("/", "."):
+        return name.rstrip("/")          # no '.', '..' or empty part: as it is
     if name.startswith("/"):
         raise HostileArchive(f"archive member {quote(member)} has an absolute name; refusing it")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -125,26 +61,11 @@ def clean_name(name: str, member: str) -> str:
     return "/".join(parts)
 
 
-def pax_mtime_ns(member: tarfile.TarInfo) -> int:
-    """The member's mtime in nanoseconds; PAX keeps fractions a float would round."""
-    text = member.pax_headers.get("mtime")
-    if text:
-        import decimal    # here: for the members with a PAX mtime only
-        try:
-            return int(decimal.Decimal(text) * 1_000_000_000)
-        except decimal.InvalidOperation:
-            pass
-    return int(member.mtime) * 1_000_000_000
-
-
-def member_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
-    found = {}
-    for key, value in member.pax_headers.items():
-        if key.startswith(PAX_XATTR_PREFIX):
-            name = key[len(PAX_XATTR_PREFIX):]
-            if not name.startswith(OVERLAY_XATTR_PREFIX):
-                found[name] = value.encode("utf-8", "surrogateescape")
-    return found
+def member_xattrs(member: Member) -> dict[str, bytes]:
+    """The member's xattrs but the kernel's trusted.overlay.* (see above)."""
+    if not member.xattrs:
+        return {}
+    return {k: v for k, v in member.xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIX)}
 
 
 # --- unpacking -----------------------------------------------------------------
@@ -183,54 +104,44 @@ class Unpacker:
         self._implicit: list[str] = []
 
     def unpack(self, stream: io.BufferedIOBase) -> None:
-        watched = TarEnd(stream)
-        try:
-            with tarfile.open(fileobj=watched, mode="r|", errorlevel=2) as tar:
-                for member in tar:
-                    try:
-                        self._member(tar, member)
-                    except (ValueError, OverflowError) as e:
-                        # A NUL in a PAX name or link target, an owner or a time
-                        # beyond what the system can store.
-                        raise BadLayer(f"archive member {quote(member.name)} has an impossible "
-                                       f"value ({e}); refusing it") from None
-                end = tar.offset          # where tarfile found the end of the archive
-            problem = watched.problem(end)
-            if problem is not None:
-                raise BadLayer(f"{problem}; refusing it")
-        except tarfile.TarError as e:
-            raise BadLayer(f"the layer is not a valid tar archive: {e}") from None
-        except EOFError:
-            raise BadLayer("the layer tar ends early: the archive is truncated") from None
+        tar = TarReader(stream)
+        while True:
+            member = tar.next()
+            if member is None:
+                break
+            try:
+                self._member(tar, member)
+            except (ValueError, OverflowError) as e:
+                # A NUL in a name, an owner or a time beyond what the system can store.
+                raise BadLayer(f"archive member {quote(member.name)} has an impossible "
+                               f"value ({e}); refusing it") from None
         self._finish()
 
     def _path(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else self.root
+        return self.root + "/" + rel if rel else self.root
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _member(self, tar: TarReader, member: Member) -> None:
         rel = clean_name(member.name, member.name)
+        kind = member.type
         if not rel:
-            if member.isdir():       # the layer root itself: keep its attributes
-                self._meta[""] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
+            if kind == DIR:       # the layer root itself: keep its attributes
+                self._meta[""] = _DirMeta(member.mode, member.uid, member.gid, member.mtime_ns)
                 self._set_xattrs(self.root, member_xattrs(member))
             return
         parent, _, base = rel.rpartition("/")
-        self._ensure_dir(parent, member.name)
-        if base == OPAQUE_MARKER:
-            self._opaque.add(parent)
-            return
-        if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
+        if parent and parent not in self._dirs:
+            self._ensure_dir(parent, member.name)
+        if base[:4] == WHITEOUT_PREFIX:
+            if base == OPAQUE_MARKER:
+                self._opaque.add(parent)
+            else:
+                self._whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
             return
         path = self._path(rel)
-        if member.isdir():
+        if kind == DIR:
             self._make_dir(rel, path, member)
             return
-        if not (member.isreg() or member.issym() or member.islnk() or member.ischr()
-                or member.isblk() or member.isfifo()):
-            raise BadLayer(f"archive member {quote(member.name)} has an unsupported type "
-                           f"{member.type!r}")
-        if self.budget is not None and not member.isreg():      # a file: in _write_file
+        if self.budget is not None and kind != REG:      # a file: in _write_file
             self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
         try:
             self._create(tar, member, path)
@@ -240,20 +151,22 @@ class Unpacker:
             # an lstat per member is 3 % of an import.
             self._remove(rel, path)
             self._create(tar, member, path)
-        if not member.islnk():      # a hard link shares its target's inode and attributes
-            self._set_attrs(path, member)
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+    def _create(self, tar: TarReader, member: Member, path: str) -> None:
         """Create the non-directory member at path; FileExistsError if something is there."""
-        if member.isreg():
+        kind = member.type
+        if kind == REG:
             self._write_file(tar, member, path)
-        elif member.issym():
+            return
+        if kind == SYM:
             os.symlink(member.linkname, path)
-        elif member.islnk():
+        elif kind == LNK:
             self._link(member, path)
+            return        # a hard link shares its target's inode and attributes
         else:
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
-            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            mode = stat.S_IFCHR if kind == CHR else stat.S_IFBLK if kind == BLK else stat.S_IFIFO
+            os.mknod(path, mode | 0o600, os.makedev(member.devmajor, member.devminor))
+        self._set_attrs(path, member)
 
     def _ensure_dir(self, rel: str, member: str) -> None:
         """Make sure rel is a real directory in this layer, never a symlink."""
@@ -301,7 +214,7 @@ class Unpacker:
             break        # whatever is found first decides, as in the merged view
         self._meta[rel] = _DirMeta(0o755, 0, 0, 0)
 
-    def _make_dir(self, rel: str, path: str, member: tarfile.TarInfo) -> None:
+    def _make_dir(self, rel: str, path: str, member: Member) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -314,7 +227,7 @@ class Unpacker:
                 self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
             os.mkdir(path, 0o700)
         self._dirs.add(rel)
-        self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, pax_mtime_ns(member))
+        self._meta[rel] = _DirMeta(member.mode, member.uid, member.gid, member.mtime_ns)
         self._set_xattrs(path, member_xattrs(member))
 
     def _whiteout(self, parent: str, name: str, member: str) -> None:
@@ -344,48 +257,35 @@ class Unpacker:
         else:
             os.unlink(path)
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+    def _write_file(self, tar: TarReader, member: Member, path: str) -> None:
+        """Create, fill and set up a regular file through one descriptor: its data
+        hashed as it is written (for the content manifest), then owner, xattrs,
+        mode (after chown, which clears setuid) and times."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)      # FileExistsError before the budget is charged: see _member
-        if self.budget is not None:
-            try:
-                self.budget.take(data_size(member), lambda: f"archive member {quote(member.name)}",
-                                 inodes=1)
-            except BaseException:
-                os.close(fd)
-                raise
-        if member.sparse:
-            with os.fdopen(fd, "wb") as out:
-                source = tar.extractfile(member)
-                if source is not None:
-                    self._write_sparse(source, member, out)
-            return      # not hashed here: content.build reads it (holes read as zeros)
         try:
-            digest = _copy_data(tar.fileobj, member.size, fd)  # type: ignore[arg-type]
-            self.hashes[os.fstat(fd).st_ino] = digest
+            if self.budget is not None:
+                self.budget.take(member.size, lambda: f"archive member {quote(member.name)}",
+                                 inodes=1)
+            if member.sparse is not None:
+                # Only the data, at its offsets; the file's length makes the holes.
+                # Not hashed here: content.build reads it (holes read as zeros).
+                for offset, size in member.sparse:
+                    tar.copy_at(size, fd, offset)
+                os.ftruncate(fd, member.realsize)
+            else:
+                digest = hashlib.sha256()
+                tar.copy(member.size, fd, digest)
+                self.hashes[os.fstat(fd).st_ino] = digest.hexdigest()
+            os.chown(fd, member.uid, member.gid)
+            if member.xattrs:
+                self._set_xattrs(fd, member_xattrs(member), path)
+            os.chmod(fd, member.mode)
+            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _write_sparse(source: io.BufferedIOBase, member: tarfile.TarInfo,
-                      out: io.BufferedIOBase) -> None:
-        """A sparse member (GNU or PAX): write only its data, at its offsets, in
-        the order the archive holds them (a stream only goes forward), and let
-        the file's length make the holes.  The unbuffered reader beneath
-        extractfile's, since the buffered one asks a stream for seekable()."""
-        raw = source.raw  # type: ignore[attr-defined]
-        for offset, size in member.sparse:  # type: ignore[attr-defined]
-            raw.seek(offset)
-            out.seek(offset)
-            while size > 0:
-                data = raw.read(min(size, CHUNK))
-                if not data:
-                    raise EOFError
-                out.write(data)
-                size -= len(data)
-        out.truncate(member.size)
-
-    def _link(self, member: tarfile.TarInfo, path: str) -> None:
+    def _link(self, member: Member, path: str) -> None:
         target = clean_name(member.linkname, member.name)
         if not target:
             raise HostileArchive(f"archive member {quote(member.name)} links to the layer root")
@@ -400,21 +300,26 @@ class Unpacker:
             raise HostileArchive(f"archive member {quote(member.name)} is a hard link to a directory")
         os.link(target_path, path, follow_symlinks=False)
 
-    def _set_attrs(self, path: str, member: tarfile.TarInfo) -> None:
+    def _set_attrs(self, path: str, member: Member) -> None:
+        """Owner, xattrs, mode and times of what is not a regular file, by path."""
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
-        self._set_xattrs(path, member_xattrs(member))
-        if not member.issym():
-            os.chmod(path, member.mode & 0o7777)   # after chown, which clears setuid
-        mtime = pax_mtime_ns(member)
-        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+        if member.xattrs:
+            self._set_xattrs(path, member_xattrs(member))
+        if member.type != SYM:
+            os.chmod(path, member.mode)   # after chown, which clears setuid
+        os.utime(path, ns=(member.mtime_ns, member.mtime_ns), follow_symlinks=False)
 
     @staticmethod
-    def _set_xattrs(path: str, xattrs: dict[str, bytes]) -> None:
+    def _set_xattrs(where: str | int, xattrs: dict[str, bytes], path: str = "") -> None:
         for name, value in sorted(xattrs.items()):
             try:
-                os.setxattr(path, name, value, follow_symlinks=False)
+                if isinstance(where, int):
+                    os.setxattr(where, name, value)
+                else:
+                    os.setxattr(where, name, value, follow_symlinks=False)
             except OSError as e:
-                raise BadLayer(f"cannot set xattr {name} on {path}: {e.strerror}") from None
+                raise BadLayer(f"cannot set xattr {name} on {path or where}: "
+                               f"{e.strerror}") from None
 
     def _finish(self) -> None:
         if self.before_finish is not None:
@@ -431,25 +336,6 @@ class Unpacker:
             os.chmod(path, meta.mode & 0o7777)
             if meta.mtime_ns:
                 os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
-
-
-def _copy_data(stream: io.BufferedIOBase, size: int, fd: int) -> str:
-    """Copy a regular member's size bytes from the tar stream to fd; returns
-    their sha256.  Read from tarfile's stream itself (which skips the padding
-    when it moves on to the next header), as extractfile would, but without the
-    two file objects it builds for every member and a buffered writer: those
-    were a tenth of an import's CPU time (docs/bench.md)."""
-    digest = hashlib.sha256()
-    while size > 0:
-        data = stream.read(min(size, CHUNK))
-        if not data:
-            raise EOFError("the layer tar ends inside a member")
-        digest.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        size -= len(data)
-    return digest.hexdigest()
 
 
 def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (),
