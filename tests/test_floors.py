@@ -92,6 +92,7 @@ FLOORS = {
     "stacko.registry.http1": NOUNS,
     "stacko.formats.tarend": NOUNS,
     "stacko.formats.tarstream": NOUNS,
+    "stacko.formats.prefetch": PRIMITIVES,
     "stacko.formats.spacebudget": NOUNS,
     # Image signatures (GPG, sigstore): formats, policies and their protocols.
     "stacko.signing.cosignkey": NOUNS,

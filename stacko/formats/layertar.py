@@ -22,6 +22,7 @@ import shutil
 import stat
 
 from stacko.errors import StackoError
+from stacko.formats.prefetch import Prefetched
 from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
                                         NoSpace, SpaceBudget)
 from stacko.formats.tarstream import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, BadLayer, Member,
@@ -345,7 +346,9 @@ def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (
     (but for sparse files: content.build reads those)."""
     unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget)
     try:
-        unpacker.unpack(stream)
+        # Decompressed and hashed ahead, on the other core (prefetch.py).
+        with Prefetched(stream) as ahead:
+            unpacker.unpack(ahead)  # type: ignore[arg-type]
         return unpacker.hashes
     except OSError as e:
         raise BadLayer(f"cannot unpack into {quote(e.filename or root)}: {e.strerror}") from None
