@@ -187,6 +187,34 @@ def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> 
         check_no_typing(modules, cause, argv)
 
 
+DEBIAN_POLICY = {"default": [{"type": "insecureAcceptAnything"}],
+                 "transports": {"docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}
+
+
+@pytest.mark.skipif(not available(), reason="docker-registry is needed (tests/install-deps.sh)")
+def test_a_policy_that_accepts_anything_loads_no_policy_machinery(
+        state: Path, registry: Registry, workdir: Path) -> None:
+    """Debian's policy.json accepts any image: pull-image reads it and loads
+    nothing of stacko.signing.  Any other policy is loaded and checked."""
+    state_ref = f"{registry.host}/app:v1"
+    imported(state, "push-image", "app", state_ref, "--tls-verify=false", status=0)
+    policy = workdir / "policy.json"
+    policy.write_text(json.dumps(DEBIAN_POLICY))
+    modules = imported(state, "pull-image", "plain", state_ref, "--tls-verify=false",
+                       "--policy", str(policy), status=0)
+    assert not {m for m in modules if m.startswith("stacko.signing")}
+    # The probe can fail: a docker scope, a duplicate key, a reject.
+    scoped = dict(DEBIAN_POLICY, transports={"docker": {registry.host: DEBIAN_POLICY["default"]}})
+    for n, text in enumerate((json.dumps(scoped),
+                              '{"default": [{"type": "reject"}], '
+                              '"default": [{"type": "insecureAcceptAnything"}]}',
+                              '{"default": [{"type": "reject"}]}')):
+        policy.write_text(text)
+        modules = imported(state, "pull-image", f"checked{n}", state_ref, "--tls-verify=false",
+                           "--policy", str(policy), status=0 if n == 0 else 1)
+        assert "stacko.signing.pullsign" in modules, text
+
+
 # What only packing needs: the tar writer and its compressors, the thread pool
 # (concurrent.futures imports logging), the archive importer, `rm -rf` for a
 # staging directory.

@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 
+from stacko import run
 from stacko.errors import StackoError, UsageError
 from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
@@ -62,12 +64,64 @@ def pull_image(store: Store, name: str, ref_text: str, platform: str | None = No
 
 
 def trust_checker(ref_text: str, policy: str | None, registries_d: str | None) -> object:
-    """The trust policy's check (stacko/signing/pullsign.py), or None without a policy."""
-    if policy is None and not (os.path.exists(POLICY) or os.path.exists(os.path.expanduser(
-            "~/" + USER_POLICY))):
-        return None       # no policy anywhere: accept, as before, importing nothing more
+    """The trust policy's check (stacko/signing/pullsign.py), or None without a
+    policy, or with one that accepts any image from anywhere."""
+    path = policy
+    if path is None:
+        user = os.path.expanduser("~/" + USER_POLICY)
+        path = user if os.path.exists(user) else POLICY if os.path.exists(POLICY) else None
+        if path is None:
+            return None   # no policy anywhere: accept, as before, importing nothing more
+    if accepts_anything(path):
+        run.debug(f"stacko: trust policy {path}: insecureAcceptAnything for every image, "
+                  "nothing to check")
+        return None
     from stacko.signing import pullsign
     return pullsign.checker(ref_text, policy, registries_d)
+
+
+ACCEPT_ANYTHING = [{"type": "insecureAcceptAnything"}]
+
+
+def accepts_anything(path: str) -> bool:
+    """Whether the policy file at path plainly accepts any image: its default
+    and every scope of every transport but docker (Debian's policy.json) are
+    insecureAcceptAnything alone.  Then nothing can be refused, and the policy
+    machinery (~8 ms of imports and regular expressions) is not loaded.  Any
+    other policy, and any file that is not plainly this one (duplicate keys,
+    not JSON, not a regular file, large), goes to the full check, which also
+    says what is wrong with a bad one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.read(fd, (64 << 10) + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+    def unique(pairs: list) -> dict:
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=unique, parse_constant=refuse)
+    except (ValueError, RecursionError):          # UnicodeDecodeError is a ValueError
+        return False
+    if len(data) > 64 << 10 or not isinstance(doc, dict) \
+            or not set(doc) <= {"default", "transports"} or doc.get("default") != ACCEPT_ANYTHING:
+        return False
+    transports = doc.get("transports", {})
+    return isinstance(transports, dict) and "docker" not in transports and all(
+        isinstance(scopes, dict) and all(reqs == ACCEPT_ANYTHING for reqs in scopes.values())
+        for scopes in transports.values())
 
 
 def parse_platform(text: str | None) -> tuple[str, str, str | None]:
