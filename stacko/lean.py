@@ -1,4 +1,4 @@
-"""Stand-ins for four standard modules, for the sake of start-up.
+"""Stand-ins for five standard modules, for the sake of start-up.
 
 Why: the commands run most often (get-stackpoint-dir, mount-stackpoint,
 list-images …) do a millisecond or two of work, and importing ``json`` (with
@@ -10,7 +10,8 @@ equivalent does, on the C module that equivalent is itself built on (``_json``,
 for almost nothing.  This is the only module of stacko that names a private
 module of CPython, and tests/test_lean.py holds each stand-in to its public
 equivalent: ``parse_json`` to ``json.loads``, ``signal`` to ``signal``,
-``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``.
+``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``, ``sha256``
+to ``hashlib.sha256``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
     Function = Callable[..., object]
 
-__all__ = ["signal", "parse_json", "wraps", "libc"]
+__all__ = ["signal", "parse_json", "wraps", "libc", "sha256"]
 
 
 # --- json.loads ---------------------------------------------------------------
@@ -64,6 +65,22 @@ def parse_json(text: str) -> object:
                 return value
     import json
     return json.loads(text)
+
+
+# --- hashlib.sha256 ---------------------------------------------------------------
+def sha256(data: bytes = b"") -> object:
+    """hashlib.sha256 for a small document (an image config, a manifest),
+    without hashlib, which loads OpenSSL's libcrypto (~3 ms): CPython's own
+    sha256, the module hashlib falls back on (_sha2 since 3.12, _sha256
+    before).  Large data goes through hashlib, whose OpenSSL is faster."""
+    try:
+        from _sha2 import sha256 as made
+    except ImportError:
+        try:
+            from _sha256 import sha256 as made  # type: ignore[no-redef]
+        except ImportError:          # an interpreter built without it
+            from hashlib import sha256 as made  # type: ignore[no-redef]
+    return made(data)
 
 
 # --- functools.update_wrapper ---------------------------------------------------

@@ -233,6 +233,8 @@ def test_a_push_that_packs_nothing_imports_nothing_to_pack_with(state: Path,
         modules = imported(state, "push-image", "app", f"{registry.host}/{ref}",
                            "--tls-verify=false", status=0)
         assert modules & PACKING == set(), ref
+        # nor OpenSSL (hashlib) for the config's digest, nor urllib.parse for the queries
+        assert modules & {"hashlib", "_hashlib", "urllib.parse"} == set(), ref
 
 
 MACHINES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",

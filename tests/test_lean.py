@@ -157,6 +157,16 @@ def test_libc_is_ctypes_own() -> None:
         c.function("no_such_function_in_libc", c.c_int)
 
 
+@pytest.mark.parametrize("data", [b"", b"abc", bytes(range(256)) * 300])
+def test_sha256_is_hashlibs(data: bytes) -> None:
+    import hashlib
+    from stacko.lean import sha256
+    ours = sha256(data)
+    assert ours.hexdigest() == hashlib.sha256(data).hexdigest()    # type: ignore[attr-defined]
+    ours.update(b"more")                                             # type: ignore[attr-defined]
+    assert ours.hexdigest() == hashlib.sha256(data + b"more").hexdigest()  # type: ignore[attr-defined]
+
+
 def test_only_lean_names_a_private_module() -> None:
     """CPython's private modules (_json, _signal, _ctypes, _collections_abc …)
     are named by lean.py alone: everywhere else, the standard module."""

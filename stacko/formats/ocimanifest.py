@@ -3,16 +3,16 @@
 What export-image writes into an archive and push-image sends to a registry,
 built in memory from what is known of each layer (its descriptor and diff_id).
 Deterministic: keys sorted, no spaces, so the same stack gives the same bytes
-and digests.  Only hashlib and json: a push whose layers the registry has
-already builds its config and manifest without importing tarfile or the
-packers (docs/startup.md).
+and digests.  Only json and lean.sha256: a push whose layers the registry has
+already builds its config and manifest without importing tarfile, the
+packers or OpenSSL (docs/bench.md).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
+from stacko.lean import sha256
 from stacko.names import utc_time
 from stacko.records import Image
 
@@ -39,7 +39,7 @@ def host_architecture() -> str:
 def json_bytes(data: object) -> tuple[bytes, str]:
     """The canonical bytes of a document, and their digest."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return text, "sha256:" + hashlib.sha256(text).hexdigest()
+    return text, "sha256:" + sha256(text).hexdigest()  # type: ignore[attr-defined]
 
 
 def layer_descriptor(image: Image, media: str, digest: str, size: int) -> dict:

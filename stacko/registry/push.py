@@ -20,8 +20,6 @@ and manifest are built in memory (docs/bench.md).
 """
 from __future__ import annotations
 
-import urllib.parse
-
 from stacko import moved, run
 from stacko.formats.ocimanifest import (LAYER_TYPES, MANIFEST_TYPES, config_document,
                                         json_bytes, layer_descriptor, manifest_document)
@@ -29,7 +27,7 @@ from stacko.imageblobs import check_still, remember
 from stacko.moved import Tally, blob_text
 from stacko.parallel import Task, map_all
 from stacko.records import Image
-from stacko.registry.client import Client, Options
+from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
 
@@ -188,7 +186,7 @@ def find_present(client: Client, known: list[Known], sources: list[str],
     def mounts() -> Found | None:
         for entry in known:
             for source in sources:
-                if client.mount_blob(entry[1], source):
+                if mount_blob(client, entry[1], source):
                     return entry, "mounted", f" from {source}"
         return None
     if not known:
@@ -209,7 +207,7 @@ def send_blob(client: Client, blob: Blob, sources: list[str], tally: Tally,
             tally.note("skipped", blob.digest, blob.size, detail=": the registry has it")
             return
         for source in sources:
-            if client.mount_blob(blob.digest, source):
+            if mount_blob(client, blob.digest, source):
                 tally.note("mounted", blob.digest, blob.size, detail=f" from {source}")
                 return
     client.upload_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"))
@@ -228,9 +226,7 @@ def send_config(client: Client, data: bytes, digest: str, source: str | None,
         return
     location = None
     if source is not None:
-        query = urllib.parse.urlencode({"mount": digest, "from": source})
-        r = client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?{query}",
-                           scope=client.scope(source), ok=(201, 202))
+        r = post_mount(client, digest, source)
         if r.status == 201:
             tally.note("mounted", digest, size, False, detail=f" from {source}")
             return
@@ -239,7 +235,42 @@ def send_config(client: Client, data: bytes, digest: str, source: str | None,
         client.upload_blob(digest, size, lambda: data)
     else:
         url = client.absolute(location)
-        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
+        url += ("&" if "?" in url else "?") + query_text([("digest", digest)])
         client.request("PUT", url, {"Content-Type": "application/octet-stream",
                                     "Content-Length": str(size)}, body=lambda: data, ok=(201,))
     tally.note("uploaded", digest, size, False)
+
+
+# A push that mounts every layer needs no urllib.parse (~2.5 ms with ipaddress)
+# for its queries: digests and repository names are spelt in these characters,
+# which urlencode leaves alone but for ":" and "/".
+URL_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/")
+
+
+def query_text(pairs: list[tuple[str, str]]) -> str:
+    """urllib.parse.urlencode(pairs), without importing it for plain values."""
+    if all(URL_PLAIN.issuperset(k + v) for k, v in pairs):
+        return "&".join(f"{k}={v.replace(':', '%3A').replace('/', '%2F')}" for k, v in pairs)
+    from stacko.registry.transport import query
+    return query(pairs)
+
+
+def post_mount(client: Client, digest: str, source: str) -> Response:
+    """Ask the registry to link a blob it holds in source: 201 when done, 202
+    (an upload session opened instead) when not."""
+    return client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?"
+                          f"{query_text([('mount', digest), ('from', source)])}",
+                          scope=client.scope(source), ok=(201, 202))
+
+
+def mount_blob(client: Client, digest: str, source: str) -> bool:
+    """Client.mount_blob, through post_mount: True when mounted."""
+    r = post_mount(client, digest, source)
+    if r.status == 202:         # not mounted: end the upload session it opened
+        location = r.headers.get("Location")
+        if location:
+            try:
+                client.request("DELETE", client.absolute(location), ok=(200, 202, 204, 404))
+            except RegistryError:
+                pass
+    return r.status == 201
