@@ -28,14 +28,17 @@ def _terminate(signum: int, frame: object) -> None:
 def quick_args(argv: Sequence[str]) -> Args | None:
     """The parse of argv as argparse would make it, for a plainly well-formed
     line of one of the quick commands; None for every other line."""
+    from stacko.cmdtable import name
     from stacko.names import is_name
     values: dict[str, object] = {}
-    names: list[str] = []
+    words: list[str] = []
     command = None
-    words = iter(argv)
-    for word in words:
+    flags: tuple[str, ...] = ()
+    options: dict = {}
+    given = iter(argv)
+    for word in given:
         if word == "--root" or word.startswith("--root="):
-            root = next(words, None) if word == "--root" else word[len("--root="):]
+            root = next(given, None) if word == "--root" else word[len("--root="):]
             if root is None or root.startswith("-") or "root" in values:
                 return None
             values["root"] = root
@@ -46,18 +49,42 @@ def quick_args(argv: Sequence[str]) -> Args | None:
             if quick is None:
                 return None
             command = word
-            positional, flags = quick_grammar(quick)     # only this command's
+            positional, flags, options = quick_grammar(quick)     # only this command's
             values.update((flag[2:].replace("-", "_"), False) for flag in flags)
+            values.update((dest, default) for dest, _, default, _ in options.values())
         elif word in flags:
             values[word[2:].replace("-", "_")] = True
-        elif word.startswith("-") or not is_name(word):
+        elif word.startswith("--") and word.partition("=")[0] in options:
+            flag, equals, value = word.partition("=")
+            dest, convert, _, equals_only = options[flag]
+            if not equals:
+                if equals_only:
+                    return None
+                value = next(given, "-")
+                if value.startswith("-"):
+                    return None        # argparse's to judge (a negative number, a flag)
+            try:
+                values[dest] = convert(value) if convert is not None else value
+            except Exception:   # noqa: BLE001  a bad value: argparse says what is wrong
+                return None
+        elif word.startswith("-"):
             return None
         else:
-            names.append(word)
-    if command is None or len(names) != len(positional):
+            words.append(word)
+    if command is None or len(words) != len(positional):
         return None
+    for (dest, check), word in zip(positional, words):
+        if check is name:
+            if not is_name(word):
+                return None
+        else:
+            try:
+                check(word)
+            except Exception:   # noqa: BLE001  argparse says what is wrong
+                return None
+        values[dest] = word
     handler = next(c.handler for c in COMMANDS if c.name == command)
-    return Args(command=command, handler=handler, **dict(zip(positional, names)), **values)
+    return Args(command=command, handler=handler, **values)
 
 
 _quick = False       # the line was parsed by quick_args: see console_main
@@ -129,6 +156,8 @@ def quick_exit_safe() -> bool:
         return False
     if {"logging", "concurrent.futures", "multiprocessing", "atexit"} & sys.modules.keys():
         return False
+    if "stacko.registry.pull" in sys.modules:
+        return False        # update-stackpoint's look is short; a pull ends as ever
     threading = sys.modules.get("threading")
     return threading is None or threading.active_count() == 1
 

@@ -27,6 +27,10 @@ if TYPE_CHECKING:   # aliases for annotations only, never evaluated at run time
 
     Handler = Callable[[Args], int]
     Arg = tuple[tuple[str, ...], dict[str, object]]
+    # The quick parse's grammar of a command (quick_grammar)
+    QuickOption = tuple[str, Callable[[str], object] | None, object, bool]
+    Grammar = tuple[tuple[tuple[str, Callable[[str], str]], ...], tuple[str, ...],
+                    dict[str, QuickOption]]
 
 
 IMAGE_COMMANDS = ("new-image edit-image close-image delete-image list-images import-image "
@@ -351,7 +355,7 @@ COMMANDS = [
                 help="then prune the instances beyond the N most recent of the history, and "
                      "the images only they used that updates pulled from REF (N >= 1)"),
             arg("--dry-run", action="store_true",
-                help="say what would happen; change nothing")),
+                help="say what would happen; change nothing"), quick=True),
     Command("confirm-stackpoint", cmd_confirm_stackpoint,
             "make a tentative cutover (--tries N) permanent; nothing tentative: do nothing",
             described(POINT, "the stackpoint whose tentative cutover to confirm")),
@@ -379,29 +383,46 @@ COMMANDS = [
 ]
 
 
-# The commands boot scripts, prompts and monitors run many times a minute, by
-# their positional arguments and their flags (store_true options).  argparse
-# with its imports costs such a command more than its work (issue 13), so a
-# line made only of these words, spelt out in full, is parsed here; any other
-# line, however slightly different (an abbreviation, -h, --, a bad name, a
-# missing argument), goes to argparse, which alone reports usage errors.
+# The commands boot scripts, prompts, monitors and timers run many times a
+# minute, by their positional arguments, their flags (store_true options) and
+# their options with one value.  argparse with its imports costs such a command
+# more than its work (issues 13, 22), so a line made only of these words, spelt
+# out in full, is parsed here; any other line, however slightly different (an
+# abbreviation, -h, --, a bad name or value, a missing argument, a value that
+# begins with -), goes to argparse, which alone reports usage errors.
 # tests/test_quickparse.py checks that the two parses agree.  The grammar is
 # the command table's: each command marked quick=True gives its positionals
-# (names, as type=name checks them) and its flags (store_true options).
-def quick_grammar(command: Command) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(the dests of the positionals, the flags spelt in full) of a command the
-    quick parse may take: one whose every positional is one name and every
-    option a flag.  Any other argument is a mistake in the table."""
-    positional: list[str] = []
+# (names or REFs, checked as their type= checks them), its flags, and its
+# options: --opt VALUE or --opt=VALUE, the value converted by its type= (one
+# of VALUE_TYPES); an option whose value is optional (nargs="?") only as
+# --opt=VALUE, since whether argparse takes the next word depends on it.
+POSITIONAL_TYPES = (name, reference)
+VALUE_TYPES = (None, seconds, non_negative, boolean)
+
+
+def quick_grammar(command: Command) -> Grammar:
+    """(the positionals' dests and checks, the flags spelt in full, the options
+    spelt in full: {flag: (dest, type, default, only as --opt=VALUE)}) of a
+    command the quick parse may take.  Any argument it cannot take is a
+    mistake in the table."""
+    positional: list[tuple[str, Callable[[str], str]]] = []
     flags: list[str] = []
+    options: dict[str, QuickOption] = {}
     for names, kwargs in command.args:
-        plain_flag = kwargs.get("action") == "store_true" and set(kwargs) <= {"action", "help"}
-        if names[0].startswith("-") and len(names) == 1 and names[0].startswith("--") \
-                and plain_flag:
-            flags.append(names[0])
-        elif not names[0].startswith("-") and kwargs.get("type") is name \
-                and set(kwargs) <= {"type", "metavar", "help"}:
-            positional.append(names[0])
+        flag = names[0]
+        keys = set(kwargs) - {"help", "metavar"}
+        long_option = flag.startswith("--") and len(names) == 1
+        if long_option and kwargs.get("action") == "store_true" and keys == {"action"}:
+            flags.append(flag)
+        elif long_option and keys <= {"type", "dest"} and kwargs.get("type") in VALUE_TYPES:
+            dest = str(kwargs.get("dest") or flag[2:].replace("-", "_"))
+            options[flag] = (dest, kwargs.get("type"), None, False)  # type: ignore[assignment]
+        elif long_option and keys == {"type", "nargs", "const", "default"} \
+                and kwargs["nargs"] == "?" and kwargs["type"] in VALUE_TYPES:
+            options[flag] = (flag[2:].replace("-", "_"), kwargs["type"],  # type: ignore[assignment]
+                             kwargs["default"], True)
+        elif not flag.startswith("-") and keys == {"type"} and kwargs["type"] in POSITIONAL_TYPES:
+            positional.append((flag, kwargs["type"]))  # type: ignore[arg-type]
         else:
-            raise ValueError(f"{command.name}: the quick parse cannot take {names[0]}")
-    return tuple(positional), tuple(flags)
+            raise ValueError(f"{command.name}: the quick parse cannot take {flag}")
+    return tuple(positional), tuple(flags), options

@@ -30,7 +30,7 @@ import os
 from stacko import events, overlay, run, stackpoints
 from stacko.errors import AlreadyExists, CorruptState, StackoError, UsageError
 from stacko.records import Stackpoint, replace
-from stacko.registry import pull
+from stacko.registry import look
 from stacko.registry.client import Client, Options
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
@@ -46,18 +46,6 @@ def image_name(ref: Reference, digest: str) -> str:
     a repository component) and the same on every host."""
     base = ref.repo.rpartition("/")[2][:127 - HEX]
     return f"{base}.{digest[len('sha256:'):][:HEX]}"
-
-
-def resolve_digest(client: Client, ref: Reference, platform: tuple) -> str:
-    """The digest of the manifest pull-image would install for REF: one GET."""
-    from stacko.formats.ocisource import INDEX_TYPES, check_digest
-    body, media = client.manifest(ref.reference, pull.ACCEPT)
-    doc = pull.document(body, f"manifest of {ref}", ref.digest)
-    if (doc.get("mediaType") or media) in INDEX_TYPES or "manifests" in doc:
-        return check_digest(pull.pick_platform(doc, platform, ref).get("digest"),
-                            "the image index")
-    import hashlib
-    return ref.digest or "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def follows_of(point: Stackpoint, source: str) -> dict:
@@ -118,7 +106,7 @@ class Update:
                  keep: int | None = None) -> None:
         self.store, self.name, self.ref_text = store, name, ref_text
         self.ref = parse(ref_text)
-        self.platform_text, self.platform = platform, pull.parse_platform(platform)
+        self.platform_text, self.platform = platform, look.parse_platform(platform)
         self.options, self.policy, self.registries_d = options, policy, registries_d
         self.check, self.check_timeout, self.tries = check, check_timeout, tries
         if keep is not None and keep < 1:
@@ -131,7 +119,7 @@ class Update:
     def look(self) -> tuple[str, str]:
         """(digest, image name) of what REF names now."""
         try:
-            digest = resolve_digest(self.client, self.ref, self.platform)
+            digest = look.manifest_digest(self.client, self.ref, self.platform)
         except StackoError as e:
             e.message = f"cannot look up {self.ref_text} for stackpoint {self.name!r}: " \
                         f"{e.message}; stackpoint left as it was"
@@ -234,6 +222,7 @@ class Update:
 
     def fetch(self, before: dict, target: str, digest: str, shown: str) -> None:
         from stacko import images as images_mod
+        from stacko.registry import pull      # here: a look that finds nothing new needs none
         from stacko.signing.policy import PolicyRefused
         # Claimed before the pull: a pull killed half-way leaves a claim on a
         # name that does not exist, which the next update pulls again.
@@ -268,6 +257,7 @@ class Update:
                     "already here: nothing to fetch")
             return
         from stacko import oci
+        from stacko.registry import pull
         from stacko.signing.policy import PolicyRefused
         trust = pull.trust_checker(self.ref_text, self.policy, self.registries_d)
         try:

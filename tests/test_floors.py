@@ -90,6 +90,8 @@ FLOORS = {
     "stacko.registry.auth": NOUNS,
     "stacko.registry.transport": NOUNS,
     "stacko.registry.http1": NOUNS,
+    "stacko.registry.look": NOUNS,
+    "stacko.formats.ocicheck": NOUNS,
     "stacko.formats.tarend": NOUNS,
     "stacko.formats.tarstream": NOUNS,
     "stacko.formats.prefetch": PRIMITIVES,

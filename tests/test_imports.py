@@ -286,3 +286,29 @@ def test_mount_and_umount_start_lean(state: Path) -> None:
 def test_the_probe_sees_argparse(state: Path) -> None:
     """The tests above can fail: a line the quick parse declines uses argparse."""
     assert {"argparse", "re"} <= imported(state, "list-images", "--js")
+
+
+# update-stackpoint's look that finds nothing new (issue 22's goal: twice
+# get-stackpoint-dir plus one round trip) imports what the look and the check's
+# record need: stacko's own HTTP and json; not the archive reader (tarfile,
+# ocisource), not OpenSSL (ssl, hashlib: lean.sha256), not http.client and
+# its email parser, not urllib.parse, not argparse (the quick parse takes it).
+UPDATE_DENIED = {"tarfile", "stacko.formats.ocisource", "stacko.registry.pull", "ssl",
+                 "hashlib", "_hashlib", "http.client", "email", "urllib.parse", "argparse"}
+
+
+@pytest.mark.mounts
+@pytest.mark.skipif(not available(), reason="docker-registry is needed (tests/install-deps.sh)")
+def test_an_update_that_finds_nothing_new_imports_only_the_look(
+        stacko: Runner, state: Path, registry: Registry, workdir: Path) -> None:
+    from registryd import skopeo_push
+    layout = workdir / "layout"
+    write_layout(layout, [[d("srv"), f("srv/version", b"v1")]], ref="v1")
+    skopeo_push(registry, f"oci:{layout}:v1", "fleet/web:stable")
+    ref = f"{registry.host}/fleet/web:stable"
+    stacko("update-stackpoint", "web", ref, "--tls-verify=false")      # pulls, cuts over
+    for more in ((), ("--dry-run",), ("--tls-verify=false", "-v")):
+        argv = ("update-stackpoint", "web", ref, "--tls-verify=false", *more)
+        modules = imported(state, *argv, status=0)
+        assert {"stacko.update", "stacko.registry.http1"} <= modules, argv
+        assert modules & (UPDATE_DENIED | HEAVY - {"subprocess"}) == set(), argv

@@ -46,6 +46,16 @@ TAKEN = [
     ["list-images", "--json", "--json"], ["--root", "", "list-stackpoints"],
     ["list-stackpoints", "--json"], ["get-stackpoint-dir", "list-images"],
     ["get-stackpoint-dir", "x" * 128], ["df"], ["--root", "/r", "df", "--json"],
+    ["update-stackpoint", "web", "reg.example/fleet/web:stable"],
+    ["update-stackpoint", "web", "127.0.0.1:5000/a:b", "--tls-verify=false"],
+    ["--root", "/r", "update-stackpoint", "--tls-verify=true", "web", "docker://h:1/a",
+     "--dry-run", "-v"],
+    ["update-stackpoint", "web", "h.example/a@sha256:" + "a" * 64, "--keep", "2",
+     "--check", "/etc/stacko/update/web.check", "--check-timeout", "30", "--tries=3"],
+    ["update-stackpoint", "web", "--keep=1", "h.example/a", "--platform", "linux/arm64",
+     "--policy=/p.json", "--registries.d", "/d", "--cert-dir=/c", "--authfile", "/a.json",
+     "--creds", "ci", "--password-stdin", "--password-file=", "--keep", "3"],
+    ["update-stackpoint", "web", "localhost:5000/a", "--check=sh -c 'x --y'", "--creds=u:-p", "--check-timeout=0.5"],
 ]
 
 DECLINED = [
@@ -60,6 +70,17 @@ DECLINED = [
     ["list-images", "--lazy"], ["umount-stackpoint", "web", "--tree"],
     ["new-image", "web"], ["cutover-stackpoint", "web", "img"], ["web", "get-stackpoint-dir"],
     ["list-images", "extra"], ["-vv", "list-images"], ["df", "--tree"], ["df", "web"],
+    ["update-stackpoint", "web"], ["update-stackpoint", "web", "debian:12"],
+    ["update-stackpoint", "bad name", "h.example/a"], ["update-stackpoint", "web", "h.example/a", "h.example/b"],
+    ["update-stackpoint", "web", "h.example/a", "--tls-verify"],           # argparse's: optional value
+    ["update-stackpoint", "web", "h.example/a", "--tls-verify", "false"],
+    ["update-stackpoint", "web", "h.example/a", "--tls-verify=maybe"],
+    ["update-stackpoint", "web", "h.example/a", "--keep", "-1"], ["update-stackpoint", "web", "h.example/a", "--keep=x"],
+    ["update-stackpoint", "web", "h.example/a", "--keep"], ["update-stackpoint", "web", "h.example/a", "--check"],
+    ["update-stackpoint", "web", "h.example/a", "--check", "--dry-run"],
+    ["update-stackpoint", "web", "h.example/a", "--check-timeout", "0"], ["update-stackpoint", "web", "h.example/a", "--dry"],
+    ["update-stackpoint", "web", "--", "h.example/a"], ["update-stackpoint", "web", "h.example/a", "--keep", "2", "-h"],
+    ["update-stackpoint", "web", "h.example/a", "--platform", "-x"], ["update-stackpoint", "-web", "h.example/a"],
 ]
 
 
@@ -93,12 +114,15 @@ def test_version_says_what_argparse_says(capsys) -> None:
 
 # The vocabulary of the generated lines: the quick parse's own (from the command
 # table), and words just beside it.
-QUICK_FLAGS = sorted({flag for _, flags in cli.QUICK.values() for flag in flags})
+QUICK_FLAGS = sorted({flag for _, flags, options in cli.QUICK.values()
+                      for flag in flags + tuple(options)})
 WORDS = st.sampled_from(
     list(cli.QUICK) + QUICK_FLAGS + [flag[:-1] for flag in QUICK_FLAGS]
+    + [flag + "=" for flag in QUICK_FLAGS] + [flag + "=2" for flag in QUICK_FLAGS]
     + ["new-image", "cutover-stackpoint", "edit-image", "--read-only", "--root", "--root=/x",
        "--root=", "-v", "--verbose", "-h", "--", "-", "--roo", "web", "a.b", "0", "", " ",
-       "a b", "-1", "/r", "x" * 129, "é"])
+       "a b", "-1", "/r", "x" * 129, "é", "h/a", "h.example/a", "127.0.0.1:5000/a:b", "debian:12",
+       "--tls-verify=false", "--tls-verify=no", "false", "2", "0.5", "--keep=-1", "linux/arm64"])
 
 
 @settings(max_examples=3000, deadline=None)
@@ -107,20 +131,49 @@ def test_any_line_the_quick_parse_takes_argparse_parses_the_same(argv: list[str]
     assert agrees(argv)
 
 
+# update-stackpoint's options take values: lines of its own words, with values
+# that are good, bad, missing, or flags in their place.
+UPDATE_OPTIONS = sorted(cli.QUICK["update-stackpoint"][2]) + ["--dry-run", "--password-stdin"]
+UPDATE_WORDS = st.sampled_from(
+    UPDATE_OPTIONS + [o + "=" for o in UPDATE_OPTIONS] + [o + "=2" for o in UPDATE_OPTIONS]
+    + [o[:-1] for o in UPDATE_OPTIONS]
+    + ["web", "h.example/a", "127.0.0.1:5000/a:b", "debian:12", "2", "-1", "0", "1e3", "false",
+       "true", "--tls-verify=false", "--tls-verify=yes", "--", "-v", "--root", "/r", "-h", "",
+       "a=b", "--check=--dry-run", "linux/arm64"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(UPDATE_WORDS, max_size=7))
+def test_any_update_line_the_quick_parse_takes_argparse_parses_the_same(words: list[str]) -> None:
+    assert agrees(["update-stackpoint", *words])
+
+
 def test_the_quick_grammar_is_the_command_tables() -> None:
-    assert cli.QUICK == {
-        "get-stackpoint-dir": (("point",), ()), "is-stackpoint-mounted": (("point",), ()),
-        "mount-stackpoint": (("point",), ()), "umount-stackpoint": (("point",), ("--lazy",)),
-        "list-stackpoints": ((), ("--json",)), "list-images": ((), ("--tree", "--json")),
-        "df": ((), ("--json",))}
+    plain = {command: (tuple(dest for dest, _ in positional), flags, sorted(options))
+             for command, (positional, flags, options) in cli.QUICK.items()}
+    assert plain == {
+        "get-stackpoint-dir": (("point",), (), []), "is-stackpoint-mounted": (("point",), (), []),
+        "mount-stackpoint": (("point",), (), []),
+        "umount-stackpoint": (("point",), ("--lazy",), []),
+        "list-stackpoints": ((), ("--json",), []), "list-images": ((), ("--tree", "--json"), []),
+        "df": ((), ("--json",), []),
+        "update-stackpoint": (("point", "ref"), ("--password-stdin", "--dry-run"), [
+            "--authfile", "--cert-dir", "--check", "--check-timeout", "--creds", "--keep",
+            "--password-file", "--platform", "--policy", "--registries.d", "--tls-verify",
+            "--tries"])}
+    assert cli.QUICK["update-stackpoint"][2]["--tls-verify"] == ("tls_verify", cli.boolean,
+                                                                 True, True)
     for command in cli.COMMANDS:
         assert (command.name in cli.QUICK) == command.quick
 
 
 @pytest.mark.parametrize("argument", [
-    cli.arg("path", metavar="PATH"), cli.arg("--tries", type=cli.non_negative),
+    cli.arg("path", metavar="PATH"), cli.arg("--tries", type=int),
     cli.arg("names", type=cli.name, nargs="+"), cli.arg("-l", action="store_true"),
-    cli.arg("--keep", action="store_true", required=True)])
+    cli.arg("--keep", action="store_true", required=True), cli.arg("-t", metavar="N"),
+    cli.arg("--many", nargs="+"), cli.arg("--kind", choices=("a", "b")),
+    cli.arg("--all", action="append", default=[]),
+    cli.arg("--maybe", nargs="?", const="x", default=None)])
 def test_a_command_the_quick_parse_cannot_take_is_refused(argument) -> None:
     command = cli.Command("x", cli.cmd_df, "help", cli.POINT, argument, quick=True)
     with pytest.raises(ValueError, match="the quick parse cannot take"):

@@ -18,6 +18,9 @@ import tarfile
 from stacko import words
 from stacko.errors import StackoError
 from stacko.formats.layertar import clean_name
+# What a document read from outside must be: in ocicheck.py, and named here too.
+from stacko.formats.ocicheck import (BadArchive, DigestMismatch, check_digest,  # noqa: F401
+                                     object_field, string_field)
 from stacko.formats.ocimanifest import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION,  # noqa: F401
                                         REF_ANNOTATION, host_architecture)
 from stacko.quoting import quote
@@ -27,17 +30,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable
 
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 16 << 20
 CHUNK = 1 << 20
-
-
-class BadArchive(StackoError):
-    """The archive is not what it claims, or is corrupt."""
-
-
-class DigestMismatch(BadArchive):
-    pass
 
 
 class RefNotFound(StackoError):
@@ -86,13 +80,6 @@ class HashingReader:
     @property
     def digest(self) -> str:
         return "sha256:" + self.hash.hexdigest()
-
-
-def check_digest(digest: object, what: str) -> str:
-    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-        raise BadArchive(f"{what}: unsupported or malformed digest {digest!r}",
-                         hint="stacko reads sha256 digests")
-    return digest
 
 
 # --- containers: a directory or a tar --------------------------------------------
@@ -248,24 +235,6 @@ def oci_layers(box: Container, ref: str | None) -> list[LayerSpec]:
                                media=media))
     return with_settings(specs, run_settings(config, object_field(manifest, "annotations",
                                                                   f"the manifest {manifest_name}")))
-
-
-def object_field(data: dict, key: str, where: str) -> dict:
-    """data[key], which must be a JSON object ({} when it is absent): hostile
-    documents put lists and numbers where objects go."""
-    value = data.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadArchive(f"{where}: field {key!r} is not an object")
-    return value
-
-
-def string_field(data: dict, key: str, where: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BadArchive(f"{where}: field {key!r} is not a string")
-    return value
 
 
 def blob_name(descriptor: object, what: str) -> str:

@@ -9,23 +9,24 @@ into the unpacker, several at once, their digests checked on the way.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import stat
 
 from stacko import run
-from stacko.errors import StackoError, UsageError
 from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
-                              host_architecture, layer_times, object_field, run_settings,
-                              string_field, with_settings)
+                              layer_times, object_field, run_settings, string_field,
+                              with_settings)
 from stacko.moved import Tally
 from stacko.names import check_name
 from stacko.records import Image
 from stacko.registry.client import Client, Options, RegistryError, Response
 from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
 from stacko.registry.ref import Reference, parse
+# The look at REF's manifest (update-stackpoint's too) is look.py's; named here as before.
+from stacko.registry.look import (ACCEPT, describe_platform, document,  # noqa: F401
+                                  parse_platform, pick_platform)
 from stacko.state import Store
 
 TYPE_CHECKING = False
@@ -34,7 +35,6 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
 WORKERS = 4             # blobs fetched and unpacked at once
 RESUMES = 4             # a blob whose connection breaks is resumed (Range) this many times
-ACCEPT = INDEX_TYPES + MANIFEST_TYPES
 POLICY = "/etc/containers/policy.json"          # skopeo's defaults: pullsign.py
 USER_POLICY = ".config/containers/policy.json"
 
@@ -124,37 +124,6 @@ def accepts_anything(path: str) -> bool:
         for scopes in transports.values())
 
 
-def parse_platform(text: str | None) -> tuple[str, str, str | None]:
-    if text is None:
-        return "linux", host_architecture(), None
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"malformed --platform {text!r}", hint="write OS/ARCH[/VARIANT], "
-                                                                "e.g. linux/arm64")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def document(body: bytes, what: str, digest: str | None) -> dict:
-    if digest is not None:
-        found = "sha256:" + hashlib.sha256(body).hexdigest()
-        if found != digest:
-            raise DigestMismatch(f"the {what} does not match its digest: expected {digest}, "
-                                 f"found {found}", hint="the registry sent corrupt data")
-    try:
-        # JSON travels as UTF-8 (RFC 8259); json.loads would guess UTF-16 or -32
-        # from NULs and complain in those terms instead.
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BadArchive(f"the {what} is not JSON: byte {e.start} is not UTF-8 text") from None
-    except ValueError as e:
-        raise BadArchive(f"the {what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise BadArchive(f"the {what} is nested too deeply to be an image document") from None
-    if not isinstance(data, dict):
-        raise BadArchive(f"the {what} is not a JSON object")
-    return data
-
-
 def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None],
             trust: object = None) -> list[LayerSpec]:
     """The layers of the image REF names, bottom first.  The trust policy, when
@@ -208,28 +177,6 @@ def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None
     if signed is not None:       # the accepted signatures stay with the top image
         specs[-1] = specs[-1]._replace(signed=signed)
     return specs
-
-
-def describe_platform(p: object) -> str:
-    if not isinstance(p, dict):
-        return "?"
-    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
-
-
-def pick_platform(index: dict, platform: tuple[str, str, str | None],
-                  ref: Reference) -> dict:
-    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
-    os_name, arch, variant = platform
-    for n, m in enumerate(manifests):
-        p = object_field(m, "platform", f"{ref}: the image index: manifests[{n}]")
-        if p.get("os") == os_name and p.get("architecture") == arch \
-                and (variant is None or p.get("variant") == variant):
-            return m
-    have = ", ".join(sorted({describe_platform(m.get("platform")) for m in manifests
-                             if describe_platform(m.get("platform")) != "unknown/unknown"}))
-    wanted = "/".join(x for x in platform if x)
-    raise StackoError(f"{ref} has no image for {wanted}; it has: {have or 'none'}",
-                      hint="choose one with --platform OS/ARCH")
 
 
 class BlobReader:
