@@ -65,20 +65,29 @@ class Manifest:
     def __init__(self, entries: dict[str, dict], size: int | None = None) -> None:
         self.entries = entries
         self.size = size if size is not None else _size_of(entries)
-        self.digest = digest_of(entries)
+        self._text = _entries_json(entries)
+        self.digest = _digest_of_text(self._text)
 
     def to_json(self) -> bytes:
-        return (json.dumps({"version": VERSION, "digest": self.digest, "size": self.size,
-                            "entries": self.entries}, sort_keys=True, separators=(",", ":"))
-                + "\n").encode("utf-8")
+        # The entries as the digest hashed them, dumped once: the keys in the
+        # order sort_keys gives them (digest, entries, size, version).
+        return (f'{{"digest":{json.dumps(self.digest)},"entries":{self._text},'
+                f'"size":{json.dumps(self.size)},"version":{VERSION}}}\n').encode("ascii")
+
+
+def _entries_json(entries: dict[str, dict]) -> str:
+    # ensure_ascii: a file name that is not UTF-8 (surrogateescape) is escaped,
+    # never an encoding error.
+    return json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _digest_of_text(text: str) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def digest_of(entries: dict[str, dict]) -> str:
-    import hashlib
-    # ensure_ascii: a file name that is not UTF-8 (surrogateescape) is escaped,
-    # never an encoding error.
-    text = json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+    return _digest_of_text(_entries_json(entries))
 
 
 def _size_of(entries: dict[str, dict]) -> int:

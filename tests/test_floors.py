@@ -94,6 +94,7 @@ FLOORS = {
     "stacko.formats.ocicheck": NOUNS,
     "stacko.formats.tarend": NOUNS,
     "stacko.formats.tarstream": NOUNS,
+    "stacko.formats.filewriters": NOUNS,
     "stacko.formats.prefetch": PRIMITIVES,
     "stacko.formats.spacebudget": NOUNS,
     # Image signatures (GPG, sigstore): formats, policies and their protocols.

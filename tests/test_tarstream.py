@@ -287,3 +287,30 @@ def test_sparse_maps_beyond_the_file_are_refused() -> None:
             "sparse map beyond")
     refused(pax(runs + rec(b"GNU.sparse.realsize", b"100"), size=3, body=b"x" * 3),
             "sparse map larger")
+
+
+# --- the unpacker's writer threads (filewriters.py) -------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_paths_taken_beforehand_are_replaced_not_followed(tmp_path: Path) -> None:
+    """A writer thread that finds its path taken (here by what was in the
+    directory before; in an import, by nothing) hands the file back, and the
+    unpacker makes room and writes it: never through a symlink."""
+    from stacko.formats.layertar import unpack_layer
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(str(outside), root / "evil")
+    (root / "plain").write_text("old")
+    (root / "dir").mkdir()
+    (root / "dir" / "inner").write_text("old")
+    members = [("evil", b"mine"), ("plain", b"new"), ("dir", b"file now")]
+    members += [(f"f{n}", b"%d" % n) for n in range(100)]     # several batches
+    data = b"".join(header(name, len(body), mode=0o640) + pad(body) for name, body in members)
+    hashes = unpack_layer(io.BytesIO(data + bytes(1024)), str(root))
+    assert outside.read_text() == "keep"
+    for name, body in members:
+        path = root / name
+        assert not path.is_symlink() and path.read_bytes() == body, name
+        assert path.stat().st_mode & 0o7777 == 0o640
+    assert len(hashes) == len(members)

@@ -22,6 +22,7 @@ import shutil
 import stat
 
 from stacko.errors import StackoError
+from stacko.formats.filewriters import Writers, set_xattrs, write_file
 from stacko.formats.prefetch import Prefetched
 from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
                                         NoSpace, SpaceBudget)
@@ -41,6 +42,7 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 CHUNK = 1 << 20
+POOLED = 1 << 20     # files up to this size are written by the writers' threads
 __all__ = ["BadLayer", "HostileArchive", "NoSpace", "SpaceBudget", "BLOCK", "SPARE_INODES",
            "unpack_layer", "clean_name"]
 
@@ -86,7 +88,7 @@ class Unpacker:
     from there, so that the merged view does not change it.
     """
     __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "hashes",
-                 "before_finish", "_implicit")
+                 "before_finish", "_implicit", "_made", "_writers")
 
     def __init__(self, root: str, lowers: Sequence[str] = (), budget: SpaceBudget | None = None,
                  before_finish: Callable[[], None] | None = None) -> None:
@@ -103,20 +105,34 @@ class Unpacker:
         # a pull unpacks several layers at once, and waits there for those beneath.
         self.before_finish = before_finish
         self._implicit: list[str] = []
+        self._made: set[str] = set()             # what this layer made, but directories
+        self._writers = Writers(self.hashes, budget)
 
     def unpack(self, stream: io.BufferedIOBase) -> None:
         tar = TarReader(stream)
-        while True:
-            member = tar.next()
-            if member is None:
-                break
-            try:
-                self._member(tar, member)
-            except (ValueError, OverflowError) as e:
-                # A NUL in a name, an owner or a time beyond what the system can store.
-                raise BadLayer(f"archive member {quote(member.name)} has an impossible "
-                               f"value ({e}); refusing it") from None
+        try:
+            while True:
+                member = tar.next()
+                if member is None:
+                    break
+                try:
+                    self._member(tar, member)
+                except (ValueError, OverflowError) as e:
+                    # A NUL in a name, an owner or a time beyond what the system can store.
+                    raise BadLayer(f"archive member {quote(member.name)} has an impossible "
+                                   f"value ({e}); refusing it") from None
+            self._settle()
+        finally:
+            self._writers.close()
         self._finish()
+
+    def _settle(self) -> None:
+        """Wait for the files handed to the writers; redo, after making room, those
+        whose path was taken (by something this layer did not make)."""
+        for job in self._writers.settle():
+            path = job[0]
+            self._remove(path[len(self.root) + 1:], path)
+            write_file(job, self.hashes)
 
     def _path(self, rel: str) -> str:
         return self.root + "/" + rel if rel else self.root
@@ -139,17 +155,31 @@ class Unpacker:
                 self._whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
             return
         path = self._path(rel)
+        again = rel in self._made or rel in self._dirs     # named again, in this tar
+        if again or kind == LNK:
+            self._settle()           # what is at the path (or links to) must be there
         if kind == DIR:
             self._make_dir(rel, path, member)
             return
+        if kind == REG and member.sparse is None and member.size <= POOLED and not again:
+            # Handed to the writers (who charge the budget); its data stays in
+            # the reader's chunks till then.
+            self._made.add(rel)
+            self._writers.add(rel, (path, tar.views(member.size), member.uid, member.gid,
+                                    member.mode, member.mtime_ns,
+                                    member_xattrs(member) if member.xattrs else None),
+                              member.size)
+            return
         if self.budget is not None and kind != REG:      # a file: in _write_file
             self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
+        self._made.add(rel)
         try:
             self._create(tar, member, path)
         except FileExistsError:
             # A path named again (by an earlier member of this tar): make room,
             # as tar does.  Tried after the creation fails, not before each one:
             # an lstat per member is 3 % of an import.
+            self._settle()
             self._remove(rel, path)
             self._create(tar, member, path)
 
@@ -179,6 +209,8 @@ class Unpacker:
             if sub in self._dirs:
                 continue
             path = self._path(sub)
+            if sub in self._writers.pending:
+                self._settle()
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -236,11 +268,14 @@ class Unpacker:
         if not name or name in (".", "..") or "/" in name:
             raise HostileArchive(f"archive member {quote(member)} is a malformed whiteout")
         path = self._path(rel)
+        if rel in self._writers.pending:
+            self._settle()
         if os.path.lexists(path):
             return    # a whiteout hides lower layers only, never its own layer's entry
         if self.budget is not None:
             self.budget.take_entry(lambda: f"archive member {quote(member)}")
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        self._made.add(rel)
 
     def _remove(self, rel: str, path: str) -> None:
         """Make room for a member, as tar does when a later member names a path again."""
@@ -310,17 +345,7 @@ class Unpacker:
             os.chmod(path, member.mode)   # after chown, which clears setuid
         os.utime(path, ns=(member.mtime_ns, member.mtime_ns), follow_symlinks=False)
 
-    @staticmethod
-    def _set_xattrs(where: str | int, xattrs: dict[str, bytes], path: str = "") -> None:
-        for name, value in sorted(xattrs.items()):
-            try:
-                if isinstance(where, int):
-                    os.setxattr(where, name, value)
-                else:
-                    os.setxattr(where, name, value, follow_symlinks=False)
-            except OSError as e:
-                raise BadLayer(f"cannot set xattr {name} on {path or where}: "
-                               f"{e.strerror}") from None
+    _set_xattrs = staticmethod(set_xattrs)
 
     def _finish(self) -> None:
         if self.before_finish is not None:

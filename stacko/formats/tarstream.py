@@ -30,6 +30,7 @@ MAX_EXT = 8                  # extended headers before one member
 MAX_SPARSE = 1 << 18         # data runs of one sparse file
 ZERO_BLOCK = bytes(BLOCK)
 MAX_ID = (1 << 32) - 2       # (uid_t)-1 means "leave as it is" to chown(2)
+MAX_TIME_NS = ((1 << 63) - 1) * 10**9    # a time_t of seconds, as utimensat(2) takes it
 
 REG, LNK, SYM, CHR, BLK, DIR, FIFO = (b"0", b"1", b"2", b"3", b"4", b"5", b"6")
 # Regular files: '0', the old '\0', '7' (contiguous); 'S' is GNU's old sparse file.
@@ -205,6 +206,21 @@ class TarReader:
             self.pos += step
             size -= step
 
+    def views(self, size: int) -> list[memoryview]:
+        """The next size bytes of the member's data, as views of the chunks read."""
+        if size > self.left:
+            raise BadLayer("a tar member's data runs past its size")
+        self.left -= size
+        found = []
+        while size:
+            if self.pos == len(self.buf) and not self._fill():
+                raise BadLayer("the layer tar ends early: the archive is truncated")
+            step = min(size, len(self.buf) - self.pos)
+            found.append(memoryview(self.buf)[self.pos:self.pos + step])
+            self.pos += step
+            size -= step
+        return found
+
     def copy_at(self, size: int, fd: int, offset: int) -> None:
         """Write the next size bytes of the member's data at offset of fd."""
         if size > self.left:
@@ -302,6 +318,8 @@ class TarReader:
             size = self._apply_pax(member, values, size)
         if mtype == DIR:
             member.name = member.name.rstrip("/")     # "/" is the layer root, as "."
+        if not -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS:
+            raise BadLayer(f"archive member {quote(member.name)} has an impossible mtime")
         member.uid = _id(member.uid, "uid")
         member.gid = _id(member.gid, "gid")
         if size < 0 or member.devmajor < 0 or member.devminor < 0:

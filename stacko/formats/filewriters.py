@@ -1,0 +1,139 @@
+"""The regular files of a layer, created by a few threads while the unpacker
+reads on (layertar).
+
+Creating a file is mostly the kernel's work (open, write, chown, chmod,
+utimens, close), done without the GIL, so two threads create files on two
+cores.  The unpacker hands over a file only when nothing else of its layer was
+ever at its path, and waits for every file handed over (``settle``) before it
+does anything that depends on them: a hard link, removing a path to make room,
+a member named again, the directories' attributes at the end.  Each thread
+touches only the paths handed to it, whose directories the unpacker checked
+and made before.  A file's data travels as views of the chunks the reader
+read: no copies.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from stacko.formats.spacebudget import BLOCK
+from stacko.formats.tarstream import BadLayer
+from stacko.quoting import quote
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from concurrent.futures import Future
+
+    from stacko.formats.spacebudget import SpaceBudget
+
+FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+BATCH_FILES = 32          # files per hand-over: a thread's wake-up costs more than a file
+BATCH_BYTES = 1 << 20
+THREADS = 2
+
+# (path, data views, uid, gid, mode, mtime_ns, xattrs or None)
+Job = tuple
+
+
+def set_xattrs(where: str | int, xattrs: dict[str, bytes], path: str = "") -> None:
+    for name, value in sorted(xattrs.items()):
+        try:
+            if isinstance(where, int):
+                os.setxattr(where, name, value)
+            else:
+                os.setxattr(where, name, value, follow_symlinks=False)
+        except OSError as e:
+            raise BadLayer(f"cannot set xattr {name} on {path or where}: {e.strerror}") from None
+
+
+def write_file(job: Job, hashes: dict[int, str]) -> None:
+    """Create one file: its data (hashed, for the content manifest), then owner,
+    xattrs, mode (after chown, which clears setuid) and times, all through its
+    descriptor.  FileExistsError when its path is taken."""
+    path, views, uid, gid, mode, mtime_ns, xattrs = job
+    fd = os.open(path, FLAGS, 0o600)
+    try:
+        digest = hashlib.sha256()
+        for view in views:
+            digest.update(view)
+            while view:
+                view = view[os.write(fd, view):]
+        hashes[os.fstat(fd).st_ino] = digest.hexdigest()
+        os.chown(fd, uid, gid)
+        if xattrs:
+            set_xattrs(fd, xattrs, path)
+        os.chmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise
+    finally:
+        os.close(fd)
+
+
+def _write_batch(batch: list[Job], hashes: dict[int, str]) -> list[Job]:
+    """The jobs whose path was taken, for the unpacker to redo after making room."""
+    taken = []
+    for job in batch:
+        try:
+            write_file(job, hashes)
+        except FileExistsError:
+            taken.append(job)
+    return taken
+
+
+class Writers:
+    """Files handed over in batches to THREADS threads; at most two batches a
+    thread wait, so the views they hold stay a few MiB.  A batch is charged to
+    the space budget, as a whole, before it is handed over."""
+
+    __slots__ = ("hashes", "budget", "pool", "batch", "size", "blocks", "last", "inflight",
+                 "pending", "taken")
+
+    def __init__(self, hashes: dict[int, str], budget: SpaceBudget | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        self.hashes = hashes
+        self.budget = budget
+        self.blocks = 0          # the batch's files in whole blocks, as the budget counts
+        self.last = ""
+        self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="stacko-write")
+        self.batch: list[Job] = []
+        self.size = 0
+        self.inflight: list[Future] = []
+        self.pending: set[str] = set()      # relative paths handed over since the last settle
+        self.taken: list[Job] = []
+
+    def add(self, rel: str, job: Job, size: int) -> None:
+        self.pending.add(rel)
+        self.batch.append(job)
+        self.size += size
+        self.blocks += -(-size // BLOCK) * BLOCK
+        self.last = rel
+        if len(self.batch) >= BATCH_FILES or self.size >= BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.batch:
+            if self.budget is not None:
+                last = self.last
+                self.budget.take(self.blocks, lambda: f"archive member {quote(last)}",
+                                 inodes=len(self.batch))
+            self.blocks = 0
+            self.inflight.append(self.pool.submit(_write_batch, self.batch, self.hashes))
+            self.batch, self.size = [], 0
+        while len(self.inflight) > 2 * THREADS or (self.inflight and self.inflight[0].done()):
+            self.taken.extend(self.inflight.pop(0).result())
+
+    def settle(self) -> list[Job]:
+        """Wait for every file handed over; returns those whose path was taken."""
+        self._submit()
+        while self.inflight:
+            self.taken.extend(self.inflight.pop(0).result())
+        taken, self.taken = self.taken, []
+        self.pending.clear()
+        return taken
+
+    def close(self) -> None:
+        """Stop: what was handed over and not begun is dropped, the rest finished."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
