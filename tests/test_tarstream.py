@@ -314,3 +314,16 @@ def test_paths_taken_beforehand_are_replaced_not_followed(tmp_path: Path) -> Non
         assert not path.is_symlink() and path.read_bytes() == body, name
         assert path.stat().st_mode & 0o7777 == 0o640
     assert len(hashes) == len(members)
+
+
+def test_checksums_over_bytes_above_127_signed_or_not() -> None:
+    """The sum of a header of high bytes (a UTF-8 name), as new tars write it and
+    as old ones (Sun, NeXT) did, with signed chars; one off is refused."""
+    block = bytearray(header("dir/\u00e9\u00e8\u00ff"))
+    assert read_all(bytes(block) + bytes(1024))[0][0].name == "dir/\u00e9\u00e8\u00ff"
+    block[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    block[148:156] = b"%06o\0 " % signed
+    assert len(read_all(bytes(block) + bytes(1024))) == 1
+    block[148:156] = b"%06o\0 " % (signed + 1)
+    refused(bytes(block) + bytes(1024), "not a valid tar archive")
