@@ -28,10 +28,8 @@ from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
 from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
-from stacko.formats.ociexport import Packed, write_archive
 from stacko.formats.compression import decompressed
 from stacko.formats.ocisource import BadArchive, DigestMismatch, HashingReader, LayerSpec
-from stacko.formats.sourcepath import open_source
 from stacko.imageblobs import check_still, remember
 from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
@@ -63,6 +61,7 @@ def import_image(store: Store, name: str, path: str, parent: str | None = None,
                          hint=hint)
     @contextlib.contextmanager
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
+        from stacko.formats.sourcepath import open_source
         with open_source(path, staging, store.root) as source:
             specs = source.layers(ref)
             if not specs:
@@ -464,6 +463,7 @@ def export_image(store: Store, name: str, path: str, compression: str = "gzip") 
             raise
         images_mod.refuse_if_editing(store, images, name, f"export {name!r}")
     with staging_mod.staging_dir(store.tmp_dir, "export") as staging:
+        from stacko.formats.ociexport import write_archive
         packed = write_archive(store, chain, name, path, compression, staging, progress)
         try:
             check_still(store, images, chain, f"export {name!r}")

@@ -35,9 +35,28 @@ def staging_dir(tmp_dir: str, kind: str) -> Iterator[str]:
         yield path
     finally:
         try:
-            remove_tree(path)
+            remove_staging(path)
         finally:
             os.close(fd)
+
+
+def remove_staging(path: str) -> None:
+    """What is left of a staging directory at the end is most often nothing
+    but its .busy marker (an import's layers were renamed into place) or a few
+    files (the blobs an export or a push packed): those are removed here,
+    without starting `rm -rf` (a process, and subwrap and subprocess to start
+    it).  Anything else (a layer left by a failure, with its subdirectories)
+    goes to remove_tree, as does whatever cannot be unlinked."""
+    try:
+        with os.scandir(path) as entries:
+            found = list(entries)
+        if any(e.is_dir(follow_symlinks=False) for e in found):
+            raise IsADirectoryError(path)
+        for entry in found:
+            os.unlink(entry.path)
+        os.rmdir(path)
+    except OSError:
+        remove_tree(path)
 
 
 def in_use(path: str) -> bool:

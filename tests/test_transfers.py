@@ -96,6 +96,7 @@ def test_pull_says_what_moved(stacko: Runner, registry: Registry,
     assert re.fullmatch(rf"stacko: pulled 3 of 3 layers, {SIZE}, 0 reused", summary(r.stderr))
     r = stacko("-v", "pull-image", "two", f"{registry.host}/moved:v2", "--tls-verify=false")
     assert r.out == ""
+    assert "rm -rf" not in r.stderr      # the emptied staging directory goes without rm
     assert re.fullmatch(rf"stacko: pulled 1 of 3 layers, {SIZE}, 2 reused", summary(r.stderr))
     bottom, middle, changed = layer_digests(app["v2"])
     assert re.search(rf"^stacko: fetched {changed} \({SIZE}\)$", r.stderr, re.M), r.stderr

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import tarfile
 
 from stacko import words
 from stacko.errors import StackoError
@@ -28,6 +27,7 @@ from stacko.records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import tarfile
     from collections.abc import Callable
 
 MAX_JSON = 16 << 20
@@ -162,6 +162,7 @@ class TarContainer(Container):
             # from one archive, which tarfile's shared file position forbids.
             return MemberReader(self.tar.fileobj.fileno(), member.offset_data,  # type: ignore[union-attr,return-value]
                                 member.size)
+        import tarfile      # loaded already: sourcepath opened the archive with it
         try:
             f = self.tar.extractfile(member) if member is not None else None
         except (KeyError, tarfile.TarError) as e:
