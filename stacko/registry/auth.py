@@ -7,8 +7,6 @@ in ``Options.creds`` and in the Authorization headers built from it.
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import sys
@@ -113,6 +111,7 @@ def credentials(options: Options, host: str, repo: str) -> tuple[str, str] | Non
         if not colon:
             password = ask_password(user, host)
         return user, password
+    import json        # here, and base64 below: only a registry that asks for credentials
     for path in auth_files(options.authfile):
         try:
             with open(path, encoding="utf-8") as f:
@@ -135,6 +134,7 @@ def auth_entry(auths: object, host: str, repo: str) -> tuple[str, str] | None:
     if not isinstance(auths, dict):
         return None
     best: tuple[int, tuple[str, str]] | None = None
+    import base64
     for key, value in auths.items():
         if not isinstance(key, str) or not isinstance(value, dict):
             continue
@@ -167,6 +167,7 @@ def ask_password(user: str, host: str) -> str:
 
 def basic(creds: tuple[str, str]) -> str:
     """The Authorization header of Basic auth."""
+    import base64
     value = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
     return "Basic " + value
 
@@ -191,6 +192,7 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def token_from(body: bytes, who: str) -> str:
     """The token in a token service's answer; refused unless it is one token that
     an Authorization header can carry (no CR, LF, spaces or other controls)."""
+    import json
     try:
         data = json.loads(body.decode("utf-8"))
         token = data.get("token") or data["access_token"]
