@@ -41,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable, Iterator
 
-IMPORT_WORKERS = 2
+IMPORT_WORKERS = 4
 
 __all__ = ["import_image", "export_image", "BadArchive", "BadLayer"]
 
@@ -67,8 +67,8 @@ def import_image(store: Store, name: str, path: str, parent: str | None = None,
             if not specs:
                 raise BadArchive(f"{quote(path)} holds an image without layers")
             yield specs
-    # Two layers at once: the second core unpacks while the first waits on the
-    # disk or holds the GIL (docs/bench.md).
+    # Up to four layers at once: a layer waits for those beneath only at its end,
+    # and a small top layer need not wait for a worker (docs/bench.md).
     return import_layers(store, name, parent, layers, workers=IMPORT_WORKERS)
 
 
@@ -249,11 +249,15 @@ def unpack_all(store: Store, staging: str, below: list[Image], specs: list[Layer
 
 def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
                before_finish: Callable[[], None] | None = None,
-               cancel: object = None, budget: SpaceBudget | None = None
+               cancel: object = None, budget: SpaceBudget | None = None,
+               unpacked: Callable[[], None] | None = None
                ) -> tuple[str | None, content.Manifest]:
     """Unpack one layer; returns its diff_id and its content manifest.  cancel: a
-    threading.Event that stops the unpacking at its next read when set."""
+    threading.Event that stops the unpacking at its next read when set; unpacked:
+    called once the layer's files are complete, before its manifest is made."""
     diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel, budget)
+    if unpacked is not None:
+        unpacked()
     # The manifest in the same pass: the data was hashed as it was written,
     # so this reads only metadata.
     return diff_id, content.build(target, known=hashes)
@@ -286,7 +290,9 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
             if cancel.is_set():
                 raise Cancelled("cancelled")
         try:
-            done = unpack_one(spec, target, beneath, wait_beneath, cancel, budget)
+            # The layers above may finish as soon as this one's files are complete.
+            done = unpack_one(spec, target, beneath, wait_beneath, cancel, budget,
+                              unpacked=finished[n].set)
             if tally is not None:
                 tally.note("fetched", spec.digest, spec.size)
             return done

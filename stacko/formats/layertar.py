@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 
 from stacko.errors import StackoError
@@ -284,6 +283,7 @@ class Unpacker:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            import shutil     # here: only an archive that replaces a directory needs it
             shutil.rmtree(path)
             prefix = rel + "/"
             self._dirs = {d for d in self._dirs if d != rel and not d.startswith(prefix)}
