@@ -101,12 +101,31 @@ class TarWriter:
             self.buffer = bytearray()     # a fresh one: out may hold on to what it got
 
     def write_header(self, header: bytes) -> None:
-        self._write(header)
+        self.buffer += header
+        self.offset += len(header)
+        if len(self.buffer) >= self.FLUSH:
+            self._flush()
 
     def add_data(self, path: str, size: int) -> None:
-        left = size
+        """The file's data and its padding: a file under a MiB in one read,
+        straight into the buffer; a larger one in reads of a MiB."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if size < self.FLUSH:
+                data = os.read(fd, size)
+                while len(data) < size:         # a short read: rare, but allowed
+                    more = os.read(fd, size - len(data))
+                    if not more:
+                        raise StackoError(f"{path} shrank while it was being exported")
+                    data += more
+                pad = -size % 512
+                self.buffer += data
+                self.buffer += ZEROS[:pad]
+                self.offset += size + pad
+                if len(self.buffer) >= self.FLUSH:
+                    self._flush()
+                return
+            left = size
             while left:
                 data = os.read(fd, min(left, CHUNK))
                 if not data:
@@ -116,7 +135,7 @@ class TarWriter:
         finally:
             os.close(fd)
         if size % 512:
-            self._write(b"\0" * (512 - size % 512))
+            self._write(ZEROS[:512 - size % 512])
 
     def close(self) -> None:
         self._write(b"\0" * 1024)
@@ -125,6 +144,7 @@ class TarWriter:
         self._flush()
 
 
+ZEROS = bytes(512)
 _OWNERS = tarfile.POSIX_MAGIC + b"\0" * 64      # the magic, then no user or group name
 _NO_DEVICE = b"\0" * 16
 _TAIL = b"\0" * (155 + 12)                      # no prefix, and the block's end
