@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from _thread import allocate_lock, get_ident   # threading's core, without its ~1 ms
 
 from stacko.errors import NotFound, StackoError
+from stacko.lean import allocate_lock, get_ident     # threading's core, without its ~1 ms
 from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
                                   basic, credentials, parse_challenge, token_from)
 from stacko.quoting import quote
