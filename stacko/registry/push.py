@@ -20,6 +20,8 @@ and manifest are built in memory (docs/bench.md).
 """
 from __future__ import annotations
 
+import contextlib
+
 from stacko import moved, run
 from stacko.formats.ocimanifest import (LAYER_TYPES, MANIFEST_TYPES, config_document,
                                         json_bytes, layer_descriptor, manifest_document)
@@ -33,6 +35,8 @@ from stacko.state import Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
     from stacko.formats.ociexport import Blob
 
 WORKERS = 4
@@ -77,31 +81,34 @@ def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip"
         return find_present(client, remembered(chain[n], compression), sources,
                             here in chain[n].repos)
     # The first request settles TLS and the credentials, alone: the others
-    # then reuse its token instead of each asking for one.
+    # then reuse its token instead of each asking for one.  They are asked
+    # while the bottom layer is packed, when the registry lacks it.
     if remembered(chain[0], compression):
         first = look(0)
     else:
         client.has_blob(EMPTY)
         first = None
-    found = [first] + map_all(look, range(1, len(chain)), WORKERS)
+    rest = Task(map_all, look, range(1, len(chain)), WORKERS)
+
+    def found(n: int) -> Found | None:
+        return first if n == 0 else rest.result()[n - 1]  # type: ignore[index]
     layers: list[dict | None] = [None] * len(chain)
     diff_ids: list[str | None] = [None] * len(chain)
-    for n, hit in enumerate(found):
-        if hit is not None:
-            (_media, digest, size, diff_id), how, detail = hit
-            tally.note(how, digest, size, detail=detail)
-            layers[n] = layer_descriptor(chain[n], LAYER_TYPES[compression], digest, size)
-            diff_ids[n] = diff_id
-    if None in layers:
-        tried = {entry[1] for image in chain for entry in remembered(image, compression)}
-        pack_and_send(store, chain, layers, diff_ids, compression, client, sources, tally,
-                      tried)
-    config, config_digest = json_bytes(config_document(chain, diff_ids))  # type: ignore[arg-type]
-    manifest, manifest_digest = json_bytes(manifest_document(
-        chain, layers, config_digest, len(config)))  # type: ignore[arg-type]
-    check_still(store, images, chain, f"push {chain[-1].name!r}")
-    send_config(client, config, config_digest, last_source(ref, chain[-1]),
-                here in chain[-1].repos, tally)
+
+    def finish() -> tuple[bytes, str]:
+        """The config (sent) and the manifest (returned), once every layer is
+        known; the uploads of the last layers may still be going on."""
+        config, config_digest = json_bytes(
+            config_document(chain, diff_ids))  # type: ignore[arg-type]
+        manifest = json_bytes(manifest_document(
+            chain, layers, config_digest, len(config)))  # type: ignore[arg-type]
+        check_still(store, images, chain, f"push {chain[-1].name!r}")
+        send_config(client, config, config_digest, last_source(ref, chain[-1]),
+                    here in chain[-1].repos, tally)
+        return manifest
+    tried = {entry[1] for image in chain for entry in remembered(image, compression)}
+    manifest, manifest_digest = send_layers(store, chain, found, layers, diff_ids, compression,
+                                            client, sources, tally, tried, finish)
     digest = client.put_manifest(ref.reference, manifest, MANIFEST_TYPES[0]) or manifest_digest
     if signer is not None:
         signer.finish(client, ref.repo, digest)
@@ -109,23 +116,34 @@ def push_image(store: Store, name: str, ref_text: str, compression: str = "gzip"
     return digest
 
 
-def pack_and_send(store: Store, chain: list[Image], layers: list[dict | None],
-                  diff_ids: list[str | None], compression: str, client: Client,
-                  sources: list[str], tally: Tally, tried: set[str]) -> None:
-    """Pack the layers the registry lacks (their entries of layers are None),
-    each uploaded while the next one is packed; fills in layers and diff_ids."""
-    from stacko import staging
-    from stacko.formats.ociexport import pack_image_layer
+def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found | None],
+                layers: list[dict | None], diff_ids: list[str | None], compression: str,
+                client: Client, sources: list[str], tally: Tally, tried: set[str],
+                finish: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+    """Bottom first: a layer the registry has or mounted (found) is noted; one
+    it lacks is packed, and uploaded while the next is packed.  The staging
+    directory and the packers only when a layer is packed.  Fills in layers
+    and diff_ids; finish() runs while the last uploads go on, and what it
+    returns is returned once they are done."""
     sent: dict[str, Task] = {}
-    with staging.staging_dir(store.tmp_dir, "export") as work:
+    with contextlib.ExitStack() as stack:
+        work = None
         try:
             for n, image in enumerate(chain):
-                if layers[n] is not None:
+                hit = found(n)
+                if hit is not None:
+                    (_media, digest, size, diff_id), how, detail = hit
+                    tally.note(how, digest, size, detail=detail)
+                    layers[n] = layer_descriptor(image, LAYER_TYPES[compression], digest, size)
+                    diff_ids[n] = diff_id
                     continue
+                from stacko.formats.ociexport import pack_image_layer
+                if work is None:
+                    from stacko import staging
+                    work = stack.enter_context(staging.staging_dir(store.tmp_dir, "export"))
                 moved.progress(f"packing layer {n + 1}/{len(chain)} ({image.name})")
                 blob, diff_id = pack_image_layer(store, image, n + 1, compression, work)
-                run.debug(f"stacko: packed {image.name} as "
-                                f"{blob_text(blob.digest, blob.size)}")
+                run.debug(f"stacko: packed {image.name} as {blob_text(blob.digest, blob.size)}")
                 if blob.digest in sent:          # two layers alike: one upload
                     tally.note("skipped", blob.digest, blob.size, detail=": sent already")
                 else:
@@ -138,10 +156,12 @@ def pack_and_send(store: Store, chain: list[Image], layers: list[dict | None],
                 layers[n] = layer_descriptor(image, LAYER_TYPES[compression], blob.digest,
                                              blob.size)
                 diff_ids[n] = diff_id
-            moved.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}"
-                           if sent else "")
+            done = finish()
+            if sent:
+                moved.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}")
             for task in sent.values():
                 task.result()
+            return done
         finally:
             for task in sent.values():      # no upload reads a file that is being removed
                 task.wait()
