@@ -181,3 +181,58 @@ def test_only_lean_names_a_private_module() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             private = [n for n in names if n.startswith("_") and n != "__future__"]
             assert not private, f"{path.name}:{node.lineno}: {private}"
+
+
+# --- lean.connect: socket.create_connection without the socket module --------------
+def test_connect_is_create_connections() -> None:
+    import socket
+
+    from stacko.lean import SocketTimeout, connect
+    assert SocketTimeout is socket.timeout
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        for ours in (True, False):
+            sock = connect(b"127.0.0.1", port, 2.5, no_delay=True) if ours else \
+                socket.create_connection(("127.0.0.1", port), 2.5)
+            peer, _ = listener.accept()
+            try:
+                assert sock.gettimeout() == 2.5                          # type: ignore[attr-defined]
+                sock.sendall(b"ping")                                    # type: ignore[attr-defined]
+                assert peer.recv(4) == b"ping"
+                peer.sendall(b"pong")
+                assert sock.recv(4) == b"pong"                           # type: ignore[attr-defined]
+                if ours:
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # type: ignore[attr-defined]
+                    sock.settimeout(0.2)                                  # type: ignore[attr-defined]
+                    with pytest.raises(SocketTimeout):
+                        sock.recv(1)                                      # type: ignore[attr-defined]
+            finally:
+                sock.close()                                              # type: ignore[attr-defined]
+                peer.close()
+    for make in (lambda: connect("127.0.0.1", port, 2.5),
+                 lambda: socket.create_connection(("127.0.0.1", port), 2.5)):
+        with pytest.raises(ConnectionRefusedError):          # the port is closed now
+            make()
+    for make in (lambda: connect("no-such-host.invalid", 80, 2.5),
+                 lambda: socket.create_connection(("no-such-host.invalid", 80), 2.5)):
+        with pytest.raises(socket.gaierror):
+            make()
+
+
+# --- a bearer token, checked with str methods (auth.token_from) ----------------------
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,65536}")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("aZ09!~ \t\r\n\x00\x7f\x80é\u2028-._")), max_size=20))
+def test_tokens(text: str) -> None:
+    import json
+
+    from stacko.registry.auth import RegistryError, token_from
+    try:
+        token_from(json.dumps({"token": text}).encode(), "the token service")
+        taken = True
+    except RegistryError:
+        taken = False
+    assert taken == bool(TOKEN_RE.fullmatch(text))
+    assert not taken or len(text) <= 65536

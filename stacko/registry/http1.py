@@ -27,11 +27,13 @@ before each receive, and ``Expired`` raised once it has passed.
 """
 from __future__ import annotations
 
-import socket
 import time
+
+from stacko.lean import SocketTimeout, connect
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import socket
     import ssl
 
 MAX_LINE = 8 << 10          # one line of a head, or of trailers
@@ -152,7 +154,7 @@ class Stream:
             self.current = timeout
         try:
             data = self.sock.recv(size)
-        except socket.timeout:
+        except SocketTimeout:
             if meter is not None and timeout is not None and timeout < meter.silence:
                 raise Expired("the deadline passed") from None  # cut short by the deadline
             raise
@@ -434,16 +436,18 @@ class Connection:
         self.method = "GET"
 
     def connect(self) -> None:
-        sock = socket.create_connection((address(self.host), self.port),  # type: ignore[arg-type]
-                                        self.timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.context is not None:
+        if self.context is None:    # plain HTTP: the socket module is not needed
+            sock = connect(address(self.host), self.port, self.timeout, no_delay=True)
+        else:
+            import socket           # which ssl imports anyway
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock = self.context.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock, self.stream = sock, Stream(sock)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock, self.stream = sock, Stream(sock)  # type: ignore[arg-type]
 
     def request(self, method: str, target: str, body: object = None,
                 headers: dict[str, str] | None = None) -> None:

@@ -28,9 +28,9 @@ see there why), and TLS is ssl's, imported only when a connection speaks it.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
+from stacko.lean import connect
 from stacko.registry.auth import RegistryError
 from stacko.registry.http1 import (STALL_BYTES, Expired, MalformedResponse, Meter, address,
                                    split_netloc)
@@ -189,10 +189,12 @@ def speaks_plain_http(netloc: str, timeout: float) -> bool:
     host, port = split_netloc(netloc, 443)
     timeout = min(timeout, SNIFF)
     try:
-        with socket.create_connection((address(host), port), timeout) as sock:  # type: ignore[arg-type]
-            sock.settimeout(timeout)
-            sock.sendall(client_hello(host))
-            first = sock.recv(1)
+        sock = connect(address(host), port, timeout)
+        try:
+            sock.sendall(client_hello(host))  # type: ignore[attr-defined]
+            first = sock.recv(1)  # type: ignore[attr-defined]
+        finally:
+            sock.close()  # type: ignore[attr-defined]
     except OSError:
         return False
     return bool(first) and not 20 <= first[0] <= 24
