@@ -77,24 +77,31 @@ def _read_file(path: str) -> bytes | None:
 
 
 def _read_http(url: str, end: float) -> bytes | None:
-    import http.client
+    """One signature over http(s), or None when there is none (404); through
+    stacko's own HTTP (stacko/registry/http1.py, bounded heads and bodies),
+    every receive within the deadline end: a server that trickles a byte at a
+    time cannot hold the pull."""
+    from stacko.registry.http1 import Connection, Expired, Meter
     for _ in range(REDIRECTS + 1):
         parts = urlsplit(url)
         left = end - time.monotonic()
         if left <= 0:
             raise LookasideError(f"reading the signatures from the lookaside timed out at {url}")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else \
-            http.client.HTTPConnection
-        conn = cls(parts.netloc, timeout=min(left, 30.0))
+        context = None
+        if parts.scheme == "https":
+            import ssl      # as http.client did: the system CAs, the host name checked
+            context = ssl.create_default_context()
+        conn = Connection(parts.netloc, timeout=min(left, 30.0), context=context)
         try:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", target, headers={"User-Agent": "stacko"})
+            conn.meter = Meter(left, min(left, 30.0))      # its deadline is end
             response = conn.getresponse()
             status = response.status
             if status == 404:
                 return None
             if status in (301, 302, 303, 307, 308):
-                location = response.getheader("Location") or ""
+                location = response.headers.get("Location") or ""
                 new = urljoin(url, location)
                 if urlsplit(new).scheme not in ("http", "https") or (
                         parts.scheme == "https" and urlsplit(new).scheme != "https"):
@@ -105,30 +112,18 @@ def _read_http(url: str, end: float) -> bytes | None:
             if status != 200:
                 raise LookasideError(f"reading the signature {url}: HTTP {status} "
                                      f"{response.reason}")
-            data = _read_until(response, end, url)
+            data = response.read(MAX_SIGNATURE + 1)
             if len(data) > MAX_SIGNATURE:
                 raise LookasideError(f"the signature {url} is larger than {MAX_SIGNATURE} "
                                      "bytes")
             return data
-        except (OSError, http.client.HTTPException) as e:
+        except Expired:
+            raise LookasideError(f"reading the signature {url} timed out") from None
+        except (OSError, ValueError) as e:
             raise LookasideError(f"reading the signature {url}: {e}") from None
         finally:
             conn.close()
     raise LookasideError(f"the lookaside redirects {url} more than {REDIRECTS} times")
-
-
-def _read_until(response: object, end: float, url: str) -> bytes:
-    """At most MAX_SIGNATURE + 1 bytes, before the deadline: a server that
-    trickles a byte at a time cannot hold the pull."""
-    data = bytearray()
-    while len(data) <= MAX_SIGNATURE:
-        if time.monotonic() > end:
-            raise LookasideError(f"reading the signature {url} timed out")
-        chunk = response.read1(min(1 << 16, MAX_SIGNATURE + 1 - len(data)))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 def write(base: str, repo_path: str, digest: str, blob: bytes) -> str:
