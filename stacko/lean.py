@@ -95,12 +95,11 @@ except ImportError:             # an interpreter without it
 
 
 # --- socket.create_connection ---------------------------------------------------------
-try:   # the C module behind socket; socket.timeout is its timeout
+try:   # the C module behind socket
     import _socket
-    SocketTimeout = _socket.timeout
 except ImportError:             # an interpreter without it
     import socket as _socket    # type: ignore[no-redef]
-    SocketTimeout = _socket.timeout
+SocketTimeout: type[OSError] = _socket.timeout     # socket.timeout
 
 
 def connect(host: str | bytes, port: int, timeout: float, no_delay: bool = False) -> object:

@@ -90,6 +90,7 @@ FLOORS = {
     "stacko.registry.auth": NOUNS,
     "stacko.registry.transport": NOUNS,
     "stacko.registry.http1": NOUNS,
+    "stacko.registry.wire": NOUNS,
     "stacko.registry.look": NOUNS,
     "stacko.formats.ocicheck": NOUNS,
     "stacko.formats.tarend": NOUNS,
