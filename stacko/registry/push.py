@@ -40,6 +40,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from stacko.formats.ociexport import Blob
 
 WORKERS = 4
+PACKERS = 2             # layers packed at once (the gzip writer uses every core as well)
 # Media types of layer blobs by compression: a Docker gzip layer is the same
 # bytes as an OCI one, and goes into the manifest under the OCI type.
 COMPRESSIONS = {
@@ -126,6 +127,23 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
     and diff_ids; finish() runs while the last uploads go on, and what it
     returns is returned once they are done."""
     sent: dict[str, Task] = {}
+    packing: list[tuple[int, Task]] = []       # in the order of the stack
+
+    def packed(n: int, task: Task) -> None:
+        """A layer packed: its upload starts (unless the same blob went already)."""
+        blob, diff_id = task.result()  # type: ignore[misc]
+        run.debug(f"stacko: packed {chain[n].name} as {blob_text(blob.digest, blob.size)}")
+        if blob.digest in sent:          # two layers alike: one upload
+            tally.note("skipped", blob.digest, blob.size, detail=": sent already")
+        else:
+            # At most WORKERS uploads at once: wait for the oldest.
+            running = [t for t in sent.values() if not t.done()]
+            if len(running) >= WORKERS:
+                running[0].result()
+            sent[blob.digest] = Task(send_blob, client, blob, sources, tally,
+                                     blob.digest in tried)
+        layers[n] = layer_descriptor(chain[n], LAYER_TYPES[compression], blob.digest, blob.size)
+        diff_ids[n] = diff_id
     with contextlib.ExitStack() as stack:
         work = None
         try:
@@ -141,21 +159,16 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
                 if work is None:
                     from stacko import staging
                     work = stack.enter_context(staging.staging_dir(store.tmp_dir, "export"))
+                # At most PACKERS layers packed at once; those done are sent, in order.
+                while len([t for _, t in packing if not t.done()]) >= PACKERS:
+                    next(t for _, t in packing if not t.done()).wait()
+                while packing and packing[0][1].done():
+                    packed(*packing.pop(0))
                 moved.progress(f"packing layer {n + 1}/{len(chain)} ({image.name})")
-                blob, diff_id = pack_image_layer(store, image, n + 1, compression, work)
-                run.debug(f"stacko: packed {image.name} as {blob_text(blob.digest, blob.size)}")
-                if blob.digest in sent:          # two layers alike: one upload
-                    tally.note("skipped", blob.digest, blob.size, detail=": sent already")
-                else:
-                    # At most WORKERS uploads at once: wait for the oldest.
-                    running = [t for t in sent.values() if not t.done()]
-                    if len(running) >= WORKERS:
-                        running[0].result()
-                    sent[blob.digest] = Task(send_blob, client, blob, sources, tally,
-                                             blob.digest in tried)
-                layers[n] = layer_descriptor(image, LAYER_TYPES[compression], blob.digest,
-                                             blob.size)
-                diff_ids[n] = diff_id
+                packing.append((n, Task(pack_image_layer, store, image, n + 1, compression,
+                                        work)))
+            while packing:
+                packed(*packing.pop(0))
             done = finish()
             if sent:
                 moved.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}")
@@ -163,8 +176,8 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
                 task.result()
             return done
         finally:
-            for task in sent.values():      # no upload reads a file that is being removed
-                task.wait()
+            for task in [t for _, t in packing] + list(sent.values()):
+                task.wait()                 # nothing reads or writes a file being removed
             moved.progress("")
 
 
