@@ -12,8 +12,11 @@ verbose = False
 
 
 def log(message: str) -> None:
-    """Progress and diagnostics: always stderr, never stdout."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress and diagnostics: always stderr, never stdout.  One write of the
+    whole line (print writes the line and its newline apart): lines that
+    threads log at once (push-image's uploads) do not run into each other."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def debug(message: str) -> None:

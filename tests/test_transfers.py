@@ -49,6 +49,24 @@ def packed(stderr: str) -> list:
 
 
 # --- no root, no registry ----------------------------------------------------------------
+def test_a_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """push-image's threads log at once (uploads, the config): each line must
+    reach stderr in one write, or two lines can run into each other."""
+    import io
+    import sys
+
+    from stacko import log
+    writes: list = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    log.log("stacko: uploaded sha256:aa (1 B)")
+    assert writes == ["stacko: uploaded sha256:aa (1 B)\n"]
+
+
 def test_sizes_and_summaries_read_as_a_person_writes_them() -> None:
     assert [size_text(n) for n in (0, 999, 1000, 1_049_000, 3_200_000_000)] == \
         ["0 B", "999 B", "1.0 kB", "1.0 MB", "3.2 GB"]
