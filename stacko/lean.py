@@ -23,6 +23,7 @@ except ImportError:             # an interpreter without it
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable
+    from typing import Any
 
     Function = Callable[..., object]
 
@@ -95,11 +96,22 @@ except ImportError:             # an interpreter without it
 
 
 # --- socket.create_connection ---------------------------------------------------------
-try:   # the C module behind socket
-    import _socket
-except ImportError:             # an interpreter without it
-    import socket as _socket    # type: ignore[no-redef]
-SocketTimeout: type[OSError] = _socket.timeout     # socket.timeout
+# Both import _socket when first asked for, not with this module: every command
+# imports lean.py, and loading _socket costs a start ~0.4 ms.
+def _socket_module() -> object:
+    try:   # the C module behind socket
+        import _socket
+    except ImportError:             # an interpreter without it
+        import socket as _socket    # type: ignore[no-redef]
+    return _socket
+
+
+def __getattr__(name: str) -> type[OSError]:
+    """lean.SocketTimeout: socket.timeout (TimeoutError since 3.10), made when
+    first asked for."""
+    if name == "SocketTimeout":
+        return _socket_module().timeout  # type: ignore[attr-defined,no-any-return]
+    raise AttributeError(f"module 'stacko.lean' has no attribute {name!r}")
 
 
 def connect(host: str | bytes, port: int, timeout: float, no_delay: bool = False) -> object:
@@ -108,6 +120,7 @@ def connect(host: str | bytes, port: int, timeout: float, no_delay: bool = False
     a look at a registry ~3 ms.  The socket returned is _socket's: recv,
     sendall, settimeout, setsockopt, fileno and close as socket's, but not a
     context manager.  no_delay: TCP_NODELAY set before connecting."""
+    _socket: Any = _socket_module()
     failures: list[OSError] = []
     for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0,
                                                                 _socket.SOCK_STREAM):
