@@ -280,6 +280,22 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
 
     finished = [threading.Event() for _ in jobs]
     cancel = threading.Event()
+    # A layer's data starts to be written back once its files are complete, while
+    # the others unpack; record()'s syncfs still makes all of it durable.  An
+    # error an early syncfs sees is raised here: it would not be reported twice.
+    syncs: list[threading.Thread] = []
+    sync_errors: list[BaseException] = []
+
+    def sync_early(target: str) -> None:
+        try:
+            durable.sync_filesystem(target)
+        except BaseException as e:
+            sync_errors.append(e)
+
+    def unpacked(n: int) -> None:
+        finished[n].set()
+        syncs.append(threading.Thread(target=sync_early, args=(jobs[n][2],), daemon=True))
+        syncs[-1].start()
 
     def work(n: int) -> tuple[str | None, content.Manifest]:
         spec, image, target, beneath = jobs[n]
@@ -292,7 +308,7 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
         try:
             # The layers above may finish as soon as this one's files are complete.
             done = unpack_one(spec, target, beneath, wait_beneath, cancel, budget,
-                              unpacked=finished[n].set)
+                              unpacked=lambda: unpacked(n))
             if tally is not None:
                 tally.note("fetched", spec.digest, spec.size)
             return done
@@ -320,6 +336,10 @@ def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
         finally:
             cancel.set()       # Ctrl-C, SIGTERM: the workers stop at their next read
             progress("")
+    for thread in syncs:
+        thread.join()
+    if sync_errors:
+        raise sync_errors[0]
     return new
 
 

@@ -327,3 +327,34 @@ def test_checksums_over_bytes_above_127_signed_or_not() -> None:
     assert len(read_all(bytes(block) + bytes(1024))) == 1
     block[148:156] = b"%06o\0 " % (signed + 1)
     refused(bytes(block) + bytes(1024), "not a valid tar archive")
+
+
+# --- the early write-back of layers unpacked in parallel (oci.unpack_parallel) --------
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_an_error_of_an_early_syncfs_fails_the_import(tmp_path: Path, monkeypatch) -> None:
+    """A writeback error that a layer's early syncfs sees would not be seen again
+    by the final one (errseq): the import must fail on it, recording nothing."""
+    import threading
+
+    from ocigen import f, write_layout
+
+    from stacko import durable
+    from stacko.errors import StackoError
+    from stacko.cli import main
+    layout = tmp_path / "layout"
+    write_layout(layout, [[f("a", b"1")], [f("b", b"2")], [f("c", b"3")]])
+    real = durable.sync_filesystem
+    early = []
+
+    def failing(path: str) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            early.append(path)
+            raise StackoError("cannot write the data under X to disk")
+        real(path)
+    monkeypatch.setattr(durable, "sync_filesystem", failing)
+    root = tmp_path / "root"
+    assert main(["--root", str(root), "new-image", "keep"]) == 0
+    before = (root / "images.json").read_bytes()
+    assert main(["--root", str(root), "import-image", "x", str(layout)]) == 1
+    assert early
+    assert (root / "images.json").read_bytes() == before
