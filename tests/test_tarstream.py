@@ -304,8 +304,14 @@ def test_paths_taken_beforehand_are_replaced_not_followed(tmp_path: Path) -> Non
     (root / "plain").write_text("old")
     (root / "dir").mkdir()
     (root / "dir" / "inner").write_text("old")
-    members = [("evil", b"mine"), ("plain", b"new"), ("dir", b"file now")]
-    members += [(f"f{n}", b"%d" % n) for n in range(100)]     # several batches
+    # Taken paths among the first files (which the unpacking thread writes) and
+    # among the later ones (handed to the writer threads, in several batches).
+    taken = [("evil", b"mine"), ("plain", b"new"), ("dir", b"file now")]
+    members = taken + [(f"f{n}", b"%d" % n) for n in range(100)] + [
+        (f"late-{name}", body) for name, body in taken]
+    os.symlink(str(outside), root / "late-evil")
+    (root / "late-plain").write_text("old")
+    (root / "late-dir").mkdir()
     data = b"".join(header(name, len(body), mode=0o640) + pad(body) for name, body in members)
     hashes = unpack_layer(io.BytesIO(data + bytes(1024)), str(root))
     assert outside.read_text() == "keep"

@@ -42,6 +42,7 @@ OVERLAY_XATTR_PREFIX = "trusted.overlay."
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 CHUNK = 1 << 20
 POOLED = 1 << 20     # files up to this size are written by the writers' threads
+SERIAL_FILES = 64    # written by the unpacking thread before the writers start
 __all__ = ["BadLayer", "HostileArchive", "NoSpace", "SpaceBudget", "BLOCK", "SPARE_INODES",
            "unpack_layer", "clean_name"]
 
@@ -87,7 +88,7 @@ class Unpacker:
     from there, so that the merged view does not change it.
     """
     __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "hashes",
-                 "before_finish", "_implicit", "_made", "_writers")
+                 "before_finish", "_implicit", "_made", "_writers", "_serial")
 
     def __init__(self, root: str, lowers: Sequence[str] = (), budget: SpaceBudget | None = None,
                  before_finish: Callable[[], None] | None = None) -> None:
@@ -105,7 +106,8 @@ class Unpacker:
         self.before_finish = before_finish
         self._implicit: list[str] = []
         self._made: set[str] = set()             # what this layer made, but directories
-        self._writers = Writers(self.hashes, budget)
+        self._writers: Writers | None = None     # started after SERIAL_FILES files
+        self._serial = 0
 
     def unpack(self, stream: io.BufferedIOBase) -> None:
         tar = TarReader(stream)
@@ -122,12 +124,18 @@ class Unpacker:
                                    f"value ({e}); refusing it") from None
             self._settle()
         finally:
-            self._writers.close()
+            if self._writers is not None:
+                self._writers.close()
         self._finish()
+
+    def _pending(self, rel: str) -> bool:
+        return self._writers is not None and rel in self._writers.pending
 
     def _settle(self) -> None:
         """Wait for the files handed to the writers; redo, after making room, those
         whose path was taken (by something this layer did not make)."""
+        if self._writers is None:
+            return
         for job in self._writers.settle():
             path = job[0]
             self._remove(path[len(self.root) + 1:], path)
@@ -164,10 +172,23 @@ class Unpacker:
             # Handed to the writers (who charge the budget); its data stays in
             # the reader's chunks till then.
             self._made.add(rel)
-            self._writers.add(rel, (path, tar.views(member.size), member.uid, member.gid,
-                                    member.mode, member.mtime_ns,
-                                    member_xattrs(member) if member.xattrs else None),
-                              member.size)
+            job = (path, tar.views(member.size), member.uid, member.gid, member.mode,
+                   member.mtime_ns, member_xattrs(member) if member.xattrs else None)
+            if self._writers is None and self._serial < SERIAL_FILES:
+                # A small layer is written by this thread alone: no threads to start.
+                self._serial += 1
+                if self.budget is not None:
+                    self.budget.take(member.size,
+                                     lambda: f"archive member {quote(member.name)}", inodes=1)
+                try:
+                    write_file(job, self.hashes)
+                except FileExistsError:       # taken by what this layer did not make
+                    self._remove(rel, path)
+                    write_file(job, self.hashes)
+                return
+            if self._writers is None:
+                self._writers = Writers(self.hashes, self.budget)
+            self._writers.add(rel, job, member.size)
             return
         if self.budget is not None and kind != REG:      # a file: in _write_file
             self.budget.take_entry(lambda: f"archive member {quote(member.name)}")
@@ -208,7 +229,7 @@ class Unpacker:
             if sub in self._dirs:
                 continue
             path = self._path(sub)
-            if sub in self._writers.pending:
+            if self._pending(sub):
                 self._settle()
             try:
                 st = os.lstat(path)
@@ -267,7 +288,7 @@ class Unpacker:
         if not name or name in (".", "..") or "/" in name:
             raise HostileArchive(f"archive member {quote(member)} is a malformed whiteout")
         path = self._path(rel)
-        if rel in self._writers.pending:
+        if self._pending(rel):
             self._settle()
         if os.path.lexists(path):
             return    # a whiteout hides lower layers only, never its own layer's entry
