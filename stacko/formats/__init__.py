@@ -1,6 +1,7 @@
 """Image formats: what stacko reads and writes besides its own state.
 
-``layertar`` unpacks and packs one layer's tar (whiteouts, xattrs, holes);
+``layertar`` unpacks one layer's tar (whiteouts, xattrs, holes), read by
+``tarstream``, stacko's own tar reader; ``layerpack`` packs one;
 ``ocisource`` reads OCI layouts and archives, docker archives and rootfs
 tarballs; ``ociexport`` writes OCI archives; ``dirsource`` copies a plain
 directory in; ``compression`` is gzip (ISA-L) and zstd; ``runsettings`` is the
