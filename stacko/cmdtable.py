@@ -257,7 +257,7 @@ COMMANDS = [
             arg("--platform", metavar="OS/ARCH",
                            help="the platform to take from a multi-platform image "
                                 "(default: this machine's)"),
-            POLICY, REGISTRIES_D, *REGISTRY_OPTIONS),
+            POLICY, REGISTRIES_D, *REGISTRY_OPTIONS, quick=True),
     Command("push-image", cmd_push_image,
             "push an image's stack to an OCI registry, one layer per image",
             described(NAME, "the image to push, with the images beneath it"), REF, COMPRESSION,

@@ -191,6 +191,7 @@ def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> 
             assert "stacko.formats.tarstream" in modules, argv
             assert modules & {"tarfile", "stacko.formats.ociexport", "stacko.formats.layerpack",
                               "stacko.formats.sourcepath", "subwrap"} == set(), argv
+            assert "argparse" not in modules, argv          # the quick parse takes it
         # stacko's own HTTP (http1.py), and no ssl for a registry of plain HTTP
         assert modules & {"http.client", "email", "ssl"} == set(), argv
         check_no_typing(modules, cause, argv)

@@ -56,6 +56,10 @@ TAKEN = [
      "--policy=/p.json", "--registries.d", "/d", "--cert-dir=/c", "--authfile", "/a.json",
      "--creds", "ci", "--password-stdin", "--password-file=", "--keep", "3"],
     ["update-stackpoint", "web", "localhost:5000/a", "--check=sh -c 'x --y'", "--creds=u:-p", "--check-timeout=0.5"],
+    ["pull-image", "app", "127.0.0.1:5000/app:v1", "--tls-verify=false"],
+    ["-v", "pull-image", "app", "docker://reg.example/a/b@sha256:" + "b" * 64, "--platform",
+     "linux/arm64", "--policy=/p.json", "--registries.d", "/d", "--cert-dir=/c",
+     "--authfile", "/a.json", "--creds", "ci", "--password-stdin"],
 ]
 
 DECLINED = [
@@ -148,6 +152,22 @@ def test_any_update_line_the_quick_parse_takes_argparse_parses_the_same(words: l
     assert agrees(["update-stackpoint", *words])
 
 
+# pull-image's lines (issue 21: argparse was ~10 % of a pull of an update).
+PULL_OPTIONS = sorted(cli.QUICK["pull-image"][2]) + ["--password-stdin"]
+PULL_WORDS = st.sampled_from(
+    PULL_OPTIONS + [o + "=" for o in PULL_OPTIONS] + [o + "=2" for o in PULL_OPTIONS]
+    + [o[:-1] for o in PULL_OPTIONS]
+    + ["app", "h.example/a", "127.0.0.1:5000/a:b", "debian:12", "2", "false", "true",
+       "--tls-verify=false", "--tls-verify=yes", "--", "-v", "--root", "/r", "-h", "",
+       "linux/arm64", "--keep", "--dry-run"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(PULL_WORDS, max_size=7))
+def test_any_pull_line_the_quick_parse_takes_argparse_parses_the_same(words: list[str]) -> None:
+    assert agrees(["pull-image", *words])
+
+
 def test_the_quick_grammar_is_the_command_tables() -> None:
     plain = {command: (tuple(dest for dest, _ in positional), flags, sorted(options))
              for command, (positional, flags, options) in cli.QUICK.items()}
@@ -160,7 +180,10 @@ def test_the_quick_grammar_is_the_command_tables() -> None:
         "update-stackpoint": (("point", "ref"), ("--password-stdin", "--dry-run"), [
             "--authfile", "--cert-dir", "--check", "--check-timeout", "--creds", "--keep",
             "--password-file", "--platform", "--policy", "--registries.d", "--tls-verify",
-            "--tries"])}
+            "--tries"]),
+        "pull-image": (("name", "ref"), ("--password-stdin",), [
+            "--authfile", "--cert-dir", "--creds", "--password-file", "--platform", "--policy",
+            "--registries.d", "--tls-verify"])}
     assert cli.QUICK["update-stackpoint"][2]["--tls-verify"] == ("tls_verify", cli.boolean,
                                                                  True, True)
     for command in cli.COMMANDS:
