@@ -103,11 +103,19 @@ def lock_holder(root: Path) -> subprocess.Popen:
     return holder
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def waiting(root: Path, *args: str) -> "tuple[subprocess.Popen, str]":
     """A stacko command started while the lock is held, once it has said that it
     waits: its first line on stderr, read as it comes, however slow the start
     (a generous timeout only so that a command that never says so ends)."""
+    # SIGINT as a terminal gives it: a suite started in the background by a
+    # non-interactive shell has SIGINT ignored, which children inherit (and
+    # Python then keeps ignoring it, as it should).
     waiter = subprocess.Popen([sys.executable, "-m", "stacko", "--root", str(root), *args],
+                              preexec_fn=default_sigint,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=dict(os.environ, STACKO_LOCK_TIMEOUT="240",
                                        PYTHONPATH=str(Path(__file__).parent.parent)))
