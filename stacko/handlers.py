@@ -235,20 +235,20 @@ def cmd_fallback_stackpoint(args: Args) -> int:
 
 
 def cmd_new_stackpoint_instance(args: Args) -> int:
-    from stacko import stackpoints
-    stackpoints.new_instance(store(args), args.point, args.image)
+    from stacko import instances
+    instances.new_instance(store(args), args.point, args.image)
     return 0
 
 
 def cmd_set_stackpoint_instance(args: Args) -> int:
-    from stacko import stackpoints
-    stackpoints.set_instance(store(args), args.point, args.image)
+    from stacko import instances
+    instances.set_instance(store(args), args.point, args.image)
     return 0
 
 
 def cmd_delete_stackpoint_instance(args: Args) -> int:
-    from stacko import stackpoints
-    stackpoints.delete_instance(store(args), args.point, args.image)
+    from stacko import instances
+    instances.delete_instance(store(args), args.point, args.image)
     return 0
 
 

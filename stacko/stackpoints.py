@@ -1,20 +1,20 @@
 """Stackpoints: named directories that show one instance of an image stack.
 
 The commands on stackpoints (new, delete, mount, umount, cutover, fallback,
-set, confirm, the instances, the listing).  Their rooms: guard.py (what must
-hold before a mount, a switch or an unmount), switch.py (mounting an
-instance, and switching from one to another so that a failure at any step
-puts back what the earlier steps did), tentative.py (cutovers that have not
-proved themselves yet).  Killed between two steps of a switch, the state on
-disk is either the old or the new stackpoint, unmounted at worst, and
-mount-stackpoint finishes the job.
+confirm, the listing). Their rooms: instances.py (new, set and delete
+instances), guard.py (what must hold before a mount, a switch or an
+unmount), switch.py (mounting an instance, and switching from one to another
+so that a failure at any step puts back what the earlier steps did),
+tentative.py (cutovers that have not proved themselves yet). Killed between
+two steps of a switch, the state on disk is either the old or the new
+stackpoint, unmounted at worst, and mount-stackpoint finishes the job.
 """
 from __future__ import annotations
 
 import os
 
 from stacko import events, overlay
-from stacko.errors import (AlreadyExists, ImageNotFound, InstanceNotFound, StackoError,
+from stacko.errors import (AlreadyExists, ImageNotFound, StackoError,
                            StackpointBusy, StackpointNotFound)
 from stacko.guard import _check_path, _is_instance, _refuse_if_held, checked_dir, mounted_instance
 from stacko.names import check_name, utc_time
@@ -313,56 +313,6 @@ def fallback(store: Store, name: str) -> str:
 
 
 @locked(exclusive=True)
-def new_instance(store: Store, name: str, image: str) -> None:
-    from stacko import images as images_mod
-    images = store.load_images()
-    points = store.load_stackpoints()
-    with OrderHint(images, points, name, image, "new-stackpoint-instance"):
-        images_mod.get(images, image)
-        point = get(points, name)
-    if point.instance(image) is not None:
-        raise AlreadyExists(f"stackpoint {name!r} has an instance of {image!r} already")
-    points = undo_if_interrupted(store, points, name, "new-stackpoint-instance")
-    point = get(points, name)
-    inst = _new_instance(store, images, name, image)
-    try:
-        store.save_stackpoints({**points, name: point.with_instance(inst)})
-    except BaseException:
-        remove_layer(store, inst.layer)
-        raise
-
-
-def _instance(point: Stackpoint, image: str) -> Instance:
-    check_name(image, "image name")
-    inst = point.instance(image)
-    if inst is None:
-        from stacko.suggest import did_you_mean
-        raise InstanceNotFound(f"stackpoint {point.name!r} has no instance of {image!r}",
-                               hint=did_you_mean(image, [i.image for i in point.instances],
-                                                 f"`stacko new-stackpoint-instance "
-                                                 f"{point.name} {image}` makes one"))
-    return inst
-
-
-@locked(exclusive=True)
-def set_instance(store: Store, name: str, image: str) -> None:
-    images = store.load_images()
-    points = store.load_stackpoints()
-    with OrderHint(images, points, name, image, "set-stackpoint-instance"):
-        point = get(points, name)
-    _instance(point, image)
-    points = undo_if_interrupted(store, points, name, "set-stackpoint-instance")
-    point = get(points, name)
-    if image == point.current:
-        return
-    refuse_if_checking(point, "set-stackpoint-instance")
-    refuse_if_tentative(point, "set-stackpoint-instance")
-    new = replace(point.switched_to(image), tentative=None, checking=None)
-    new = events.add(new, "set", point.current, image, "set-stackpoint-instance")
-    _switch(store, images, points, new, None, mount=False, action="set-stackpoint-instance")
-
-
-@locked(exclusive=True)
 def confirm(store: Store, name: str) -> bool:
     """Make a tentative cutover permanent; False when nothing was tentative."""
     points = undo_if_interrupted(store, store.load_stackpoints(), name, "confirm-stackpoint")
@@ -376,29 +326,6 @@ def confirm(store: Store, name: str) -> bool:
                      f"tr{'ies' if tentative.tries != 1 else 'y'}")
     store.save_stackpoints({**points, name: new})
     return True
-
-
-@locked(exclusive=True)
-def delete_instance(store: Store, name: str, image: str) -> None:
-    points = store.load_stackpoints()
-    with OrderHint(store.load_images(), points, name, image, "delete-stackpoint-instance"):
-        point = get(points, name)
-    _instance(point, image)
-    points = undo_if_interrupted(store, points, name, "delete-stackpoint-instance")
-    point = get(points, name)
-    inst = _instance(point, image)
-    refuse_if_checking(point, "delete-stackpoint-instance")
-    refuse_if_tentative(point, "delete-stackpoint-instance", deleting=image)
-    if image == point.current:
-        raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",
-                          hint="switch to another instance first, or delete the stackpoint")
-    mounted = mounted_instance(store, point)
-    if mounted is not None and mounted.image == image:
-        raise StackpointBusy(f"the instance of {image!r} is mounted at {store.stackpoint_dir(point)}",
-                             hint=f"run `stacko umount-stackpoint {name}` first")
-    point = _refuse_if_held(store, point, image, "delete-stackpoint-instance")
-    store.save_stackpoints({**points, name: point.without_instance(image)})
-    remove_layer(store, inst.layer)
 
 
 @record

@@ -74,6 +74,7 @@ FLOORS = {
     "stacko.layers": NOUNS,
     "stacko.images": NOUNS,
     "stacko.stackpoints": NOUNS,
+    "stacko.instances": NOUNS,
     "stacko.guard": NOUNS,
     "stacko.switch": NOUNS,
     "stacko.tentative": NOUNS,
