@@ -22,7 +22,8 @@ from stacko.moved import Tally
 from stacko.names import check_name
 from stacko.records import Image
 from stacko.registry.client import Client, Options, RegistryError, Response
-from stacko.registry.transport import STALL_BYTES, TIMEOUT_VARIABLE, Expired
+from stacko.registry.transport import (STALL_BYTES, TIMEOUT_VARIABLE, Expired, describe,
+                                       transient)
 from stacko.registry.ref import Reference, parse
 # The look at REF's manifest (update-stackpoint's too) is look.py's; named here as before.
 from stacko.registry.look import (ACCEPT, describe_platform, document,  # noqa: F401
@@ -213,8 +214,17 @@ class BlobReader:
                                     hint=f"on a slow link, give it longer with "
                                          f"{TIMEOUT_VARIABLE}=SECONDS") from None
             except OSError as e:
+                who = self.response.who
                 self.response.close()
                 self.response = None
+                if not transient(e):
+                    # Not HTTP (a bad chunk, a field too long): the server's answer
+                    # is wrong, and asking again gets the same; only a network's
+                    # failure is worth resuming.
+                    raise RegistryError(f"{who} sent the blob {self.digest} "
+                                        f"in an answer that is not valid HTTP: {describe(e)}",
+                                        hint="the registry (or a proxy before it) is broken; "
+                                             "retrying will not help") from None
                 self.resumes += 1
                 if self.resumes > RESUMES:
                     raise RegistryError(f"the download of {self.digest} broke off "

@@ -263,7 +263,7 @@ def send_config(client: Client, data: bytes, digest: str, source: str | None,
         if r.status == 201:
             tally.note("mounted", digest, size, False, detail=f" from {source}")
             return
-        location = r.headers.get("Location")
+        location = r.headers.get("Location") if r.status == 202 else None
     if not location:
         client.upload_blob(digest, size, lambda: data)
     else:
@@ -288,12 +288,23 @@ def query_text(pairs: list[tuple[str, str]]) -> str:
     return query(pairs)
 
 
+# Answers to a mount that mean "not mounted, upload it instead": 202 opens an
+# upload session; 401 (after the credentials were sent) and 403 say the
+# credentials may not read the source repository, which is no reason to fail
+# a push that can upload the blob (the upload then says if they may not push).
+MOUNT_REFUSED = (401, 403)
+
+
 def post_mount(client: Client, digest: str, source: str) -> Response:
     """Ask the registry to link a blob it holds in source: 201 when done, 202
-    (an upload session opened instead) when not."""
-    return client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?"
-                          f"{query_text([('mount', digest), ('from', source)])}",
-                          scope=client.scope(source), ok=(201, 202))
+    (an upload session opened instead) or MOUNT_REFUSED when not."""
+    r = client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?"
+                       f"{query_text([('mount', digest), ('from', source)])}",
+                       scope=client.scope(source), ok=(201, 202) + MOUNT_REFUSED)
+    if r.status in MOUNT_REFUSED:
+        run.debug(f"stacko: {r.who} refused to mount {digest} from {source} "
+                  f"(HTTP {r.status}): uploading it instead")
+    return r
 
 
 def mount_blob(client: Client, digest: str, source: str) -> bool:
