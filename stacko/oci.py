@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 
 from stacko import content, durable, moved
@@ -27,15 +26,15 @@ from stacko import overlay
 from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
-from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
-from stacko.formats.compression import decompressed
-from stacko.formats.ocisource import BadArchive, DigestMismatch, HashingReader, LayerSpec
+from stacko.formats.layertar import BadLayer
+from stacko.formats.ocisource import BadArchive, LayerSpec
 from stacko.imageblobs import check_still, remember
 from stacko.layers import remove_layer
 from stacko.quoting import quote, quoted
 from stacko.names import check_name, is_name, utc_time
 from stacko.records import Image, replace
 from stacko.state import Store
+from stacko.unpacking import unpack_all
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
@@ -215,195 +214,6 @@ def lower_name(name: str, n: int, spec: LayerSpec, taken: set) -> str:
         raise AlreadyExists(f"image {candidate!r} exists already",
                             hint=f"import under another name than {name!r}")
     return candidate
-
-
-def unpack_all(store: Store, staging: str, below: list[Image], specs: list[LayerSpec],
-               planned: list[Image], workers: int = 1, tally: moved.Tally | None = None
-               ) -> dict[str, tuple[str, str | None, content.Manifest]]:
-    """Unpack the new layers, up to workers at once; returns image name ->
-    (staged directory, diff_id, manifest)."""
-    lowers = [store.layer_path(i.layer) for i in below]        # top first
-    jobs: list[tuple[LayerSpec, Image, str, list[str]]] = []
-    budget = SpaceBudget(staging)       # one for all the layers of the archive
-    for spec, image in zip(specs, planned):
-        if image.layer:
-            lowers.insert(0, store.layer_path(image.layer))
-            continue
-        target = os.path.join(staging, f"layer-{len(jobs)}")
-        os.mkdir(target, 0o755)
-        jobs.append((spec, image, target, list(lowers)))
-        lowers.insert(0, target)
-    if workers <= 1 or len(jobs) <= 1:
-        new = {}
-        try:
-            for done, (spec, image, target, beneath) in enumerate(jobs, start=1):
-                progress(f"unpacking layer {done}/{len(jobs)} ({image.name})")
-                new[image.name] = (target, *unpack_one(spec, target, beneath, budget=budget))
-                if tally is not None:
-                    tally.note("fetched", spec.digest, spec.size)
-        finally:
-            progress("")       # erased, and never shown after an error message
-        return new
-    return unpack_parallel(jobs, workers, budget, tally)
-
-
-def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
-               before_finish: Callable[[], None] | None = None,
-               cancel: object = None, budget: SpaceBudget | None = None,
-               unpacked: Callable[[], None] | None = None
-               ) -> tuple[str | None, content.Manifest]:
-    """Unpack one layer; returns its diff_id and its content manifest.  cancel: a
-    threading.Event that stops the unpacking at its next read when set; unpacked:
-    called once the layer's files are complete, before its manifest is made."""
-    diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel, budget)
-    if unpacked is not None:
-        unpacked()
-    # The manifest in the same pass: the data was hashed as it was written,
-    # so this reads only metadata.
-    return diff_id, content.build(target, known=hashes)
-
-
-class Cancelled(StackoError):
-    """Another layer of the same import failed: this one stops early."""
-
-
-def unpack_parallel(jobs: list[tuple[LayerSpec, Image, str, list[str]]],
-                    workers: int, budget: SpaceBudget | None = None,
-                    tally: moved.Tally | None = None
-                    ) -> dict[str, tuple[str, str | None, content.Manifest]]:
-    """Unpack several layers at once.  Each waits for the layers beneath it only
-    at the end, where directories its tar does not name take their attributes
-    from those beneath; bottom layers start first, so a worker never waits for a
-    layer that no worker has begun."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    finished = [threading.Event() for _ in jobs]
-    cancel = threading.Event()
-    # A layer's data starts to be written back once its files are complete, while
-    # the others unpack; record()'s syncfs still makes all of it durable.  An
-    # error an early syncfs sees is raised here: it would not be reported twice.
-    syncs: list[threading.Thread] = []
-    sync_errors: list[BaseException] = []
-
-    def sync_early(target: str) -> None:
-        try:
-            durable.sync_filesystem(target)
-        except BaseException as e:
-            sync_errors.append(e)
-
-    def unpacked(n: int) -> None:
-        finished[n].set()
-        syncs.append(threading.Thread(target=sync_early, args=(jobs[n][2],), daemon=True))
-        syncs[-1].start()
-
-    def work(n: int) -> tuple[str | None, content.Manifest]:
-        spec, image, target, beneath = jobs[n]
-
-        def wait_beneath() -> None:
-            for event in finished[:n]:
-                event.wait()
-            if cancel.is_set():
-                raise Cancelled("cancelled")
-        try:
-            # The layers above may finish as soon as this one's files are complete.
-            done = unpack_one(spec, target, beneath, wait_beneath, cancel, budget,
-                              unpacked=lambda: unpacked(n))
-            if tally is not None:
-                tally.note("fetched", spec.digest, spec.size)
-            return done
-        except BaseException:
-            cancel.set()
-            raise
-        finally:
-            finished[n].set()
-
-    new: dict[str, tuple[str, str | None, content.Manifest]] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(work, n) for n in range(len(jobs))]
-        try:
-            errors = []
-            for n, future in enumerate(futures):
-                try:
-                    new[jobs[n][1].name] = (jobs[n][2], *future.result())
-                    progress(f"unpacked {len(new)}/{len(jobs)} layers")
-                except Cancelled:
-                    continue
-                except BaseException as e:
-                    errors.append(e)
-            if errors:
-                raise errors[0]
-        finally:
-            cancel.set()       # Ctrl-C, SIGTERM: the workers stop at their next read
-            progress("")
-    for thread in syncs:
-        thread.join()
-    if sync_errors:
-        raise sync_errors[0]
-    return new
-
-
-class CancellableReader:
-    def __init__(self, inner: io.BufferedIOBase, cancel: object) -> None:
-        self.inner, self.cancel = inner, cancel
-
-    def read(self, n: int = -1) -> bytes:
-        if self.cancel.is_set():
-            raise Cancelled("cancelled")
-        return self.inner.read(n)
-
-
-def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
-                    before_finish: Callable[[], None] | None = None,
-                    cancel: object = None, budget: SpaceBudget | None = None
-                    ) -> tuple[str | None, dict[int, str] | None]:
-    """Unpack one layer, checking its digests as it streams by; returns its diff_id
-    (None for a directory, which is copied: there is no tar to have one) and the
-    sha256 of every file written (by inode), for its manifest (None when copied)."""
-    if spec.copy_into is not None:
-        spec.copy_into(target)
-        return None, None
-    with spec.open_blob() as blob:
-        raw = HashingReader(blob if cancel is None else CancellableReader(blob, cancel))
-        try:
-            with decompressed(raw) as plain:  # type: ignore[arg-type]
-                diff = HashingReader(plain)
-                hashes = unpack_layer(diff, target, lowers,  # type: ignore[arg-type]
-                                      before_finish, budget)
-                diff.drain()
-            raw.drain()
-        except (OSError, EOFError) as e:
-            blame_the_blob(spec, raw)
-            raise BadLayer(f"layer {quote(spec.what)} is corrupt: {e}") from None
-        except (BadLayer, HostileArchive, NoSpace) as e:
-            if isinstance(e, BadLayer):
-                blame_the_blob(spec, raw)
-            raise type(e)(f"layer {quote(spec.what)}: {e.message}", hint=e.hint) from None
-    if spec.digest is not None and raw.digest != spec.digest:
-        raise DigestMismatch(f"layer {quote(spec.what)} does not match its digest: expected "
-                             f"{spec.digest}, found {raw.digest}", hint="the archive is corrupt")
-    if spec.size is not None and raw.size != spec.size:
-        raise DigestMismatch(f"layer {quote(spec.what)} has {raw.size} bytes, its descriptor says "
-                             f"{spec.size}", hint="the archive is corrupt")
-    if spec.diff_id is not None and diff.digest != spec.diff_id:
-        raise DigestMismatch(f"layer {quote(spec.what)} does not match its diff_id: expected "
-                             f"{spec.diff_id}, found {diff.digest}", hint="the archive is corrupt")
-    return diff.digest, hashes
-
-
-def blame_the_blob(spec: LayerSpec, raw: HashingReader) -> None:
-    """A layer that cannot be read: when its blob is not the one its digest names
-    (a corrupt download or archive), say that, rather than what broke first."""
-    if spec.digest is None:
-        return
-    try:
-        raw.drain()
-    except (OSError, EOFError, StackoError):
-        return
-    if raw.digest != spec.digest:
-        raise DigestMismatch(f"layer {quote(spec.what)} does not match its digest: expected "
-                             f"{spec.digest}, found {raw.digest}",
-                             hint="the archive or the download is corrupt") from None
 
 
 def record(store: Store, images: dict[str, Image], new: dict[str, tuple],

@@ -99,6 +99,7 @@ FLOORS = {
     "stacko.formats.filewriters": NOUNS,
     "stacko.formats.prefetch": PRIMITIVES,
     "stacko.formats.spacebudget": NOUNS,
+    "stacko.unpacking": NOUNS,
     # Image signatures (GPG, sigstore): formats, policies and their protocols.
     "stacko.signing.cosignkey": NOUNS,
     "stacko.signing.dockerref": NOUNS,

@@ -168,6 +168,11 @@ def test_archive_commands_import_no_typing(state: Path, workdir: Path) -> None:
         needs = {"verify-image": {"hashlib", "stacko.content"},
                  "new-image": {"hashlib", "json", "stacko.formats.runsettings"}}
         assert needs.get(argv[0], {"tarfile", "hashlib", "json"}) <= modules, argv
+        if argv[0] == "import-image":
+            # Layers unpack on plain threads (unpacking.py, filewriters.py):
+            # concurrent.futures would bring logging, ~7 ms of every import.
+            assert "stacko.formats.tarstream" in modules, argv
+            assert modules & {"concurrent.futures", "logging"} == set(), argv
         check_no_typing(modules, cause, argv)
 
 

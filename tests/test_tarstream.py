@@ -322,6 +322,23 @@ def test_paths_taken_beforehand_are_replaced_not_followed(tmp_path: Path) -> Non
     assert len(hashes) == len(members)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_written_is_called_once_every_file_is_there_before_the_layers_beneath(
+        tmp_path: Path) -> None:
+    """An import starts a layer's write-back (written) as soon as its files are
+    complete, not after it has waited for the layers beneath (before_finish)."""
+    from stacko.formats.layertar import unpack_layer
+    root = tmp_path / "root"
+    root.mkdir()
+    members = [(f"f{n}", b"%d" % n) for n in range(200)]    # writer threads too
+    data = b"".join(header(name, len(body)) + pad(body) for name, body in members)
+    events: List[tuple] = []
+    unpack_layer(io.BytesIO(data + bytes(1024)), str(root),
+                 before_finish=lambda: events.append(("beneath", None)),
+                 written=lambda: events.append(("written", sorted(os.listdir(root)))))
+    assert events == [("written", sorted(name for name, _ in members)), ("beneath", None)]
+
+
 def test_checksums_over_bytes_above_127_signed_or_not() -> None:
     """The sum of a header of high bytes (a UTF-8 name), as new tars write it and
     as old ones (Sun, NeXT) did, with signed chars; one off is refused."""
@@ -335,7 +352,7 @@ def test_checksums_over_bytes_above_127_signed_or_not() -> None:
     refused(bytes(block) + bytes(1024), "not a valid tar archive")
 
 
-# --- the early write-back of layers unpacked in parallel (oci.unpack_parallel) --------
+# --- the early write-back of layers unpacked in parallel (unpacking.unpack_parallel) --------
 @pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
 def test_an_error_of_an_early_syncfs_fails_the_import(tmp_path: Path, monkeypatch) -> None:
     """A writeback error that a layer's early syncfs sees would not be seen again

@@ -88,10 +88,11 @@ class Unpacker:
     from there, so that the merged view does not change it.
     """
     __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "hashes",
-                 "before_finish", "_implicit", "_made", "_writers", "_serial")
+                 "before_finish", "written", "_implicit", "_made", "_writers", "_serial")
 
     def __init__(self, root: str, lowers: Sequence[str] = (), budget: SpaceBudget | None = None,
-                 before_finish: Callable[[], None] | None = None) -> None:
+                 before_finish: Callable[[], None] | None = None,
+                 written: Callable[[], None] | None = None) -> None:
         self.root = root
         self.lowers = lowers
         self.budget = budget
@@ -104,6 +105,9 @@ class Unpacker:
         # Called once the tar is read and before the layers beneath are looked at:
         # a pull unpacks several layers at once, and waits there for those beneath.
         self.before_finish = before_finish
+        # Called once every file is written, before before_finish: an import
+        # starts the layer's write-back there (unpacking.py).
+        self.written = written
         self._implicit: list[str] = []
         self._made: set[str] = set()             # what this layer made, but directories
         self._writers: Writers | None = None     # started after SERIAL_FILES files
@@ -126,6 +130,8 @@ class Unpacker:
         finally:
             if self._writers is not None:
                 self._writers.close()
+        if self.written is not None:
+            self.written()
         self._finish()
 
     def _pending(self, rel: str) -> bool:
@@ -387,10 +393,12 @@ class Unpacker:
 
 def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (),
                  before_finish: Callable[[], None] | None = None,
-                 budget: SpaceBudget | None = None) -> dict[int, str]:
+                 budget: SpaceBudget | None = None,
+                 written: Callable[[], None] | None = None) -> dict[int, str]:
     """Unpack a layer tar into root; returns inode -> sha256 of every file written
     (but for sparse files: content.build reads those)."""
-    unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget)
+    unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget,
+                        written=written)
     try:
         # Decompressed and hashed ahead, on the other core (prefetch.py).
         with Prefetched(stream) as ahead:
