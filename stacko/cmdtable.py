@@ -261,7 +261,7 @@ COMMANDS = [
     Command("push-image", cmd_push_image,
             "push an image's stack to an OCI registry, one layer per image",
             described(NAME, "the image to push, with the images beneath it"), REF, COMPRESSION,
-            *SIGNING_OPTIONS, *REGISTRY_OPTIONS),
+            *SIGNING_OPTIONS, *REGISTRY_OPTIONS, quick=True),
     Command("generate-sigstore-key", cmd_generate_sigstore_key,
             "write a new sigstore (cosign) key pair: PREFIX.private (encrypted) and PREFIX.pub",
             arg("--output-prefix", metavar="PREFIX", required=True,
@@ -394,9 +394,22 @@ COMMANDS = [
 # the command table's: each command marked quick=True gives its positionals
 # (names or REFs, checked as their type= checks them), its flags, and its
 # options: --opt VALUE or --opt=VALUE, the value converted by its type= (one
-# of VALUE_TYPES); an option whose value is optional (nargs="?") only as
-# --opt=VALUE, since whether argparse takes the next word depends on it.
+# of VALUE_TYPES) or checked against its choices (push-image's --compression);
+# an option whose value is optional (nargs="?") only as --opt=VALUE, since
+# whether argparse takes the next word depends on it.
 POSITIONAL_TYPES = (name, reference)
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """The quick parse's check of an option with choices (and no type=): a
+    value that is not one of them raises, and the line goes to argparse."""
+    def check(text: str) -> str:
+        if text not in choices:
+            raise ValueError(text)
+        return text
+    return check
+
+
 VALUE_TYPES = (None, seconds, non_negative, boolean)
 
 
@@ -421,6 +434,10 @@ def quick_grammar(command: Command) -> Grammar:
                 and kwargs["nargs"] == "?" and kwargs["type"] in VALUE_TYPES:
             options[flag] = (flag[2:].replace("-", "_"), kwargs["type"],  # type: ignore[assignment]
                              kwargs["default"], True)
+        elif long_option and keys == {"choices", "default"} \
+                and all(isinstance(c, str) for c in kwargs["choices"]):  # type: ignore[attr-defined]
+            options[flag] = (flag[2:].replace("-", "_"),  # type: ignore[assignment]
+                             one_of(kwargs["choices"]), kwargs["default"], False)  # type: ignore[arg-type]
         elif not flag.startswith("-") and keys == {"type"} and kwargs["type"] in POSITIONAL_TYPES:
             positional.append((flag, kwargs["type"]))  # type: ignore[arg-type]
         else:

@@ -60,6 +60,11 @@ TAKEN = [
     ["-v", "pull-image", "app", "docker://reg.example/a/b@sha256:" + "b" * 64, "--platform",
      "linux/arm64", "--policy=/p.json", "--registries.d", "/d", "--cert-dir=/c",
      "--authfile", "/a.json", "--creds", "ci", "--password-stdin"],
+    ["push-image", "app", "127.0.0.1:5000/app:v1", "--tls-verify=false"],
+    ["push-image", "app", "h.example/a:1", "--compression", "zstd", "--sign-by", "ABCD",
+     "--sign-passphrase-file=/p", "--registries.d", "/d", "--sign-identity", "h.example/b:2"],
+    ["-v", "push-image", "--compression=none", "app", "docker://h:1/a",
+     "--sign-by-sigstore-private-key", "/k.private", "--creds=u", "--password-stdin"],
 ]
 
 DECLINED = [
@@ -85,6 +90,12 @@ DECLINED = [
     ["update-stackpoint", "web", "h.example/a", "--check-timeout", "0"], ["update-stackpoint", "web", "h.example/a", "--dry"],
     ["update-stackpoint", "web", "--", "h.example/a"], ["update-stackpoint", "web", "h.example/a", "--keep", "2", "-h"],
     ["update-stackpoint", "web", "h.example/a", "--platform", "-x"], ["update-stackpoint", "-web", "h.example/a"],
+    ["push-image", "app", "h.example/a", "--compression", "xz"],       # not a choice
+    ["push-image", "app", "h.example/a", "--compression=GZIP"], ["push-image", "app", "h.example/a", "--compression="],
+    ["push-image", "app", "h.example/a", "--compression"], ["push-image", "app", "h.example/a", "--comp", "zstd"],
+    ["push-image", "app", "h.example/a", "--sign-by", "--compression=zstd"], ["push-image", "app", "h.example/a", "--sign"],
+    ["push-image", "app", "h.example/a", "--platform", "linux/arm64"],  # pull's, not push's
+    ["push-image", "app"], ["push-image", "bad name", "h.example/a"],
 ]
 
 
@@ -168,6 +179,23 @@ def test_any_pull_line_the_quick_parse_takes_argparse_parses_the_same(words: lis
     assert agrees(["pull-image", *words])
 
 
+# push-image's lines (issue 21: argparse was ~12 ms of every push), with
+# --compression's choices, right, wrong and abbreviated.
+PUSH_OPTIONS = sorted(cli.QUICK["push-image"][2]) + ["--password-stdin"]
+PUSH_WORDS = st.sampled_from(
+    PUSH_OPTIONS + [o + "=" for o in PUSH_OPTIONS] + [o + "=2" for o in PUSH_OPTIONS]
+    + [o[:-1] for o in PUSH_OPTIONS]
+    + ["app", "h.example/a", "127.0.0.1:5000/a:b", "debian:12", "gzip", "zstd", "none", "xz",
+       "Gzip", "--compression=zstd", "--compression=none", "--compression=gz", "false",
+       "--tls-verify=false", "--", "-v", "--root", "/r", "-h", "", "ABCD", "--platform"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(PUSH_WORDS, max_size=7))
+def test_any_push_line_the_quick_parse_takes_argparse_parses_the_same(words: list[str]) -> None:
+    assert agrees(["push-image", *words])
+
+
 def test_the_quick_grammar_is_the_command_tables() -> None:
     plain = {command: (tuple(dest for dest, _ in positional), flags, sorted(options))
              for command, (positional, flags, options) in cli.QUICK.items()}
@@ -183,7 +211,11 @@ def test_the_quick_grammar_is_the_command_tables() -> None:
             "--tries"]),
         "pull-image": (("name", "ref"), ("--password-stdin",), [
             "--authfile", "--cert-dir", "--creds", "--password-file", "--platform", "--policy",
-            "--registries.d", "--tls-verify"])}
+            "--registries.d", "--tls-verify"]),
+        "push-image": (("name", "ref"), ("--password-stdin",), [
+            "--authfile", "--cert-dir", "--compression", "--creds", "--password-file",
+            "--registries.d", "--sign-by", "--sign-by-sigstore-private-key", "--sign-identity",
+            "--sign-passphrase-file", "--tls-verify"])}
     assert cli.QUICK["update-stackpoint"][2]["--tls-verify"] == ("tls_verify", cli.boolean,
                                                                  True, True)
     for command in cli.COMMANDS:

@@ -221,3 +221,74 @@ def test_a_missing_auth_file_is_named_as_the_shell_reads_it() -> None:
     with pytest.raises(auth.RegistryError) as e:
         auth.credentials(auth.Options(authfile="/no/such\nauth file"), "registry.example", "a")
     assert e.value.message == "the auth file '/no/such'$'\\n''auth file' does not exist"
+
+
+def test_a_query_is_spelt_as_urlencode_spells_it() -> None:
+    """transport.query writes plain digests and repositories itself (no
+    urllib.parse on a push): byte for byte what urlencode writes, for those and
+    for anything else."""
+    import urllib.parse
+
+    from hypothesis import given, settings, strategies as st
+
+    from stacko.registry.transport import query
+    text = st.text(alphabet=st.sampled_from(sorted("abcAZ09._-:/ +&=?%é\n")), max_size=12)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(text, text), max_size=3))
+    def same(pairs: list) -> None:
+        assert query(pairs) == urllib.parse.urlencode(pairs)
+    same()
+    pairs = [("mount", "sha256:" + "a" * 64), ("from", "team/app.v1_x-y")]
+    assert query(pairs) == urllib.parse.urlencode(pairs)
+
+
+def test_plain_upload_locations_are_read_as_urllib_reads_them() -> None:
+    """transport reads a plain URL (a registry's upload location) without
+    urllib.parse: the same scheme, netloc, path and joined URL as urllib's."""
+    import urllib.parse
+
+    from hypothesis import given, settings, strategies as st
+
+    from stacko.errors import StackoError
+    from stacko.registry import transport
+
+    def by_urllib(url: str) -> tuple:
+        parts = urllib.parse.urlsplit(url)
+        parts.port
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError(url)
+        return parts.scheme, parts.netloc, urllib.parse.urlunsplit(
+            ("", "", parts.path or "/", parts.query, ""))
+    piece = st.text(alphabet=st.sampled_from(sorted("aZ09.-_~/?=&%+:,#;@[] \\é")), max_size=10)
+    host = st.sampled_from(["h", "reg.example", "127.0.0.1", "H.Example", "-h", "h.", "[::1]",
+                            "a@b", ""])
+    port = st.sampled_from(["", ":5000", ":0", ":65535", ":65536", ":x", ":", ":080"])
+    scheme = st.sampled_from(["http://", "https://", "ftp://", "HTTP://", ""])
+
+    @settings(max_examples=1500, deadline=None)
+    @given(scheme, host, port, piece, piece)
+    def same(s: str, h: str, p: str, path: str, location: str) -> None:
+        url = f"{s}{h}{p}{path}"
+        try:
+            expected = by_urllib(url)
+        except ValueError:
+            expected = None
+        if transport.plain_url(url) is not None:
+            assert transport.plain_url(url) == expected, url
+        if expected is not None:
+            try:
+                assert transport.parse_url(url, "it") == expected, url
+            except StackoError:
+                pass            # refused for its characters before urllib is asked
+            for loc in (location, "/" + location, f"{s}{h}{p}/{location}"):
+                try:
+                    joined = urllib.parse.urljoin(url, loc)
+                except ValueError:
+                    with pytest.raises(StackoError):
+                        transport.join_url(url, loc, "it")
+                    continue
+                assert transport.join_url(url, loc, "it") == joined, (url, loc)
+    same()
+    location = "http://127.0.0.1:5000/v2/a/b/blobs/uploads/9f-1?_state=QmFz%3D%3D&digest=x"
+    assert transport.plain_url(location) == by_urllib(location)

@@ -53,14 +53,14 @@ class ParallelGzip:
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"   # no name, no time, OS unknown
 
     def __init__(self, out: io.BufferedIOBase, level: int = GZIP_LEVEL) -> None:
-        from concurrent.futures import ThreadPoolExecutor
         from isal import isal_zlib
 
-        self.zlib = isal_zlib
+        from stacko.parallel import Task    # not concurrent.futures: it imports logging
+
+        self.zlib, self.task = isal_zlib, Task
         self.out, self.level = out, level
         self.workers = max(1, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers)
-        self.pending: collections.deque = collections.deque()
+        self.pending: collections.deque = collections.deque()    # blocks being deflated
         self.buffer = bytearray()
         self.previous = b""
         self.crc = 0
@@ -77,7 +77,9 @@ class ParallelGzip:
     def _submit(self, block: bytes, last: bool) -> None:
         self.crc = self.zlib.crc32(block, self.crc)
         self.size += len(block)
-        self.pending.append(self.pool.submit(self._deflate, block, self.previous, last))
+        # A thread a block (a MiB: starting one costs a few hundredths of its work),
+        # at most twice as many at once as there are CPUs.
+        self.pending.append(self.task(self._deflate, block, self.previous, last))
         self.previous = block[-32768:]
         while len(self.pending) > 2 * self.workers or \
                 (self.pending and self.pending[0].done()):
@@ -103,7 +105,8 @@ class ParallelGzip:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        while self.pending:             # nothing left deflating into a closed file
+            self.pending.popleft().wait()
 
 
 class ZstdWriter:

@@ -7,13 +7,31 @@ change times, so the same directory always gives the same bytes.
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
-import tarfile
 
 from stacko.errors import StackoError
-from stacko.formats.layertar import WHITEOUT_PREFIX, OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX, CHUNK
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import io
+    import tarfile
+
+# The spellings of the OCI image spec and of overlayfs, as layertar.py (the
+# unpacker) reads them; tests/test_layerpack.py holds the two to the same.
+# Not imported from there: a push would load the unpacker, and its threads'
+# modules, to pack (docs/bench.md).
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+PAX_XATTR_PREFIX = "SCHILY.xattr."
+CHUNK = 1 << 20
+# tarfile's type flags and ustar magic, so that tarfile (~5 ms of a push) is
+# imported only for the odd entry that needs a PAX header.
+REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE = \
+    b"0", b"1", b"2", b"3", b"4", b"5", b"6"
+POSIX_MAGIC = b"ustar\x0000"
 
 
 def _xattrs_of(path: str) -> dict[str, bytes]:
@@ -33,6 +51,7 @@ def _xattrs_of(path: str) -> dict[str, bytes]:
 
 
 def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+    import tarfile
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = stat.S_IMODE(st.st_mode)
@@ -145,7 +164,7 @@ class TarWriter:
 
 
 ZEROS = bytes(512)
-_OWNERS = tarfile.POSIX_MAGIC + b"\0" * 64      # the magic, then no user or group name
+_OWNERS = POSIX_MAGIC + b"\0" * 64      # the magic, then no user or group name
 _NO_DEVICE = b"\0" * 16
 _TAIL = b"\0" * (155 + 12)                      # no prefix, and the block's end
 _MAX7, _MAX11 = 8 ** 7, 8 ** 11
@@ -190,29 +209,29 @@ def _pack_entry(tar: TarWriter, path: str, rel: str,
     if stat.S_ISCHR(mode) and st.st_rdev == 0:          # overlayfs whiteout
         parent, _, base = rel.rpartition("/")
         _add(tar, f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base,
-             st, tarfile.REGTYPE, mode=0o644)
+             st, REGTYPE, mode=0o644)
         return False
     xattrs = _xattrs_of(path)
     if stat.S_ISDIR(mode):
-        _add(tar, rel, st, tarfile.DIRTYPE, xattrs=xattrs)
+        _add(tar, rel, st, DIRTYPE, xattrs=xattrs)
         if _is_opaque(path):
-            _add(tar, f"{rel}/{OPAQUE_MARKER}", st, tarfile.REGTYPE, mode=0o644)
+            _add(tar, f"{rel}/{OPAQUE_MARKER}", st, REGTYPE, mode=0o644)
         return True
     if stat.S_ISREG(mode):
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in links:
-            _add(tar, rel, st, tarfile.LNKTYPE, linkname=links[key], xattrs=xattrs)
+            _add(tar, rel, st, LNKTYPE, linkname=links[key], xattrs=xattrs)
             return False
         if st.st_nlink > 1:
             links[key] = rel
-        _add(tar, rel, st, tarfile.REGTYPE, size=st.st_size, xattrs=xattrs, data=path)
+        _add(tar, rel, st, REGTYPE, size=st.st_size, xattrs=xattrs, data=path)
     elif stat.S_ISLNK(mode):
-        _add(tar, rel, st, tarfile.SYMTYPE, linkname=os.readlink(path), xattrs=xattrs)
+        _add(tar, rel, st, SYMTYPE, linkname=os.readlink(path), xattrs=xattrs)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        _add(tar, rel, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE,
+        _add(tar, rel, st, CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE,
              device=(os.major(st.st_rdev), os.minor(st.st_rdev)), xattrs=xattrs)
     elif stat.S_ISFIFO(mode):
-        _add(tar, rel, st, tarfile.FIFOTYPE, xattrs=xattrs)
+        _add(tar, rel, st, FIFOTYPE, xattrs=xattrs)
     return False          # sockets do not go into images
 
 
@@ -223,7 +242,7 @@ def _add(tar: TarWriter, name: str, st: os.stat_result, kind: bytes, mode: int |
     data of the file at path data."""
     header = None
     if not xattrs and st.st_mtime_ns % 1_000_000_000 == 0:
-        shown = name + "/" if kind == tarfile.DIRTYPE and name[-1:] != "/" else name
+        shown = name + "/" if kind == DIRTYPE and name[-1:] != "/" else name
         header = ustar_header(shown,
                               stat.S_IMODE(st.st_mode) if mode is None else mode,
                               st.st_uid, st.st_gid, size, st.st_mtime_ns // 1_000_000_000,
@@ -236,6 +255,7 @@ def _add(tar: TarWriter, name: str, st: os.stat_result, kind: bytes, mode: int |
         if device is not None:
             info.devmajor, info.devminor = device
         _add_xattrs(info, xattrs or {})
+        import tarfile
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     tar.write_header(header)
     if data is not None:

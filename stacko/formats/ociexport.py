@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sys
-import tarfile
 
 from stacko.formats.compression import compressor
 from stacko.errors import StackoError
@@ -28,6 +27,7 @@ from stacko.state import Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    import tarfile
     from collections.abc import Callable
 
 __all__ = ["CONFIG_TYPE", "LAYER_TYPES", "Blob", "Packed", "assemble", "layer_descriptor",
@@ -200,6 +200,7 @@ def sync_directory(directory: str) -> None:
 
 
 def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    import tarfile
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
     info.mode = 0o755 if directory else 0o644
@@ -210,6 +211,7 @@ def _entry(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo
 
 
 def write_tar(out: io.BufferedIOBase, layout: bytes, index: bytes, blobs: dict[str, Blob]) -> None:
+    import tarfile      # here: a push packs its layers with layerpack's headers alone
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_entry("oci-layout", len(layout)), io.BytesIO(layout))
         tar.addfile(_entry("index.json", len(index)), io.BytesIO(index))

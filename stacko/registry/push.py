@@ -30,6 +30,7 @@ from stacko.moved import Tally, blob_text
 from stacko.parallel import Task, map_all
 from stacko.records import Image
 from stacko.registry.client import Client, Options, RegistryError, Response
+from stacko.registry.transport import query
 from stacko.registry.ref import Reference, parse
 from stacko.state import Store
 
@@ -268,24 +269,10 @@ def send_config(client: Client, data: bytes, digest: str, source: str | None,
         client.upload_blob(digest, size, lambda: data)
     else:
         url = client.absolute(location)
-        url += ("&" if "?" in url else "?") + query_text([("digest", digest)])
+        url += ("&" if "?" in url else "?") + query([("digest", digest)])
         client.request("PUT", url, {"Content-Type": "application/octet-stream",
                                     "Content-Length": str(size)}, body=lambda: data, ok=(201,))
     tally.note("uploaded", digest, size, False)
-
-
-# A push that mounts every layer needs no urllib.parse (~2.5 ms with ipaddress)
-# for its queries: digests and repository names are spelt in these characters,
-# which urlencode leaves alone but for ":" and "/".
-URL_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/")
-
-
-def query_text(pairs: list[tuple[str, str]]) -> str:
-    """urllib.parse.urlencode(pairs), without importing it for plain values."""
-    if all(URL_PLAIN.issuperset(k + v) for k, v in pairs):
-        return "&".join(f"{k}={v.replace(':', '%3A').replace('/', '%2F')}" for k, v in pairs)
-    from stacko.registry.transport import query
-    return query(pairs)
 
 
 # Answers to a mount that mean "not mounted, upload it instead": 202 opens an
@@ -299,7 +286,7 @@ def post_mount(client: Client, digest: str, source: str) -> Response:
     """Ask the registry to link a blob it holds in source: 201 when done, 202
     (an upload session opened instead) or MOUNT_REFUSED when not."""
     r = client.request("POST", f"/v2/{client.ref.repo}/blobs/uploads/?"
-                       f"{query_text([('mount', digest), ('from', source)])}",
+                       f"{query([('mount', digest), ('from', source)])}",
                        scope=client.scope(source), ok=(201, 202) + MOUNT_REFUSED)
     if r.status in MOUNT_REFUSED:
         run.debug(f"stacko: {r.who} refused to mount {digest} from {source} "
