@@ -130,3 +130,47 @@ def test_import_of_a_cut_tarball_is_refused(stacko: Runner, root: Path, workdir:
         r.stderr
     assert "truncated" in r.stderr or "ended before" in r.stderr, r.stderr
     assert snapshot(root) == before
+
+
+def gzip_cases() -> list:
+    one, two = gzip.compress(DATA[:300_000], mtime=0), gzip.compress(b"tail" * 5000)
+    cases = [one, one + two, one + b"\0" * 1000, one + two + b"garbage", one[:-3], one[:200],
+             one[:10], b"\x1f\x8b\x09" + one[3:], compress(DATA, "gzip")]
+    flipped = bytearray(one)
+    flipped[len(one) // 2] ^= 0x55
+    crc = bytearray(one)
+    crc[-6] ^= 0x01
+    with gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=(extra := io.BytesIO()),
+                       mtime=1) as named:
+        named.write(b"named member\n" * 100)
+    return cases + [bytes(flipped), bytes(crc), extra.getvalue()]
+
+
+@pytest.mark.parametrize("blob", gzip_cases(), ids=lambda b: f"{len(b)}B")
+def test_the_gzip_reader_is_isals_gzipfile(blob: bytes) -> None:
+    """decompressed() builds isal's C gzip reader itself, without igzip (and
+    its typing): the same bytes, and the same errors, as igzip.GzipFile."""
+    from isal import igzip
+
+    def outcome(read: object) -> tuple:
+        try:
+            return ("data", read())
+        except Exception as e:      # noqa: BLE001  compared, type and words
+            return (type(e).__name__, str(e))
+
+    def ours() -> bytes:
+        return read_all(blob, 10_000)
+
+    def theirs() -> bytes:
+        with igzip.GzipFile(fileobj=io.BytesIO(blob), mode="rb") as plain:
+            parts = []
+            while True:
+                part = plain.read(10_000)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+    mine, isal_s = outcome(ours), outcome(theirs)
+    if mine[0] == "OSError":        # decompressed() words isal's error as corrupt data
+        assert isal_s[0] in ("BadGzipFile", "error", "IsalError", "OSError"), isal_s
+    else:
+        assert mine == isal_s

@@ -112,15 +112,16 @@ def test_the_probe_sees_imports(state: Path, workdir: Path) -> None:
 # records: typing, and dataclasses with inspect, ast and dis, were ~10 ms of
 # each of their starts; platform ~1.4 ms for one os.uname().
 NO_TYPING = {"typing", "dataclasses", "inspect", "ast", "dis", "platform", "secrets"}
-# But two libraries import some of them themselves: isal.igzip (gzip's
-# reader) imports typing for its annotations, zstandard's __init__ platform
-# and, before Python 3.12, typing.  Only the commands that load them may.
-BROUGHT_BY = {None: set(), "isal.igzip": {"typing"}, "zstandard": {"platform", "typing"}}
+# But a library imports some of them itself: zstandard's __init__ platform
+# and, before Python 3.12, typing.  Only the commands that load it may.
+# (isal.igzip imports typing, and gzip: stacko builds its C reader without it.)
+BROUGHT_BY = {None: set(), "zstandard": {"platform", "typing"}}
 
 
 def check_no_typing(modules: set[str], cause: str | None, argv: tuple[str, ...]) -> None:
     assert cause is None or cause in modules, argv
     assert modules & NO_TYPING <= BROUGHT_BY[cause], argv
+    assert modules & {"isal.igzip", "gzip"} == set(), argv
 
 STACKO_MODULES = """
 import os, sys, importlib
@@ -156,9 +157,9 @@ def test_archive_commands_import_no_typing(state: Path, workdir: Path) -> None:
             (("export-image", "app", str(archive)), None),
             (("export-image", "app", str(workdir / "app.zst"), "--compression", "zstd"),
              "zstandard"),
-            (("import-image", "copy", str(archive)), "isal.igzip"),
+            (("import-image", "copy", str(archive)), None),
             (("import-image", "zcopy", str(workdir / "app.zst")), "zstandard"),
-            (("import-image", "laid", str(layout)), "isal.igzip"),
+            (("import-image", "laid", str(layout)), None),
             (("import-image", "plain", str(plain)), None),
             (("verify-image", "copy", "laid"), None),
             (("new-image", "set", "app", "--config", "Cmd=/bin/app", "--annotation", "a=b"),
@@ -182,8 +183,7 @@ def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> 
             (("push-image", "app", f"{registry.host}/app:v1", "--tls-verify=false"), None),
             (("push-image", "app", f"{registry.host}/app:z", "--tls-verify=false",
               "--compression", "zstd"), "zstandard"),
-            (("pull-image", "copy", f"{registry.host}/app:v1", "--tls-verify=false"),
-             "isal.igzip"),
+            (("pull-image", "copy", f"{registry.host}/app:v1", "--tls-verify=false"), None),
             (("pull-image", "zcopy", f"docker://{registry.host}/app:z", "--tls-verify=false"),
              "zstandard")):
         modules = imported(state, *argv, status=0)

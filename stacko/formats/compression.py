@@ -278,6 +278,24 @@ class CheckedReader:
             raise OSError(f"corrupt {self.what} data: {e}") from None
 
 
+GZIP_READ = 512 << 10       # what isal's GzipFile reads its input by
+
+
+def gzip_reader(stream: PrefixedReader) -> io.BufferedReader:
+    """The gzip members of stream, inflated.  isal.igzip.GzipFile's reader in
+    read mode is isal_zlib's _GzipReader (C: the gzip header and trailer, CRC
+    and size checks, several members, zero padding) in an io.BufferedReader;
+    it is built here as GzipFile builds it, because igzip imports gzip and
+    typing (~3-4 ms of a pull).  tests/test_compression.py holds the two to the
+    same output and errors; an isal without _GzipReader gets GzipFile."""
+    from isal import isal_zlib
+    reader = getattr(isal_zlib, "_GzipReader", None)
+    if reader is None:
+        from isal import igzip
+        return igzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value,arg-type]
+    return io.BufferedReader(reader(stream, GZIP_READ))
+
+
 @contextlib.contextmanager
 def decompressed(raw: io.BufferedIOBase) -> Iterator[io.BufferedIOBase]:
     """The uncompressed stream of raw: gzip and zstd are told by their magic.
@@ -285,9 +303,9 @@ def decompressed(raw: io.BufferedIOBase) -> Iterator[io.BufferedIOBase]:
     head = raw.read(4)
     stream = PrefixedReader(head, raw)
     if head.startswith(GZIP_MAGIC):
-        from isal import igzip, isal_zlib
+        from isal import isal_zlib
 
-        with igzip.GzipFile(fileobj=stream, mode="rb") as plain:  # type: ignore[arg-type]
+        with gzip_reader(stream) as plain:
             yield CheckedReader(plain, (isal_zlib.error,), "gzip")  # type: ignore[misc]
     elif head.startswith(ZSTD_MAGIC):
         import zstandard
