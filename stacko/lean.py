@@ -1,4 +1,4 @@
-"""Stand-ins for five standard modules, for the sake of start-up.
+"""Stand-ins for six standard modules, for the sake of start-up.
 
 Why: the commands run most often (get-stackpoint-dir, mount-stackpoint,
 list-images …) do a millisecond or two of work, and importing ``json`` (with
@@ -9,7 +9,8 @@ equivalent does, on the C module that equivalent is itself built on (``_json``,
 ``_signal``, ``_ctypes``), which the interpreter has loaded already or loads
 for almost nothing.  This is the only module of stacko that names a private
 module of CPython, and tests/test_lean.py holds each stand-in to its public
-equivalent: ``parse_json`` to ``json.loads``, ``signal`` to ``signal``,
+equivalent: ``parse_json`` to ``json.loads``, ``dump_json`` to ``json.dumps``
+(as the state files are written), ``signal`` to ``signal``,
 ``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``, ``sha256``
 to ``hashlib.sha256``, ``connect`` to ``socket.create_connection``.
 """
@@ -27,7 +28,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
     Function = Callable[..., object]
 
-__all__ = ["signal", "parse_json", "wraps", "libc", "sha256", "connect", "SocketTimeout",
+__all__ = ["signal", "parse_json", "dump_json", "wraps", "libc", "sha256", "connect", "SocketTimeout",
            "allocate_lock", "get_ident"]
 
 
@@ -67,6 +68,65 @@ def parse_json(text: str) -> object:
                 return value
     import json
     return json.loads(text)
+
+
+# --- json.dumps(indent=2, sort_keys=True) ----------------------------------------
+def dump_json(value: object) -> str:
+    """json.dumps(value, indent=2, sort_keys=True), as the state files are
+    written, without importing json (with re and enum) for what they hold:
+    objects with string keys, lists, strings, integers, booleans and null.
+    Strings go through _json's encode_basestring_ascii, as json.dumps's do;
+    anything else (a float, another key type) goes to json.dumps itself."""
+    try:
+        from _json import encode_basestring_ascii as quote
+    except ImportError:                   # an interpreter without it
+        quote = None
+    parts: list[str] = []
+    if quote is not None and _dump(value, quote, parts, "\n"):
+        return "".join(parts)
+    import json
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def _dump(value: object, quote: Callable[[str], str], out: list[str], newline: str) -> bool:
+    """Appends value's text to out, as json's pure-Python encoder (which
+    json.dumps uses with indent) writes it; False for what it leaves to json."""
+    if isinstance(value, str):
+        out.append(quote(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif type(value) is int:
+        out.append(int.__repr__(value))
+    elif isinstance(value, (dict, list, tuple)):
+        if not value:
+            out.append("{}" if isinstance(value, dict) else "[]")
+            return True
+        inner = newline + "  "
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                return False
+            out.append("{")
+            for n, key in enumerate(sorted(value)):
+                out.append(inner if n == 0 else "," + inner)
+                out.append(quote(key))
+                out.append(": ")
+                if not _dump(value[key], quote, out, inner):
+                    return False
+            out.append(newline + "}")
+        else:
+            out.append("[")
+            for n, item in enumerate(value):
+                out.append(inner if n == 0 else "," + inner)
+                if not _dump(item, quote, out, inner):
+                    return False
+            out.append(newline + "]")
+    else:
+        return False
+    return True
 
 
 # --- hashlib.sha256 ---------------------------------------------------------------

@@ -236,3 +236,71 @@ def test_tokens(text: str) -> None:
         taken = False
     assert taken == bool(TOKEN_RE.fullmatch(text))
     assert not taken or len(text) <= 65536
+
+
+# registry/ref.py's checks of a REF, without re (update-stackpoint's look).
+COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPO_RE = re.compile(rf"{COMPONENT}(?:/{COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+                     r"(?::[0-9]{1,5})?")
+REF_EDGY = st.lists(st.sampled_from(list("aZz09._-/:[]@ é٣\n") + ["__", "--", "fF", "::1"]),
+                    max_size=40).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(REF_EDGY)
+def test_reference_parts(text: str) -> None:
+    from stacko.registry import ref
+    assert ref.is_repository(text) == bool(REPO_RE.fullmatch(text)), text
+    assert ref.is_tag(text) == bool(TAG_RE.fullmatch(text)), text
+    assert ref.is_host(text) == bool(HOST_RE.fullmatch(text)), text
+
+
+@pytest.mark.parametrize("text", ["a", "a.b", "a__b", "a___b", "a---b", "a-.b", "a/b/c", "a//b",
+                                  "/a", "a/", "A", "_a", "a_", "x" * 128, "x" * 129, "[::1]",
+                                  "[::1]:5000", "[]", "[::1]x", "h:", "h:123456", "h:65535",
+                                  "a.-b", "a-b.c-d:0", "[fe80::1%25eth0]", "h:٣", "-h", "h-"])
+def test_reference_parts_at_the_edges(text: str) -> None:
+    from stacko.registry import ref
+    assert ref.is_repository(text) == bool(REPO_RE.fullmatch(text)), text
+    assert ref.is_tag(text) == bool(TAG_RE.fullmatch(text)), text
+    assert ref.is_host(text) == bool(HOST_RE.fullmatch(text)), text
+
+
+# lean.dump_json: the state files' writer, held to json.dumps(indent=2, sort_keys=True).
+JSON_TEXT = st.text(alphabet=st.sampled_from(list('az"\\/\n\t\x00\x1f\x7f é€😀') + ["\ud800"]),
+                    max_size=8)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70) | JSON_TEXT
+    | st.floats(allow_nan=True, allow_infinity=True),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(JSON_TEXT, children,
+                                                                        max_size=4)
+    | st.tuples(children, children) | st.dictionaries(st.integers(0, 3), children, max_size=2),
+    max_leaves=25)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(JSON_VALUES)
+def test_dump_json_writes_what_json_dumps_writes(value: object) -> None:
+    import json
+
+    from stacko.lean import dump_json
+    assert dump_json(value) == json.dumps(value, indent=2, sort_keys=True)
+
+
+def test_a_state_write_imports_no_json(tmp_path) -> None:
+    """update-stackpoint's no-op check writes stackpoints.json: lean.dump_json
+    does it without json, re or enum (docs/bench.md)."""
+    import subprocess
+    import sys
+    code = ("import sys; from stacko.state import Store; s = Store(sys.argv[1])\n"
+            "with s.locked(exclusive=True): s.save_stackpoints({})\n"
+            "print(' '.join(sorted(sys.modules)))")
+    from pathlib import Path
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    modules = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], env=env,
+                             check=True, stdout=subprocess.PIPE, text=True).stdout.split()
+    assert (tmp_path / "root" / "stackpoints.json").read_text().startswith('{\n  "stackpoints"')
+    assert {"json", "re", "enum"} & set(modules) == set()

@@ -9,7 +9,6 @@ packers or OpenSSL (docs/bench.md).
 """
 from __future__ import annotations
 
-import json
 import os
 
 from stacko.lean import sha256
@@ -38,6 +37,7 @@ def host_architecture() -> str:
 
 def json_bytes(data: object) -> tuple[bytes, str]:
     """The canonical bytes of a document, and their digest."""
+    import json     # here: update-stackpoint's look reads the media types alone
     text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return text, "sha256:" + sha256(text).hexdigest()  # type: ignore[attr-defined]
 

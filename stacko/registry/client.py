@@ -15,12 +15,11 @@ TLS (a look at a plain HTTP registry with --tls-verify=false loads none).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from stacko.errors import NotFound, StackoError
-from stacko.lean import allocate_lock, get_ident     # threading's core, without its ~1 ms
+from stacko.lean import allocate_lock, get_ident, parse_json  # threading's core: ~1 ms less
 from stacko.registry.auth import (MAX_TOKEN, Options, RegistryError, Unauthorized, auth_entry,
                                   basic, credentials, parse_challenge, token_from)
 from stacko.quoting import quote
@@ -254,7 +253,7 @@ class Client:
         detail = ""
         codes: list[str] = []
         try:
-            errors = json.loads(text.decode("utf-8")).get("errors") or []
+            errors = parse_json(text.decode("utf-8")).get("errors") or []  # type: ignore[attr-defined]
             codes = [str(e.get("code")) for e in errors]
             detail = "; ".join(str(e.get("message") or e.get("code")) for e in errors)
         except (ValueError, AttributeError, TypeError, RecursionError):   # not what the API says
