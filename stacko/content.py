@@ -42,6 +42,7 @@ import os
 import stat
 
 from stacko.errors import StackoError
+from stacko.shortpaths import ShortPaths
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
@@ -117,9 +118,11 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def xattrs_of(path: str) -> dict[str, str]:
+def xattrs_of(path: str | int) -> dict[str, str]:
+    """The xattrs of path (never followed if a symlink), or of a descriptor."""
+    follow = isinstance(path, int)       # a descriptor: nothing to follow
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=follow)
     except OSError:
         return {}
     found = {}
@@ -127,7 +130,7 @@ def xattrs_of(path: str) -> dict[str, str]:
         if name in UPPER_ONLY:
             continue
         try:
-            value = os.getxattr(path, name, follow_symlinks=False)
+            value = os.getxattr(path, name, follow_symlinks=follow)
         except OSError:
             continue
         if name == OPAQUE_XATTR and value == b"y":
@@ -175,65 +178,63 @@ def show(rel: str) -> str:
     return "/" + rel
 
 
-LONG = 3072     # bytes of path beyond which a layer's paths are made short
+class Written:
+    """What an unpacker knows of the regular files it wrote, by inode, so that
+    build() need not look at them again: the sha256 of their data, hashed as
+    it was written, and, for those it could read back through the descriptor
+    that wrote them once everything was set (fstat, flistxattr: whatever the
+    kernel added, such as a security label, included), their whole entry and
+    the bytes they hold.  The unpacker says when one gains a name (a hard
+    link: its link count changes) or loses one (removed: its inode number may
+    come back for another file)."""
+
+    __slots__ = ("hashes", "entries")
+
+    def __init__(self) -> None:
+        self.hashes: dict[int, str] = {}
+        self.entries: dict[int, tuple[dict, int]] = {}
+
+    def add(self, fd: int, sha256: str) -> None:
+        """A regular file just written and set up through fd."""
+        st = os.fstat(fd)
+        entry = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+                 "type": "file", "size": st.st_size, "sha256": sha256}
+        xattrs = xattrs_of(fd)
+        if xattrs:
+            entry["xattrs"] = xattrs
+        self.hashes[st.st_ino] = sha256
+        if st.st_nlink == 1:
+            self.entries[st.st_ino] = (entry, st.st_blocks * 512)
+
+    def linked(self, ino: int) -> None:
+        self.entries.pop(ino, None)
+
+    def removed(self, ino: int) -> None:
+        self.hashes.pop(ino, None)
+        self.entries.pop(ino, None)
 
 
-class ShortPaths:
-    """The paths of a layer, usable even where they are longer than PATH_MAX
-    (tar archives such trees, and import-image copies them): a long one is
-    given as /proc/self/fd/N/NAME, N a descriptor of its directory, opened one
-    name at a time and kept until close()."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.fds: dict[str, int] = {}
-
-    def get(self, rel: str) -> str:
-        path = os.path.join(self.root, rel) if rel else self.root
-        if len(path) < LONG:
-            return path
-        parent, _, name = rel.rpartition("/")
-        return f"/proc/self/fd/{self.dir_fd(parent)}/{name}"
-
-    def dir_fd(self, rel: str) -> int:
-        missing = []
-        while rel not in self.fds and len(os.path.join(self.root, rel)) >= LONG:
-            rel, _, name = rel.rpartition("/")
-            missing.append(name)
-        fd = self.fds.get(rel)
-        if fd is None:
-            fd = self.fds[rel] = os.open(os.path.join(self.root, rel), OPEN_DIR)
-        for name in reversed(missing):
-            rel = f"{rel}/{name}"
-            fd = self.fds[rel] = os.open(name, OPEN_DIR, dir_fd=fd)
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-    __del__ = close
-
-
-OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
+def build(root: str, known: Written | None = None, workers: int = 0,
           tolerant: bool = False) -> Manifest:
     """The manifest of the layer directory root.
 
-    known maps inode numbers to the sha256 of files whose data was hashed as it
-    was written (import-image hashes while it unpacks): those are not read
-    again.  The other files are read and hashed by a few threads at once.
-    tolerant (verifying): a file that cannot be read (EIO on a damaged disk)
-    gets "unreadable: why" for its sha256, a difference, instead of an error."""
+    known: the files whose data was hashed as it was written (import-image
+    hashes while it unpacks): those are not read again, and those whose entry
+    is known are only listed (by their directory's scandir, which gives the
+    inode and type of every name without a stat).  The other files are read
+    and hashed by a few threads at once.  tolerant (verifying): a file that
+    cannot be read (EIO on a damaged disk) gets "unreadable: why" for its
+    sha256, a difference, instead of an error."""
     entries: dict[str, dict] = {}
     to_hash: dict[int, list[str]] = {}     # inode -> the paths that name it
     linked: dict[int, list[str]] = {}      # inode -> its paths, for nlink > 1
     first_path: dict[int, str] = {}
     sizes: dict[int, int] = {}
     allocated: dict[int, int] = {}         # inode -> bytes of the blocks it holds
+    hashes = known.hashes if known is not None else {}
+    made = known.entries if known is not None else {}
+    used: dict[int, str] = {}              # inode -> the path that took its known entry
+    spoilt: set[int] = set()               # named twice after all: looked at as any other
     todo = [""]
     paths = ShortPaths(root)
     while todo:           # iterative: a layer may nest deeper than recursion allows
@@ -251,15 +252,27 @@ def build(root: str, known: dict[int, str] | None = None, workers: int = 0,
             linked.setdefault(st.st_ino, []).append(show(rel))
         if entry["type"] == "dir":
             try:
-                names = os.listdir(path)
+                with os.scandir(path) as listing:
+                    names = list(listing)
             except OSError as e:
                 raise StackoError(f"cannot read {os.path.join(root, rel)}: "
                                   f"{e.strerror}") from None
-            todo.extend(f"{rel}/{n}" if rel else n for n in names)
+            for one in names:
+                sub = f"{rel}/{one.name}" if rel else one.name
+                ino = one.inode()
+                if ino in made and ino not in spoilt and one.is_file(follow_symlinks=False):
+                    first = used.get(ino)
+                    if first is None:
+                        used[ino] = sub
+                        entries[show(sub)], allocated[ino] = made[ino]
+                        continue
+                    spoilt.add(ino)
+                    todo.append(first)
+                todo.append(sub)
         elif entry["type"] == "file":
             sizes[st.st_ino] = st.st_size
-            if known is not None and st.st_ino in known:
-                entry["sha256"] = known[st.st_ino]
+            if st.st_ino in hashes:
+                entry["sha256"] = hashes[st.st_ino]
             else:
                 to_hash.setdefault(st.st_ino, []).append(show(rel))
                 first_path.setdefault(st.st_ino, path)

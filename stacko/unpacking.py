@@ -69,13 +69,13 @@ def unpack_one(spec: LayerSpec, target: str, lowers: list[str],
     called once the layer's files are complete, before the layers beneath are
     waited for; unpacked: called once the layer is complete, before its
     manifest is made."""
-    diff_id, hashes = unpack_verified(spec, target, lowers, before_finish, cancel, budget,
+    diff_id, known = unpack_verified(spec, target, lowers, before_finish, cancel, budget,
                                       written)
     if unpacked is not None:
         unpacked()
-    # The manifest in the same pass: the data was hashed as it was written,
-    # so this reads only metadata.
-    return diff_id, content.build(target, known=hashes)
+    # The manifest in the same pass: the data was hashed as it was written, and
+    # most files' entries were read back as they were made: this lists them.
+    return diff_id, content.build(target, known=known)
 
 
 class Cancelled(StackoError):
@@ -180,10 +180,10 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
                     before_finish: Callable[[], None] | None = None,
                     cancel: object = None, budget: SpaceBudget | None = None,
                     written: Callable[[], None] | None = None
-                    ) -> tuple[str | None, dict[int, str] | None]:
+                    ) -> tuple[str | None, content.Written | None]:
     """Unpack one layer, checking its digests as it streams by; returns its diff_id
-    (None for a directory, which is copied: there is no tar to have one) and the
-    sha256 of every file written (by inode), for its manifest (None when copied)."""
+    (None for a directory, which is copied: there is no tar to have one) and what
+    is known of the files written, for its manifest (None when copied)."""
     if spec.copy_into is not None:
         spec.copy_into(target)
         return None, None
@@ -192,7 +192,7 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
         try:
             with decompressed(raw) as plain:  # type: ignore[arg-type]
                 diff = HashingReader(plain)
-                hashes = unpack_layer(diff, target, lowers,  # type: ignore[arg-type]
+                known = unpack_layer(diff, target, lowers,  # type: ignore[arg-type]
                                       before_finish, budget, written)
                 diff.drain()
             raw.drain()
@@ -212,7 +212,7 @@ def unpack_verified(spec: LayerSpec, target: str, lowers: list[str],
     if spec.diff_id is not None and diff.digest != spec.diff_id:
         raise DigestMismatch(f"layer {quote(spec.what)} does not match its diff_id: expected "
                              f"{spec.diff_id}, found {diff.digest}", hint="the archive is corrupt")
-    return diff.digest, hashes
+    return diff.digest, known
 
 
 def blame_the_blob(spec: LayerSpec, raw: HashingReader) -> None:

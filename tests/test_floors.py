@@ -51,6 +51,7 @@ FLOORS = {
     "stacko.formats.compression": PRIMITIVES,
     "stacko.formats.ocimanifest": PRIMITIVES,
     "stacko.parallel": PRIMITIVES,
+    "stacko.shortpaths": PRIMITIVES,
     "stacko.formats.runsettings": PRIMITIVES,
     "stacko.formats.treewalk": PRIMITIVES,
     "stacko.registry": PRIMITIVES,

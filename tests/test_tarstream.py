@@ -313,13 +313,13 @@ def test_paths_taken_beforehand_are_replaced_not_followed(tmp_path: Path) -> Non
     (root / "late-plain").write_text("old")
     (root / "late-dir").mkdir()
     data = b"".join(header(name, len(body), mode=0o640) + pad(body) for name, body in members)
-    hashes = unpack_layer(io.BytesIO(data + bytes(1024)), str(root))
+    known = unpack_layer(io.BytesIO(data + bytes(1024)), str(root))
     assert outside.read_text() == "keep"
     for name, body in members:
         path = root / name
         assert not path.is_symlink() and path.read_bytes() == body, name
         assert path.stat().st_mode & 0o7777 == 0o640
-    assert len(hashes) == len(members)
+    assert len(known.hashes) == len(members)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
@@ -337,6 +337,54 @@ def test_written_is_called_once_every_file_is_there_before_the_layers_beneath(
                  before_finish=lambda: events.append(("beneath", None)),
                  written=lambda: events.append(("written", sorted(os.listdir(root)))))
     assert events == [("written", sorted(name for name, _ in members)), ("beneath", None)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_the_manifest_of_an_unpacked_layer_is_what_a_walk_finds(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The entries the writers read back from their descriptors (content.Written)
+    are what a walk of the layer finds, whatever came after them: a path named
+    again, a hard link, a directory replaced by a file; and the walk does not
+    look at those files again."""
+    from stacko import content
+    from stacko.formats.layertar import unpack_layer
+    out = io.BytesIO()
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes = b"", **fields: object) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o644
+        for key, value in fields.items():
+            setattr(info, key, value)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "d", type=tarfile.DIRTYPE, mode=0o755)
+        add(tar, "d/inner", b"in a directory replaced later")
+        for n in range(150):         # past the first 64: the writer threads' too
+            add(tar, f"f{n:03d}", b"%d" % n * (n + 1), uid=n, gid=2 * n, mode=0o600 + n % 64,
+                pax_headers={"SCHILY.xattr.user.note": f"note {n}"} if n % 7 == 0 else {})
+        add(tar, "f120", b"named again")                       # replaces a writer's file
+        add(tar, "hard", type=tarfile.LNKTYPE, linkname="f130")
+        add(tar, "d", b"a file now")                          # the directory removed
+        add(tar, "big", os.urandom(3 << 20))                   # written by the unpacker
+        add(tar, "sym", type=tarfile.SYMTYPE, linkname="f001")
+        for n in range(150, 200):
+            add(tar, f"f{n:03d}", b"late %d" % n)
+    root = tmp_path / "root"
+    root.mkdir()
+    known = unpack_layer(io.BytesIO(out.getvalue()), str(root))
+    looked: list = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(content.os, "lstat", lambda p: looked.append(p) or real_lstat(p))
+    built = content.build(str(root), known=known)
+    monkeypatch.undo()
+    walked = content.build(str(root))
+    assert built.entries == walked.entries
+    assert walked.entries["/f130"]["links"] == 2 and walked.entries["/f120"]["size"] == 11
+    assert walked.entries["/f007"]["xattrs"] == {"user.note": b"note 7".hex()}
+    assert walked.entries["/d"]["type"] == "file"
+    names = {os.path.basename(p) for p in looked}
+    assert {"f130", "hard", "sym"} <= names          # a hard link's, a symlink: looked at
+    assert not names & {"f000", "f007", "f100", "f120", "f199", "big", "d"}   # only listed
 
 
 def test_checksums_over_bytes_above_127_signed_or_not() -> None:

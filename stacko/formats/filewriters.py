@@ -24,6 +24,7 @@ from stacko.quoting import quote
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from stacko.content import Written
     from stacko.formats.spacebudget import SpaceBudget
 
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -46,10 +47,11 @@ def set_xattrs(where: str | int, xattrs: dict[str, bytes], path: str = "") -> No
             raise BadLayer(f"cannot set xattr {name} on {path or where}: {e.strerror}") from None
 
 
-def write_file(job: Job, hashes: dict[int, str]) -> None:
+def write_file(job: Job, written: Written) -> None:
     """Create one file: its data (hashed, for the content manifest), then owner,
     xattrs, mode (after chown, which clears setuid) and times, all through its
-    descriptor.  FileExistsError when its path is taken."""
+    descriptor, and last its manifest entry, read back through the descriptor
+    while the file is at hand.  FileExistsError when its path is taken."""
     path, views, uid, gid, mode, mtime_ns, xattrs = job
     fd = os.open(path, FLAGS, 0o600)
     try:
@@ -58,12 +60,12 @@ def write_file(job: Job, hashes: dict[int, str]) -> None:
             digest.update(view)
             while view:
                 view = view[os.write(fd, view):]
-        hashes[os.fstat(fd).st_ino] = digest.hexdigest()
         os.chown(fd, uid, gid)
         if xattrs:
             set_xattrs(fd, xattrs, path)
         os.chmod(fd, mode)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
+        written.add(fd, digest.hexdigest())
     except OSError as e:
         if e.filename is None:
             e.filename = path
@@ -72,12 +74,12 @@ def write_file(job: Job, hashes: dict[int, str]) -> None:
         os.close(fd)
 
 
-def _write_batch(batch: list[Job], hashes: dict[int, str]) -> list[Job]:
+def _write_batch(batch: list[Job], written: Written) -> list[Job]:
     """The jobs whose path was taken, for the unpacker to redo after making room."""
     taken = []
     for job in batch:
         try:
-            write_file(job, hashes)
+            write_file(job, written)
         except FileExistsError:
             taken.append(job)
     return taken
@@ -90,11 +92,11 @@ class Writers:
     not concurrent.futures, which imports logging and more (~7 ms of every
     import and pull)."""
 
-    __slots__ = ("hashes", "budget", "batch", "size", "blocks", "last", "pending", "taken",
+    __slots__ = ("written", "budget", "batch", "size", "blocks", "last", "pending", "taken",
                  "lock", "work", "done", "todo", "outstanding", "error", "stopping", "threads")
 
-    def __init__(self, hashes: dict[int, str], budget: SpaceBudget | None = None) -> None:
-        self.hashes = hashes
+    def __init__(self, written: Written, budget: SpaceBudget | None = None) -> None:
+        self.written = written
         self.budget = budget
         self.blocks = 0          # the batch's files in whole blocks, as the budget counts
         self.last = ""
@@ -123,7 +125,7 @@ class Writers:
                     return
                 batch = self.todo.popleft()
             try:
-                taken, error = _write_batch(batch, self.hashes), None
+                taken, error = _write_batch(batch, self.written), None
             except BaseException as e:      # raised by add() or settle(), in the unpacker
                 taken, error = [], e
             with self.lock:

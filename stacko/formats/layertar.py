@@ -20,6 +20,7 @@ import hashlib
 import os
 import stat
 
+from stacko.content import Written
 from stacko.errors import StackoError
 from stacko.formats.filewriters import Writers, set_xattrs, write_file
 from stacko.formats.prefetch import Prefetched
@@ -87,7 +88,7 @@ class Unpacker:
     directory that the tar fills without naming it copies its owner and mode
     from there, so that the merged view does not change it.
     """
-    __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "hashes",
+    __slots__ = ("root", "lowers", "budget", "_dirs", "_meta", "_opaque", "known",
                  "before_finish", "written", "_implicit", "_made", "_writers", "_serial")
 
     def __init__(self, root: str, lowers: Sequence[str] = (), budget: SpaceBudget | None = None,
@@ -99,9 +100,9 @@ class Unpacker:
         self._dirs: set[str] = set()             # checked: real directories
         self._meta: dict[str, _DirMeta] = {}
         self._opaque: set[str] = set()
-        # inode -> sha256 of the data written, for the content manifest (content.py),
-        # so that the files are not read back to hash them.
-        self.hashes: dict[int, str] = {}
+        # The files written, for the content manifest (content.Written): their
+        # data is not read back to hash it, nor most of them looked at again.
+        self.known = Written()
         # Called once the tar is read and before the layers beneath are looked at:
         # a pull unpacks several layers at once, and waits there for those beneath.
         self.before_finish = before_finish
@@ -145,7 +146,7 @@ class Unpacker:
         for job in self._writers.settle():
             path = job[0]
             self._remove(path[len(self.root) + 1:], path)
-            write_file(job, self.hashes)
+            write_file(job, self.known)
 
     def _path(self, rel: str) -> str:
         return self.root + "/" + rel if rel else self.root
@@ -187,13 +188,13 @@ class Unpacker:
                     self.budget.take(member.size,
                                      lambda: f"archive member {quote(member.name)}", inodes=1)
                 try:
-                    write_file(job, self.hashes)
+                    write_file(job, self.known)
                 except FileExistsError:       # taken by what this layer did not make
                     self._remove(rel, path)
-                    write_file(job, self.hashes)
+                    write_file(job, self.known)
                 return
             if self._writers is None:
-                self._writers = Writers(self.hashes, self.budget)
+                self._writers = Writers(self.known, self.budget)
             self._writers.add(rel, job, member.size)
             return
         if self.budget is not None and kind != REG:      # a file: in _write_file
@@ -311,6 +312,7 @@ class Unpacker:
             return
         if stat.S_ISDIR(st.st_mode):
             import shutil     # here: only an archive that replaces a directory needs it
+            self._forget_tree(path)
             shutil.rmtree(path)
             prefix = rel + "/"
             self._dirs = {d for d in self._dirs if d != rel and not d.startswith(prefix)}
@@ -319,6 +321,19 @@ class Unpacker:
             self._opaque = {d for d in self._opaque if d != rel and not d.startswith(prefix)}
         else:
             os.unlink(path)
+            self.known.removed(st.st_ino)
+
+    def _forget_tree(self, path: str) -> None:
+        """What a directory about to be removed holds is no longer known: its
+        inode numbers may come back for other files."""
+        todo = [path]
+        while todo:
+            with os.scandir(todo.pop()) as listing:
+                for one in listing:
+                    if one.is_dir(follow_symlinks=False):
+                        todo.append(one.path)
+                    else:
+                        self.known.removed(one.inode())
 
     def _write_file(self, tar: TarReader, member: Member, path: str) -> None:
         """Create, fill and set up a regular file through one descriptor: its data
@@ -339,12 +354,13 @@ class Unpacker:
             else:
                 digest = hashlib.sha256()
                 tar.copy(member.size, fd, digest)
-                self.hashes[os.fstat(fd).st_ino] = digest.hexdigest()
             os.chown(fd, member.uid, member.gid)
             if member.xattrs:
                 self._set_xattrs(fd, member_xattrs(member), path)
             os.chmod(fd, member.mode)
             os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+            if member.sparse is None:
+                self.known.add(fd, digest.hexdigest())
         finally:
             os.close(fd)
 
@@ -362,6 +378,7 @@ class Unpacker:
         if stat.S_ISDIR(st.st_mode):
             raise HostileArchive(f"archive member {quote(member.name)} is a hard link to a directory")
         os.link(target_path, path, follow_symlinks=False)
+        self.known.linked(st.st_ino)      # its link count is no longer what was read
 
     def _set_attrs(self, path: str, member: Member) -> None:
         """Owner, xattrs, mode and times of what is not a regular file, by path."""
@@ -394,16 +411,16 @@ class Unpacker:
 def unpack_layer(stream: io.BufferedIOBase, root: str, lowers: Sequence[str] = (),
                  before_finish: Callable[[], None] | None = None,
                  budget: SpaceBudget | None = None,
-                 written: Callable[[], None] | None = None) -> dict[int, str]:
-    """Unpack a layer tar into root; returns inode -> sha256 of every file written
-    (but for sparse files: content.build reads those)."""
+                 written: Callable[[], None] | None = None) -> Written:
+    """Unpack a layer tar into root; returns what it knows of the files it wrote,
+    for their content manifest (content.build)."""
     unpacker = Unpacker(root, lowers, before_finish=before_finish, budget=budget,
                         written=written)
     try:
         # Decompressed and hashed ahead, on the other core (prefetch.py).
         with Prefetched(stream) as ahead:
             unpacker.unpack(ahead)  # type: ignore[arg-type]
-        return unpacker.hashes
+        return unpacker.known
     except OSError as e:
         raise BadLayer(f"cannot unpack into {quote(e.filename or root)}: {e.strerror}") from None
     except (ValueError, OverflowError) as e:      # a directory's owner or time, set last
