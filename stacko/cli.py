@@ -88,6 +88,10 @@ def quick_args(argv: Sequence[str]) -> Args | None:
 
 
 _quick = False       # the line was parsed by quick_args: see console_main
+# Commands that end as a quick one does, though argparse parsed them (their
+# grammar is beyond the quick parse): what they open they close, and the
+# teardown costs an import-image ~12 ms (docs/bench.md).
+QUICK_END = ("import-image",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(argv)
         if isinstance(args, int):
             return args
+        _quick = args.command in QUICK_END
     if getattr(args, "verbose", False):
         from stacko import log
         log.verbose = True
@@ -150,8 +155,9 @@ def console_main() -> None:
 
 def quick_exit_safe() -> bool:
     """Whether the process may end without the interpreter's teardown: only
-    after a quickly parsed line (a known, short path), and only when no other
-    thread runs and nothing that registers exit handlers was imported."""
+    after a quickly parsed line (a known, short path) or one of QUICK_END, and
+    only when no other thread runs and nothing that registers exit handlers
+    was imported."""
     if not _quick:
         return False
     if {"logging", "concurrent.futures", "multiprocessing", "atexit"} & sys.modules.keys():

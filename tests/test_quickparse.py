@@ -278,3 +278,30 @@ def test_the_quick_exit_delivers_all_output_and_the_status(tmp_path) -> None:
     assert r.returncode == 1 and "no stackpoint named 'nothing'" in r.stderr
     r = console(store.root, "get-stackpoint-dir", "bad name")        # argparse's line
     assert r.returncode == 2 and "invalid name" in r.stderr
+
+
+def test_import_image_ends_without_the_teardown(tmp_path) -> None:
+    """import-image (parsed by argparse: its grammar is beyond the quick parse)
+    ends as a quick command does, once it has closed all it opened and no other
+    thread runs; a line argparse refuses still ends through sys.exit."""
+    from ocigen import f, write_layout
+    layout = tmp_path / "layout"
+    write_layout(layout, [[f("a", b"1")], [f("b", b"2")]])
+    probe = ("import os, sys\n"
+             "real = os._exit\n"
+             "def ending(status):\n"
+             "    sys.stderr.write(f'os._exit({status})'); sys.stderr.flush(); real(status)\n"
+             "os._exit = ending\n"
+             "from stacko.cli import console_main; console_main()")
+    root = str(tmp_path / "root")
+    for argv, status in ((["import-image", "x", str(layout)], 0),
+                         (["import-image", "y", str(tmp_path / "none")], 1)):
+        r = subprocess.run([sys.executable, "-c", probe, "--root", root, *argv],
+                           stderr=subprocess.PIPE, text=True)
+        assert r.returncode == status and r.stderr.endswith(f"os._exit({status})"), r.stderr
+    r = subprocess.run([sys.executable, "-c", probe, "--root", root, "import-image", "x"],
+                       stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and "os._exit" not in r.stderr
+    listed = subprocess.run([sys.executable, "-m", "stacko", "--root", root, "list-images"],
+                            stdout=subprocess.PIPE, text=True)
+    assert listed.stdout.split() == ["x", "x.layer-1"]
