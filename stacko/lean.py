@@ -10,7 +10,7 @@ equivalent does, on the C module that equivalent is itself built on (``_json``,
 for almost nothing.  This is the only module of stacko that names a private
 module of CPython, and tests/test_lean.py holds each stand-in to its public
 equivalent: ``parse_json`` to ``json.loads``, ``dump_json`` to ``json.dumps``
-(as the state files are written), ``signal`` to ``signal``,
+(as state files and image documents are written), ``signal`` to ``signal``,
 ``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``, ``sha256``
 to ``hashlib.sha256``, ``connect`` to ``socket.create_connection``.
 """
@@ -70,27 +70,33 @@ def parse_json(text: str) -> object:
     return json.loads(text)
 
 
-# --- json.dumps(indent=2, sort_keys=True) ----------------------------------------
-def dump_json(value: object) -> str:
+# --- json.dumps(sort_keys=True), indented or compact ------------------------------
+def dump_json(value: object, compact: bool = False) -> str:
     """json.dumps(value, indent=2, sort_keys=True), as the state files are
-    written, without importing json (with re and enum) for what they hold:
-    objects with string keys, lists, strings, integers, booleans and null.
-    Strings go through _json's encode_basestring_ascii, as json.dumps's do;
-    anything else (a float, another key type) goes to json.dumps itself."""
+    written, or with compact=True json.dumps(value, sort_keys=True,
+    separators=(",", ":")), as image configs and manifests are, without
+    importing json (with re and enum) for what they hold: objects with string
+    keys, lists, strings, integers, booleans and null.  Strings go through
+    _json's encode_basestring_ascii, as json.dumps's do; anything else (a
+    float, another key type) goes to json.dumps itself."""
     try:
         from _json import encode_basestring_ascii as quote
     except ImportError:                   # an interpreter without it
         quote = None
     parts: list[str] = []
-    if quote is not None and _dump(value, quote, parts, "\n"):
+    if quote is not None and _dump(value, quote, parts, None if compact else "\n"):
         return "".join(parts)
     import json
+    if compact:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return json.dumps(value, indent=2, sort_keys=True)
 
 
-def _dump(value: object, quote: Callable[[str], str], out: list[str], newline: str) -> bool:
-    """Appends value's text to out, as json's pure-Python encoder (which
-    json.dumps uses with indent) writes it; False for what it leaves to json."""
+def _dump(value: object, quote: Callable[[str], str], out: list[str],
+          newline: str | None) -> bool:
+    """Appends value's text to out, as json's encoders write it (newline: the
+    line break and indent before a closing bracket; None: compact); False for
+    what it leaves to json."""
     if isinstance(value, str):
         out.append(quote(value))
     elif value is None:
@@ -105,25 +111,27 @@ def _dump(value: object, quote: Callable[[str], str], out: list[str], newline: s
         if not value:
             out.append("{}" if isinstance(value, dict) else "[]")
             return True
-        inner = newline + "  "
+        inner = None if newline is None else newline + "  "
+        first, comma, colon, end = (inner, "," + inner, ": ", newline) if inner is not None \
+            else ("", ",", ":", "")
         if isinstance(value, dict):
             if not all(isinstance(key, str) for key in value):
                 return False
             out.append("{")
             for n, key in enumerate(sorted(value)):
-                out.append(inner if n == 0 else "," + inner)
+                out.append(comma if n else first)
                 out.append(quote(key))
-                out.append(": ")
+                out.append(colon)
                 if not _dump(value[key], quote, out, inner):
                     return False
-            out.append(newline + "}")
+            out.append(end + "}")
         else:
             out.append("[")
             for n, item in enumerate(value):
-                out.append(inner if n == 0 else "," + inner)
+                out.append(comma if n else first)
                 if not _dump(item, quote, out, inner):
                     return False
-            out.append(newline + "]")
+            out.append(end + "]")
     else:
         return False
     return True

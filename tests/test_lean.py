@@ -288,6 +288,9 @@ def test_dump_json_writes_what_json_dumps_writes(value: object) -> None:
 
     from stacko.lean import dump_json
     assert dump_json(value) == json.dumps(value, indent=2, sort_keys=True)
+    # compact, as image configs and manifests are written (ocimanifest.json_bytes)
+    assert dump_json(value, compact=True) == json.dumps(value, sort_keys=True,
+                                                        separators=(",", ":"))
 
 
 def test_a_state_write_imports_no_json(tmp_path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import sys
 
@@ -140,6 +139,7 @@ def write_archive(store: Store, chain: list[Image], name: str, path: str, compre
              "manifests": [{"mediaType": packed.manifest_type, "digest": packed.manifest.digest,
                             "size": packed.manifest.size,
                             "annotations": {REF_ANNOTATION: name}}]}
+    import json     # here: a push packs layers with this module, and needs no json
     layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
     index_text = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
     if path == "-":
