@@ -286,3 +286,43 @@ def test_the_progress_line_shows_only_after_a_second_and_is_erased(monkeypatch) 
     progress("")
     assert err.getvalue() == ("\r\033[Kstacko: unpacking layer 1/1 (big)"
                               "\r\033[Kstacko: unpacking layer 2/2 (next)\r\033[K")
+
+
+def test_a_packer_that_ends_frees_its_place_and_its_layer_goes_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two layers are packed at once: when the second ends first, the third
+    starts packing and the second uploads while the first still packs (it
+    used to wait for the first: push-image to an empty registry, docs/bench.md)."""
+    import threading
+    import types
+
+    from stacko.formats import ociexport
+    from stacko.registry import push
+    events: list = []
+    third_started = threading.Event()
+    uploaded = threading.Event()
+
+    def pack(store: object, image: object, n: int, compression: str, work: str) -> tuple:
+        events.append(("pack", n))
+        if n == 1:              # the bottom layer, long: done only once the others went
+            assert third_started.wait(10) and uploaded.wait(10), events
+        if n == 3:
+            third_started.set()
+        blob = types.SimpleNamespace(digest=f"sha256:{n:064x}", size=n, path="")
+        return blob, f"sha256:{n + 10:064x}"
+
+    def send(client: object, blob: object, sources: list, tally: Tally, asked: bool) -> None:
+        events.append(("upload", blob.size))  # type: ignore[attr-defined]
+        if blob.size == 2:  # type: ignore[attr-defined]
+            uploaded.set()
+    monkeypatch.setattr(ociexport, "pack_image_layer", pack)
+    monkeypatch.setattr(push, "send_blob", send)
+    chain = [types.SimpleNamespace(name=f"l{n}") for n in range(3)]
+    layers: list = [None] * 3
+    diff_ids: list = [None] * 3
+    store = types.SimpleNamespace(tmp_dir=str(tmp_path))
+    push.send_layers(store, chain, lambda n: None, layers, diff_ids, "gzip",  # type: ignore[arg-type]
+                     None, [], Tally("pushed"), set(), lambda: (b"", ""))  # type: ignore[arg-type]
+    assert [d["size"] for d in layers] == [1, 2, 3]
+    assert diff_ids == [f"sha256:{n + 10:064x}" for n in (1, 2, 3)]
+    assert events.index(("upload", 2)) < events.index(("upload", 1)), events

@@ -127,13 +127,26 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
     directory and the packers only when a layer is packed.  Fills in layers
     and diff_ids; finish() runs while the last uploads go on, and what it
     returns is returned once they are done."""
+    import threading
     sent: dict[str, Task] = {}
-    packing: list[tuple[int, Task]] = []       # in the order of the stack
+    packing: dict[int, Task] = {}              # layer -> its packer, until it is sent
+    order: list[int] = []                      # the layers packed, bottom first
+    logged: list[int] = []                     # those said (-v) packed, in that order
+    finished: list[int] = []                   # packers done, in the order they ended
+    slots = threading.Semaphore(PACKERS)       # at most PACKERS layers packed at once
 
-    def packed(n: int, task: Task) -> None:
-        """A layer packed: its upload starts (unless the same blob went already)."""
-        blob, diff_id = task.result()  # type: ignore[misc]
-        run.debug(f"stacko: packed {chain[n].name} as {blob_text(blob.digest, blob.size)}")
+    def pack(n: int, work: str) -> object:
+        from stacko.formats.ociexport import pack_image_layer
+        try:
+            return pack_image_layer(store, chain[n], n + 1, compression, work)
+        finally:
+            finished.append(n)
+            slots.release()
+
+    def packed(n: int) -> None:
+        """A layer packed: its upload starts at once (unless the same blob
+        went already), whether or not the layers beneath it are done."""
+        blob, diff_id = packing.pop(n).result()  # type: ignore[misc]
         if blob.digest in sent:          # two layers alike: one upload
             tally.note("skipped", blob.digest, blob.size, detail=": sent already")
         else:
@@ -145,6 +158,18 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
                                      blob.digest in tried)
         layers[n] = layer_descriptor(chain[n], LAYER_TYPES[compression], blob.digest, blob.size)
         diff_ids[n] = diff_id
+        # -v says what was packed bottom first, whatever order the packers end in.
+        while len(logged) < len(order) and layers[order[len(logged)]] is not None:
+            m = order[len(logged)]
+            logged.append(m)
+            run.debug(f"stacko: packed {chain[m].name} as "
+                      f"{blob_text(layers[m]['digest'], layers[m]['size'])}")  # type: ignore[index]
+
+    def next_slot() -> None:
+        """Wait for a free packer; send what the packers finished meanwhile."""
+        slots.acquire()
+        while finished:
+            packed(finished.pop(0))
     with contextlib.ExitStack() as stack:
         work = None
         try:
@@ -156,20 +181,15 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
                     layers[n] = layer_descriptor(image, LAYER_TYPES[compression], digest, size)
                     diff_ids[n] = diff_id
                     continue
-                from stacko.formats.ociexport import pack_image_layer
                 if work is None:
                     from stacko import staging
                     work = stack.enter_context(staging.staging_dir(store.tmp_dir, "export"))
-                # At most PACKERS layers packed at once; those done are sent, in order.
-                while len([t for _, t in packing if not t.done()]) >= PACKERS:
-                    next(t for _, t in packing if not t.done()).wait()
-                while packing and packing[0][1].done():
-                    packed(*packing.pop(0))
+                next_slot()
                 moved.progress(f"packing layer {n + 1}/{len(chain)} ({image.name})")
-                packing.append((n, Task(pack_image_layer, store, image, n + 1, compression,
-                                        work)))
+                order.append(n)
+                packing[n] = Task(pack, n, work)
             while packing:
-                packed(*packing.pop(0))
+                next_slot()
             done = finish()
             if sent:
                 moved.progress(f"uploading {len(sent)} layer{'s' if len(sent) != 1 else ''}")
@@ -177,7 +197,7 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
                 task.result()
             return done
         finally:
-            for task in [t for _, t in packing] + list(sent.values()):
+            for task in list(packing.values()) + list(sent.values()):
                 task.wait()                 # nothing reads or writes a file being removed
             moved.progress("")
 
