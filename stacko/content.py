@@ -194,9 +194,11 @@ class Written:
         self.hashes: dict[int, str] = {}
         self.entries: dict[int, tuple[dict, int]] = {}
 
-    def add(self, fd: int, sha256: str) -> None:
-        """A regular file just written and set up through fd."""
-        st = os.fstat(fd)
+    def add(self, fd: int, sha256: str, st: os.stat_result | None = None) -> None:
+        """A regular file just written and set up through fd; st: its fstat, when
+        nothing but its times changed since."""
+        if st is None:
+            st = os.fstat(fd)
         entry = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
                  "type": "file", "size": st.st_size, "sha256": sha256}
         xattrs = xattrs_of(fd)

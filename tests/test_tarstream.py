@@ -387,6 +387,44 @@ def test_the_manifest_of_an_unpacked_layer_is_what_a_walk_finds(tmp_path: Path,
     assert not names & {"f000", "f007", "f100", "f120", "f199", "big", "d"}   # only listed
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_a_file_made_as_it_should_be_is_not_chowned_nor_chmodded(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A file is created with its mode (but setuid, setgid, sticky), and its
+    owner and mode are set only where the file as created differs: as root, a
+    plain 0:0 file needs neither call.  What ends on disk is what the tar says,
+    and what the manifest says."""
+    from stacko import content
+    from stacko.formats import filewriters
+    from stacko.formats.layertar import unpack_layer
+    me = (os.geteuid(), os.getegid())
+    members = [("plain", me, 0o644), ("other", (1000, 100), 0o640), ("setuid", me, 0o4755),
+               ("umasked", me, 0o666), ("setgid-other", (7, 8), 0o2750)]
+    members += [(f"f{n}", me, 0o600 + n % 2 * 0o44) for n in range(100)]   # the writers' too
+    data = b"".join(header(name, 3, uid=uid, gid=gid, mode=mode) + pad(b"abc")
+                    for name, (uid, gid), mode in members)
+    calls: List[str] = []
+    for name in ("chown", "chmod"):
+        real = getattr(os, name)
+        monkeypatch.setattr(filewriters.os, name,
+                            lambda fd, *a, _real=real, _name=name: calls.append(_name) or
+                            _real(fd, *a))
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "root"
+        root.mkdir()
+        known = unpack_layer(io.BytesIO(data + bytes(1024)), str(root))
+    finally:
+        os.umask(old)
+        monkeypatch.undo()
+    for name, (uid, gid), mode in members:
+        st = os.lstat(root / name)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode), name
+    # other: chown and chmod; setuid, umasked: chmod; setgid-other: both
+    assert sorted(calls) == ["chmod"] * 4 + ["chown"] * 2
+    assert content.build(str(root), known=known).entries == content.build(str(root)).entries
+
+
 def test_checksums_over_bytes_above_127_signed_or_not() -> None:
     """The sum of a header of high bytes (a UTF-8 name), as new tars write it and
     as old ones (Sun, NeXT) did, with signed chars; one off is refused."""

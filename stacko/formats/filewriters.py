@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import stat
 import threading
 
 from stacko.formats.spacebudget import BLOCK
@@ -47,25 +48,48 @@ def set_xattrs(where: str | int, xattrs: dict[str, bytes], path: str = "") -> No
             raise BadLayer(f"cannot set xattr {name} on {path or where}: {e.strerror}") from None
 
 
+def create_mode(mode: int) -> int:
+    """The mode to create a file with: its own, unless setuid, setgid or sticky
+    (0600 then, until its owner is set: chown clears setuid and setgid)."""
+    return mode if not mode & 0o7000 else 0o600
+
+
+def set_up(fd: int, path: str, uid: int, gid: int, mode: int, mtime_ns: int,
+           xattrs: dict[str, bytes] | None, written: Written, sha256: str | None) -> None:
+    """Owner, xattrs, mode (after chown, which clears setuid) and times of a file
+    just written, through its descriptor: the owner and mode only where the file
+    as created (fstat) differs from them, so that root makes a plain file with
+    four calls after its data, not six.  Then, with its sha256, the file as it is
+    now goes to written, for its manifest entry."""
+    st = os.fstat(fd)
+    changed = False
+    if st.st_uid != uid or st.st_gid != gid:
+        os.chown(fd, uid, gid)
+        changed = True
+    if xattrs:
+        set_xattrs(fd, xattrs, path)
+        changed = True
+    if changed or stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(fd, mode)
+        changed = True
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    if sha256 is not None:
+        written.add(fd, sha256, None if changed else st)
+
+
 def write_file(job: Job, written: Written) -> None:
-    """Create one file: its data (hashed, for the content manifest), then owner,
-    xattrs, mode (after chown, which clears setuid) and times, all through its
-    descriptor, and last its manifest entry, read back through the descriptor
-    while the file is at hand.  FileExistsError when its path is taken."""
+    """Create one file: its data (hashed, for the content manifest), then the
+    rest (set_up), all through its descriptor.  FileExistsError when its path
+    is taken."""
     path, views, uid, gid, mode, mtime_ns, xattrs = job
-    fd = os.open(path, FLAGS, 0o600)
+    fd = os.open(path, FLAGS, create_mode(mode))
     try:
         digest = hashlib.sha256()
         for view in views:
             digest.update(view)
             while view:
                 view = view[os.write(fd, view):]
-        os.chown(fd, uid, gid)
-        if xattrs:
-            set_xattrs(fd, xattrs, path)
-        os.chmod(fd, mode)
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-        written.add(fd, digest.hexdigest())
+        set_up(fd, path, uid, gid, mode, mtime_ns, xattrs, written, digest.hexdigest())
     except OSError as e:
         if e.filename is None:
             e.filename = path

@@ -22,7 +22,7 @@ import stat
 
 from stacko.content import Written
 from stacko.errors import StackoError
-from stacko.formats.filewriters import Writers, set_xattrs, write_file
+from stacko.formats.filewriters import Writers, create_mode, set_up, set_xattrs, write_file
 from stacko.formats.prefetch import Prefetched
 from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
                                         NoSpace, SpaceBudget)
@@ -337,14 +337,15 @@ class Unpacker:
 
     def _write_file(self, tar: TarReader, member: Member, path: str) -> None:
         """Create, fill and set up a regular file through one descriptor: its data
-        hashed as it is written (for the content manifest), then owner, xattrs,
-        mode (after chown, which clears setuid) and times."""
+        hashed as it is written (for the content manifest), then the rest
+        (filewriters.set_up)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)      # FileExistsError before the budget is charged: see _member
+                     create_mode(member.mode))   # FileExistsError before the budget is charged
         try:
             if self.budget is not None:
                 self.budget.take(member.size, lambda: f"archive member {quote(member.name)}",
                                  inodes=1)
+            sha256 = None
             if member.sparse is not None:
                 # Only the data, at its offsets; the file's length makes the holes.
                 # Not hashed here: content.build reads it (holes read as zeros).
@@ -354,13 +355,9 @@ class Unpacker:
             else:
                 digest = hashlib.sha256()
                 tar.copy(member.size, fd, digest)
-            os.chown(fd, member.uid, member.gid)
-            if member.xattrs:
-                self._set_xattrs(fd, member_xattrs(member), path)
-            os.chmod(fd, member.mode)
-            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
-            if member.sparse is None:
-                self.known.add(fd, digest.hexdigest())
+                sha256 = digest.hexdigest()
+            set_up(fd, path, member.uid, member.gid, member.mode, member.mtime_ns,
+                   member_xattrs(member) if member.xattrs else None, self.known, sha256)
         finally:
             os.close(fd)
 
