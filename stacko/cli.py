@@ -10,7 +10,7 @@ import os
 import sys
 
 from stacko import __version__
-from stacko.cmdtable import COMMANDS, quick_grammar
+from stacko.cmdtable import COMMANDS, MaybeOne, quick_grammar
 from stacko.errors import Interrupted, StackoError
 from stacko.handlers import Args, store
 from stacko.lean import signal
@@ -36,7 +36,10 @@ def quick_args(argv: Sequence[str]) -> Args | None:
     flags: tuple[str, ...] = ()
     options: dict = {}
     given = iter(argv)
+    runs = 0                 # runs of positional words, options between them
+    run = False
     for word in given:
+        run, was_run = False, run
         if word == "--root" or word.startswith("--root="):
             root = next(given, None) if word == "--root" else word[len("--root="):]
             if root is None or root.startswith("-") or "root" in values:
@@ -71,9 +74,19 @@ def quick_args(argv: Sequence[str]) -> Args | None:
             return None
         else:
             words.append(word)
-    if command is None or len(words) != len(positional):
+            run = True
+            runs += not was_run
+    if command is None:
         return None
+    required = sum(not isinstance(check, MaybeOne) for _, check in positional)
+    if not required <= len(words) <= len(positional):
+        return None
+    if required < len(positional) and runs > 1:
+        return None          # argparse's to judge: see cmdtable.MaybeOne
+    values.update((dest, None) for dest, _ in positional[len(words):])
     for (dest, check), word in zip(positional, words):
+        if isinstance(check, MaybeOne):
+            check = check.check
         if check is name:
             if not is_name(word):
                 return None

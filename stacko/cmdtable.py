@@ -237,7 +237,7 @@ COMMANDS = [
                               "layer, whatever the format; default: none)"),
             arg("--ref", help="which image of a layout or archive that holds several "
                               "(its ref name or repository tag)"),
-            epilog=IMPORT_FORMATS),
+            epilog=IMPORT_FORMATS, quick=True),
     Command("export-image", cmd_export_image,
             "write an image's stack as an OCI layout in a tar ('-': stdout)",
             # No type=name: export_image checks it, and can tell a swapped PATH NAME.
@@ -400,6 +400,19 @@ COMMANDS = [
 POSITIONAL_TYPES = (name, reference)
 
 
+class MaybeOne:
+    """The check of a last positional that may be left out (nargs="?"): argparse
+    gives it None when absent.  The quick parse takes such a line only when its
+    positionals come in one run, no option between them (argparse fills a
+    positional left out at the end of a run, and refuses a word after it)."""
+
+    def __init__(self, check: Callable[[str], str]) -> None:
+        self.check = check
+
+    def __call__(self, text: str) -> str:
+        return self.check(text)
+
+
 def one_of(choices: Sequence[str]) -> Callable[[str], str]:
     """The quick parse's check of an option with choices (and no type=): a
     value that is not one of them raises, and the line goes to argparse."""
@@ -438,8 +451,15 @@ def quick_grammar(command: Command) -> Grammar:
                 and all(isinstance(c, str) for c in kwargs["choices"]):  # type: ignore[attr-defined]
             options[flag] = (flag[2:].replace("-", "_"),  # type: ignore[assignment]
                              one_of(kwargs["choices"]), kwargs["default"], False)  # type: ignore[arg-type]
-        elif not flag.startswith("-") and keys == {"type"} and kwargs["type"] in POSITIONAL_TYPES:
+        elif not flag.startswith("-") and keys == {"type"} and kwargs["type"] in POSITIONAL_TYPES \
+                and not any(isinstance(check, MaybeOne) for _, check in positional):
             positional.append((flag, kwargs["type"]))  # type: ignore[arg-type]
+        elif not flag.startswith("-") and not keys \
+                and not any(isinstance(check, MaybeOne) for _, check in positional):
+            positional.append((flag, str))     # any word (one that starts with '-': argparse's)
+        elif not flag.startswith("-") and keys == {"type", "nargs"} and kwargs["nargs"] == "?" \
+                and kwargs["type"] in POSITIONAL_TYPES:
+            positional.append((flag, MaybeOne(kwargs["type"])))  # type: ignore[arg-type]
         else:
             raise ValueError(f"{command.name}: the quick parse cannot take {flag}")
     return tuple(positional), tuple(flags), options

@@ -173,7 +173,7 @@ def test_archive_commands_import_no_typing(state: Path, workdir: Path) -> None:
             # Layers unpack on plain threads (unpacking.py, filewriters.py):
             # concurrent.futures would bring logging, ~7 ms of every import.
             assert "stacko.formats.tarstream" in modules, argv
-            assert modules & {"concurrent.futures", "logging"} == set(), argv
+            assert modules & {"concurrent.futures", "logging", "argparse"} == set(), argv
         check_no_typing(modules, cause, argv)
 
 
