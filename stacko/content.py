@@ -259,10 +259,10 @@ def build(root: str, known: Written | None = None, workers: int = 0,
             except OSError as e:
                 raise StackoError(f"cannot read {os.path.join(root, rel)}: "
                                   f"{e.strerror}") from None
-            for one in names:
-                sub = f"{rel}/{one.name}" if rel else one.name
-                ino = one.inode()
-                if ino in made and ino not in spoilt and one.is_file(follow_symlinks=False):
+            for listed in names:
+                sub = f"{rel}/{listed.name}" if rel else listed.name
+                ino = listed.inode()
+                if ino in made and ino not in spoilt and listed.is_file(follow_symlinks=False):
                     first = used.get(ino)
                     if first is None:
                         used[ino] = sub
