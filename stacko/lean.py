@@ -79,13 +79,14 @@ def dump_json(value: object, compact: bool = False) -> str:
     keys, lists, strings, integers, booleans and null.  Strings go through
     _json's encode_basestring_ascii, as json.dumps's do; anything else (a
     float, another key type) goes to json.dumps itself."""
+    parts: list[str] = []
     try:
         from _json import encode_basestring_ascii as quote
     except ImportError:                   # an interpreter without it
-        quote = None
-    parts: list[str] = []
-    if quote is not None and _dump(value, quote, parts, None if compact else "\n"):
-        return "".join(parts)
+        pass
+    else:
+        if _dump(value, quote, parts, None if compact else "\n"):
+            return "".join(parts)
     import json
     if compact:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -111,9 +112,12 @@ def _dump(value: object, quote: Callable[[str], str], out: list[str],
         if not value:
             out.append("{}" if isinstance(value, dict) else "[]")
             return True
-        inner = None if newline is None else newline + "  "
-        first, comma, colon, end = (inner, "," + inner, ": ", newline) if inner is not None \
-            else ("", ",", ":", "")
+        inner: str | None = None
+        if newline is None:
+            first, comma, colon, end = "", ",", ":", ""
+        else:
+            inner = newline + "  "
+            first, comma, colon, end = inner, "," + inner, ": ", newline
         if isinstance(value, dict):
             if not all(isinstance(key, str) for key in value):
                 return False
