@@ -3,6 +3,7 @@ what real writers make is read as tarfile reads it, and hostile headers are
 refused with a BadLayer, never a traceback, a loop or a huge read."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -423,6 +424,29 @@ def test_a_file_made_as_it_should_be_is_not_chowned_nor_chmodded(tmp_path: Path,
     # other: chown and chmod; setuid, umasked: chmod; setgid-other: both
     assert sorted(calls) == ["chmod"] * 4 + ["chown"] * 2
     assert content.build(str(root), known=known).entries == content.build(str(root)).entries
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking sets owners: root only")
+def test_a_sparse_file_named_again_is_not_given_the_hash_of_the_file_it_replaces(
+        tmp_path: Path) -> None:
+    """A path named again frees the inode number of what it held, which the file
+    made next may get: that file (here a sparse one, hashed by the manifest's
+    walk, not as it is written) must not inherit the sha256 of the one removed."""
+    from stacko import content
+    from stacko.formats.layertar import unpack_layer
+    sparse = pax(rec(b"GNU.sparse.map", b"0,5,10,5") + rec(b"GNU.sparse.realsize", b"20"),
+                 name="x", size=10, body=b"abcdeFGHIJ")
+    for n in range(5):                    # in a fresh directory, and among other files
+        root = tmp_path / f"root{n}"
+        root.mkdir()
+        data = b"".join(header(f"f{k}", 1) + pad(b"f") for k in range(n * 50))
+        data += header("x", 3) + pad(b"old") + sparse
+        known = unpack_layer(io.BytesIO(data), str(root))
+        assert (root / "x").read_bytes() == b"abcde\0\0\0\0\0FGHIJ\0\0\0\0\0"
+        built = content.build(str(root), known=known)
+        assert built.entries["/x"]["sha256"] == \
+            hashlib.sha256((root / "x").read_bytes()).hexdigest()
+        assert built.entries == content.build(str(root)).entries
 
 
 def test_checksums_over_bytes_above_127_signed_or_not() -> None:
