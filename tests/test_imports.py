@@ -204,6 +204,8 @@ def test_registry_commands_import_no_typing(state: Path, registry: Registry) -> 
             assert "stacko.formats.tarstream" in modules, argv
             assert modules & {"tarfile", "stacko.formats.ociexport", "stacko.formats.layerpack",
                               "stacko.formats.sourcepath", "subwrap"} == set(), argv
+            # layers unpack on plain threads (unpacking.py): no logging with them
+            assert modules & {"concurrent.futures", "logging"} == set(), argv
         # stacko's own HTTP (http1.py), and no ssl for a registry of plain HTTP
         assert modules & {"http.client", "email", "ssl"} == set(), argv
         check_no_typing(modules, cause, argv)
