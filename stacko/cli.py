@@ -10,10 +10,11 @@ import os
 import sys
 
 from stacko import __version__
-from stacko.cmdtable import COMMANDS, MaybeOne, quick_grammar
+from stacko.cmdtable import COMMANDS
 from stacko.errors import Interrupted, StackoError
 from stacko.handlers import Args, store
 from stacko.lean import signal
+from stacko.quickgrammar import MaybeOne, quick_grammar
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # aliases for annotations only, never evaluated at run time
@@ -24,7 +25,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise Interrupted("terminated by a signal; what was begun has been undone")
 
 
-# --- the quick parse: see cmdtable.quick_grammar ------------------------------------
+# --- the quick parse: see quickgrammar.quick_grammar ---------------------------------
 def quick_args(argv: Sequence[str]) -> Args | None:
     """The parse of argv as argparse would make it, for a plainly well-formed
     line of one of the quick commands; None for every other line."""
@@ -82,7 +83,7 @@ def quick_args(argv: Sequence[str]) -> Args | None:
     if not required <= len(words) <= len(positional):
         return None
     if required < len(positional) and runs > 1:
-        return None          # argparse's to judge: see cmdtable.MaybeOne
+        return None          # argparse's to judge: see quickgrammar.MaybeOne
     values.update((dest, None) for dest, _ in positional[len(words):])
     for (dest, check), word in zip(positional, words):
         if isinstance(check, MaybeOne):

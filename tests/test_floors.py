@@ -132,6 +132,7 @@ FLOORS = {
     # The command line on top.
     "stacko.cli": CLI,
     "stacko.cmdtable": CLI,
+    "stacko.quickgrammar": CLI,
     "stacko.handlers": CLI,
     "stacko.parser": CLI,
     "stacko.__main__": CLI,
