@@ -96,6 +96,7 @@ FLOORS = {
     "stacko.registry.look": NOUNS,
     "stacko.formats.ocicheck": NOUNS,
     "stacko.formats.tarend": NOUNS,
+    "stacko.formats.tarfields": NOUNS,
     "stacko.formats.tarstream": NOUNS,
     "stacko.formats.filewriters": NOUNS,
     "stacko.formats.prefetch": PRIMITIVES,

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import pytest
 
-from stacko.formats.tarstream import EXT_LIMIT, MAX_EXT, BadLayer, Member, TarReader
+from stacko.formats.tarfields import BadLayer
+from stacko.formats.tarstream import EXT_LIMIT, MAX_EXT, Member, TarReader
 
 
 class Counting:

@@ -20,7 +20,7 @@ import stat
 import threading
 
 from stacko.formats.spacebudget import BLOCK
-from stacko.formats.tarstream import BadLayer
+from stacko.formats.tarfields import BadLayer
 from stacko.quoting import quote
 
 TYPE_CHECKING = False

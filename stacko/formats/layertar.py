@@ -26,7 +26,8 @@ from stacko.formats.filewriters import Writers, create_mode, set_up, set_xattrs,
 from stacko.formats.prefetch import Prefetched
 from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
                                         NoSpace, SpaceBudget)
-from stacko.formats.tarstream import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, BadLayer, Member,
+from stacko.formats.tarfields import BadLayer
+from stacko.formats.tarstream import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, Member,
                                       TarReader)
 from stacko.quoting import quote
 from stacko.records import record

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import struct
-from zlib import adler32
 
-from stacko.errors import StackoError
 from stacko.formats.tarend import tail_problem
+from stacko.formats.tarfields import (BadLayer, as_text, check_sum, checked_id, decimal, field,
+                                       number, parse_pax, pax_time_ns, size_of)
 from stacko.quoting import quote
 
 CHUNK = 1 << 20
@@ -30,7 +30,6 @@ EXT_LIMIT = 1 << 20          # a PAX header, a long name or a sparse map
 MAX_EXT = 8                  # extended headers before one member
 MAX_SPARSE = 1 << 18         # data runs of one sparse file
 ZERO_BLOCK = bytes(BLOCK)
-MAX_ID = (1 << 32) - 2       # (uid_t)-1 means "leave as it is" to chown(2)
 MAX_TIME_NS = ((1 << 63) - 1) * 10**9    # a time_t of seconds, as utimensat(2) takes it
 
 REG, LNK, SYM, CHR, BLK, DIR, FIFO = (b"0", b"1", b"2", b"3", b"4", b"5", b"6")
@@ -38,14 +37,9 @@ REG, LNK, SYM, CHR, BLK, DIR, FIFO = (b"0", b"1", b"2", b"3", b"4", b"5", b"6")
 _KIND = {b"0": REG, b"\0": REG, b"7": REG, b"S": REG, b"1": LNK, b"2": SYM, b"3": CHR,
          b"4": BLK, b"5": DIR, b"6": FIFO}
 _EXTENDED = (b"x", b"X", b"g", b"L", b"K")      # X: Solaris's name for x
-_SIGNED = struct.Struct("148b8x356b")
 _OCTALS = struct.Struct("100x8s8s8s12s12s")       # mode, uid, gid, size, mtime
 _NUMBERS = ((100, 108, "mode"), (108, 116, "uid"), (116, 124, "gid"), (124, 136, "size"),
             (136, 148, "mtime"))
-
-
-class BadLayer(StackoError):
-    """A layer tar that cannot be unpacked (corrupt, or an unsupported member)."""
 
 
 class Member:
@@ -59,84 +53,6 @@ class Member:
     def __init__(self) -> None:
         self.xattrs: dict[str, bytes] | None = None
         self.sparse: list[tuple[int, int]] | None = None
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _field(raw: bytes) -> bytes:
-    """A NUL-terminated header field."""
-    end = raw.find(0)
-    return raw if end < 0 else raw[:end]
-
-
-def _number(raw: bytes, what: str) -> int:
-    """A header's number: octal digits (spaces and NULs around them), or base-256
-    (GNU, star) when the first byte has its top bit set."""
-    first = raw[0]
-    if first & 0x80:
-        if first not in (0x80, 0xFF):
-            raise BadLayer(f"a tar header has a malformed {what}")
-        value = int.from_bytes(raw[1:], "big")
-        return value - (1 << (8 * len(raw) - 8)) if first == 0xFF else value
-    digits = _field(raw).strip(b" ")
-    if not digits:
-        return 0
-    if not digits.isdigit():
-        raise BadLayer(f"a tar header has a malformed {what}")
-    try:
-        return int(digits, 8)
-    except ValueError:         # an 8 or a 9
-        raise BadLayer(f"a tar header has a malformed {what}") from None
-
-
-def _decimal(raw: bytes, what: str) -> int:
-    if not raw.isdigit() or len(raw) > 20:
-        raise BadLayer(f"a PAX header has a malformed {what} ({_text(raw[:40])!r})")
-    return int(raw)
-
-
-def _id(value: int, what: str) -> int:
-    if not 0 <= value <= MAX_ID:
-        raise BadLayer(f"a tar member has an impossible {what} ({value})")
-    return value
-
-
-def _pax_time_ns(raw: bytes) -> int:
-    """A PAX time, [-]seconds[.fraction], in nanoseconds (a float would round)."""
-    sign = -1 if raw[:1] == b"-" else 1
-    whole, _, fraction = raw[1 if sign < 0 else 0:].partition(b".")
-    if not whole.isdigit() or (fraction and not fraction.isdigit()) or len(whole) > 20:
-        raise BadLayer(f"a PAX header has a malformed mtime ({_text(raw[:40])!r})")
-    return sign * (int(whole) * 1_000_000_000 + int((fraction[:9] or b"0").ljust(9, b"0")))
-
-
-def parse_pax(data: bytes, into: dict[bytes, bytes], runs: list[bytes]) -> None:
-    """The records of a PAX header, "LENGTH KEY=VALUE\\n" each, into into (an
-    empty value removes the key); GNU sparse 0.0's repeated offset and numbytes
-    records, in order, into runs."""
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos] == 0 and data.count(0, pos) == end - pos:
-            return                          # padding after the last record
-        space = data.find(b" ", pos, min(end, pos + 21))
-        if space < 0 or not data[pos:space].isdigit():
-            raise BadLayer("a PAX header has a malformed record")
-        length = int(data[pos:space])
-        stop = pos + length
-        if stop > end or length < space - pos + 4 or data[stop - 1] != 0x0A:
-            raise BadLayer("a PAX header has a record of a wrong length")
-        key, eq, value = data[space + 1:stop - 1].partition(b"=")
-        if not eq or not key:
-            raise BadLayer("a PAX header has a malformed record")
-        if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
-            runs.append(value)
-        elif value:
-            into[key] = value
-        else:
-            into.pop(key, None)
-        pos = stop
 
 
 class TarReader:
@@ -259,16 +175,16 @@ class TarReader:
                     raise BadLayer("the layer tar ends early: the archive is truncated")
                 self._end(start, head)
                 return None
-            _check_sum(head, start)
+            check_sum(head, start)
             kind = head[156:157]
             if kind not in _EXTENDED:
                 return self._member(head, kind, pax, runs, longname, longlink)
-            data = self._block_data(_size(head), "long name" if kind in (b"L", b"K")
+            data = self._block_data(size_of(head), "long name" if kind in (b"L", b"K")
                                     else "PAX header")
             if kind == b"L":
-                longname = _text(_field(data))
+                longname = as_text(field(data))
             elif kind == b"K":
-                longlink = _text(_field(data))
+                longlink = as_text(field(data))
             elif kind == b"g":
                 parse_pax(data, self.globals, [])
                 if sum(len(k) + len(v) for k, v in self.globals.items()) > EXT_LIMIT:
@@ -297,31 +213,31 @@ class TarReader:
         member = Member()
         mtype = _KIND.get(kind)
         if mtype is None:
-            raise BadLayer(f"archive member {quote(_text(_field(head[:100])))} has an unsupported "
+            raise BadLayer(f"archive member {quote(as_text(field(head[:100])))} has an unsupported "
                            f"type {kind!r}")
-        name = _field(head[:100])
+        name = field(head[:100])
         if head[257:263] == b"ustar\x00" and head[345] != 0:       # POSIX: a prefix
-            name = _field(head[345:500]) + b"/" + name
+            name = field(head[345:500]) + b"/" + name
         if kind == b"\0" and name.endswith(b"/"):
             mtype = DIR                      # old tars: a directory is a file named "x/"
         member.type = mtype
-        member.name = longname if longname is not None else _text(name)
-        member.linkname = longlink if longlink is not None else _text(_field(head[157:257]))
+        member.name = longname if longname is not None else as_text(name)
+        member.linkname = longlink if longlink is not None else as_text(field(head[157:257]))
         try:
             if head[100:148].translate(None, b"01234567 \0"):
-                raise ValueError             # base-256, or malformed: _number tells
-            # The usual: octal digits between spaces, ended by a NUL (as _number).
+                raise ValueError             # base-256, or malformed: number() tells
+            # The usual: octal digits between spaces, ended by a NUL (as number()).
             mode, member.uid, member.gid, size, mtime = (
                 int(raw.partition(b"\0")[0].strip(b" ") or b"0", 8)
                 for raw in _OCTALS.unpack_from(head))
         except ValueError:
             mode, member.uid, member.gid, size, mtime = (
-                _number(head[a:b], what) for a, b, what in _NUMBERS)
+                number(head[a:b], what) for a, b, what in _NUMBERS)
         member.mode = mode & 0o7777
         member.mtime_ns = mtime * 1_000_000_000
         if mtype in (CHR, BLK):
-            member.devmajor = _number(head[329:337], "device number")
-            member.devminor = _number(head[337:345], "device number")
+            member.devmajor = number(head[329:337], "device number")
+            member.devminor = number(head[337:345], "device number")
         else:
             member.devmajor = member.devminor = 0
         values = {**self.globals, **pax} if self.globals else pax
@@ -331,8 +247,8 @@ class TarReader:
             member.name = member.name.rstrip("/")     # "/" is the layer root, as "."
         if not -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS:
             raise BadLayer(f"archive member {quote(member.name)} has an impossible mtime")
-        member.uid = _id(member.uid, "uid")
-        member.gid = _id(member.gid, "gid")
+        member.uid = checked_id(member.uid, "uid")
+        member.gid = checked_id(member.gid, "gid")
         if size < 0 or member.devmajor < 0 or member.devminor < 0:
             raise BadLayer(f"archive member {quote(member.name)} has a negative size or device number")
         member.realsize = size
@@ -355,40 +271,40 @@ class TarReader:
         for key, value in values.items():
             if key == b"path" or key == b"GNU.sparse.name":
                 if b"\0" in value:
-                    raise BadLayer(f"archive member {quote(_text(value))} has a NUL in its name")
+                    raise BadLayer(f"archive member {quote(as_text(value))} has a NUL in its name")
                 if key == b"path" and b"GNU.sparse.name" in values:
                     continue
-                member.name = _text(value)
+                member.name = as_text(value)
             elif key == b"linkpath":
                 if b"\0" in value:
                     raise BadLayer(f"archive member {quote(member.name)} has a NUL in its link target")
-                member.linkname = _text(value)
+                member.linkname = as_text(value)
             elif key == b"size":
-                size = _decimal(value, "size")
+                size = decimal(value, "size")
             elif key == b"mtime":
-                member.mtime_ns = _pax_time_ns(value)
+                member.mtime_ns = pax_time_ns(value)
             elif key == b"uid":
-                member.uid = _decimal(value, "uid")
+                member.uid = decimal(value, "uid")
             elif key == b"gid":
-                member.gid = _decimal(value, "gid")
+                member.gid = decimal(value, "gid")
             elif key.startswith(b"SCHILY.xattr."):
                 if member.xattrs is None:
                     member.xattrs = {}
-                member.xattrs[_text(key[13:])] = value
+                member.xattrs[as_text(key[13:])] = value
         return size
 
     def _old_sparse(self, member: Member, head: bytes) -> None:
         """GNU's old sparse header: four runs in the header, more in blocks after it."""
         runs = []
         area, count, extended = head[386:482], 4, head[482]
-        member.realsize = _number(head[483:495], "size")
+        member.realsize = number(head[483:495], "size")
         while True:
             for n in range(count):
                 entry = area[24 * n:24 * n + 24]
                 if entry[0] == 0:
                     break
-                runs.append((_number(entry[:12], "sparse offset"),
-                             _number(entry[12:], "sparse length")))
+                runs.append((number(entry[:12], "sparse offset"),
+                             number(entry[12:], "sparse length")))
             if not extended:
                 break
             if len(runs) > MAX_SPARSE:
@@ -405,7 +321,7 @@ class TarReader:
         real = values.get(b"GNU.sparse.realsize", values.get(b"GNU.sparse.size"))
         if real is None:
             raise BadLayer(f"archive member {quote(member.name)} is sparse without a size")
-        member.realsize = _decimal(real, "sparse size")
+        member.realsize = decimal(real, "sparse size")
         if values.get(b"GNU.sparse.major") == b"1":
             numbers = self._sparse_map_10(member)
         else:
@@ -414,7 +330,7 @@ class TarReader:
                 numbers = []
         if len(numbers) % 2 or len(numbers) > 2 * MAX_SPARSE:
             raise BadLayer(f"archive member {quote(member.name)} has a malformed sparse map")
-        ints = [_decimal(n, "sparse map") for n in numbers]
+        ints = [decimal(n, "sparse map") for n in numbers]
         member.sparse = list(zip(ints[::2], ints[1::2]))
 
     def _sparse_map_10(self, member: Member) -> list[bytes]:
@@ -432,29 +348,3 @@ class TarReader:
             lines = text.split(b"\n")
             if lines[0] and lines[0].isdigit() and len(lines) - 1 >= 1 + 2 * int(lines[0]):
                 return lines[1:1 + 2 * int(lines[0])]
-
-
-def _size(head: bytes) -> int:
-    size = _number(head[124:136], "size")
-    if size < 0:
-        raise BadLayer("a tar header has a negative size")
-    return size
-
-
-def _byte_sum(data: bytes) -> int:
-    """The sum of the bytes of data, at most 256 bytes long: the low half of its
-    Adler-32 is 1 + that sum modulo 65521, which 256 bytes never reach (a
-    tenth of the time of sum() over a header)."""
-    return (adler32(data) & 0xFFFF) - 1
-
-
-def _check_sum(head: bytes, offset: int) -> None:
-    stored = _number(head[148:156], "checksum")
-    # The field itself counts as eight spaces.
-    if stored == _byte_sum(head[:256]) + _byte_sum(head[256:]) - sum(head[148:156]) + 256:
-        return
-    if stored == sum(_SIGNED.unpack(head)) + 256:       # the signed sum of old tars
-        return
-    raise BadLayer(f"the layer tar has a corrupt header at byte {offset} (its checksum "
-                   "does not match)" if offset else
-                   "the layer is not a valid tar archive: bad checksum")
