@@ -42,10 +42,9 @@ import os
 import stat
 
 from stacko.errors import StackoError
+from stacko.formats.spellings import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX
 from stacko.shortpaths import ShortPaths
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
 VERSION = 2
 # trusted.overlay.* that the kernel writes into an upper layer and reads only
 # from an upper layer (fs/overlayfs: uuid of the upper root, impure dirs,

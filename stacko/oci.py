@@ -26,7 +26,7 @@ from stacko import overlay
 from stacko import staging as staging_mod
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, InvalidName, StackoError,
                            StackTooDeep)
-from stacko.formats.layertar import BadLayer
+from stacko.formats.tarfields import BadLayer
 from stacko.formats.ocisource import BadArchive, LayerSpec
 from stacko.imageblobs import check_still, remember
 from stacko.layers import remove_layer

@@ -17,7 +17,9 @@ import threading
 from stacko import content, durable, moved
 from stacko.errors import StackoError
 from stacko.formats.compression import decompressed
-from stacko.formats.layertar import BadLayer, HostileArchive, NoSpace, SpaceBudget, unpack_layer
+from stacko.formats.layertar import HostileArchive, unpack_layer
+from stacko.formats.spacebudget import NoSpace, SpaceBudget
+from stacko.formats.tarfields import BadLayer
 from stacko.formats.ocisource import DigestMismatch, HashingReader, LayerSpec
 from stacko.quoting import quote
 

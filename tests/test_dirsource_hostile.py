@@ -421,7 +421,7 @@ def test_a_directory_that_grows_after_it_was_measured_is_charged_again(
 def test_the_budget_charges_every_member_an_inode(tmp_path: Path) -> None:
     """Without mounts: every kind of member takes an inode from the budget, and
     all but regular files a block."""
-    from stacko.formats import layertar
+    from stacko.formats import layertar, spacebudget
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, kind in (("d", tarfile.DIRTYPE), ("d/s", tarfile.SYMTYPE),
@@ -430,7 +430,7 @@ def test_the_budget_charges_every_member_an_inode(tmp_path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, "target"
             tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
-    budget = layertar.SpaceBudget(str(tmp_path))
+    budget = spacebudget.SpaceBudget(str(tmp_path))
     budget.left, budget.inodes = 1 << 30, 1000
     target = tmp_path / "layer"
     target.mkdir()
@@ -438,9 +438,9 @@ def test_the_budget_charges_every_member_an_inode(tmp_path: Path) -> None:
     layertar.unpack_layer(io.BytesIO(raw.getvalue()), str(target), budget=budget)
     # d, d/s, d/f, e, e/implicit, e/implicit/x, the whiteout
     assert budget.inodes == 1000 - 7
-    assert budget.left == (1 << 30) - 6 * layertar.BLOCK
+    assert budget.left == (1 << 30) - 6 * spacebudget.BLOCK
     budget.inodes = 3
-    with pytest.raises(layertar.NoSpace, match="than the .* inodes that were free"):
+    with pytest.raises(spacebudget.NoSpace, match="than the .* inodes that were free"):
         (tmp_path / "again").mkdir()
         layertar.unpack_layer(io.BytesIO(raw.getvalue()), str(tmp_path / "again"),
                               budget=budget)

@@ -48,6 +48,7 @@ FLOORS = {
     "stacko.exitstatus": PRIMITIVES,
     "stacko.examples": PRIMITIVES,
     "stacko.formats": PRIMITIVES,
+    "stacko.formats.spellings": PRIMITIVES,
     "stacko.formats.compression": PRIMITIVES,
     "stacko.formats.ocimanifest": PRIMITIVES,
     "stacko.parallel": PRIMITIVES,

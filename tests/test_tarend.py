@@ -12,7 +12,8 @@ import pytest
 import zstandard
 
 from stacko.formats.compression import decompressed
-from stacko.formats.layertar import BadLayer, unpack_layer
+from stacko.formats.layertar import unpack_layer
+from stacko.formats.tarfields import BadLayer
 from stacko.formats.tarend import LIMIT
 
 

@@ -44,8 +44,8 @@ import stat
 
 from stacko import run, words
 from stacko.errors import UsageError
-from stacko.formats.layertar import (BLOCK, OVERLAY_XATTR_PREFIX, SPARE_INODES, NoSpace,
-                                     SpaceBudget)
+from stacko.formats.spacebudget import BLOCK, SPARE_INODES, NoSpace, SpaceBudget
+from stacko.formats.spellings import OVERLAY_XATTR_PREFIX
 from stacko.formats.treewalk import (OPEN_DIR, OPEN_FILE, OPEN_NODE, BadSource, Frame, Walker,
                                      identity, open_beneath, proc_fd)
 

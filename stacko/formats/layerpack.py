@@ -11,21 +11,14 @@ import os
 import stat
 
 from stacko.errors import StackoError
+from stacko.formats.spellings import (OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX,
+                                      PAX_XATTR_PREFIX, WHITEOUT_PREFIX)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     import io
     import tarfile
 
-# The spellings of the OCI image spec and of overlayfs, as layertar.py (the
-# unpacker) reads them; tests/test_layerpack.py holds the two to the same.
-# Not imported from there: a push would load the unpacker, and its threads'
-# modules, to pack (docs/bench.md).
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
-PAX_XATTR_PREFIX = "SCHILY.xattr."
 CHUNK = 1 << 20
 # tarfile's type flags and ustar magic, so that tarfile (~5 ms of a push) is
 # imported only for the odd entry that needs a PAX header.

@@ -24,10 +24,11 @@ from stacko.content import Written
 from stacko.errors import StackoError
 from stacko.formats.filewriters import Writers, create_mode, set_up, set_xattrs, write_file
 from stacko.formats.prefetch import Prefetched
-from stacko.formats.spacebudget import (BLOCK, NO_SPACE_HINT, SPARE_INODES,  # noqa: F401
-                                        NoSpace, SpaceBudget)
+from stacko.formats.spacebudget import SpaceBudget
+from stacko.formats.spellings import (OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX,
+                                      WHITEOUT_PREFIX)
 from stacko.formats.tarfields import BadLayer
-from stacko.formats.tarstream import (BLK, CHR, DIR, FIFO, LNK, REG, SYM, Member,
+from stacko.formats.tarstream import (BLK, CHR, DIR, LNK, REG, SYM, Member,
                                       TarReader)
 from stacko.quoting import quote
 from stacko.records import record
@@ -37,16 +38,8 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     import io
     from collections.abc import Callable, Sequence
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
-PAX_XATTR_PREFIX = "SCHILY.xattr."
-CHUNK = 1 << 20
 POOLED = 1 << 20     # files up to this size are written by the writers' threads
 SERIAL_FILES = 64    # written by the unpacking thread before the writers start
-__all__ = ["BadLayer", "HostileArchive", "NoSpace", "SpaceBudget", "BLOCK", "SPARE_INODES",
-           "unpack_layer", "clean_name"]
 
 
 class HostileArchive(StackoError):

@@ -171,7 +171,7 @@ def is_rootfs_stream(peek: RecordingReader) -> bool:
 
 def spool(path: str, stream: io.BufferedIOBase, staging: str) -> str:
     """An uncompressed copy of the stream in staging, for an archive read in any order."""
-    from stacko.formats.layertar import SpaceBudget
+    from stacko.formats.spacebudget import SpaceBudget
     target = os.path.join(staging, "input.tar")
     # A few KiB of gzip may decompress to more than the disk holds: stop before
     # writing what would not fit, rather than fill the root's filesystem.
