@@ -20,9 +20,10 @@ import os
 import stat
 
 from stacko import images as images_mod
-from stacko import content, events, overlay, pending, procs, run, stackpoints
+from stacko import content, events, guard, overlay, pending, procs, stackpoints
 from stacko.errors import (AlreadyExists, StackoError, StackpointBusy, StackTooDeep)
 from stacko.layers import remove_layer
+from stacko.log import log
 from stacko.names import check_name
 from stacko.records import Image, Instance, Stackpoint, record, replace
 from stacko.state import Store, locked, remove_tree
@@ -197,8 +198,8 @@ def diff(store: Store, name: str) -> list[Change]:
     inst = point.current_instance()
     lowers = [store.layer_path(i.layer) for i in images_mod.stack_of(images, inst.image)]
     if os.geteuid() != 0:
-        run.log("stacko: warning: not root: opaque directories (trusted.overlay.opaque) "
-                "cannot be seen, so replaced directories show as changed ones")
+        log("stacko: warning: not root: opaque directories (trusted.overlay.opaque) "
+            "cannot be seen, so replaced directories show as changed ones")
     return layer_changes(store.layer_path(inst.layer), lowers)
 
 
@@ -277,13 +278,14 @@ def commit(store: Store, name: str, new_image: str) -> Image:
     and a layer must never be left unnamed by both files: check --repair removes
     unlisted layers.  A failure before the end puts everything back as it was.
     """
+    from stacko import switch, tentative     # here: diff-stackpoint does without them
     check_name(new_image, "image name")
     images = store.load_images()
     points = store.load_stackpoints()
     point = stackpoints.get(points, name)
-    stackpoints.refuse_if_checking(point, "commit-stackpoint")
+    pending.refuse_if_checking(point, "commit-stackpoint")
     pending.refuse_if_interrupted(point, "commit-stackpoint")
-    stackpoints.refuse_if_tentative(point, "commit-stackpoint")
+    tentative.refuse_if_tentative(point, "commit-stackpoint")
     if new_image in images:
         raise AlreadyExists(f"image {new_image!r} exists already")
     old = point.current_instance()
@@ -292,8 +294,8 @@ def commit(store: Store, name: str, new_image: str) -> Image:
         raise StackTooDeep(f"cannot commit stackpoint {name!r} as {new_image!r}: its stack "
                            f"would have {depth} layers, and overlayfs mounts at most "
                            f"{overlay.MAX_LAYERS}")
-    directory = stackpoints.checked_dir(store, point)
-    mounted = stackpoints.mounted_instance(store, point)
+    directory = guard.checked_dir(store, point)
+    mounted = guard.mounted_instance(store, point)
     if mounted is not None and mounted != old:
         raise StackpointBusy(
             f"stackpoint {name!r} has its instance of {mounted.image!r} mounted, "
@@ -312,7 +314,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
 
     # A mount of this instance left detached by a gapless switch and still held
     # would keep writing the layer once it is an image's: refuse, as mounting does.
-    point = stackpoints._refuse_if_held(store, point, old.image, "commit-stackpoint")
+    point = guard._refuse_if_held(store, point, old.image, "commit-stackpoint")
 
     # The committed image runs as its parent did (Cmd, Env, …), like new-image's children.
     image = Image(name=new_image, layer=old.layer, parent=old.image, created=images_mod.now(),
@@ -325,7 +327,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
         undo.callback(remove_layer, store, fresh.layer)
         if mounted is not None:
             overlay.umount(directory)       # busy after all (a race): MountBusy, nothing changed
-            undo.callback(stackpoints._mount, store, images, point, old)
+            undo.callback(switch._mount, store, images, point, old)
         strip_private_xattrs(store.layer_path(old.layer))
         # Sealed: its manifest, and the instance's data made durable (syncfs)
         # before images.json names it.  Hashing reads the data once.
@@ -337,7 +339,7 @@ def commit(store: Store, name: str, new_image: str) -> Image:
         store.save_stackpoints({**points, name: committed})
         undo.callback(store.save_stackpoints, points)
         if mounted is not None:
-            stackpoints._mount(store, new_images, committed, fresh)
+            switch._mount(store, new_images, committed, fresh)
         undo.pop_all()
     _empty_workdir(store, old.layer)
     return image
@@ -374,15 +376,16 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
     (made by new-stackpoint-instance, waiting for a cutover)."""
     if keep < 0:
         raise StackoError(f"--keep must be 0 or more, not {keep}")
+    from stacko import tentative
     points = stackpoints.undo_if_interrupted(store, store.load_stackpoints(), name,
                                              "prune-stackpoint")
     point = stackpoints.get(points, name)
-    stackpoints.refuse_if_checking(point, "prune-stackpoint")
+    pending.refuse_if_checking(point, "prune-stackpoint")
     doomed = list(point.history[:len(point.history) - keep]) if keep else list(point.history)
     if not doomed:
         return []
-    stackpoints.refuse_if_tentative(point, "prune-stackpoint", deleting=doomed[-1])
-    mounted = stackpoints.mounted_instance(store, point)
+    tentative.refuse_if_tentative(point, "prune-stackpoint", deleting=doomed[-1])
+    mounted = guard.mounted_instance(store, point)
     if mounted is not None and mounted.image in doomed:
         raise StackpointBusy(f"the instance of {mounted.image!r} is mounted at "
                              f"{store.stackpoint_dir(point)}",
@@ -390,7 +393,7 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
     for image in doomed:
         # An instance whose mount a gapless switch detached may still be written
         # by the processes that hold it: its data must stay.
-        point = stackpoints._refuse_if_held(store, point, image, "prune-stackpoint")
+        point = guard._refuse_if_held(store, point, image, "prune-stackpoint")
     pruned = point
     for image in doomed:
         pruned = pruned.without_instance(image)
@@ -401,6 +404,6 @@ def prune(store: Store, name: str, keep: int) -> list[str]:
         inst = point.instance(image)
         if inst is not None:
             remove_layer(store, inst.layer)
-        run.log(f"stacko: pruned the instance of {image!r} from stackpoint {name!r}")
+        log(f"stacko: pruned the instance of {image!r} from stackpoint {name!r}")
     return doomed
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 
 from stacko import images as images_mod
-from stacko import overlay, run, words
+from stacko import mounttable, words
 from stacko.errors import StackoError
+from stacko.log import log
 from stacko.state import Store
 from stacko.checkfiles import (ORPHANS, Problem, interrupted_commits, listdir, metadata_temps,
                                missing_directories, named_layers, staging_leftovers,
@@ -75,20 +76,20 @@ def check(store: Store, repair: bool = False, content: bool = False) -> Report:
         if repaired:
             sync_repairs(store)
         if not report:      # say what "nothing wrong" covered: a wrong --root shows
-            run.log(f"stacko: check: nothing wrong in {store.root} ({looked_at(store)})")
+            log(f"stacko: check: nothing wrong in {store.root} ({looked_at(store)})")
     n, s = report.remaining, "s" if report.remaining != 1 else ""
     if n and repair:
-        run.log(f"stacko: error: check: {n} problem{s} could not be repaired")
+        log(f"stacko: error: check: {n} problem{s} could not be repaired")
     elif n:
-        run.log(f"stacko: error: check: {n} problem{s} found")
-        run.log("stacko: hint: fix the records named above by hand (or restore the files "
+        log(f"stacko: error: check: {n} problem{s} found")
+        log("stacko: hint: fix the records named above by hand (or restore the files "
                 "from a backup); the other checks run once they are valid" if bad else
                 "stacko: hint: `stacko check --repair` fixes what it can without losing data"
                 if report.repairable else
                 "stacko: hint: --repair has no repair for these: "
                 + "; ".join(report.todo[:3]) + ("; …" if len(report.todo) > 3 else ""))
     elif repair and report:
-        run.log("stacko: check: every problem was repaired")
+        log("stacko: check: every problem was repaired")
     return report
 
 
@@ -112,7 +113,7 @@ def looked_at(store: Store) -> str:
     images = store.load_images()
     points = store.load_stackpoints()
     instances = sum(len(p.instances) for p in points.values())
-    mounts = sum(1 for m in overlay.mounts() if mount_layers(store, m))
+    mounts = sum(1 for m in mounttable.mounts() if mount_layers(store, m))
     return (f"checked {words.count(len(images), 'image')}, "
             f"{words.count(len(points), 'stackpoint')} with "
             f"{words.count(instances, 'instance')}, "
@@ -137,7 +138,7 @@ def settle(problem: Problem, repair: bool) -> tuple[str, int]:
 def mount_problems(store: Store) -> list[Problem]:
     images = store.load_images()
     points = store.load_stackpoints()
-    table = overlay.mounts()
+    table = mounttable.mounts()
     return (interrupted_checks(store, points) + stackpoint_mounts(store, images, points, table)
             + edit_mounts(store, images, table)
             + stale_mounts(store, named_layers(images, points), table))
@@ -146,7 +147,7 @@ def mount_problems(store: Store) -> list[Problem]:
 def directory_problems(store: Store) -> list[Problem]:
     images = store.load_images()
     points = store.load_stackpoints()
-    table = overlay.mounts()
+    table = mounttable.mounts()
     named = named_layers(images, points)
     return (interrupted_commits(store, images, points)
             + missing_directories(store, images, points)

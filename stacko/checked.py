@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 
-from stacko import events, overlay, run, stackpoints, supervise
+from stacko import events, overlay, stackpoints, supervise
 from stacko import pending as pending_mod
 from stacko.errors import StackoError
+from stacko.log import log
 from stacko.records import replace
 from stacko.state import Store
 
@@ -61,7 +62,7 @@ def checked_cutover(store: Store, name: str, image: str, command: str,
         try:
             _fall_back(store, name, "check-failed", "the check was interrupted")
         except StackoError as e:
-            run.log(f"stacko: error: {e.message}")
+            log(f"stacko: error: {e.message}")
         raise
     if result.passed:
         _settle(store, name)
@@ -118,6 +119,7 @@ def _fall_back(store: Store, name: str, action: str, reason: str) -> str:
         assert pending is not None
         images = store.load_images()
         new = pending_mod.back_from_check(point, action, reason + "; fell back")
-        stackpoints._switch(store, images, points, new, None, mount=True,
-                            action="cutover-stackpoint --check")
+        from stacko.switch import _switch
+        _switch(store, images, points, new, None, mount=True,
+                action="cutover-stackpoint --check")
         return pending.previous

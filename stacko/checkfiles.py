@@ -8,7 +8,7 @@ import os
 import stat
 
 from stacko import images as images_mod
-from stacko import layers, overlay, stackpoints
+from stacko import guard, layers, mounttable, overlay
 from stacko.errors import StackoError
 from stacko.records import Image, Instance, Stackpoint, record, replace
 from stacko.state import Store, remove_tree
@@ -73,7 +73,7 @@ def finish_commit(store: Store, point_name: str, image_name: str, layer: str) ->
     old = next(i for i in point.instances if i.layer == layer)
     was_current = old.image == point.current
     directory = store.stackpoint_dir(point)
-    mounted = stackpoints.mounted_instance(store, point)
+    mounted = guard.mounted_instance(store, point)
     if mounted is not None and mounted == old:
         overlay.require_root("check --repair")
         overlay.umount(directory)
@@ -98,7 +98,8 @@ def finish_commit(store: Store, point_name: str, image_name: str, layer: str) ->
     if was_current:
         done += f"; stackpoint {point_name!r} is on an instance of {image_name!r}"
     if mounted is not None:
-        stackpoints._mount(store, images, new, new.current_instance())
+        from stacko import switch
+        switch._mount(store, images, new, new.current_instance())
         done += ", mounted"
     return done
 
@@ -131,7 +132,7 @@ def make_workdir(store: Store, layer: str) -> str:
 
 
 def unnamed_layers(store: Store, named: dict[str, str],
-                   table: list[overlay.Mount]) -> list[Problem]:
+                   table: list[mounttable.Mount]) -> list[Problem]:
     problems = []
     used: set[str] = set()
     for m in table:
@@ -161,7 +162,7 @@ def unnamed_layers(store: Store, named: dict[str, str],
         if layer in named or os.path.lexists(store.layer_path(layer)):
             continue
         path = store.work_path(layer)
-        if layer in used or overlay.mounts_under(path, table):
+        if layer in used or mounttable.mounts_under(path, table):
             problems.append(Problem(f"workdir {path}: its layer is gone, and it is mounted",
                                     cannot="unmount the stale mount first"))
             continue
@@ -176,7 +177,7 @@ def remove_layer(store: Store, layer: str) -> str:
 
 
 def remove_path(path: str) -> str:
-    if overlay.mounts_under(path):
+    if mounttable.mounts_under(path):
         raise StackoError(f"{path} has a mount beneath it")
     remove_tree(path)
     return "removed it"
@@ -185,7 +186,7 @@ def remove_path(path: str) -> str:
 def keep_orphan(store: Store, layer: str) -> str:
     """Keep the files, out of the way: <root>/orphans/ID."""
     path = store.layer_path(layer)
-    if overlay.mounts_under(path):
+    if mounttable.mounts_under(path):
         raise StackoError(f"{path} has a mount beneath it")
     orphans = os.path.join(store.root, ORPHANS)
     os.makedirs(orphans, mode=0o700, exist_ok=True)
@@ -202,7 +203,7 @@ def keep_orphan(store: Store, layer: str) -> str:
     return f"kept its files: moved it to {target}; remove that when you no longer need it"
 
 
-def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]:
+def staging_leftovers(store: Store, table: list[mounttable.Mount]) -> list[Problem]:
     from stacko import staging
 
     problems = []
@@ -210,7 +211,7 @@ def staging_leftovers(store: Store, table: list[overlay.Mount]) -> list[Problem]
         path = os.path.join(store.tmp_dir, entry)
         if staging.in_use(path):
             continue      # an import, pull or export at work right now (they hold no lock)
-        if overlay.mounts_under(path, table):
+        if mounttable.mounts_under(path, table):
             problems.append(Problem(f"leftover staging directory {path} has a mount beneath it",
                                     cannot="unmount it first"))
             continue
@@ -262,6 +263,6 @@ def remove_file(path: str) -> str:
     return "removed it"
 
 
-def mount_layers(store: Store, m: overlay.Mount) -> set[str]:
+def mount_layers(store: Store, m: mounttable.Mount) -> set[str]:
     """The layer ids an overlay mount uses (upper, work and lowers)."""
-    return overlay.layers_of(m, store.layers_dir, store.work_dir)
+    return mounttable.layers_of(m, store.layers_dir, store.work_dir)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 
-from stacko import overlay, stackpoints
+from stacko import guard, mounttable, overlay, stackpoints
 from stacko.errors import StackoError
 from stacko.records import Image, Instance, Stackpoint
 from stacko.state import Store
 from stacko.checkfiles import Problem, is_empty, listdir, mount_layers
 
 
-def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Instance | None:
+def instance_of_mount(store: Store, point: Stackpoint, m: mounttable.Mount) -> Instance | None:
     upper = m.option("upperdir") if m.fstype == "overlay" else None
     for inst in point.instances:
         if upper in (inst.layer, store.layer_path(inst.layer)):
@@ -23,7 +23,7 @@ def instance_of_mount(store: Store, point: Stackpoint, m: overlay.Mount) -> Inst
 
 
 def stackpoint_mounts(store: Store, images: dict[str, Image], points: dict[str, Stackpoint],
-                      table: list[overlay.Mount]) -> list[Problem]:
+                      table: list[mounttable.Mount]) -> list[Problem]:
     problems = []
     for name in sorted(points):
         point = points[name]
@@ -37,7 +37,7 @@ def stackpoint_mounts(store: Store, images: dict[str, Image], points: dict[str, 
                 f"{resolved}; stacko refuses to mount or unmount it there",
                 cannot=f"put the directory back at {directory}"))
             continue
-        stacked = overlay.stacked_at(directory, table)
+        stacked = mounttable.stacked_at(directory, table)
         if not stacked:
             continue
         top = stacked[-1]
@@ -77,7 +77,7 @@ def undo_check(store: Store, name: str) -> str:
     point = stackpoints.get(store.load_stackpoints(), name)
     pending = point.checking
     assert pending is not None
-    if stackpoints.mounted_instance(store, point) is not None:
+    if guard.mounted_instance(store, point) is not None:
         overlay.require_root("check --repair")
     stackpoints.undo_interrupted_check(store, name, mount=False)
     if point.current != pending.image:
@@ -94,9 +94,10 @@ def remount_current(store: Store, images: dict[str, Image], point: Stackpoint) -
     directory = store.stackpoint_dir(point)
     done = []
     for _ in range(16):
-        stacked = overlay.stacked_at(directory, overlay.mounts())
+        stacked = mounttable.stacked_at(directory, mounttable.mounts())
         if not stacked:
-            stackpoints._mount(store, images, point, point.current_instance())
+            from stacko import switch
+            switch._mount(store, images, point, point.current_instance())
             done.append(f"mounted its current instance of {point.current!r}")
             break
         inst = instance_of_mount(store, point, stacked[-1])
@@ -110,7 +111,7 @@ def remount_current(store: Store, images: dict[str, Image], point: Stackpoint) -
 
 
 def edit_mounts(store: Store, images: dict[str, Image],
-                table: list[overlay.Mount]) -> list[Problem]:
+                table: list[mounttable.Mount]) -> list[Problem]:
     problems = []
     for m in table:
         if os.path.dirname(m.mount_point) != store.edit_dir:
@@ -148,7 +149,7 @@ def remove_empty(path: str) -> str:
 
 
 def stale_mounts(store: Store, named: dict[str, str],
-                 table: list[overlay.Mount]) -> list[Problem]:
+                 table: list[mounttable.Mount]) -> list[Problem]:
     """Overlay mounts of layers that no record names (or under tmp/)."""
     problems = []
     for m in table:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-from stacko import overlay
+from stacko import mounttable
 from stacko.records import Image, Stackpoint
 from stacko.state import Store, locked
 from stacko.words import human
@@ -135,7 +135,7 @@ def disk_usage(store: Store) -> Usage:
     for point in points.values():
         for inst in point.instances:
             users.setdefault(inst.image, []).append(point.name)
-    editing = {os.path.basename(m.mount_point) for m in overlay.mounts()
+    editing = {os.path.basename(m.mount_point) for m in mounttable.mounts()
                if os.path.dirname(m.mount_point) == store.edit_dir}
 
     image_rows = []

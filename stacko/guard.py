@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from stacko import overlay
+from stacko import mounttable, overlay
 from stacko.errors import HeldByProcesses, StackoError, StackpointBusy, UsageError
 from stacko.records import DetachedMount, Instance, Stackpoint, replace
 from stacko.state import Store
@@ -41,11 +41,11 @@ def checked_dir(store: Store, point: Stackpoint) -> str:
 
 
 def mounted_instance(store: Store, point: Stackpoint,
-                     table: list[overlay.Mount] | None = None) -> Instance | None:
+                     table: list[mounttable.Mount] | None = None) -> Instance | None:
     """The instance of point that the kernel has mounted at its directory, if any
     (the directory as it resolves now, which is how the kernel names mounts)."""
     directory = os.path.realpath(store.stackpoint_dir(point))
-    m = overlay.find_mount(directory, table)
+    m = mounttable.find_mount(directory, table)
     if m is None:
         return None
     upper = m.option("upperdir") if m.fstype == "overlay" else None
@@ -57,16 +57,16 @@ def mounted_instance(store: Store, point: Stackpoint,
                          hint=f"unmount it with `umount {directory}` first")
 
 
-def _is_instance(store: Store, m: overlay.Mount, inst: Instance) -> bool:
+def _is_instance(store: Store, m: mounttable.Mount, inst: Instance) -> bool:
     return m.fstype == "overlay" and \
         m.option("upperdir") in (inst.layer, store.layer_path(inst.layer))
 
 
 def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance,
-                                table: list[overlay.Mount] | None = None) -> None:
+                                table: list[mounttable.Mount] | None = None) -> None:
     """Two overlays must never share an upper layer: whatever the records say,
     the mount table tells whether this instance's layer is mounted anywhere."""
-    users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
+    users = mounttable.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
     if users:
         raise StackpointBusy(
             f"the instance of {inst.image!r} of stackpoint {point.name!r} is mounted at "
@@ -75,7 +75,7 @@ def refuse_if_mounted_elsewhere(store: Store, point: Stackpoint, inst: Instance,
 
 
 def _held(store: Store, point: Stackpoint, record: DetachedMount,
-          table: list[overlay.Mount]) -> str:
+          table: list[mounttable.Mount]) -> str:
     """Who still holds an instance's detached mount: "" when nobody does."""
     from stacko import procs
     if record.boot_id != overlay.boot_id():
@@ -134,7 +134,7 @@ def _reused_in_namespace_of(pid: int, device: int, store: Store, inst: Instance 
     attached there (then its upperdir is this instance's layer)."""
     try:
         with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            table = overlay.parse_mountinfo(f.read())
+            table = mounttable.parse_mountinfo(f.read())
     except OSError:
         return True          # it has exited since: it holds nothing
     for m in table:
@@ -152,7 +152,7 @@ def _refuse_if_held(store: Store, point: Stackpoint, image: str, action: str) ->
     still held; returns point without the records of mounts nobody holds any more."""
     if not point.detached:
         return point
-    table = overlay.mounts()
+    table = mounttable.mounts()
     keep = []
     for detached in point.detached:
         holders = _held(store, point, detached, table)
@@ -182,7 +182,7 @@ def _check_path(store: Store, points: dict[str, Stackpoint], path: str) -> str:
     from stacko.quoting import quote
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise UsageError(f"{quote(directory)} is not a directory")
-    m = overlay.find_mount(directory)
+    m = mounttable.find_mount(directory)
     if m is not None:
         # /proc, /dev, a disk: the overlay would hide it, and unmounting the
         # stackpoint would not give it back to whoever uses it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from stacko import overlay, words
+from stacko import mounttable, overlay, words
 from stacko.errors import (AlreadyExists, ImageInUse, ImageNotFound, NeedsRoot, StackTooDeep,
                            StackoError)
 from stacko.names import check_name, utc_time
@@ -49,15 +49,15 @@ def instances_of(points: dict[str, Stackpoint], name: str) -> list[str]:
     return sorted(p.name for p in points.values() if p.instance(name) is not None)
 
 
-def edit_mount(store: Store, name: str) -> overlay.Mount | None:
-    return overlay.find_mount(store.edit_path(name))
+def edit_mount(store: Store, name: str) -> mounttable.Mount | None:
+    return mounttable.find_mount(store.edit_path(name))
 
 
 def refuse_if_editing(store: Store, images: dict[str, Image], name: str, doing: str) -> None:
     """Nothing may stack on an image while its own layer is open for writing."""
-    table = overlay.mounts()     # once, not once per layer of a 500-deep stack
+    table = mounttable.mounts()     # once, not once per layer of a 500-deep stack
     for image in stack_of(images, name):
-        m = overlay.find_mount(store.edit_path(image.name), table)
+        m = mounttable.find_mount(store.edit_path(image.name), table)
         if m is not None and not m.read_only:
             raise ImageInUse(f"cannot {doing}: image {image.name!r} is open for editing",
                              hint=f"run `stacko close-image {image.name}` first")
@@ -311,7 +311,7 @@ def list_images(store: Store) -> list[ImageInfo]:
     points = store.load_stackpoints(strict=False)
     # One pass over each table, not one per image: listings of 1,000 images.
     prefix = store.edit_dir + "/"
-    edits = {name: overlay.find_mount(prefix + name, table)
+    edits = {name: mounttable.find_mount(prefix + name, table)
              for name, table in _edit_mount_tables(prefix).items()}
     kids: dict[str, list[str]] = {}
     for image in images.values():
@@ -330,10 +330,10 @@ def list_images(store: Store) -> list[ImageInfo]:
     return infos
 
 
-def _edit_mount_tables(prefix: str) -> dict[str, list[overlay.Mount]]:
+def _edit_mount_tables(prefix: str) -> dict[str, list[mounttable.Mount]]:
     """The mounts at <root>/edit/NAME, by NAME (a list: mounts may be stacked)."""
-    found: dict[str, list[overlay.Mount]] = {}
-    for m in overlay.mounts():
+    found: dict[str, list[mounttable.Mount]] = {}
+    for m in mounttable.mounts():
         name = m.mount_point[len(prefix):]
         if m.mount_point.startswith(prefix) and "/" not in name:
             found.setdefault(name, []).append(m)

@@ -13,8 +13,7 @@ from stacko.guard import _refuse_if_held, mounted_instance
 from stacko.names import check_name
 from stacko.pending import refuse_if_checking
 from stacko.records import Instance, Stackpoint, replace
-from stacko.stackpoints import (OrderHint, _new_instance, _switch, get, refuse_if_tentative,
-                                remove_layer, undo_if_interrupted)
+from stacko.stackpoints import OrderHint, _new_instance, get, undo_if_interrupted
 from stacko.state import Store, locked
 
 
@@ -34,6 +33,7 @@ def new_instance(store: Store, name: str, image: str) -> None:
     try:
         store.save_stackpoints({**points, name: point.with_instance(inst)})
     except BaseException:
+        from stacko.layers import remove_layer
         remove_layer(store, inst.layer)
         raise
 
@@ -62,9 +62,11 @@ def set_instance(store: Store, name: str, image: str) -> None:
     if image == point.current:
         return
     refuse_if_checking(point, "set-stackpoint-instance")
+    from stacko.tentative import refuse_if_tentative
     refuse_if_tentative(point, "set-stackpoint-instance")
     new = replace(point.switched_to(image), tentative=None, checking=None)
     new = events.add(new, "set", point.current, image, "set-stackpoint-instance")
+    from stacko.switch import _switch
     _switch(store, images, points, new, None, mount=False, action="set-stackpoint-instance")
 
 
@@ -78,6 +80,7 @@ def delete_instance(store: Store, name: str, image: str) -> None:
     point = get(points, name)
     inst = _instance(point, image)
     refuse_if_checking(point, "delete-stackpoint-instance")
+    from stacko.tentative import refuse_if_tentative
     refuse_if_tentative(point, "delete-stackpoint-instance", deleting=image)
     if image == point.current:
         raise StackoError(f"cannot delete the current instance ({image!r}) of stackpoint {name!r}",
@@ -88,4 +91,5 @@ def delete_instance(store: Store, name: str, image: str) -> None:
                              hint=f"run `stacko umount-stackpoint {name}` first")
     point = _refuse_if_held(store, point, image, "delete-stackpoint-instance")
     store.save_stackpoints({**points, name: point.without_instance(image)})
+    from stacko.layers import remove_layer
     remove_layer(store, inst.layer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from stacko import run
+from stacko.log import debug
 
 PROGRESS_AFTER = 1.0       # seconds before a progress line is shown at all
 
@@ -50,8 +50,8 @@ class Tally:
     def note(self, what: str, digest: str | None, size: int | None, layer: bool = True,
              detail: str = "") -> None:
         """what: fetched, uploaded (they moved), reused, skipped or mounted."""
-        run.debug(f"stacko: {what} {blob_text(digest, size)}{detail}"
-                  + ("" if layer else " (config)"))
+        debug(f"stacko: {what} {blob_text(digest, size)}{detail}"
+              + ("" if layer else " (config)"))
         if not layer:
             return
         with self._lock:

@@ -38,17 +38,17 @@ import os
 
 from stacko.errors import MountBusy, MountFailed, NeedsRoot, StackoError
 from stacko.lean import wraps
-# The mount table is read by mounttable.py; its names are here too, for the
-# callers that mount and read the table alike.
-from stacko.mounttable import (LAYER_KEYS, Mount, decode_mountinfo_field,  # noqa: F401
-                               find_mount, layer_users, layers_of, mounts, mounts_under,
-                               parse_mountinfo, stacked_at, unescape_option)
+# The mount table is read by mounttable.py: import its names from there.
+# find_mount and mounts stay reachable here only for bench/ (bench_mount.py,
+# common.py), which reads them as overlay.*: drop them once it does not.
+from stacko.mounttable import find_mount, mounts, mounts_under  # noqa: F401  (bench/)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable, Sequence
 
     from stacko import mountapi
+    from stacko.mounttable import Mount
 
 MAX_LAYERS = 500          # OVL_MAX_STACK in fs/overlayfs/params.h
 MAX_MOUNT_DATA = 4095     # one page, less the NUL

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 
-from stacko import events, overlay
+from stacko import events, mounttable, overlay
 from stacko.errors import (AlreadyExists, ImageNotFound, StackoError,
                            StackpointBusy, StackpointNotFound)
 from stacko.guard import _check_path, _is_instance, _refuse_if_held, checked_dir, mounted_instance
+from stacko.log import log
 from stacko.names import check_name, utc_time
 from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.records import DetachedMount, Image, Instance, Stackpoint, Tentative, record, replace
@@ -100,9 +101,9 @@ def delete_stackpoint(store: Store, name: str) -> None:
     point = get(points, name)
     for inst in point.instances:     # as mount, prune and delete-stackpoint-instance do
         _refuse_if_held(store, point, inst.image, "delete-stackpoint")
-    table = overlay.mounts()
+    table = mounttable.mounts()
     for inst in point.instances:
-        users = overlay.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
+        users = mounttable.layer_users(inst.layer, store.layers_dir, store.work_dir, table)
         if users:
             raise StackpointBusy(
                 f"cannot delete stackpoint {name!r}: its instance of {inst.image!r} is "
@@ -130,7 +131,7 @@ def mount_stackpoint(store: Store, name: str) -> str:
     # hundreds of mounts, each read costs milliseconds): stacko's own mounts
     # cannot change under the lock, and one made by hand could slip in after
     # any check anyway.
-    table = overlay.mounts()
+    table = mounttable.mounts()
     mounted = mounted_instance(store, point, table)
     if mounted is not None and mounted.image == point.current:
         return store.stackpoint_dir(point)
@@ -139,7 +140,7 @@ def mount_stackpoint(store: Store, name: str) -> str:
         # left the old one mounted: finish it as the switch would have (the
         # record is already right, so only the mount changes).
         directory = store.stackpoint_dir(point)
-        stacked = overlay.stacked_at(directory)
+        stacked = mounttable.stacked_at(directory)
         if len(stacked) > 1 and _is_instance(store, stacked[-2], point.current_instance()):
             # Killed after the new mount went beneath the old one: detach the old.
             overlay.detach_top(directory)
@@ -162,7 +163,6 @@ def undo_interrupted_check(store: Store, name: str, mount: bool, action: str = "
     it was before (pending.back_from_check; the checked instance is kept), and
     what the check left running is ended.  The stackpoint ends mounted if it
     was, or if mount is true.  action: the command that undoes it on its way."""
-    from stacko import run
     images = store.load_images()
     points = store.load_stackpoints()
     point = get(points, name)
@@ -172,27 +172,27 @@ def undo_interrupted_check(store: Store, name: str, mount: bool, action: str = "
     # the checked instance's detached mount).
     left = events.end_leftovers(pending)
     if left:
-        run.log(f"stacko: ended what the interrupted check left running: process"
-                f"{'es' if len(left) > 1 else ''} {', '.join(map(str, left))}")
+        log(f"stacko: ended what the interrupted check left running: process"
+            f"{'es' if len(left) > 1 else ''} {', '.join(map(str, left))}")
     if point.current != pending.image or point.instance(pending.previous) is None:
         # Moved on since (by hand), or the earlier instance is gone: only forget.
         if point.current == pending.image:
-            run.log(f"stacko: warning: stackpoint {name!r} stays on {pending.image!r}, whose "
-                    f"check was interrupted: its instance of {pending.previous!r} is gone")
+            log(f"stacko: warning: stackpoint {name!r} stays on {pending.image!r}, whose "
+                f"check was interrupted: its instance of {pending.previous!r} is gone")
         new = events.add(replace(point, checking=None), "check-interrupted", point.current,
                          point.current, f"the check of {pending.image!r} was interrupted; "
                          "nothing to fall back to")
         store.save_stackpoints({**points, name: new})
         return mount_stackpoint(store, name) if mount else store.stackpoint_dir(point)
     directory = store.stackpoint_dir(point)
-    stacked = overlay.stacked_at(directory)
+    stacked = mounttable.stacked_at(directory)
     if len(stacked) > 1 and _is_instance(store, stacked[-2], point.current_instance()):
         overlay.detach_top(directory)     # killed inside the gapless switch: finish it first
     new = back_from_check(point, "check-interrupted",
                           f"the check `{pending.command}` was interrupted (process "
                           f"{pending.pid} died); fell back")
     _switch(store, images, points, new, None, mount=mount, action="undo of a checked cutover")
-    run.log(undone(action, point, pending))
+    log(undone(action, point, pending))
     return directory
 
 
@@ -223,7 +223,7 @@ def umount_stackpoint(store: Store, name: str, lazy: bool = False) -> None:
     # A lazily detached mount lives on while processes hold it, and it still
     # writes the instance's upper layer: record it, as a gapless switch does, so
     # that the instance is not mounted again (or committed) until they let go.
-    top = overlay.find_mount(directory)
+    top = mounttable.find_mount(directory)
     assert top is not None, f"{directory} was mounted a moment ago"
     record = DetachedMount(mounted.image, overlay.device_number(top), overlay.boot_id())
     store.save_stackpoints({**points, name: replace(point, detached=point.detached + (record,))})
@@ -354,7 +354,7 @@ class StackpointInfo:
 @locked(exclusive=False)
 def list_stackpoints(store: Store) -> list[StackpointInfo]:
     points = store.load_stackpoints(strict=False)     # only shown: a bad record is listed
-    table = overlay.mounts()
+    table = mounttable.mounts()
     infos = []
     for name in sorted(points):
         point = points[name]

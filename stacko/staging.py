@@ -80,10 +80,10 @@ def in_use(path: str) -> bool:
 def clean(store: Store) -> None:
     """Remove what killed imports, pulls and exports left behind (never a live
     one's, and only the names stacko makes)."""
-    from stacko import overlay
+    from stacko import mounttable
     if not os.path.isdir(store.tmp_dir):
         return
-    if overlay.mounts_under(store.tmp_dir):
+    if mounttable.mounts_under(store.tmp_dir):
         return          # never rmtree beneath a mount; `stacko check` will say so
     for entry in store.staging_entries():
         path = os.path.join(store.tmp_dir, entry)

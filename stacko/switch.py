@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 
 from stacko import images as images_mod
-from stacko import overlay
+from stacko import mounttable, overlay
 from stacko.errors import StackoError
 from stacko.layers import remove_layer
+from stacko.log import debug, log
 from stacko.pending import refuse_if_checking
 from stacko.records import DetachedMount, Image, Instance, Stackpoint, replace
 from stacko.state import Store
@@ -27,7 +28,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
 
 def _mount(store: Store, images: dict[str, Image], point: Stackpoint, inst: Instance,
-           table: list[overlay.Mount] | None = None) -> str:
+           table: list[mounttable.Mount] | None = None) -> str:
     """table: the mount table as the caller read it under the lock, with nothing
     mounted or unmounted since (None: read it now)."""
     directory = checked_dir(store, point)
@@ -51,7 +52,7 @@ def _replace_mount(store: Store, images: dict[str, Image], points: dict[str, Sta
     the mounted one, detach that one.  The directory shows the old tree until
     the last step and the new one from then on, never the empty directory."""
     directory = store.stackpoint_dir(new)
-    top = overlay.find_mount(directory)
+    top = mounttable.find_mount(directory)
     assert top is not None, f"{directory} was mounted a moment ago"
     # Whoever holds files in the old mount keeps it, and it keeps writing that
     # instance's upper layer: recorded so that it is not mounted twice.
@@ -79,7 +80,6 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
     mounted again, which fails while processes hold the old tree.
     """
     import contextlib
-    from stacko import run
     old = points[new.name]
     refuse_if_checking(old, action)
     directory = store.stackpoint_dir(old)
@@ -96,11 +96,11 @@ def _switch(store: Store, images: dict[str, Image], points: dict[str, Stackpoint
         why = overlay.why_not_gapless() if mounted is not None and not gapless \
             and mounted != new.current_instance() else ""
         if why:
-            run.log(f"stacko: {action}: {why}: unmounting {directory}, then mounting it again")
+            log(f"stacko: {action}: {why}: unmounting {directory}, then mounting it again")
         if mounted is not None:
-            run.debug(f"{action}: switching {directory} "
-                      + ("without a gap (new mount beneath the old, then the old detached)"
-                         if gapless else "by unmount-then-mount"))
+            debug(f"{action}: switching {directory} "
+                  + ("without a gap (new mount beneath the old, then the old detached)"
+                     if gapless else "by unmount-then-mount"))
         if gapless:
             assert mounted is not None
             _replace_mount(store, images, points, new, mounted, undo)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from stacko import events
 from stacko.errors import StackpointBusy
+from stacko.log import log
 from stacko.records import Image, Stackpoint, Tentative, replace
 from stacko.state import Store
 from stacko.guard import _refuse_if_held
@@ -52,7 +53,6 @@ def refuse_if_tentative(point: Stackpoint, action: str, deleting: str | None = N
 def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     """Mount a tentative stackpoint that was not mounted (a boot): use one try,
     or, with none left, fall back to the instance that was current before."""
-    from stacko import run
     points = store.load_stackpoints()
     tentative = point.tentative
     assert tentative is not None
@@ -62,9 +62,9 @@ def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
         new = replace(point, tentative=replace(tentative, tries_left=tentative.tries_left - 1))
     elif not point.history:
         # Its earlier instance was deleted: nothing to fall back to, and a boot must go on.
-        run.log(f"stacko: warning: stackpoint {point.name!r}: the tentative cutover to "
-                f"{tentative.image!r} was not confirmed, but there is no earlier instance "
-                f"to fall back to; mounting {point.current!r}")
+        log(f"stacko: warning: stackpoint {point.name!r}: the tentative cutover to "
+            f"{tentative.image!r} was not confirmed, but there is no earlier instance "
+            f"to fall back to; mounting {point.current!r}")
         new = events.add(replace(point, tentative=None), "boot-fallback", point.current,
                          point.current, "not confirmed, and no earlier instance to fall back to")
     else:
@@ -84,6 +84,6 @@ def _boot_try(store: Store, images: dict[str, Image], point: Stackpoint) -> str:
     new = events.add(new, "boot-fallback", point.current, previous,
                      f"the tentative cutover was not confirmed after {boots}")
     _switch(store, images, points, new, None, mount=True, action="mount-stackpoint")
-    run.log(f"stacko: stackpoint {point.name!r}: the cutover to {point.current!r} was not "
-            f"confirmed after {boots}; fell back to {previous!r}")
+    log(f"stacko: stackpoint {point.name!r}: the cutover to {point.current!r} was not "
+        f"confirmed after {boots}; fell back to {previous!r}")
     return store.stackpoint_dir(point)

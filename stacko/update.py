@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import os
 
-from stacko import events, overlay, run, stackpoints
+from stacko import events, overlay, stackpoints
 from stacko.errors import AlreadyExists, CorruptState, StackoError, UsageError
+from stacko.log import log
 from stacko.records import Stackpoint, replace
 from stacko.registry import look
 from stacko.registry.client import Client, Options
@@ -86,8 +87,8 @@ class UpdateLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            run.log(f"stacko: another update of stackpoint {self.name!r} is running; "
-                    "waiting for it to finish")
+            log(f"stacko: another update of stackpoint {self.name!r} is running; "
+                "waiting for it to finish")
             try:
                 wait_for_lock(self.fd, fcntl.LOCK_EX, self.path)
             except BaseException:
@@ -182,16 +183,16 @@ class Update:
         self.refuse_foreign(images, points, target, digest)
         shown = f"{self.ref_text} ({digest})"
         if point.current == target:
-            run.log(f"stacko: {self.name} is up to date with {shown}")
+            log(f"stacko: {self.name} is up to date with {shown}")
             if not dry_run:
                 self.record(digest, event=(CURRENT, f"up to date with {shown}"))
             return False
         left = fell_back_from(point, target)
         if left is not None:
-            run.log(f"stacko: {self.name} stays on {point.current!r}: it fell back from "
-                    f"{target!r} ({shown}) at {left.time} ({left.action}); a new image on "
-                    f"{self.ref_text} or `stacko cutover-stackpoint {self.name} {target}` "
-                    "moves it")
+            log(f"stacko: {self.name} stays on {point.current!r}: it fell back from "
+                f"{target!r} ({shown}) at {left.time} ({left.action}); a new image on "
+                f"{self.ref_text} or `stacko cutover-stackpoint {self.name} {target}` "
+                "moves it")
             if not dry_run:
                 self.record(digest, event=(CURRENT, f"stays on {point.current}: fell back "
                                                     f"from {target} ({shown}) at {left.time}"))
@@ -200,7 +201,8 @@ class Update:
             self.tell(images, target, digest, shown)
             return False
         # Before anything travels: an unproven cutover is decided first.
-        stackpoints.refuse_if_tentative(point, "update-stackpoint")
+        from stacko.tentative import refuse_if_tentative
+        refuse_if_tentative(point, "update-stackpoint")
         if target not in images:
             self.fetch(images, target, digest, shown)
         else:
@@ -214,8 +216,8 @@ class Update:
         else:
             stackpoints.cutover(self.store, self.name, target, tries=self.tries,
                                 action="update", why=why)
-        run.log(f"stacko: {self.name} updated from {point.current!r} to {target!r}, "
-                f"{shown}")
+        log(f"stacko: {self.name} updated from {point.current!r} to {target!r}, "
+            f"{shown}")
         if self.keep is not None:
             self.prune(self.keep)
         return True
@@ -243,7 +245,7 @@ class Update:
             except StackoError:
                 pass
             raise
-        run.log(tally.summary())
+        log(tally.summary())
         with self.store.locked(exclusive=False):
             stack = images_mod.stack_of(self.store.load_images(), target)
         # The images of the stack that the pull made (reused ones are not ours).
@@ -253,8 +255,8 @@ class Update:
     def tell(self, images: dict, target: str, digest: str, shown: str) -> None:
         """--dry-run: what the update would do, changing nothing."""
         if target in images:
-            run.log(f"stacko: would switch {self.name} to image {target!r}, {shown}, "
-                    "already here: nothing to fetch")
+            log(f"stacko: would switch {self.name} to image {target!r}, {shown}, "
+                "already here: nothing to fetch")
             return
         from stacko import oci
         from stacko.registry import pull
@@ -264,14 +266,14 @@ class Update:
             specs = pull.resolve(self.client, self.ref._replace(digest=digest), self.platform,
                                  trust)
         except PolicyRefused as e:
-            run.log(f"stacko: would refuse {shown}: {e.message}")
+            log(f"stacko: would refuse {shown}: {e.message}")
             return
         with self.store.locked(exclusive=False):
             planned = oci.plan_images(self.store, images, target, None, [], specs)
         new = [s for s, p in zip(specs, planned) if not p.layer]
-        run.log(f"stacko: would switch {self.name} to image {target!r}, {shown}: "
-                f"would fetch {len(new)} of {len(specs)} layers, "
-                f"{sum(s.size or 0 for s in new)} bytes")
+        log(f"stacko: would switch {self.name} to image {target!r}, {shown}: "
+            f"would fetch {len(new)} of {len(specs)} layers, "
+            f"{sum(s.size or 0 for s in new)} bytes")
 
     # --- --keep ---------------------------------------------------------------------
     def prune(self, keep: int) -> None:
@@ -279,7 +281,7 @@ class Update:
         try:
             doomed = changes.prune(self.store, self.name, keep)
         except StackoError as e:
-            run.log(f"stacko: warning: {self.name} was updated, but not pruned: {e.message}")
+            log(f"stacko: warning: {self.name} was updated, but not pruned: {e.message}")
             return
         if doomed:
             self.delete_images(doomed)
@@ -305,7 +307,7 @@ class Update:
                         break
                     images = self.store.load_images()
                     gone.append(n)
-                    run.log(f"stacko: deleted image {n!r} ({follows['images'][n]})")
+                    log(f"stacko: deleted image {n!r} ({follows['images'][n]})")
             if gone:
                 self.record(follows.get("digest", ""), drop=tuple(gone))
 

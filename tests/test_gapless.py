@@ -14,7 +14,7 @@ from typing import Iterator, List
 import pytest
 
 from conftest import Runner, populate, snapshot
-from stacko import mountapi, overlay, stackpoints
+from stacko import mountapi, mounttable, overlay, stackpoints
 from stacko.errors import MountFailed, StackoError
 from stacko.state import Store
 
@@ -62,7 +62,7 @@ def point(stacko: Runner) -> Path:
 
 def entries(directory: Path) -> List[str]:
     """The super options of each mount at directory."""
-    return [m.super_options for m in overlay.mounts() if m.mount_point == str(directory)]
+    return [m.super_options for m in mounttable.mounts() if m.mount_point == str(directory)]
 
 
 def state(root: Path) -> dict:

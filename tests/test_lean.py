@@ -11,7 +11,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stacko import overlay, validate
+from stacko import mounttable, overlay, validate
 from stacko.names import is_name, is_utc_time
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -63,15 +63,15 @@ def test_utc_times(text: str) -> None:
 @settings(max_examples=2000, deadline=None)
 @given(EDGY)
 def test_mountinfo_fields(text: str) -> None:
-    assert overlay.decode_mountinfo_field(text) == \
+    assert mounttable.decode_mountinfo_field(text) == \
         OCTAL_RE.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
 @settings(max_examples=2000, deadline=None)
 @given(EDGY)
 def test_option_unescaping(text: str) -> None:
-    assert overlay.unescape_option(text) == re.sub(r"\\(.)", r"\1", text)
-    assert overlay.unescape_option(overlay.escape_option(text)) == text
+    assert mounttable.unescape_option(text) == re.sub(r"\\(.)", r"\1", text)
+    assert mounttable.unescape_option(overlay.escape_option(text)) == text
 
 
 # --- records: named tuples without collections -----------------------------------

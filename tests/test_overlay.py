@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from stacko import overlay
+from stacko import mounttable, overlay
 from stacko.errors import StackoError
 
 MOUNTINFO = (
@@ -17,7 +17,7 @@ MOUNTINFO = (
 
 
 def test_mountinfo_escapes_are_decoded() -> None:
-    mounts = overlay.parse_mountinfo(MOUNTINFO)
+    mounts = mounttable.parse_mountinfo(MOUNTINFO)
     assert [m.mount_point for m in mounts] == [
         "/", "/tmp/my root:x,y/stackpoints/sys", "/tmp/back\\slash\ttab"]
     sys_mount = mounts[1]
@@ -28,17 +28,17 @@ def test_mountinfo_escapes_are_decoded() -> None:
 
 
 def test_escaped_option_values_round_trip() -> None:
-    m = overlay.parse_mountinfo(MOUNTINFO)[2]
+    m = mounttable.parse_mountinfo(MOUNTINFO)[2]
     assert m.option("lowerdir") == "a:b:c,d"
     assert m.option("upperdir") == "/x y,z"
 
 
 def test_find_mount_takes_the_top_of_stacked_mounts() -> None:
-    table = overlay.parse_mountinfo(MOUNTINFO + "70 66 0:41 / /tmp/my\\040root:x,y/stackpoints/sys "
-                                    "rw - tmpfs tmpfs rw\n")
-    assert overlay.find_mount("/tmp/my root:x,y/stackpoints/sys", table).fstype == "tmpfs"
-    assert overlay.find_mount("/nowhere", table) is None
-    assert len(overlay.mounts_under("/tmp/my root:x,y", table)) == 2
+    table = mounttable.parse_mountinfo(MOUNTINFO + "70 66 0:41 / /tmp/my\\040root:x,y/stackpoints/sys "
+                                       "rw - tmpfs tmpfs rw\n")
+    assert mounttable.find_mount("/tmp/my root:x,y/stackpoints/sys", table).fstype == "tmpfs"
+    assert mounttable.find_mount("/nowhere", table) is None
+    assert len(mounttable.mounts_under("/tmp/my root:x,y", table)) == 2
 
 
 def test_options_escape_colon_comma_and_backslash() -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 
-from stacko import run
+from stacko.log import debug
 from stacko.formats.ocisource import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION, BadArchive,
                               DigestMismatch, LayerSpec, check_digest, config_diff_ids,
                               layer_times, object_field, run_settings, string_field,
@@ -74,8 +74,8 @@ def trust_checker(ref_text: str, policy: str | None, registries_d: str | None) -
         if path is None:
             return None   # no policy anywhere: accept, as before, importing nothing more
     if accepts_anything(path):
-        run.debug(f"stacko: trust policy {path}: insecureAcceptAnything for every image, "
-                  "nothing to check")
+        debug(f"stacko: trust policy {path}: insecureAcceptAnything for every image, "
+              "nothing to check")
         return None
     from stacko.signing import pullsign
     return pullsign.checker(ref_text, policy, registries_d)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 
-from stacko import moved, run
+from stacko import moved
 from stacko.formats.ocimanifest import (LAYER_TYPES, MANIFEST_TYPES, config_document,
                                         json_bytes, layer_descriptor, manifest_document)
 from stacko.imageblobs import check_still, remember
+from stacko.log import debug
 from stacko.moved import Tally, blob_text
 from stacko.parallel import Task, map_all
 from stacko.records import Image
@@ -162,8 +163,8 @@ def send_layers(store: Store, chain: list[Image], found: Callable[[int], Found |
         while len(logged) < len(order) and layers[order[len(logged)]] is not None:
             m = order[len(logged)]
             logged.append(m)
-            run.debug(f"stacko: packed {chain[m].name} as "
-                      f"{blob_text(layers[m]['digest'], layers[m]['size'])}")  # type: ignore[index]
+            debug(f"stacko: packed {chain[m].name} as "
+                  f"{blob_text(layers[m]['digest'], layers[m]['size'])}")  # type: ignore[index]
 
     def next_slot() -> None:
         """Wait for a free packer; send what the packers finished meanwhile."""
@@ -309,8 +310,8 @@ def post_mount(client: Client, digest: str, source: str) -> Response:
                        f"{query([('mount', digest), ('from', source)])}",
                        scope=client.scope(source), ok=(201, 202) + MOUNT_REFUSED)
     if r.status in MOUNT_REFUSED:
-        run.debug(f"stacko: {r.who} refused to mount {digest} from {source} "
-                  f"(HTTP {r.status}): uploading it instead")
+        debug(f"stacko: {r.who} refused to mount {digest} from {source} "
+              f"(HTTP {r.status}): uploading it instead")
     return r
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 
-from stacko import run
+from stacko.log import debug
 from stacko.errors import StackoError
 from stacko.signing import policy as policy_mod
 from stacko.signing.dockerref import Named
@@ -43,7 +43,7 @@ class PullSource:
         if self._gpg is None:
             from stacko.signing import lookaside, registriesd
             base = registriesd.lookaside_base(registriesd.load(self.registries_d), self.ref)
-            run.debug(f"stacko: reading GnuPG signatures of {self.digest} from {base}")
+            debug(f"stacko: reading GnuPG signatures of {self.digest} from {base}")
             self._gpg = lookaside.read(base, self.ref.path, self.digest)
         return self._gpg
 
@@ -68,9 +68,9 @@ class Checker:
         digest = digest or "sha256:" + hashlib.sha256(manifest).hexdigest()
         source = PullSource(self.ref, digest, client, repository, self.registries_d)
         verdict = policy_mod.evaluate(self.policy, self.ref, digest, source, manifest)
-        run.debug(f"stacko: trust policy {self.policy.path}, {verdict.scope}: {self.ref} "
-                  f"({digest}) accepted" + "".join(f"; signed by {a.kind} key {a.signer}"
-                                                  for a in verdict.accepted))
+        debug(f"stacko: trust policy {self.policy.path}, {verdict.scope}: {self.ref} "
+              f"({digest}) accepted" + "".join(f"; signed by {a.kind} key {a.signer}"
+                                               for a in verdict.accepted))
         if not verdict.accepted:
             return None
         return {"version": RECORD_VERSION, "reference": str(self.ref), "digest": digest,
@@ -84,8 +84,8 @@ def checker(ref_text: str, policy_path: str | None,
     and none was named."""
     path = policy_path if policy_path is not None else default_policy_path()
     if path is None:
-        run.debug("stacko: no trust policy (no --policy, no /etc/containers/policy.json): "
-                  "any image is accepted")
+        debug("stacko: no trust policy (no --policy, no /etc/containers/policy.json): "
+              "any image is accepted")
         return None
     from stacko.signing.registriesd import DEFAULT_DIR
     return Checker(policy_mod.load(path), ref_text,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from stacko import run
+from stacko.log import debug
 from stacko.errors import StackoError, UsageError
 from stacko.signing import payload as payload_mod
 from stacko.signing.dockerref import BadReference, Named, parse_normalized
@@ -105,8 +105,8 @@ class Signer:
         if blob not in lookaside.read(self.staging, self.ref.path, digest):
             raise SignatureNotStored(f"the GnuPG signature written to {url} is not there "
                                      "when read back")
-        run.debug(f"stacko: signed {digest} as {self.identity} with GnuPG key {self.sign_by}: "
-                  f"{url}")
+        debug(f"stacko: signed {digest} as {self.identity} with GnuPG key {self.sign_by}: "
+              f"{url}")
 
     def _finish_sigstore(self, client: object, repository: str, digest: str) -> None:
         from stacko.signing import sigstore
@@ -117,4 +117,4 @@ class Signer:
                                      sigstore.fetch_signatures(client, repository, digest)]:
             raise SignatureNotStored(f"the sigstore signature of {digest} is not in its "
                                      ".sig attachment when read back")
-        run.debug(f"stacko: signed {digest} as {self.identity} with a sigstore key")
+        debug(f"stacko: signed {digest} as {self.identity} with a sigstore key")
