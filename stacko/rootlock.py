@@ -297,6 +297,54 @@ def open_lock_file(path: str, create: bool) -> int:
     return fd
 
 
+def same_file(fd: int, path: str) -> bool:
+    """Whether path (not followed) still names the file open as fd: a lock file
+    removed (remove_idle_lock) or replaced while its owner waited is not the lock
+    any more, and its owner must open the new one."""
+    try:
+        st, now = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
+def remove_idle_lock(path: str) -> bool:
+    """Remove the lock file at path if no process holds it; True when removed.
+
+    Taken without waiting, and unlinked while held, so that a process holding it
+    keeps it (and its file), and one that opened it before the unlink sees with
+    same_file that it locked a removed file.  Never through a symlink: the
+    directory and the file are opened with O_NOFOLLOW, and a symlink, a FIFO or
+    anything else that is not a regular file is left alone."""
+    directory, name = os.path.split(path)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError:         # absent, a symlink (ELOOP), unreadable
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:     # held: its command runs, and keeps its lock
+                return False
+            st, now = os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                return False    # replaced since it was opened: not the file we hold
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
 def wait_for_lock(fd: int, how: int, path: str, start: float | None = None) -> None:
     timeout = float(os.environ.get("STACKO_LOCK_TIMEOUT", "300"))
     start = time.monotonic() if start is None else start

@@ -21,6 +21,7 @@ from stacko.log import log
 from stacko.names import check_name, utc_time
 from stacko.pending import back_from_check, interrupted, refuse_if_checking, undone
 from stacko.records import DetachedMount, Image, Instance, Stackpoint, Tentative, record, replace
+from stacko.rootlock import remove_idle_lock
 from stacko.state import Store, locked
 
 
@@ -117,6 +118,10 @@ def delete_stackpoint(store: Store, name: str) -> None:
     if point.path is None:
         with contextlib.suppress(OSError):
             os.rmdir(store.stackpoint_dir(point))
+    # update-stackpoint's lock of it; kept while an update of it runs, which
+    # then finds no stackpoint.  Best effort: the stackpoint is gone already.
+    with contextlib.suppress(OSError):
+        remove_idle_lock(store.update_lock_path(name))
 
 
 @overlay.needs_root("mount-stackpoint")

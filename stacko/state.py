@@ -82,6 +82,10 @@ class Store(RootLock):
     def stackpoint_dir(self, point: Stackpoint) -> str:
         return point.path or os.path.join(self.root, "stackpoints", point.name)
 
+    def update_lock_path(self, point_name: str) -> str:
+        """The lock of update-stackpoint POINT; delete-stackpoint removes it."""
+        return os.path.join(self.tmp_dir, f"update-{point_name}.lock")
+
 
     def staging_entries(self) -> list[str]:
         """The leftovers stacko may remove from <root>/tmp: only names it makes, and

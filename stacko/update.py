@@ -76,24 +76,33 @@ class UpdateLock:
     A class, not a contextlib.contextmanager: see rootlock.Locked."""
 
     def __init__(self, store: Store, name: str) -> None:
-        self.path = os.path.join(store.tmp_dir, f"update-{name}.lock")
+        self.path = store.update_lock_path(name)
         self.name, self.fd = name, -1
 
     def __enter__(self) -> None:
         import fcntl
-        from stacko.rootlock import open_lock_file, wait_for_lock
+        from stacko.rootlock import open_lock_file, same_file, wait_for_lock
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        self.fd = open_lock_file(self.path, True)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log(f"stacko: another update of stackpoint {self.name!r} is running; "
-                "waiting for it to finish")
+        told = False
+        while True:
+            self.fd = open_lock_file(self.path, True)
             try:
-                wait_for_lock(self.fd, fcntl.LOCK_EX, self.path)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    if not told:
+                        log(f"stacko: another update of stackpoint {self.name!r} is running; "
+                            "waiting for it to finish")
+                        told = True
+                    wait_for_lock(self.fd, fcntl.LOCK_EX, self.path)
             except BaseException:
                 os.close(self.fd)
                 raise
+            # delete-stackpoint removes the lock of a stackpoint it deletes, under
+            # that lock: one removed while this waited is not the lock any more.
+            if same_file(self.fd, self.path):
+                return
+            os.close(self.fd)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)

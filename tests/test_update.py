@@ -199,6 +199,18 @@ def test_keep_prunes_old_instances_and_their_images(stacko: Runner, root: Path,
     update(stacko, channel, "--keep", "0", rc=2)
 
 
+def test_delete_stackpoint_removes_the_update_lock(stacko: Runner, root: Path,
+                                                   channel: Channel, point: str) -> None:
+    channel.publish("v1")
+    update(stacko, channel)
+    lock = root / "tmp" / "update-p.lock"
+    assert lock.is_file()
+    stacko("umount-stackpoint", "p")
+    stacko("delete-stackpoint", "p")
+    assert not lock.exists()
+    stacko("check")
+
+
 def test_a_registry_that_is_down(stacko: Runner, root: Path, point: str) -> None:
     before = snapshot(root)
     r = stacko("update-stackpoint", "p", f"127.0.0.1:{closed_port()}/fleet/app:stable",
