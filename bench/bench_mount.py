@@ -12,7 +12,7 @@ import os
 from typing import Callable, Dict, List
 
 import common
-from stacko import images, overlay, stackpoints
+from stacko import images, mounttable, stackpoints
 from stacko.state import Store
 
 TITLE = "mount-stackpoint / umount-stackpoint vs plain mount + umount (the floor)"
@@ -101,7 +101,7 @@ def check_depth(store: Store, point: str, depth: int) -> None:
     common.run(common.stacko_argv() + ["--root", store.root, "mount-stackpoint", point])
     try:
         directory = os.path.join(store.root, "stackpoints", point)
-        m = overlay.find_mount(directory)
+        m = mounttable.find_mount(directory)
         if m is None or m.fstype != "overlay":
             raise RuntimeError(f"{point} did not mount an overlay at {directory}")
     finally:

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:      # `python3 bench/run.py` without an installed stacko
     sys.path.insert(0, REPO)
 
-from stacko import images, overlay  # noqa: E402  (needs the path above)
+from stacko import images, mounttable  # noqa: E402  (needs the path above)
 from stacko.state import Store  # noqa: E402
 
 #: $BENCH_REPEAT scales every module's repetitions (1.0: the default counts).
@@ -127,13 +127,13 @@ def scratch_root(tag: str) -> Iterator[str]:
         yield path
     finally:
         unmount_under(path)
-        if not overlay.mounts_under(os.path.realpath(path)):   # never rmtree across a mount
+        if not mounttable.mounts_under(os.path.realpath(path)):   # never rmtree across a mount
             shutil.rmtree(path, ignore_errors=True)
 
 
 def unmount_under(path: str) -> None:
     """Detach whatever a failed run left mounted beneath path, deepest first."""
-    for m in reversed(overlay.mounts_under(os.path.realpath(path))):
+    for m in reversed(mounttable.mounts_under(os.path.realpath(path))):
         subprocess.run(["umount", "--lazy", m.mount_point], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
 
@@ -153,13 +153,13 @@ def mount_table_snapshot() -> Iterator[None]:
     quadratic.  While a build mounts nothing the table cannot change, so one
     read is the same answer.
     """
-    table = overlay.mounts()
-    real = overlay.mounts
-    overlay.mounts = lambda: list(table)  # type: ignore[assignment]
+    table = mounttable.mounts()
+    real = mounttable.mounts
+    mounttable.mounts = lambda: list(table)  # type: ignore[assignment]
     try:
         yield
     finally:
-        overlay.mounts = real  # type: ignore[assignment]
+        mounttable.mounts = real  # type: ignore[assignment]
 
 
 def build_stack(store: Store, depth: int, prefix: str, parent: Optional[str] = None) -> List[str]:

@@ -41,7 +41,7 @@ from stacko.lean import wraps
 # The mount table is read by mounttable.py: import its names from there.
 # find_mount and mounts stay reachable here only for bench/ (bench_mount.py,
 # common.py), which reads them as overlay.*: drop them once it does not.
-from stacko.mounttable import find_mount, mounts, mounts_under  # noqa: F401  (bench/)
+from stacko.mounttable import mounts_under
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time

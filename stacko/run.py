@@ -13,7 +13,7 @@ import os
 
 from stacko import log as _log
 from stacko.errors import CommandFailed
-from stacko.log import debug, log  # noqa: F401  (log: formats/dirsource.py reads run.log still)
+from stacko.log import debug
 from stacko.records import record
 
 TYPE_CHECKING = False

@@ -42,12 +42,13 @@ import errno
 import os
 import stat
 
-from stacko import run, words
+from stacko import words
 from stacko.errors import UsageError
 from stacko.formats.spacebudget import BLOCK, SPARE_INODES, NoSpace, SpaceBudget
 from stacko.formats.spellings import OVERLAY_XATTR_PREFIX
 from stacko.formats.treewalk import (OPEN_DIR, OPEN_FILE, OPEN_NODE, BadSource, Frame, Walker,
                                      identity, open_beneath, proc_fd)
+from stacko.log import log
 
 __all__ = ["copy_tree", "BadSource"]
 
@@ -76,13 +77,13 @@ def copy_tree(source: str, target: str, state_root: str = "") -> None:
     finally:
         os.close(top_fd)
     if copier.left_out_at:
-        run.log(f"stacko: {source}: the stacko state root inside it, {copier.left_out_at}, "
+        log(f"stacko: {source}: the stacko state root inside it, {copier.left_out_at}, "
                 "was not imported (its directory is empty)")
     if copier.skipped_mounts:
         shown = copier.skipped_mounts[:5]
         if len(copier.skipped_mounts) > 5:
             shown.append(f"{len(copier.skipped_mounts) - 5} more")
-        run.log(f"stacko: {source}: other filesystems mounted inside were not imported "
+        log(f"stacko: {source}: other filesystems mounted inside were not imported "
                 f"(their mount points are empty): {words.join(shown)}")
 
 
