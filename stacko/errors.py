@@ -96,6 +96,10 @@ class LockTimeout(StackoError):
     pass
 
 
+class LookupTimeout(StackoError):
+    """A host name's lookup did not finish in time (lean.lookup)."""
+
+
 class Interrupted(StackoError):
     """SIGTERM arrived: raised so that ExitStack cleanups run."""
 

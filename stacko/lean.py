@@ -12,7 +12,9 @@ module of CPython, and tests/test_lean.py holds each stand-in to its public
 equivalent: ``parse_json`` to ``json.loads``, ``dump_json`` to ``json.dumps``
 (as state files and image documents are written), ``signal`` to ``signal``,
 ``wraps`` to ``functools.update_wrapper``, ``libc()`` to ``ctypes``, ``sha256``
-to ``hashlib.sha256``, ``connect`` to ``socket.create_connection``.
+to ``hashlib.sha256``, ``connect`` to ``socket.create_connection`` (but for
+its host's lookup, which ``lookup`` bounds in time, as create_connection
+does not).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
 
     Function = Callable[..., object]
 
-__all__ = ["signal", "parse_json", "dump_json", "wraps", "libc", "sha256", "connect", "SocketTimeout",
+__all__ = ["signal", "parse_json", "dump_json", "wraps", "libc", "sha256", "connect", "lookup", "SocketTimeout",
            "allocate_lock", "get_ident"]
 
 
@@ -186,19 +188,71 @@ def __getattr__(name: str) -> type[OSError]:
     raise AttributeError(f"module 'stacko.lean' has no attribute {name!r}")
 
 
-def connect(host: str | bytes, port: int, timeout: float, no_delay: bool = False) -> object:
+def lookup(host: str | bytes, port: int, timeout: float | None) -> list[tuple]:
+    """_socket.getaddrinfo(host, port, 0, SOCK_STREAM), given at most timeout
+    seconds: the C library's resolver has no bound of ours (glibc's waits
+    timeout x attempts x name servers of resolv.conf, an NSS module as long as
+    it likes), so a name is looked up on a thread of its own, waited for that
+    long, and left behind when it is late (it ends with the process).  A
+    numeric address (127.0.0.1, ::1) needs no lookup, nor a thread: it is
+    parsed first, as AI_NUMERICHOST.  LookupTimeout (a StackoError) when the
+    time is up."""
+    _socket: Any = _socket_module()
+    try:
+        return _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0,  # type: ignore[no-any-return]
+                                   _socket.AI_NUMERICHOST)
+    except _socket.gaierror as e:
+        if e.errno != _socket.EAI_NONAME:   # a name (or nothing getaddrinfo takes)
+            raise
+    try:
+        from _thread import start_new_thread
+    except ImportError:                 # an interpreter without threads
+        return _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)  # type: ignore[no-any-return]
+    answer: list[object] = []
+    done = allocate_lock()
+    done.acquire()
+
+    def look() -> None:
+        try:
+            answer.append(_socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM))
+        except BaseException as e:      # noqa: BLE001  raised again by the waiting thread
+            answer.append(e)
+        finally:
+            done.release()
+
+    start_new_thread(look, ())
+    if not done.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+        from stacko.errors import LookupTimeout
+        from stacko.quoting import quote
+        name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
+        raise LookupTimeout(f"looking up the address of {quote(name)} did not finish "
+                            f"within {timeout:g} s",
+                            hint="check the host name, and the name servers of "
+                                 "/etc/resolv.conf: one that does not answer holds every "
+                                 "lookup")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]  # type: ignore[return-value]
+
+
+def connect(host: str | bytes, port: int, timeout: float, no_delay: bool = False,
+            within: float | None = None, factory: Callable[..., object] | None = None) -> object:
     """socket.create_connection((host, port), timeout), on _socket, the C module
     the socket module wraps: socket's own import (its enums, selectors) costs
     a look at a registry ~3 ms.  The socket returned is _socket's: recv,
     sendall, settimeout, setsockopt, fileno and close as socket's, but not a
-    context manager.  no_delay: TCP_NODELAY set before connecting."""
+    context manager; factory (socket.socket, for ssl) makes another kind.
+    no_delay: TCP_NODELAY set before connecting.  Unlike create_connection's,
+    the host's lookup is bounded too: within seconds (timeout when None), see
+    lookup()."""
     _socket: Any = _socket_module()
+    make: Any = factory if factory is not None else _socket.socket
     failures: list[OSError] = []
-    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0,
-                                                                _socket.SOCK_STREAM):
+    for family, kind, proto, _, address in lookup(host, port,
+                                                  timeout if within is None else within):
         sock = None
         try:
-            sock = _socket.socket(family, kind, proto)
+            sock = make(family, kind, proto)
             sock.settimeout(timeout)
             if no_delay:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)

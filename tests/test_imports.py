@@ -316,9 +316,11 @@ def test_the_probe_sees_argparse(state: Path) -> None:
 # get-stackpoint-dir plus one round trip) imports what the look and the check's
 # record need: stacko's own HTTP and json; not the archive reader (tarfile,
 # ocisource), not OpenSSL (ssl, hashlib: lean.sha256), not http.client and
-# its email parser, not urllib.parse, not argparse (the quick parse takes it).
+# its email parser, not urllib.parse, not argparse (the quick parse takes it),
+# not threading (a name's bounded lookup runs on _thread: lean.lookup).
 UPDATE_DENIED = {"tarfile", "stacko.formats.ocisource", "stacko.registry.pull", "ssl",
-                 "hashlib", "_hashlib", "http.client", "email", "urllib.parse", "argparse"}
+                 "hashlib", "_hashlib", "http.client", "email", "urllib.parse", "argparse",
+                 "threading"}
 
 
 @pytest.mark.mounts

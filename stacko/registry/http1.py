@@ -327,16 +327,19 @@ class Connection:
         self.method = "GET"
 
     def connect(self) -> None:
+        """The host's lookup, and each connect, within self.timeout (lean.connect)."""
         if self.context is None:    # plain HTTP: the socket module is not needed
             sock = connect(address(self.host), self.port, self.timeout, no_delay=True)
         else:
             import socket           # which ssl imports anyway
-            sock = socket.create_connection((self.host, self.port), self.timeout)
+            # A socket.socket, as ssl wraps, connected to the address looked up;
+            # the certificate is checked against the name (SNI too).
+            tcp: socket.socket = connect(address(self.host), self.port,  # type: ignore[assignment]
+                                         self.timeout, no_delay=True, factory=socket.socket)
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+                sock = self.context.wrap_socket(tcp, server_hostname=self.host)
             except BaseException:
-                sock.close()
+                tcp.close()
                 raise
         self.sock, self.stream = sock, Stream(sock)  # type: ignore[assignment,arg-type]
 

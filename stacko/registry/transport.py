@@ -187,9 +187,8 @@ def speaks_plain_http(netloc: str, timeout: float) -> bool:
     real TLS probe decides, as before.  For --tls-verify=false, whose probe
     of TLS would otherwise load ssl for a plain HTTP registry."""
     host, port = split_netloc(netloc, 443)
-    timeout = min(timeout, SNIFF)
-    try:
-        sock = connect(address(host), port, timeout)
+    try:   # the lookup has the whole timeout, as the connection after the probe would
+        sock = connect(address(host), port, min(timeout, SNIFF), within=timeout)
         try:
             sock.sendall(client_hello(host))  # type: ignore[attr-defined]
             first = sock.recv(1)  # type: ignore[attr-defined]
