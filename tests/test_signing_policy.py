@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stacko.signing import dockerref, identity, payload, policy
+from stacko.signing import dockerref, identity, payload, policy, policyfile
 from stacko.signing.policyfile import PolicyError
 
 DIGEST = "sha256:" + "a" * 64
@@ -157,13 +157,13 @@ def write(tmp_path: Path, doc: object) -> str:
 def test_unreadable_policies_are_errors(tmp_path: Path, doc: object, message: str) -> None:
     path = write(tmp_path, doc)
     with pytest.raises(PolicyError, match=message) as e:
-        policy.load(path)
+        policyfile.load(path)
     assert path in e.value.message
 
 
 def test_a_missing_policy_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read the trust policy"):
-        policy.load(str(tmp_path / "none.json"))
+        policyfile.load(str(tmp_path / "none.json"))
 
 
 def test_the_most_specific_docker_scope_wins(tmp_path: Path) -> None:
@@ -172,11 +172,11 @@ def test_the_most_specific_docker_scope_wins(tmp_path: Path) -> None:
     doc = {"default": reject, "transports": {"docker": {
         "reg.io": accept, "reg.io/ns": reject, "reg.io/ns/app:v1": accept,
         "*.example.com": accept, "": reject}, "docker-daemon": {"": accept}}}
-    pol = policy.load(write(tmp_path, doc))
+    pol = policyfile.load(write(tmp_path, doc))
     for ref, scope in [("reg.io/ns/app:v1", "reg.io/ns/app:v1"), ("reg.io/ns/app:v2", "reg.io/ns"),
                        ("reg.io/x:1", "reg.io"), ("a.example.com:5000/x:1", "*.example.com"),
                        ("other.org/x:1", "")]:
-        found, _ = policy.requirements_for(pol, R(ref))
+        found, _ = policyfile.requirements_for(pol, R(ref))
         assert found == f'docker scope "{scope}"', ref
 
 
@@ -199,7 +199,7 @@ def test_accept_reject_and_no_signature(tmp_path: Path) -> None:
     del doc["transports"]["docker"]["reg.io/inline"][0]["keyPath"]
     doc["transports"]["docker"]["reg.io/inline"][0]["keyData"] = base64.b64encode(
         b"x").decode()
-    pol = policy.load(write(tmp_path, doc))
+    pol = policyfile.load(write(tmp_path, doc))
     assert policy.evaluate(pol, "reg.io/any:1", DIGEST, NoSignatures()).accepted == ()
     with pytest.raises(policy.PolicyRefused, match="rejects") as e:
         policy.evaluate(pol, "reg.io/rejected:1", DIGEST, NoSignatures())
@@ -223,7 +223,7 @@ def test_a_fifo_named_as_policy_or_key_is_refused_not_waited_for(tmp_path: Path)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(PolicyError, match="not a regular file"):
-        policy.load(str(fifo))
-    pol = policy.load(write(tmp_path, {"default": [signed_by(keyPath=str(fifo))]}))
+        policyfile.load(str(fifo))
+    pol = policyfile.load(write(tmp_path, {"default": [signed_by(keyPath=str(fifo))]}))
     with pytest.raises(PolicyError, match="not a regular file"):
         policy.evaluate(pol, "reg.io/a:b", DIGEST, NoSignatures())

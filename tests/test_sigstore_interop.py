@@ -20,7 +20,7 @@ from conftest import run_stacko
 from ocigen import d, f, write_layout
 from registryd import Registry, available, skopeo_push
 from registryfix import registry  # noqa: F401  (the fixture)
-from stacko.signing import cosignkey, payload as payload_mod, policy, sigstore
+from stacko.signing import cosignkey, payload as payload_mod, policy, policyfile, sigstore
 from trixiefix import Trixie, trixie, trixie_root  # noqa: F401  (the fixtures)
 
 pytestmark = pytest.mark.skipif(not available(),
@@ -128,7 +128,7 @@ def stacko_policy(path: Path, scope: str, *keys: Path) -> object:
            "transports": {"docker": {scope: [{"type": "sigstoreSigned",
                                               "keyPaths": [str(k) for k in keys]}]}}}
     write(path, json.dumps(doc))
-    return policy.load(str(path))
+    return policyfile.load(str(path))
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,7 @@ from stacko.registry.transport import (STALL_BYTES, TIMEOUT_VARIABLE, Expired, d
                                        transient)
 from stacko.registry.ref import Reference, parse
 # The look at REF's manifest (update-stackpoint's too) is look.py's; named here as before.
-from stacko.registry.look import (ACCEPT, describe_platform, document,  # noqa: F401
-                                  parse_platform, pick_platform)
+from stacko.registry.look import ACCEPT, document, parse_platform, pick_platform
 from stacko.state import Store
 
 TYPE_CHECKING = False

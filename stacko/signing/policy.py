@@ -19,9 +19,8 @@ from stacko.records import record
 from stacko.signing import payload as payload_mod
 from stacko.signing.dockerref import Named, parse_normalized
 from stacko.signing.identity import matches
-from stacko.signing.policyfile import (ACCEPT, DEFAULT_PATH, REJECT, SIGNED_BY,  # noqa: F401
-                                       SIGSTORE_SIGNED, Policy, PolicyError, Requirement,
-                                       load, loads, read_keys, requirements_for)
+from stacko.signing.policyfile import (ACCEPT, REJECT, SIGNED_BY, Policy, PolicyError,
+                                       Requirement, read_keys, requirements_for)
 
 # Why a signature, or an image, was refused: the words the messages start with.
 NO_SIGNATURE = "no signature"

@@ -15,6 +15,7 @@ import os
 from stacko.log import debug
 from stacko.errors import StackoError
 from stacko.signing import policy as policy_mod
+from stacko.signing import policyfile
 from stacko.signing.dockerref import Named
 
 USER_POLICY = ".config/containers/policy.json"
@@ -23,7 +24,7 @@ RECORD_VERSION = 1
 
 def default_policy_path() -> str | None:
     user = os.path.join(os.path.expanduser("~"), USER_POLICY)
-    for path in (user, policy_mod.DEFAULT_PATH):
+    for path in (user, policyfile.DEFAULT_PATH):
         if os.path.exists(path):
             return path
     return None
@@ -56,7 +57,7 @@ class PullSource:
 
 
 class Checker:
-    def __init__(self, policy: policy_mod.Policy, ref_text: str, registries_d: str) -> None:
+    def __init__(self, policy: policyfile.Policy, ref_text: str, registries_d: str) -> None:
         self.policy, self.ref_text = policy, ref_text
         self.ref = policy_mod.intended_reference(ref_text)
         self.registries_d = registries_d
@@ -88,7 +89,7 @@ def checker(ref_text: str, policy_path: str | None,
               "any image is accepted")
         return None
     from stacko.signing.registriesd import DEFAULT_DIR
-    return Checker(policy_mod.load(path), ref_text,
+    return Checker(policyfile.load(path), ref_text,
                    registries_d if registries_d is not None else DEFAULT_DIR)
 
 
@@ -133,7 +134,7 @@ def recheck(store: object, name: str, policy_path: str) -> tuple[str, str] | Non
     pulled, else (reason, message).  Offline: only what was kept is read."""
     from stacko import images as images_mod
     from stacko.signing.dockerref import parse_normalized
-    pol = policy_mod.load(policy_path)
+    pol = policyfile.load(policy_path)
     with store.locked(exclusive=False):
         images = store.load_images()
         chain = list(reversed(images_mod.stack_of(images, name)))     # bottom first
@@ -170,7 +171,7 @@ def _layer_digests(manifest: bytes) -> list | None:
         return None
 
 
-def _unsigned(pol: policy_mod.Policy, image: object) -> tuple[str, str] | None:
+def _unsigned(pol: policyfile.Policy, image: object) -> tuple[str, str] | None:
     """An image kept without signatures: accepted only where the policy needs none."""
     from stacko.signing.dockerref import BadReference, parse_normalized, policy_namespaces
     scopes = pol.transports.get("docker") or {}
