@@ -18,9 +18,9 @@ from stacko import words
 from stacko.errors import StackoError
 from stacko.formats.layertar import clean_name
 # What a document read from outside must be: in ocicheck.py, and named here too.
-from stacko.formats.ocicheck import (BadArchive, DigestMismatch, check_digest,  # noqa: F401
+from stacko.formats.ocicheck import (BadArchive, DigestMismatch, check_digest,
                                      object_field, string_field)
-from stacko.formats.ocimanifest import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION,  # noqa: F401
+from stacko.formats.ocimanifest import (INDEX_TYPES, MANIFEST_TYPES, NAME_ANNOTATION,
                                         REF_ANNOTATION, host_architecture)
 from stacko.quoting import quote
 from stacko.records import record
