@@ -153,3 +153,43 @@ def test_a_name_is_looked_up_on_a_thread_and_connected() -> None:
             assert peer.recv(4) == b"ping"
     with pytest.raises(socket.gaierror):
         lean.lookup("no-such-host.invalid", 80, 10.0)
+
+
+def test_tls_connects_to_the_address_and_checks_the_name(tmp_path: Path) -> None:
+    """http1's TLS connection: the name looked up, its address connected, and
+    the name (not the address) sent as SNI and checked against the certificate."""
+    import threading
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    names: list[object] = []
+
+    def heard(sock: ssl.SSLObject, name: object, context: ssl.SSLContext) -> None:
+        names.append(name)
+    server.sni_callback = heard  # type: ignore[assignment]
+    client = ssl.create_default_context(cafile=str(cert))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            for _ in range(2):
+                peer, _ = listener.accept()
+                try:
+                    with server.wrap_socket(peer, server_side=True) as tls:
+                        tls.sendall(b"hello")
+                except (ssl.SSLError, OSError):
+                    pass
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        conn = Connection(f"localhost:{port}", 5.0, context=client)
+        conn.connect()
+        assert conn.sock is not None and conn.sock.recv(5) == b"hello"
+        assert conn.sock.getpeername()[:2] == ("127.0.0.1", port)
+        conn.close()
+        with pytest.raises(ssl.SSLCertVerificationError):       # the name is checked
+            Connection(f"127.0.0.1:{port}", 5.0, context=client).connect()
+        thread.join(10)
+    assert names == ["localhost", None]      # SNI: the name; none for an address
