@@ -193,3 +193,43 @@ def test_tls_connects_to_the_address_and_checks_the_name(tmp_path: Path) -> None
             Connection(f"127.0.0.1:{port}", 5.0, context=client).connect()
         thread.join(10)
     assert names == ["localhost", None]      # SNI: the name; none for an address
+
+
+@pytest.fixture
+def files_only(tmp_path: Path) -> Iterator[None]:
+    """An nsswitch.conf whose hosts line asks /etc/hosts alone: a name absent
+    from it does not exist (EAI_NONAME), at once, without any name server."""
+    if not IS_ROOT:
+        pytest.skip("binds /etc/nsswitch.conf over in a private mount namespace: needs root")
+    with open("/etc/hosts") as f:
+        assert NAME not in f.read()
+    nsswitch = tmp_path / "nsswitch.conf"
+    lines = Path("/etc/nsswitch.conf").read_text().splitlines() \
+        if os.path.exists("/etc/nsswitch.conf") else []
+    nsswitch.write_text("".join(line + "\n" for line in lines
+                                if not line.lstrip().startswith("hosts:")) + "hosts: files\n")
+    made = not os.path.exists("/etc/nsswitch.conf")
+    if made:
+        Path("/etc/nsswitch.conf").touch()
+    subprocess.run(["mount", "--bind", str(nsswitch), "/etc/nsswitch.conf"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "/etc/nsswitch.conf"], check=True)
+        if made:
+            os.unlink("/etc/nsswitch.conf")
+
+
+@pytest.mark.parametrize("tls", ["--tls-verify=true", "--tls-verify=false"])
+def test_a_name_that_does_not_exist_is_said_so_at_once(stacko: Runner, root: Path,
+                                                       files_only: None, tls: str) -> None:
+    """A registry whose name does not resolve (a typo): one lookup, no retries
+    with pauses (4 attempts, 3.5 s, before), and a message that says what is
+    wrong."""
+    before = snapshot(root)
+    r = stacko("pull-image", tls, "app", f"{NAME}:5000/x:y", rc=1)
+    assert f"cannot reach the registry {NAME}:5000: its host name does not resolve" in r.stderr
+    assert "gave up after" not in r.stderr
+    assert "check the host name" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert snapshot(root) == before

@@ -28,7 +28,7 @@ from stacko.registry.http1 import Connection, UnsafeRequest
 from stacko.registry.transport import (ERROR_BODY, MAX_DOCUMENT, TIMEOUT_VARIABLE, Expired, Meter,
                                        Response, describe, join_url, limits, origin, parse_url,
                                        query, shown, speaks_plain_http, tls_error, transient,
-                                       unverified)
+                                       unknown_name, unverified)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
@@ -179,6 +179,11 @@ class Client:
                         f"TLS with {who} failed: {getattr(e, 'reason', None) or e}",
                         hint="for a registry that speaks plain HTTP, pass --tls-verify=false"
                     ) from None
+                if unknown_name(e):
+                    raise RegistryError(f"cannot reach {who}: its host name does not resolve "
+                                        f"({describe(e)})",
+                                        hint="check the host name, /etc/hosts and the name "
+                                             "servers in /etc/resolv.conf") from None
                 if not transient(e):
                     raise RegistryError(f"{who} sent an answer to {method} {shown(path)} "
                                         f"that is not valid HTTP: {describe(e)}") from None

@@ -138,8 +138,21 @@ def describe(e: BaseException) -> str:
 
 def transient(e: BaseException) -> bool:
     """A failure worth another attempt: the network's, not the server's syntax
-    (nor a request stacko refuses to send)."""
-    return isinstance(e, OSError) and not isinstance(e, MalformedResponse)
+    (nor a request stacko refuses to send, nor a name that does not exist)."""
+    return isinstance(e, OSError) and not isinstance(e, MalformedResponse) \
+        and not unknown_name(e)
+
+
+def unknown_name(e: BaseException) -> bool:
+    """The resolver's answer that a host name does not exist (or has no
+    address): asking again does not help, unlike a lookup that failed for the
+    time being (EAI_AGAIN).  A getaddrinfo error can only come once _socket
+    was imported, so sys.modules says, as for ssl below."""
+    sockets = sys.modules.get("_socket")
+    if sockets is None or not isinstance(e, sockets.gaierror):
+        return False
+    return e.errno in {getattr(sockets, code) for code in ("EAI_NONAME", "EAI_NODATA")
+                       if hasattr(sockets, code)}
 
 
 # --- TLS -----------------------------------------------------------------------------
