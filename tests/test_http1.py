@@ -15,10 +15,10 @@ from typing import Callable, Iterator, List, Optional, Union
 import pytest
 
 from stacko.registry.client import Client, Options, RegistryError
-from stacko.registry.http1 import (Connection, CutShort, Expired, MalformedResponse, Meter,
-                                   UnsafeRequest)
+from stacko.registry.http1 import Connection, UnsafeRequest
 from stacko.registry.ref import parse
 from stacko.registry.transport import client_hello, speaks_plain_http
+from stacko.registry.wire import CutShort, Expired, MalformedResponse, Meter
 
 Answer = Union[bytes, Callable[[socket.socket], None]]
 

@@ -29,8 +29,8 @@ buffered socket below this module, with the errors both raise).
 from __future__ import annotations
 
 from stacko.lean import connect
-from stacko.registry.wire import (RECEIVE, STALL_BYTES, CutShort, Expired,  # noqa: F401
-                                  LineTooLong, MalformedResponse, Meter, Stream)
+from stacko.registry.wire import (RECEIVE, CutShort, LineTooLong, MalformedResponse, Meter,
+                                  Stream)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time

@@ -32,8 +32,8 @@ import sys
 
 from stacko.lean import connect
 from stacko.registry.auth import RegistryError
-from stacko.registry.http1 import (STALL_BYTES, Expired, MalformedResponse, Meter, address,
-                                   split_netloc)
+from stacko.registry.http1 import address, split_netloc
+from stacko.registry.wire import STALL_BYTES, Expired, MalformedResponse, Meter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time

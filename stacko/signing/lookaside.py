@@ -81,7 +81,8 @@ def _read_http(url: str, end: float) -> bytes | None:
     stacko's own HTTP (stacko/registry/http1.py, bounded heads and bodies),
     every receive within the deadline end: a server that trickles a byte at a
     time cannot hold the pull."""
-    from stacko.registry.http1 import Connection, Expired, Meter
+    from stacko.registry.http1 import Connection
+    from stacko.registry.wire import Expired, Meter
     for _ in range(REDIRECTS + 1):
         parts = urlsplit(url)
         left = end - time.monotonic()
