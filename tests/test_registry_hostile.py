@@ -20,6 +20,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import pytest
 
 from conftest import Runner
+from servers import threaded
 from stacko.errors import StackoError
 from stacko.formats.ocisource import BadArchive, DigestMismatch
 from stacko.registry.client import Client, Options, RegistryError
@@ -111,17 +112,11 @@ class Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:
-    servers: List[Server] = []
-
-    def start(behave: Callable[[Handler], None], tls: Optional[ssl.SSLContext] = None) -> Server:
-        server = Server(behave, tls)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with threaded() as start:
+        def serve_one(behave: Callable[[Handler], None],
+                      tls: Optional[ssl.SSLContext] = None) -> Server:
+            return start(Server(behave, tls))  # type: ignore[no-any-return]
+        yield serve_one
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
@@ -20,6 +19,7 @@ from conftest import Runner
 from ocigen import d, f, write_layout
 from registryd import Registry, available, skopeo_push
 from registryfix import registry  # noqa: F401  (the fixture)
+from servers import threaded
 
 pytestmark = pytest.mark.skipif(
     not (available() and shutil.which("skopeo")),
@@ -79,17 +79,8 @@ class Proxy(ThreadingHTTPServer):
 
 @pytest.fixture
 def proxy(registry: Registry) -> Iterator[Callable[[Callable[[Forward], bool]], Proxy]]:  # noqa: F811
-    started: List[Proxy] = []
-
-    def start(hook: Callable[[Forward], bool]) -> Proxy:
-        server = Proxy(registry.host, hook)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
+    with threaded() as serve:
+        yield lambda hook: serve(Proxy(registry.host, hook))
 
 
 @pytest.fixture(scope="module")
