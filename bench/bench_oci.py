@@ -62,26 +62,14 @@ def run() -> List[dict]:
     files several times slower in a block group that has just seen mass
     deletes, which would favour whichever side ran first)."""
     common.require_root("bench_oci")
-    where = os.environ.get("BENCH_LOOP_DIR")
-    if where is None and os.path.isdir("/dev/shm"):
-        shm = os.statvfs("/dev/shm")
-        where = "/dev/shm" if shm.f_bavail * shm.f_frsize > 4 << 30 else None
-    with tempfile.TemporaryDirectory(prefix="stacko-bench-oci-", dir=where) as scratch:
-        image = os.path.join(scratch, "fs.img")
-        with open(image, "wb") as f:
-            f.truncate(3 << 30)
-        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
-        fs = Path(scratch) / "fs"
-        fs.mkdir()
-        subprocess.run(["mount", "-o", "loop", image, str(fs)], check=True)
-        runroots: List[str] = []
-        try:
-            return measure(fs, runroots)
-        finally:
-            subprocess.run(["umount", "-R", "-l", str(fs)], capture_output=True)
-            for runroot in runroots:
-                subprocess.run(["umount", "-R", "-l", runroot], capture_output=True)
-                shutil.rmtree(runroot, ignore_errors=True)
+    runroots: List[str] = []
+    try:
+        with common.loop_ext4("oci") as fs:
+            return measure(Path(fs), runroots)
+    finally:
+        for runroot in runroots:
+            subprocess.run(["umount", "-R", "-l", runroot], capture_output=True)
+            shutil.rmtree(runroot, ignore_errors=True)
 
 
 def measure(fs: Path, runroots: List[str]) -> List[dict]:

@@ -81,25 +81,13 @@ def run() -> List[dict]:
     common.require_root("bench_registry")
     if shutil.which("docker-registry") is None or shutil.which("skopeo") is None:
         raise RuntimeError("docker-registry and skopeo are needed (tests/install-deps.sh)")
-    where = os.environ.get("BENCH_LOOP_DIR")
-    if where is None and os.path.isdir("/dev/shm"):
-        shm = os.statvfs("/dev/shm")
-        where = "/dev/shm" if shm.f_bavail * shm.f_frsize > 4 << 30 else None
-    with tempfile.TemporaryDirectory(prefix="stacko-bench-registry-", dir=where) as scratch:
-        image = os.path.join(scratch, "fs.img")
-        with open(image, "wb") as f:
-            f.truncate(3 << 30)
-        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
-        fs = Path(scratch) / "fs"
-        fs.mkdir()
-        subprocess.run(["mount", "-o", "loop", image, str(fs)], check=True)
-        try:
-            return measure(fs)
-        finally:
-            subprocess.run(["umount", "-R", "-l", str(fs)], capture_output=True)
-            for run_root in RUNROOTS:
-                subprocess.run(["umount", "-R", "-l", run_root], capture_output=True)
-                shutil.rmtree(run_root, ignore_errors=True)
+    try:
+        with common.loop_ext4("registry") as fs:
+            return measure(Path(fs))
+    finally:
+        for run_root in RUNROOTS:
+            subprocess.run(["umount", "-R", "-l", run_root], capture_output=True)
+            shutil.rmtree(run_root, ignore_errors=True)
 
 
 def measure(fs: Path) -> List[dict]:

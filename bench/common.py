@@ -131,6 +131,33 @@ def scratch_root(tag: str) -> Iterator[str]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def loop_ext4(tag: str, size: int = 3 << 30) -> Iterator["os.PathLike[str]"]:
+    """A fresh ext4 of size bytes, loop-mounted (its backing file in /dev/shm
+    when that has room, else under /tmp; $BENCH_LOOP_DIR chooses): both sides
+    of a comparison write to the same kind of fresh filesystem.  Each run
+    should write into a directory of its own and nothing be deleted between
+    runs: ext4 creates files several times slower in a block group that has
+    just seen mass deletes, which would favour whichever side ran first."""
+    from pathlib import Path
+    where = os.environ.get("BENCH_LOOP_DIR")
+    if where is None and os.path.isdir("/dev/shm"):
+        shm = os.statvfs("/dev/shm")
+        where = "/dev/shm" if shm.f_bavail * shm.f_frsize > size + (1 << 30) else None
+    with tempfile.TemporaryDirectory(prefix=f"stacko-bench-{tag}-", dir=where) as scratch:
+        image = os.path.join(scratch, "fs.img")
+        with open(image, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+        fs = Path(scratch) / "fs"
+        fs.mkdir()
+        subprocess.run(["mount", "-o", "loop", image, str(fs)], check=True)
+        try:
+            yield fs
+        finally:
+            subprocess.run(["umount", "-R", "-l", str(fs)], capture_output=True)
+
+
 def unmount_under(path: str) -> None:
     """Detach whatever a failed run left mounted beneath path, deepest first."""
     for m in reversed(mounttable.mounts_under(os.path.realpath(path))):
