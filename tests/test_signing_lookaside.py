@@ -178,3 +178,33 @@ def test_no_policy_anywhere_accepts_and_imports_nothing(tmp_path: Path,
         '{"default": [{"type": "reject"}]}')
     checker = pull.trust_checker("reg.io/a:b", None, None)
     assert checker is not None and checker.policy.path.startswith(str(tmp_path))
+
+
+# --- URLs read without urllib.parse -----------------------------------------------------------
+URL_CHARS = "abcAZ09/:%?#;@=.-+ \\\t\n\r\x00\x7f\u00e9\u2028"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lookaside_urls_read_as_urllib_reads_them(seed: int) -> None:
+    """scheme_of and the file: path are urlsplit's (and unquote's), held to them
+    on generated URLs: they skip urllib.parse (~2 ms of a signed pull) only
+    where nothing in the URL needs it."""
+    import random
+    from urllib.parse import unquote, urlsplit
+    rnd = random.Random(seed)
+    urls = ["file:///var/lib/sigs/a@sha256=00/signature-1", "FILE:///x", "file://localhost/x",
+            "file://other/x", "file:/x", "file:x", "https://h:5/x?q#f", "file:///a%20b",
+            "file:///a?b", "file:///a#b", "1x://y", " file:///x", ""]
+    for _ in range(5000):
+        body = "".join(rnd.choice(URL_CHARS) for _ in range(rnd.randint(0, 14)))
+        urls += ["file:" + body, "file://" + body, body]
+    for url in urls:
+        assert lookaside.scheme_of(url) == urlsplit(url).scheme, repr(url)
+        parts = urlsplit(url)
+        if parts.scheme != "file":
+            continue
+        if parts.netloc in ("", "localhost"):
+            assert lookaside._file_path(url) == unquote(parts.path), repr(url)
+        else:
+            with pytest.raises(lookaside.LookasideError):
+                lookaside._file_path(url)
