@@ -14,7 +14,7 @@ import errno
 import fcntl
 import os
 
-from stacko.state import Store, remove_tree
+from stacko.state import Store, remove_flat, remove_tree
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
@@ -46,17 +46,8 @@ def remove_staging(path: str) -> None:
     files (the blobs an export or a push packed): those are removed here,
     without starting `rm -rf` (a process, and subwrap and subprocess to start
     it).  Anything else (a layer left by a failure, with its subdirectories)
-    goes to remove_tree, as does whatever cannot be unlinked."""
-    try:
-        with os.scandir(path) as entries:
-            found = list(entries)
-        if any(e.is_dir(follow_symlinks=False) for e in found):
-            raise IsADirectoryError(path)
-        for entry in found:
-            os.unlink(entry.path)
-        os.rmdir(path)
-    except OSError:
-        remove_tree(path)
+    goes to remove_tree, as does whatever cannot be unlinked (state.remove_flat)."""
+    remove_flat(path)
 
 
 def in_use(path: str) -> bool:

@@ -284,6 +284,23 @@ def remove_tree(path: str) -> None:
                 raise
 
 
+def remove_flat(path: str) -> None:
+    """rm -rf of a directory that most often holds a few files and nothing
+    more: those are unlinked here, without starting `rm -rf` (a process, and
+    subwrap and subprocess to start it).  Anything else (a subdirectory,
+    whatever cannot be unlinked) goes to remove_tree."""
+    try:
+        with os.scandir(path) as entries:
+            found = list(entries)
+        if any(e.is_dir(follow_symlinks=False) for e in found):
+            raise IsADirectoryError(path)
+        for entry in found:
+            os.unlink(entry.path)
+        os.rmdir(path)
+    except OSError:
+        remove_tree(path)
+
+
 def _create_temp(path: str) -> tuple[int, str]:
     """A new file beside path, opened as tempfile.mkstemp opens one (O_EXCL and
     O_NOFOLLOW: never through a planted symlink), without importing tempfile,

@@ -551,3 +551,48 @@ def test_gpg_checks_exactly_one_signature_by_the_policys_keys(keys: Keys) -> Non
         assert e.value.unknown_key
         with pytest.raises(gpg.BadSignature):
             ring.verify(both)
+
+
+def test_keyrings_built_ahead_are_taken_once_or_removed(keys: Keys, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pull-image imports the policy's keys while it fetches the manifest
+    (gpg.Ahead): the check takes the keyring of its keys, once; keys that do
+    not import are not kept (the check builds them again and says why);
+    close() removes what nobody took."""
+    from stacko.signing import gpg
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    alice = keys.pub["alice"].read_bytes()
+    data = b'{"critical": {}}'
+    ahead = gpg.Ahead()
+    ahead.build([[alice], [b"not a key"]])
+    assert ahead.take([b"not a key"]) is None
+    ring = ahead.take([alice])
+    assert ring is not None and ring.home.startswith(str(tmp_path))
+    assert ahead.take([alice]) is None
+    with ring as entered:               # entered once: the same home
+        assert entered.home == ring.home
+        assert entered.verify(keys.sign("alice", data)) == (keys.fpr["alice"], data)
+    assert list(tmp_path.iterdir()) == []
+    unused = gpg.Ahead()
+    unused.build([[alice]])
+    assert len(list(tmp_path.iterdir())) == 1
+    unused.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pull_leaves_no_keyring_behind(stacko: Runner, root: Path, workdir: Path,
+                                         registry: Registry, keys: Keys, sigs: Dict[str, Path],
+                                         images: Dict[str, str], tmp_path: Path) -> None:
+    """Accepted, refused for want of a signature, or failed before its manifest
+    was read: the keyrings pull-image built meanwhile are all removed."""
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp)}
+    p = policy(workdir, signed_by(keys, "alice"))
+    regd = ["--registries.d", str(sigs["regd"]), "--tls-verify=false"]
+    stacko("pull-image", "app", f"{registry.host}/signed:v1", "--policy", p, *regd, env=env)
+    stacko("pull-image", "plain", f"{registry.host}/plain:v1", "--policy", p, *regd,
+           env=env, rc=1)
+    stacko("pull-image", "gone", f"{registry.host}/signed:no-such-tag", "--policy", p, *regd,
+           env=env, rc=1)
+    assert list(temp.iterdir()) == []
