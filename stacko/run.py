@@ -39,6 +39,13 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict:
     return env
 
 
+def load() -> None:
+    """Import what run() needs (shlex, subwrap and subprocess, ~6 ms) ahead of
+    its first call, on a thread that has time for it (pullsign.warm_up_gpg)."""
+    import shlex  # noqa: F401
+    import subwrap  # noqa: F401
+
+
 def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
         env: Mapping[str, str] | None = None) -> Result:
     """Run argv; a non-zero exit raises CommandFailed unless check is False."""

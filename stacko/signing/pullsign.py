@@ -72,10 +72,9 @@ def warm_up_gpg(reqs: list) -> object:
     def warm() -> None:
         key_sets = []
         try:
-            import shlex  # noqa: F401  (run.run's)
-            import subwrap  # noqa: F401
-
+            from stacko import run
             from stacko.signing import lookaside, registriesd  # noqa: F401
+            run.load()
             for req in reqs:
                 try:
                     key_sets.append(policyfile.read_keys(req))
