@@ -39,23 +39,17 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict:
     return env
 
 
-def load() -> None:
-    """Import what run() needs (shlex, subwrap and subprocess, ~6 ms) ahead of
-    its first call, on a thread that has time for it (pullsign.warm_up_gpg)."""
-    import shlex  # noqa: F401
-    import subwrap  # noqa: F401
-
-
 def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
         env: Mapping[str, str] | None = None) -> Result:
     """Run argv; a non-zero exit raises CommandFailed unless check is False."""
-    import shlex    # here, as subwrap: a mount that runs no command needs neither
     import subwrap  # imported here: listing commands never pay for subprocess
 
     argv = [str(a) for a in argv]
-    prefix = f"(cd {shlex.quote(cwd)} && " if cwd and _log.verbose else ""
-    envs = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
-    debug(f"+ {prefix}{envs}{shlex.join(argv)}" + (")" if prefix else ""))
+    if _log.verbose:    # shlex only for the -v log: a run without -v pays no ~0.7 ms for it
+        import shlex
+        prefix = f"(cd {shlex.quote(cwd)} && " if cwd else ""
+        envs = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+        debug(f"+ {prefix}{envs}{shlex.join(argv)}" + (")" if prefix else ""))
     try:
         response = subwrap.run(argv, exit_handle=lambda r: None, cwd=cwd,
                                env=child_env(env))

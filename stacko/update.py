@@ -277,9 +277,6 @@ class Update:
         except PolicyRefused as e:
             log(f"stacko: would refuse {shown}: {e.message}")
             return
-        finally:
-            if trust is not None:
-                trust.close()  # type: ignore[attr-defined]  (keyrings built ahead)
         with self.store.locked(exclusive=False):
             planned = oci.plan_images(self.store, images, target, None, [], specs)
         new = [s for s, p in zip(specs, planned) if not p.layer]

@@ -59,12 +59,8 @@ def pull_image(store: Store, name: str, ref_text: str, platform: str | None = No
     @contextlib.contextmanager
     def layers(staging: str) -> Iterator[list[LayerSpec]]:
         yield resolve(client, ref, wanted, trust)
-    try:
-        return oci.import_layers(store, name, None, layers, workers=WORKERS,
-                                 repo=f"{ref.host}/{ref.repo}", tally=tally)
-    finally:
-        if trust is not None:
-            trust.close()  # type: ignore[attr-defined]  (keyrings built ahead)
+    return oci.import_layers(store, name, None, layers, workers=WORKERS,
+                             repo=f"{ref.host}/{ref.repo}", tally=tally)
 
 
 def trust_checker(ref_text: str, policy: str | None, registries_d: str | None) -> object:

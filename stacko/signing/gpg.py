@@ -1,9 +1,9 @@
 """GnuPG "simple signing": gpg, run through stacko.run, both ways.
 
-Checking: the policy's keys are imported into a temporary home directory of
-their own, so no key of the user's keyring can vouch for an image, and a
-signature counts only when gpg reports, on its --status-fd, exactly one
-``VALIDSIG`` whose primary key is one of those imported.  gpg's output is
+Checking: the policy's keys go into a temporary home directory of their own
+(as keyrings, else imported: Keyring), so no key of the user's keyring can
+vouch for an image, and a signature counts only when gpg reports, on its
+--status-fd, exactly one ``VALIDSIG`` whose primary key is one of them.  gpg's output is
 bounded (--max-output), as a signed message can be a compression bomb.
 
 Signing: with the user's own keyring, as skopeo --sign-by does; a passphrase
@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 
 from stacko import run
-from stacko.errors import StackoError
+from stacko.errors import CommandFailed, StackoError
 
 MAX_SIGNED = 4 << 20         # bytes of a payload gpg may write out (containers/image's limit)
 BASE = ["gpg", "--batch", "--no-tty", "--no-autostart", "--no-options",
         "--no-permission-warning", "--status-fd", "1"]
+# gpgv has no --max-output: the file it writes the signed data to is bounded by
+# RLIMIT_FSIZE instead (a write past it kills gpgv with SIGXFSZ).
+GPGV = ["prlimit", f"--fsize={MAX_SIGNED + 1}", "gpgv", "--status-fd", "1"]
 
 
 class BadSignature(Exception):
@@ -63,71 +66,85 @@ def remove_private_dir(path: str) -> None:
         pass
 
 
-class Ahead:
-    """Keyrings built on another thread while a pull fetches the manifest
-    (pullsign.warm_up_gpg), taken by the check once its signatures are read:
-    importing the keys (a gpg run, ~5 ms) is then off the pull's path.  A
-    keyring that failed to build is not kept: the check builds it again and
-    reports why.  close() removes what was built and not taken."""
+ARMOR_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+ARMOR_END = b"-----END PGP PUBLIC KEY BLOCK-----"
 
-    def __init__(self) -> None:
-        from stacko.lean import allocate_lock
-        self.done = allocate_lock()
-        self.done.acquire()            # released once build() has returned
-        self.rings: dict[tuple[bytes, ...], Keyring] = {}
 
-    def build(self, key_sets: list[list[bytes]]) -> None:
+def keyring_bytes(key: bytes) -> bytes | None:
+    """A key file's OpenPGP packets, for gpg to read as a keyring: binary as
+    it is, armoured (RFC 4880, 6.2) decoded.  None when it is neither, or its
+    armour is not plainly good (a checksum that does not match): gpg --import
+    then decides (Keyring.verify)."""
+    if key[:1] and key[0] & 0x80:
+        return key
+    import binascii
+    out = []
+    lines = iter(key.splitlines())
+    for line in lines:
+        if line.strip() != ARMOR_BEGIN:
+            continue
+        body, crc = [], None
+        for line in lines:
+            line = line.strip()
+            if line == ARMOR_END:
+                break
+            if b": " in line and not body:
+                continue                       # an armour header (Version: ...)
+            if line.startswith(b"=") and len(line) == 5:
+                crc = line[1:]
+            elif line:
+                body.append(line)
+        else:
+            return None                        # no end line
         try:
-            for keys in key_sets:
-                ring = Keyring(keys)
-                try:
-                    ring.__enter__()
-                except BaseException:   # noqa: BLE001  met again, and reported, by the check
-                    continue
-                self.rings[tuple(keys)] = ring
-        finally:
-            self.done.release()
+            data = binascii.a2b_base64(b"".join(body))
+            if crc is not None and binascii.a2b_base64(crc) != crc24(data):
+                return None
+        except binascii.Error:
+            return None
+        out.append(data)
+    return b"".join(out) if out and all(out) else None
 
-    def take(self, keys: list[bytes]) -> Keyring | None:
-        with self.done:              # built (a gpg run at most) before anything is taken
-            return self.rings.pop(tuple(keys), None)
 
-    def close(self) -> None:
-        with self.done:
-            rings, self.rings = list(self.rings.values()), {}
-        for ring in rings:
-            ring.close()
+def crc24(data: bytes) -> bytes:
+    """The armour's checksum (RFC 4880, 6.1)."""
+    crc = 0xB704CE
+    for byte in data:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    return (crc & 0xFFFFFF).to_bytes(3, "big")
 
 
 class Keyring:
-    """A temporary GnuPG home holding only the given public keys."""
+    """A temporary GnuPG home holding only the given public keys.
+
+    A signature is first checked by gpgv with the key files as its keyrings
+    (armoured ones decoded here): no import, one short run per signature.
+    One that is not good that way is checked again the way it always was, by
+    gpg after ``gpg --import`` of the keys, and that verdict stands: a
+    refusal says what it said (a key that does not import, a stranger's
+    key), and a key that gpg imports but gpgv does not read is still
+    accepted.  Only VALIDSIG counts either way, and only the policy's keys
+    are in this home."""
 
     def __init__(self, keys: list[bytes]) -> None:
         self.keys = keys
         self.home = ""
-        self.fingerprints: set[str] = set()
+        self.rings: list[str] = []      # the key files, as keyrings
+        self.imported = False
+        self.fingerprints: set[str] = set()      # of the keys imported
         self.count = 0
 
     def __enter__(self) -> "Keyring":
-        from stacko.signing.policyfile import PolicyError
-        if self.home:          # built already (Ahead): entered once
-            return self
         self.home = private_dir("stacko-gpg-")
         try:
-            paths = []
             for n, key in enumerate(self.keys):
-                paths.append(self._write(f"key-{n}", key))
-            if paths:
-                # IMPORT_OK names each primary key imported: no listing needed.
-                imported = run.run(BASE + ["--homedir", self.home, "--import", *paths],
-                                   check=False)
-                self.fingerprints = {s[2].upper() for s in status_lines(imported.stdout)
-                                     if s[0] == "IMPORT_OK" and len(s) > 2}
-            if not self.fingerprints:
-                raise PolicyError("no GnuPG public key could be imported from the keys the "
-                                  "trust policy names",
-                                  hint="keyPath, keyPaths and keyData must hold OpenPGP "
-                                       "public keys (gpg --export, binary or armoured)")
+                packets = keyring_bytes(key)
+                if packets is not None:
+                    self.rings.append(self._write(f"ring-{n}", packets))
         except BaseException:
             self.close()
             raise
@@ -141,6 +158,23 @@ class Keyring:
             remove_private_dir(self.home)
             self.home = ""
 
+    def _import(self) -> None:
+        """gpg --import of the keys into this home; PolicyError when none imports."""
+        from stacko.signing.policyfile import PolicyError
+        self.imported = True
+        paths = [self._write(f"key-{n}", key) for n, key in enumerate(self.keys)]
+        if paths:
+            # IMPORT_OK names each primary key imported: no listing needed.
+            imported = run.run(BASE + ["--homedir", self.home, "--import", *paths],
+                               check=False)
+            self.fingerprints = {s[2].upper() for s in status_lines(imported.stdout)
+                                 if s[0] == "IMPORT_OK" and len(s) > 2}
+        if not self.fingerprints:
+            raise PolicyError("no GnuPG public key could be imported from the keys the "
+                              "trust policy names",
+                              hint="keyPath, keyPaths and keyData must hold OpenPGP "
+                                   "public keys (gpg --export, binary or armoured)")
+
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.home, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -151,12 +185,24 @@ class Keyring:
     def verify(self, blob: bytes) -> tuple[str, bytes]:
         """(the signer's primary key fingerprint, the signed data) of an OpenPGP
         signed message; BadSignature when it is not a good one by these keys."""
+        if not self.imported and self.rings:
+            rings = []
+            for path in self.rings:
+                rings += ["--keyring", path]
+            try:
+                return self._verify(blob, GPGV + ["--homedir", self.home, *rings])
+            except (BadSignature, CommandFailed):    # CommandFailed: no gpgv, no prlimit
+                pass                     # judged again below, as it always was
+        if not self.imported:
+            self._import()
+        return self._verify(blob, BASE + ["--homedir", self.home, "--trust-model", "always",
+                                          "--max-output", str(MAX_SIGNED), "--decrypt"])
+
+    def _verify(self, blob: bytes, argv: list[str]) -> tuple[str, bytes]:
         self.count += 1
         sig = self._write(f"sig-{self.count}", blob)
         out = os.path.join(self.home, f"out-{self.count}")
-        result = run.run(BASE + ["--homedir", self.home, "--trust-model", "always",
-                                 "--max-output", str(MAX_SIGNED), "--output", out,
-                                 "--decrypt", sig], check=False)
+        result = run.run(argv + ["--output", out, sig], check=False)
         try:
             with open(out, "rb") as f:
                 data = f.read(MAX_SIGNED + 1)
@@ -194,11 +240,11 @@ class Keyring:
             raise BadSignature("gpg could not verify it (exit status "
                                f"{result.returncode})")
         fields = valid[0]
-        primary = fields[10] if len(fields) > 10 else fields[1]
-        if primary.upper() not in self.fingerprints:
+        primary = (fields[10] if len(fields) > 10 else fields[1]).upper()
+        if self.imported and primary not in self.fingerprints:
             raise BadSignature(f"signed by key {primary}, not one the policy names",
                                unknown_key=True)
-        return primary.upper(), data
+        return primary, data
 
     def _raise_unknown(self, status: list) -> tuple[str, bytes]:
         key = next((s[1] for s in status if s[0] == "NO_PUBKEY" and len(s) > 1), "?")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from stacko.records import record
-from stacko.signing.dockerref import (DOMAIN_RE, NAME_RE, BadReference, Named,
+from stacko.signing.dockerref import (DOMAIN, NAME, BadReference, Named,
                                       parse_named, parse_normalized)
 
 MATCH_EXACT = "matchExact"
@@ -21,7 +21,7 @@ REMAP_IDENTITY = "remapIdentity"
 FIELDS = {MATCH_EXACT: (), MATCH_REPO_DIGEST_OR_EXACT: (), MATCH_REPOSITORY: (),
           EXACT_REFERENCE: ("dockerReference",), EXACT_REPOSITORY: ("dockerRepository",),
           REMAP_IDENTITY: ("prefix", "signedPrefix")}
-_DOMAIN_PREFIX = re.compile(rf"{DOMAIN_RE.pattern}/", re.ASCII)
+_DOMAIN_PREFIX = rf"{DOMAIN}/"       # patterns: compiled when first used (dockerref)
 
 
 @record
@@ -41,8 +41,9 @@ DEFAULT = IdentityMatch(MATCH_REPO_DIGEST_OR_EXACT)
 
 def check_prefix(text: str) -> bool:
     """validateIdentityRemappingPrefix: a host, or host/namespace…"""
-    return bool(DOMAIN_RE.fullmatch(text)
-                or (NAME_RE.fullmatch(text) and _DOMAIN_PREFIX.match(text)))
+    return bool(re.fullmatch(DOMAIN, text, re.ASCII)
+                or (re.fullmatch(NAME, text, re.ASCII)
+                    and re.match(_DOMAIN_PREFIX, text, re.ASCII)))
 
 
 def make(kind: str, fields: dict) -> IdentityMatch:

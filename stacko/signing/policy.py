@@ -117,8 +117,7 @@ def evaluate(policy: Policy, ref: Named | str, manifest_digest: str, source: obj
                                 hint="the policy allows no image from there")
         keys = read_keys(req)           # before anything is fetched: a missing key is an error
         if req.type == SIGNED_BY:
-            found = _check_gpg(req, keys, ref, manifest_digest, manifest, source.gpg(),
-                               getattr(source, "ahead", None))
+            found = _check_gpg(req, keys, ref, manifest_digest, manifest, source.gpg())
         else:
             found = _check_sigstore(req, keys, ref, manifest_digest, manifest,
                                     source.sigstore())
@@ -176,14 +175,12 @@ def digest_matches(signed: str, digest: str, manifest: bytes | None) -> bool:
 
 
 def _check_gpg(req: Requirement, keys: list, ref: Named, digest: str,
-               manifest: bytes | None, signatures: list, ahead: object = None) -> object:
-    """ahead: a gpg.Ahead that may hold these keys' keyring, built already."""
+               manifest: bytes | None, signatures: list) -> object:
     from stacko.signing import gpg
     rejections: list = []
     if not signatures:      # refused whatever the keys hold: no gpg started, a fast refusal
         return rejections
-    built = ahead.take(keys) if isinstance(ahead, gpg.Ahead) else None
-    with built or gpg.Keyring(keys) as ring:
+    with gpg.Keyring(keys) as ring:
         for blob in signatures:
             try:
                 fingerprint, data = ring.verify(blob)

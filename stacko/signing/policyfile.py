@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from stacko.errors import StackoError
 from stacko.records import record
 from stacko.signing import identity as identity_mod
 from stacko.signing.files import read_regular
-from stacko.signing.dockerref import (DOMAIN_RE, REFERENCE_RE, Named, policy_identity,
+from stacko.signing.dockerref import (DOMAIN, REFERENCE, Named, policy_identity,
                                       policy_namespaces)
 from stacko.signing.identity import IdentityMatch
 
@@ -154,9 +155,10 @@ def _policy(doc: object, path: str) -> Policy:
 
 def valid_docker_scope(scope: str) -> bool:
     if scope.startswith("*."):
-        return bool(DOMAIN_RE.fullmatch(scope[2:])) and ":" not in scope
+        return bool(re.fullmatch(DOMAIN, scope[2:], re.ASCII)) and ":" not in scope
     first = scope.partition("/")[0]
-    return bool(REFERENCE_RE.fullmatch(scope)) and bool(DOMAIN_RE.fullmatch(first)) \
+    return bool(re.fullmatch(REFERENCE, scope, re.ASCII)) \
+        and bool(re.fullmatch(DOMAIN, first, re.ASCII)) \
         and scope.lower().partition("/")[2] == scope.partition("/")[2]
 
 

@@ -34,10 +34,9 @@ class PullSource:
     """The signatures of one manifest, fetched only when a requirement asks."""
 
     def __init__(self, ref: Named, digest: str, client: object, repository: str,
-                 registries_d: str, ahead: object = None) -> None:
+                 registries_d: str) -> None:
         self.ref, self.digest, self.client, self.repository = ref, digest, client, repository
         self.registries_d = registries_d
-        self.ahead = ahead        # keyrings built meanwhile (gpg.Ahead), or None
         self._gpg: list | None = None
         self._sigstore: list | None = None
 
@@ -57,61 +56,18 @@ class PullSource:
         return self._sigstore
 
 
-def warm_up_gpg(reqs: list) -> object:
-    """Get ready to check GnuPG signatures while the pull asks the registry for
-    the manifest, on a thread of its own: import what the check needs (gpg.py,
-    subwrap and subprocess, the lookaside reader: ~8 ms) and import the
-    policy's keys into keyrings (a gpg run each, ~5 ms; gpg.Ahead, returned,
-    which the check takes them from and Checker.close cleans up).  A signed
-    pull then costs less beside an unsigned one (issue 20's goal,
-    docs/bench.md).  Whatever fails here the check meets again and reports.
-    lean.start_thread, not threading: a look that ends there pays for no more."""
-    from stacko.signing import gpg
-    ahead = gpg.Ahead()
-
-    def warm() -> None:
-        key_sets = []
-        try:
-            from stacko import run
-            from stacko.signing import lookaside, registriesd  # noqa: F401
-            run.load()
-            for req in reqs:
-                try:
-                    key_sets.append(policyfile.read_keys(req))
-                except StackoError:
-                    continue
-        except BaseException:  # noqa: BLE001  met again, and reported, by the check
-            pass
-        ahead.build(key_sets)
-    from stacko.lean import start_thread
-    try:
-        start_thread(warm)
-    except RuntimeError:                 # no thread to be had: the check builds its keyrings
-        ahead.build([])
-    return ahead
-
-
 class Checker:
     def __init__(self, policy: policyfile.Policy, ref_text: str, registries_d: str) -> None:
         self.policy, self.ref_text = policy, ref_text
         self.ref = policy_mod.intended_reference(ref_text)
         self.registries_d = registries_d
-        _, reqs = policyfile.requirements_for(policy, self.ref)
-        signed_by = [req for req in reqs if req.type == policyfile.SIGNED_BY]
-        self.ahead = warm_up_gpg(signed_by) if signed_by else None
-
-    def close(self) -> None:
-        """Remove the keyrings built ahead and not used (a pull that failed first)."""
-        if self.ahead is not None:
-            self.ahead.close()  # type: ignore[attr-defined]
 
     def check(self, client: object, repository: str, manifest: bytes,
               digest: str | None = None) -> dict | None:
         """Evaluate the policy for this manifest; raises PolicyRefused.  Returns
         what to keep with the image (None when no signature was needed)."""
         digest = digest or "sha256:" + hashlib.sha256(manifest).hexdigest()
-        source = PullSource(self.ref, digest, client, repository, self.registries_d,
-                            self.ahead)
+        source = PullSource(self.ref, digest, client, repository, self.registries_d)
         verdict = policy_mod.evaluate(self.policy, self.ref, digest, source, manifest)
         debug(f"stacko: trust policy {self.policy.path}, {verdict.scope}: {self.ref} "
               f"({digest}) accepted" + "".join(f"; signed by {a.kind} key {a.signer}"
