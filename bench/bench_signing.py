@@ -7,7 +7,11 @@ image of about 200 MB in one layer.  Rows, each the median of ROUNDS runs,
 interleaved:
 
 * signed pull: pull-image under a signedBy policy, beside the same pull under
-  insecureAcceptAnything (goal: at most 1.05x);
+  insecureAcceptAnything (goal: at most 1.05x).  The two run as a pair, in a
+  random order, and the ratio is the median of the pairs' ratios: this
+  machine's speed changes within minutes (pulls of 0.42 s, then of 0.60 s),
+  and a pair's two pulls see the same speed, while two medians taken over
+  the whole run do not;
 * refusal: pull-image of the unsigned 200 MB image under a signedBy policy,
   which must fetch no layer (goal: under 0.2 s).
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Dict, List
@@ -23,7 +29,7 @@ from typing import Dict, List
 import common
 
 TITLE = "signing: a pull under a signedBy policy vs under insecureAcceptAnything"
-ROUNDS = 7
+ROUNDS = 15
 
 
 def run() -> List[dict]:
@@ -95,16 +101,23 @@ def pulls(base: Path, registry: object, env: Dict[str, str], fpr: str, regd: Pat
                                        str(regd), "--tls-verify=false"]
         return common.timed(lambda: check(argv, status))
 
+    def pair() -> Dict[str, float]:
+        policies = {"signed": signed, "accept": accept}
+        order = list(policies)
+        random.shuffle(order)
+        return {k: pull(policies[k], f"{host}/app:v1") for k in order}
+
     cases = {
-        "signed": lambda: {"signed": pull(signed, f"{host}/app:v1")},
-        "accept": lambda: {"accept": pull(accept, f"{host}/app:v1")},
+        "pair": pair,
         "refuse": lambda: {"refuse": pull(signed, f"{host}/big:v1", status=1)},
     }
     samples = common.interleave(cases, common.repeats(ROUNDS), warmup=1)
     ours, theirs = (common.median_ms(samples[k]) / 1000 for k in ("signed", "accept"))
+    ratio = statistics.median(s / a for s, a in zip(samples["signed"], samples["accept"]))
     refuse = common.median_ms(samples["refuse"]) / 1000
     return [common.row("pull under signedBy (GnuPG), ~40 MB", ours,
-                       "insecureAcceptAnything", theirs, "s", "<= 1.05x", ours <= 1.05 * theirs),
+                       "insecureAcceptAnything", theirs, "s", "<= 1.05x", ratio <= 1.05,
+                       ratio=round(ratio, 4)),
             common.row("refuse an unsigned 200 MB image", refuse, None, None, "s", "< 0.2 s",
                        refuse < 0.2)]
 

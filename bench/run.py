@@ -61,7 +61,9 @@ def cells(row: Dict[str, Any]) -> List[str]:
     unit = str(row.get("unit", ""))
     stacko, base = row.get("stacko"), row.get("baseline")
     numbers = isinstance(stacko, (int, float)) and isinstance(base, (int, float))
-    ratio = f"{stacko / base:.2f}x" if numbers and base else "-"
+    # A row may give its own ratio (the median of paired runs' ratios): else stacko / baseline.
+    ratio = f"{row['ratio']:.2f}x" if isinstance(row.get("ratio"), (int, float)) else \
+        f"{stacko / base:.2f}x" if numbers and base else "-"
     over = fmt(float(stacko - base), unit) if numbers else "-"
     if numbers and stacko >= base:
         over = "+" + over

@@ -31,7 +31,7 @@ if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     Function = Callable[..., object]
 
 __all__ = ["signal", "parse_json", "dump_json", "wraps", "libc", "sha256", "connect", "lookup", "SocketTimeout",
-           "allocate_lock", "get_ident", "start_thread"]
+           "allocate_lock", "get_ident"]
 
 
 # --- json.loads ---------------------------------------------------------------
@@ -167,19 +167,6 @@ try:
     from _thread import allocate_lock, get_ident
 except ImportError:             # an interpreter without it
     from threading import Lock as allocate_lock, get_ident  # type: ignore[assignment]
-
-
-def start_thread(func: Callable[[], object]) -> None:
-    """threading.Thread(target=func, daemon=True).start() on _thread, without
-    threading's import: a thread that ends with the process, whose exception
-    is func's to catch."""
-    try:
-        from _thread import start_new_thread
-    except ImportError:         # an interpreter without it
-        import threading
-        threading.Thread(target=func, daemon=True).start()
-        return
-    start_new_thread(func, ())
 
 
 # --- socket.create_connection ---------------------------------------------------------

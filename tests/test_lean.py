@@ -184,22 +184,6 @@ def test_only_lean_names_a_private_module() -> None:
 
 
 # --- lean.connect: socket.create_connection without the socket module --------------
-def test_start_thread_is_a_daemon_threading_thread() -> None:
-    """lean.start_thread runs its function on a thread of its own, as
-    threading.Thread(daemon=True).start() does, and returns at once."""
-    import threading
-    from stacko.lean import start_thread
-    seen: list = []
-    done = threading.Event()
-
-    def run() -> None:
-        seen.append(threading.get_ident())
-        done.set()
-    start_thread(run)
-    assert done.wait(10)
-    assert seen and seen[0] != threading.get_ident()
-
-
 def test_connect_is_create_connections() -> None:
     import socket
 

@@ -518,3 +518,31 @@ def test_a_pull_leaves_no_keyring_behind(stacko: Runner, root: Path, workdir: Pa
     stacko("pull-image", "gone", f"{registry.host}/signed:no-such-tag", "--policy", p, *regd,
            env=env, rc=1)
     assert list(temp.iterdir()) == []
+
+
+def test_pull_image_ends_without_the_teardown(stacko: Runner, root: Path, workdir: Path,
+                                              registry: Registry, keys: Keys,
+                                              sigs: Dict[str, Path],
+                                              images: Dict[str, str]) -> None:
+    """pull-image ends as import-image does (cli.quick_exit_safe): through
+    os._exit with its status, once all it opened is closed, signed or not,
+    accepted or refused; what it pulled is recorded all the same."""
+    import sys
+    probe = ("import os, sys\n"
+             "real = os._exit\n"
+             "def ending(status):\n"
+             "    sys.stderr.write(f'os._exit({status})'); sys.stderr.flush(); real(status)\n"
+             "os._exit = ending\n"
+             "from stacko.cli import console_main; console_main()")
+    signed = policy(workdir, signed_by(keys, "alice"))
+    accept = policy(workdir, name="accept.json")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    for name, ref, pol, status in (("a", "signed:v1", signed, 0), ("b", "plain:v1", signed, 1),
+                                   ("c", "plain:v1", accept, 0)):
+        r = subprocess.run([sys.executable, "-c", probe, "--root", str(root), "pull-image",
+                            name, f"{registry.host}/{ref}", "--policy", pol,
+                            "--registries.d", str(sigs["regd"]), "--tls-verify=false"],
+                           stderr=subprocess.PIPE, text=True, env=env)
+        assert r.returncode == status and r.stderr.endswith(f"os._exit({status})"), r.stderr
+    assert {i["name"] for i in json.loads(stacko("list-images", "--json").out)} >= {"a", "c"}
+    assert "b" not in {i["name"] for i in json.loads(stacko("list-images", "--json").out)}
