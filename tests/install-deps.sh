@@ -6,9 +6,10 @@ want=()
 # Each entry is TOOL or TOOL:PACKAGE when the Debian package is named otherwise.
 # docker-registry (distribution 2.8), htpasswd and openssl: the registry that the
 # pull and push tests start themselves, on 127.0.0.1, with TLS and users; podman
-# for the interop tests and bench_registry; gpg and its agent for the signing tests.
+# for the interop tests and bench_registry; gpg, its agent, gpgv and prlimit for the
+# signing tests.
 for entry in umoci skopeo strace zstd systemd-analyze:systemd groff:groff-base mkfs.xfs:xfsprogs \
-        htpasswd:apache2-utils openssl podman gpg:gnupg gpg-agent:gnupg; do
+        htpasswd:apache2-utils openssl podman gpg:gnupg gpg-agent:gnupg gpgv prlimit:util-linux; do
     tool=${entry%%:*}
     command -v "$tool" >/dev/null 2>&1 || want+=("${entry#*:}")
 done
