@@ -29,7 +29,7 @@ from typing import Dict, List
 import common
 
 TITLE = "signing: a pull under a signedBy policy vs under insecureAcceptAnything"
-ROUNDS = 15
+ROUNDS = 25
 
 
 def run() -> List[dict]:

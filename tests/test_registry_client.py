@@ -77,6 +77,28 @@ def test_bearer_token_from_the_realm(server: str) -> None:
     assert len([p for p in Handler.seen if p.startswith("/token")]) == before
 
 
+def test_meanwhile_runs_once_while_the_registry_answers(server: str) -> None:
+    """Client.manifest(meanwhile=F): F runs once, after the request has reached
+    the registry and before its answer is read (pull-image prepares its
+    signature check there); the 401 and the token that follow run it no more."""
+    import time
+    client = Client(parse(f"{server}/app:v1"), Options(creds=f"{USER}:{PASSWORD}",
+                                                       tls_verify=False))
+    path = "/v2/app/manifests/v1"
+    calls: List[bool] = []
+
+    def meanwhile() -> None:
+        end = time.monotonic() + 10
+        while path not in Handler.seen and time.monotonic() < end:
+            time.sleep(0.01)
+        calls.append(path in Handler.seen)       # sent before: the registry has it
+    body, _ = client.manifest("v1", ("application/vnd.oci.image.manifest.v1+json",),
+                              meanwhile=meanwhile)
+    assert json.loads(body) == {"schemaVersion": 2}
+    assert calls == [True]
+    assert Handler.seen.count(path) == 2 and any(p.startswith("/token") for p in Handler.seen)
+
+
 def test_bearer_token_refused(server: str) -> None:
     client = Client(parse(f"{server}/app:v1"), Options(creds="ci:wrong", tls_verify=False))
     with pytest.raises(Unauthorized) as e:

@@ -137,10 +137,12 @@ class Client:
         return origin(scheme, netloc) == origin(self.scheme(), self.host)
 
     def _send(self, scheme: str, netloc: str, method: str, path: str,
-              headers: dict[str, str], body: Callable[[], object] | None, who: str
-              ) -> Response:
+              headers: dict[str, str], body: Callable[[], object] | None, who: str,
+              meanwhile: Callable[[], None] | None = None) -> Response:
         """One request, retried while the failure is transient; returns the
-        response with its body unread.  who names the server in messages."""
+        response with its body unread.  who names the server in messages.
+        meanwhile, once the first request is sent, runs while the server
+        answers (the answer waits in the socket)."""
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -151,6 +153,9 @@ class Client:
                 self.requests += 1
                 conn.request(method, path, body=data,
                              headers={"User-Agent": USER_AGENT, **headers})
+                if meanwhile is not None:
+                    work, meanwhile = meanwhile, None
+                    work()
                 meter = conn.meter = Meter(self.deadline, self.silence)
                 raw = conn.getresponse()
             except UnsafeRequest as e:
@@ -217,8 +222,10 @@ class Client:
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: Callable[[], object] | None = None, scope: str | None = None,
-                ok: tuple[int, ...] = (200,), stream: bool = False) -> Response:
-        """A request to this registry (path: /v2/…, or a full URL it gave us)."""
+                ok: tuple[int, ...] = (200,), stream: bool = False,
+                meanwhile: Callable[[], None] | None = None) -> Response:
+        """A request to this registry (path: /v2/…, or a full URL it gave us);
+        meanwhile: see _send."""
         scheme, netloc, who = self.scheme(), self.host, f"the registry {self.host}"
         if "://" in path:
             scheme, netloc, path, who = self.target(path, "the upload location", scheme)
@@ -229,7 +236,8 @@ class Client:
             sent = dict(headers)
             if ours and scope in self._auth:
                 sent["Authorization"] = self._auth[scope]
-            r = self._send(scheme, netloc, method, path, sent, body, who)
+            r = self._send(scheme, netloc, method, path, sent, body, who, meanwhile)
+            meanwhile = None
             if r.status == 401 and ours and "Authorization" not in sent:
                 challenge = r.headers.get("WWW-Authenticate") or ""
                 r.discard()
@@ -329,10 +337,12 @@ class Client:
         return token_from(r.read_all(MAX_TOKEN, "its token"), who)
 
     # --- the distribution API ---------------------------------------------------------
-    def manifest(self, reference: str, accept: tuple[str, ...]) -> tuple[bytes, str]:
-        """The manifest or index named by a tag or digest, and its media type."""
+    def manifest(self, reference: str, accept: tuple[str, ...],
+                 meanwhile: Callable[[], None] | None = None) -> tuple[bytes, str]:
+        """The manifest or index named by a tag or digest, and its media type;
+        meanwhile runs while the registry answers (request)."""
         r = self.request("GET", f"/v2/{self.ref.repo}/manifests/{reference}",
-                         {"Accept": ", ".join(accept)})
+                         {"Accept": ", ".join(accept)}, meanwhile=meanwhile)
         media = (r.headers.get("Content-Type") or "").split(";")[0].strip()
         return r.body or b"", media
 

@@ -129,7 +129,9 @@ def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None
     """The layers of the image REF names, bottom first.  The trust policy, when
     there is one, is checked for the manifest to install before anything else
     of the image is fetched."""
-    body, media = client.manifest(ref.reference, ACCEPT)
+    # The check's preparation (its modules) runs while the registry answers.
+    prepare = getattr(trust, "prepare", None)
+    body, media = client.manifest(ref.reference, ACCEPT, meanwhile=prepare)
     manifest = document(body, f"manifest of {ref}", ref.digest)
     media = manifest.get("mediaType") or media
     digest = ref.digest

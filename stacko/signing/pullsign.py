@@ -34,16 +34,18 @@ class PullSource:
     """The signatures of one manifest, fetched only when a requirement asks."""
 
     def __init__(self, ref: Named, digest: str, client: object, repository: str,
-                 registries_d: str) -> None:
+                 registries_d: str, config: object = None) -> None:
         self.ref, self.digest, self.client, self.repository = ref, digest, client, repository
         self.registries_d = registries_d
+        self.config = config      # registries.d, read already (Checker.prepare), or None
         self._gpg: list | None = None
         self._sigstore: list | None = None
 
     def gpg(self) -> list:
         if self._gpg is None:
             from stacko.signing import lookaside, registriesd
-            base = registriesd.lookaside_base(registriesd.load(self.registries_d), self.ref)
+            config = self.config or registriesd.load(self.registries_d)
+            base = registriesd.lookaside_base(config, self.ref)  # type: ignore[arg-type]
             debug(f"stacko: reading GnuPG signatures of {self.digest} from {base}")
             self._gpg = lookaside.read(base, self.ref.path, self.digest)
         return self._gpg
@@ -61,13 +63,33 @@ class Checker:
         self.policy, self.ref_text = policy, ref_text
         self.ref = policy_mod.intended_reference(ref_text)
         self.registries_d = registries_d
+        _, reqs = policyfile.requirements_for(policy, self.ref)
+        self.gpg = any(req.type == policyfile.SIGNED_BY for req in reqs)
+        self.config: object = None
+
+    def prepare(self) -> None:
+        """What a GnuPG check needs before it knows the manifest, done while the
+        registry answers the manifest request (Client.manifest's meanwhile):
+        the modules (gpg.py, the lookaside reader, subwrap and subprocess:
+        ~6 ms) and registries.d.  Whatever fails here, the check meets again
+        and reports."""
+        if not self.gpg:
+            return
+        try:
+            from stacko import run
+            from stacko.signing import gpg, lookaside, registriesd  # noqa: F401
+            run.load()
+            self.config = registriesd.load(self.registries_d)
+        except Exception:  # noqa: BLE001  met again, and reported, by the check
+            pass
 
     def check(self, client: object, repository: str, manifest: bytes,
               digest: str | None = None) -> dict | None:
         """Evaluate the policy for this manifest; raises PolicyRefused.  Returns
         what to keep with the image (None when no signature was needed)."""
         digest = digest or "sha256:" + hashlib.sha256(manifest).hexdigest()
-        source = PullSource(self.ref, digest, client, repository, self.registries_d)
+        source = PullSource(self.ref, digest, client, repository, self.registries_d,
+                            self.config)
         verdict = policy_mod.evaluate(self.policy, self.ref, digest, source, manifest)
         debug(f"stacko: trust policy {self.policy.path}, {verdict.scope}: {self.ref} "
               f"({digest}) accepted" + "".join(f"; signed by {a.kind} key {a.signer}"
