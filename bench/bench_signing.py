@@ -40,7 +40,10 @@ def run() -> List[dict]:
     # Every pull into a root of its own on one fresh loop ext4, none deleted
     # between runs (common.loop_ext4): on /tmp, with each root removed after
     # its pull, the two sides' medians moved from 0.70x to 1.10x run to run.
-    with common.loop_ext4("signing") as fs:
+    # Room for every round's two pulls (~45 MB each, none deleted), the 200 MB
+    # image, its archive and the registry's copy.
+    size = (1 << 30) + common.repeats(ROUNDS) * (120 << 20)
+    with common.loop_ext4("signing", size=size) as fs:
         return measure(Path(fs))
 
 
