@@ -121,6 +121,17 @@ def stacko(root: Path) -> Runner:
     return runner
 
 
+# `python -c EXIT_PROBE ARGS...` runs stacko's console script, and ends its
+# stderr with os._exit(STATUS) when the command ended without the teardown
+# (cli.quick_exit_safe).
+EXIT_PROBE = ("import os, sys\n"
+              "real = os._exit\n"
+              "def ending(status):\n"
+              "    sys.stderr.write(f'os._exit({status})'); sys.stderr.flush(); real(status)\n"
+              "os._exit = ending\n"
+              "from stacko.cli import console_main; console_main()")
+
+
 def snapshot(root: Path) -> Dict[str, object]:
     """Everything under a root that a refused command must leave alone: metadata
     bytes, the set of layer directories and the mounts."""

@@ -15,6 +15,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import EXIT_PROBE
 from stacko import cli
 
 
@@ -314,12 +315,7 @@ def test_import_image_ends_without_the_teardown(tmp_path) -> None:
     from ocigen import f, write_layout
     layout = tmp_path / "layout"
     write_layout(layout, [[f("a", b"1")], [f("b", b"2")]])
-    probe = ("import os, sys\n"
-             "real = os._exit\n"
-             "def ending(status):\n"
-             "    sys.stderr.write(f'os._exit({status})'); sys.stderr.flush(); real(status)\n"
-             "os._exit = ending\n"
-             "from stacko.cli import console_main; console_main()")
+    probe = EXIT_PROBE
     root = str(tmp_path / "root")
     for argv, status in ((["import-image", "x", str(layout)], 0),
                          (["import-image", "y", str(tmp_path / "none")], 1)):

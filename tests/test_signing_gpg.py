@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import Runner, snapshot
+from conftest import EXIT_PROBE, Runner, snapshot
 from gpgkeys import PASSPHRASE, Keys, keys  # noqa: F401  (keys: the fixture)
 from ocigen import f, write_layout
 from pgppackets import tampered, uncompressed
@@ -528,12 +528,7 @@ def test_pull_image_ends_without_the_teardown(stacko: Runner, root: Path, workdi
     os._exit with its status, once all it opened is closed, signed or not,
     accepted or refused; what it pulled is recorded all the same."""
     import sys
-    probe = ("import os, sys\n"
-             "real = os._exit\n"
-             "def ending(status):\n"
-             "    sys.stderr.write(f'os._exit({status})'); sys.stderr.flush(); real(status)\n"
-             "os._exit = ending\n"
-             "from stacko.cli import console_main; console_main()")
+    probe = EXIT_PROBE
     signed = policy(workdir, signed_by(keys, "alice"))
     accept = policy(workdir, name="accept.json")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
