@@ -142,7 +142,9 @@ class Client:
         """One request, retried while the failure is transient; returns the
         response with its body unread.  who names the server in messages.
         meanwhile, once the first request is sent, runs while the server
-        answers (the answer waits in the socket)."""
+        answers (the answer waits in the socket); it must not raise, or its
+        OSError would read as the network's (pullsign.Checker.prepare catches
+        all)."""
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
             if attempt:
