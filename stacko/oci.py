@@ -115,6 +115,21 @@ def import_layers(store: Store, name: str, parent: str | None,
     return top
 
 
+def warm_up() -> None:
+    """Load what a pull loads after its trust check, on its way to the layers
+    (isal's inflater, the C library's binding for syncfs, the sha256 of the
+    image config: ~3 ms), for a caller that would otherwise wait idle:
+    pull-image under a trust policy, while gpgv checks the signature.  What
+    fails here fails again where it is used, and is reported there."""
+    try:
+        from isal import isal_zlib  # noqa: F401
+        from stacko.lean import libc, sha256
+        libc()
+        sha256()
+    except (ImportError, OSError):
+        pass
+
+
 def hint_root(e: StackoError) -> None:
     """A layer that the kernel refused to unpack for a user other than root."""
     if os.geteuid() != 0 and e.hint is None and os.strerror(errno.EPERM) in e.message:

@@ -2,7 +2,9 @@
 
 ``run`` runs a command to its end through subwrap and returns its output;
 ``start`` starts a child that its caller watches as it runs (the admin's
-check of a cutover: supervise.py).  Argument lists only: the one shell is the
+check of a cutover: supervise.py); ``spawn`` starts a child whose output goes
+to files, for a caller with other work to do until it ends (the signed pull's
+gpgv: signing/gpg.py).  Argument lists only: the one shell is the
 check's ``sh -c``, which the contract asks for.  Children run with
 ``LC_ALL=C.UTF-8`` so that their messages are predictable; ``-v`` logs each
 command to stderr.
@@ -13,6 +15,7 @@ import os
 
 from stacko import log as _log
 from stacko.errors import CommandFailed
+from stacko.lean import signal
 from stacko.log import debug
 from stacko.records import record
 
@@ -39,24 +42,13 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict:
     return env
 
 
-def load() -> None:
-    """Import what run() needs (subwrap and subprocess, ~4.5 ms) ahead of its
-    first call, while the caller waits anyway (pullsign.Checker.prepare: while
-    a registry answers)."""
-    import subwrap  # noqa: F401
-
-
 def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
         env: Mapping[str, str] | None = None) -> Result:
     """Run argv; a non-zero exit raises CommandFailed unless check is False."""
     import subwrap  # imported here: listing commands never pay for subprocess
 
     argv = [str(a) for a in argv]
-    if _log.verbose:    # shlex only for the -v log: a run without -v pays no ~0.7 ms for it
-        import shlex
-        prefix = f"(cd {shlex.quote(cwd)} && " if cwd else ""
-        envs = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
-        debug(f"+ {prefix}{envs}{shlex.join(argv)}" + (")" if prefix else ""))
+    log_command(argv, cwd, env)
     try:
         response = subwrap.run(argv, exit_handle=lambda r: None, cwd=cwd,
                                env=child_env(env))
@@ -75,9 +67,85 @@ def run(argv: Sequence[str], *, check: bool = True, cwd: str | None = None,
     return result
 
 
+def log_command(argv: list[str], cwd: str | None, env: Mapping[str, str] | None) -> None:
+    if _log.verbose:    # shlex only for the -v log: a run without -v pays no ~0.7 ms for it
+        import shlex
+        prefix = f"(cd {shlex.quote(cwd)} && " if cwd else ""
+        envs = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+        debug(f"+ {prefix}{envs}{shlex.join(argv)}" + (")" if prefix else ""))
+
+
 def describe_failure(result: Result) -> str:
     detail = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
     return f"{result.argv[0]} failed: {detail}"
+
+
+# --- a child with its output in files (gpg.Keyring) ------------------------------------
+SPAWNED_OUTPUT = 1 << 20    # bytes of each of its stdout and stderr read back
+
+
+class Spawned:
+    """A child started by spawn; wait() for its Result."""
+
+    def __init__(self, argv: list[str], pid: int, outputs: tuple[int, int]) -> None:
+        self.argv, self.pid, self.outputs = argv, pid, outputs
+
+    def wait(self) -> Result:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except BaseException:           # interrupted: leave no child behind
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            raise
+        finally:
+            stdout, stderr = (_read_and_close(fd) for fd in self.outputs)
+        return Result(tuple(self.argv), os.waitstatus_to_exitcode(status), stdout, stderr)
+
+
+def spawn(argv: Sequence[str]) -> Spawned:
+    """Start argv with stdin from /dev/null and its stdout and stderr into two
+    files in memory, and return at once: the caller does other work while the
+    child runs, then waits for its Result.  Files, not pipes: nothing needs
+    pumping meanwhile, and under an RLIMIT_FSIZE (prlimit) all the child
+    writes is bounded.  Started by os.posix_spawnp, as subprocess starts a
+    child (SIGPIPE and SIGXFSZ back to their defaults, which Python ignores),
+    without importing subprocess (~4.5 ms): the signed pull's gpgv runs this
+    way (signing/gpg.py, docs/bench.md)."""
+    argv = [str(a) for a in argv]
+    log_command(argv, None, None)
+    outputs = (os.memfd_create("stdout"), os.memfd_create("stderr"))
+    try:
+        pid = os.posix_spawnp(argv[0], argv, child_env(), file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, outputs[0], 1),
+            (os.POSIX_SPAWN_DUP2, outputs[1], 2)],
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    except BaseException as e:
+        for fd in outputs:
+            os.close(fd)
+        if isinstance(e, FileNotFoundError):
+            raise CommandFailed(f"{argv[0]}: command not found",
+                                hint=f"install the package that provides {argv[0]}",
+                                returncode=127) from None
+        if isinstance(e, OSError):
+            raise CommandFailed(f"cannot run {argv[0]}: {e.strerror or e}") from None
+        raise
+    return Spawned(argv, pid, outputs)
+
+
+def _read_and_close(fd: int) -> str:
+    """The first SPAWNED_OUTPUT bytes of one of spawn's files, as text."""
+    try:
+        chunks, offset = [], 0
+        while offset < SPAWNED_OUTPUT:
+            chunk = os.pread(fd, min(SPAWNED_OUTPUT - offset, 1 << 16), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 # --- a supervised child (supervise.run_check) -----------------------------------------

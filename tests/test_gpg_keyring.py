@@ -27,16 +27,29 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> List[List[str]]:
     from stacko import run
     from stacko.signing import gpg
     seen: List[List[str]] = []
-    real = run.run
+    real_run, real_spawn = run.run, run.spawn
 
-    def recording(argv: List[str], **kw: object) -> object:
-        result = real(argv, **kw)
+    def note(argv: List[str]) -> None:
         seen.append(list(argv))
         if "--output" in argv:
             out = argv[argv.index("--output") + 1]
             seen[-1].append(f"wrote={os.path.getsize(out) if os.path.exists(out) else 0}")
+
+    def recording(argv: List[str], **kw: object) -> object:
+        result = real_run(argv, **kw)
+        note(argv)
         return result
+
+    class Recorded:
+        def __init__(self, argv: List[str]) -> None:
+            self.argv, self.child = argv, real_spawn(argv)
+
+        def wait(self) -> object:
+            result = self.child.wait()
+            note(self.argv)
+            return result
     monkeypatch.setattr(gpg.run, "run", recording)
+    monkeypatch.setattr(gpg.run, "spawn", Recorded)
     return seen
 
 
@@ -75,6 +88,36 @@ def test_a_good_signature_is_one_gpgv_run(keys: Keys, runs: List[List[str]]) -> 
         with gpg.Keyring([key]) as ring:
             assert ring.verify(keys.sign("alice", DATA)) == (keys.fpr["alice"], DATA)
         assert programs(runs) == ["gpgv"]
+
+
+def test_meanwhile_runs_once_while_the_first_check_runs(keys: Keys,
+                                                      runs: List[List[str]]) -> None:
+    """pull-image loads what its layers need while gpgv works: the Keyring runs
+    that work once, after gpgv started and before its end is waited for."""
+    from stacko.signing import gpg
+    alive = []
+
+    def work() -> None:
+        runs.append(["meanwhile"])
+        alive.append(len(children()))       # gpgv, started and not waited for yet
+    with gpg.Keyring([keys.pub["alice"].read_bytes()], meanwhile=work) as ring:
+        for _ in range(2):
+            assert ring.verify(keys.sign("alice", DATA)) == (keys.fpr["alice"], DATA)
+    assert [r[0] for r in runs] == ["meanwhile", "prlimit", "prlimit"] and alive == [1]
+
+
+def children() -> List[int]:
+    """This process's children, running or not yet waited for."""
+    me = str(os.getpid())
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] == me:
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def test_what_gpgv_refuses_gpg_judges_as_before(keys: Keys, runs: List[List[str]]) -> None:

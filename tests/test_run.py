@@ -37,6 +37,59 @@ def test_verbose_logs_the_quoted_command_to_stderr(capsys, monkeypatch) -> None:
     assert "+ X=1 echo 'two words'" in captured.err
 
 
+# --- spawn: a child whose output goes to files, waited for later ----------------------
+def test_spawn_returns_at_once_and_wait_gives_what_run_gives(tmp_path) -> None:
+    flag = tmp_path / "flag"
+    child = run.spawn(["sh", "-c", f'while [ ! -e {flag} ]; do sleep 0.01; done; '
+                                   'echo "$LC_ALL"; echo err >&2; exit 3'])
+    flag.touch()            # the child is still waiting for this: spawn did not wait
+    result = child.wait()
+    assert (result.returncode, result.stdout, result.stderr) == (3, "C.UTF-8\n", "err\n")
+    assert result == run.run(["sh", "-c", 'echo "$LC_ALL"; echo err >&2; exit 3'],
+                             check=False)._replace(argv=result.argv)
+
+
+def test_spawn_restores_the_signals_python_ignores() -> None:
+    """As subprocess does: SIGXFSZ is what ends a child past its prlimit --fsize
+    (gpgv's bound), and a child writing to a closed pipe gets SIGPIPE."""
+    result = run.spawn(["prlimit", "--fsize=10", "sh", "-c",
+                        "head -c 100 /dev/zero; echo unreached"]).wait()
+    assert result.returncode == -signal.SIGXFSZ and result.stdout == "\0" * 10
+    ignored = [int(line.split()[1], 16) for line in run.spawn(
+        ["cat", "/proc/self/status"]).wait().stdout.splitlines() if line.startswith("SigIgn:")]
+    assert len(ignored) == 1
+    assert not ignored[0] & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN      # as Python left it
+
+
+def test_spawn_reads_back_a_bounded_output_and_leaves_no_descriptor() -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    result = run.spawn(["head", "-c", str(run.SPAWNED_OUTPUT + 5000), "/dev/zero"]).wait()
+    assert result.returncode == 0 and len(result.stdout) == run.SPAWNED_OUTPUT
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_spawn_of_a_missing_binary_is_named_and_leaves_no_descriptor(capsys,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(log, "verbose", True)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(CommandFailed, match="no-such-tool-here: command not found") as info:
+        run.spawn(["no-such-tool-here", "two words"])
+    assert info.value.returncode == 127
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert "+ no-such-tool-here 'two words'" in capsys.readouterr().err
+
+
+def test_spawn_does_not_import_subprocess(tmp_path) -> None:
+    import subprocess
+    import sys
+    code = ("import sys; from stacko import run; r = run.spawn(['echo', 'hi']).wait(); "
+            "print(r.stdout.strip(), 'subprocess' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.stdout == "hi False\n", out.stderr
+
+
 # --- run_check: an admin's check command, on a short leash (no root needed) -----------
 def test_check_runs_in_its_directory_with_its_environment(tmp_path) -> None:
     result = supervise.run_check('echo "$PWD $STACKO_X $LC_ALL"; echo oops >&2', cwd=str(tmp_path),

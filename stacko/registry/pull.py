@@ -141,7 +141,12 @@ def resolve(client: Client, ref: Reference, platform: tuple[str, str, str | None
         body, media = client.manifest(digest, MANIFEST_TYPES)
         manifest = document(body, f"manifest {digest}", digest)
         media = manifest.get("mediaType") or media
-    signed = trust.check(client, ref.repo, body, digest) if trust is not None else None
+    if trust is not None:
+        # What the layers will load, loaded while gpgv checks the signature, if it does.
+        from stacko import oci
+        signed = trust.check(client, ref.repo, body, digest, meanwhile=oci.warm_up)
+    else:
+        signed = None
     if manifest.get("schemaVersion") != 2 or media not in MANIFEST_TYPES \
             or not isinstance(manifest.get("layers"), list) \
             or not isinstance(manifest.get("config"), dict):

@@ -16,6 +16,10 @@ import os
 from stacko import run
 from stacko.errors import CommandFailed, StackoError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
 MAX_SIGNED = 4 << 20         # bytes of a payload gpg may write out (containers/image's limit)
 BASE = ["gpg", "--batch", "--no-tty", "--no-autostart", "--no-options",
         "--no-permission-warning", "--status-fd", "1"]
@@ -130,8 +134,9 @@ class Keyring:
     accepted.  Only VALIDSIG counts either way, and only the policy's keys
     are in this home."""
 
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(self, keys: list[bytes], meanwhile: Callable[[], None] | None = None) -> None:
         self.keys = keys
+        self.meanwhile = meanwhile      # run once, while the first check runs
         self.home = ""
         self.rings: list[str] = []      # the key files, as keyrings
         self.imported = False
@@ -202,7 +207,11 @@ class Keyring:
         self.count += 1
         sig = self._write(f"sig-{self.count}", blob)
         out = os.path.join(self.home, f"out-{self.count}")
-        result = run.run(argv + ["--output", out, sig], check=False)
+        child = run.spawn(argv + ["--output", out, sig])
+        if self.meanwhile is not None:
+            work, self.meanwhile = self.meanwhile, None
+            work()
+        result = child.wait()
         try:
             with open(out, "rb") as f:
                 data = f.read(MAX_SIGNED + 1)

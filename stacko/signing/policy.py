@@ -22,6 +22,10 @@ from stacko.signing.identity import matches
 from stacko.signing.policyfile import (ACCEPT, REJECT, SIGNED_BY, Policy, PolicyError,
                                        Requirement, read_keys, requirements_for)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
 # Why a signature, or an image, was refused: the words the messages start with.
 NO_SIGNATURE = "no signature"
 NO_KEY = "no key matched"
@@ -101,9 +105,11 @@ def intended_reference(ref_text: str) -> Named:
 
 
 def evaluate(policy: Policy, ref: Named | str, manifest_digest: str, source: object,
-             manifest: bytes | None = None) -> Verdict:
+             manifest: bytes | None = None,
+             meanwhile: Callable[[], None] | None = None) -> Verdict:
     """The verdict for the image REF whose manifest has manifest_digest; raises
-    PolicyRefused (or PolicyError when a key cannot be read)."""
+    PolicyRefused (or PolicyError when a key cannot be read).  meanwhile, when
+    given, runs once while gpg checks a signature, if one is checked."""
     if isinstance(ref, str):
         ref = intended_reference(ref)
     scope, reqs = requirements_for(policy, ref)
@@ -117,7 +123,9 @@ def evaluate(policy: Policy, ref: Named | str, manifest_digest: str, source: obj
                                 hint="the policy allows no image from there")
         keys = read_keys(req)           # before anything is fetched: a missing key is an error
         if req.type == SIGNED_BY:
-            found = _check_gpg(req, keys, ref, manifest_digest, manifest, source.gpg())
+            found = _check_gpg(req, keys, ref, manifest_digest, manifest, source.gpg(),
+                               meanwhile)
+            meanwhile = None
         else:
             found = _check_sigstore(req, keys, ref, manifest_digest, manifest,
                                     source.sigstore())
@@ -175,12 +183,13 @@ def digest_matches(signed: str, digest: str, manifest: bytes | None) -> bool:
 
 
 def _check_gpg(req: Requirement, keys: list, ref: Named, digest: str,
-               manifest: bytes | None, signatures: list) -> object:
+               manifest: bytes | None, signatures: list,
+               meanwhile: Callable[[], None] | None = None) -> object:
     from stacko.signing import gpg
     rejections: list = []
     if not signatures:      # refused whatever the keys hold: no gpg started, a fast refusal
         return rejections
-    with gpg.Keyring(keys) as ring:
+    with gpg.Keyring(keys, meanwhile) as ring:
         for blob in signatures:
             try:
                 fingerprint, data = ring.verify(blob)

@@ -18,6 +18,10 @@ from stacko.signing import policy as policy_mod
 from stacko.signing import policyfile
 from stacko.signing.dockerref import Named
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
 USER_POLICY = ".config/containers/policy.json"
 RECORD_VERSION = 1
 
@@ -70,27 +74,27 @@ class Checker:
     def prepare(self) -> None:
         """What a GnuPG check needs before it knows the manifest, done while the
         registry answers the manifest request (Client.manifest's meanwhile):
-        the modules (gpg.py, the lookaside reader, subwrap and subprocess:
-        ~6 ms) and registries.d.  Whatever fails here, the check meets again
-        and reports."""
+        the modules (gpg.py, the lookaside reader) and registries.d.  Whatever
+        fails here, the check meets again and reports."""
         if not self.gpg:
             return
         try:
-            from stacko import run
             from stacko.signing import gpg, lookaside, registriesd  # noqa: F401
-            run.load()
             self.config = registriesd.load(self.registries_d)
         except Exception:  # noqa: BLE001  met again, and reported, by the check
             pass
 
     def check(self, client: object, repository: str, manifest: bytes,
-              digest: str | None = None) -> dict | None:
+              digest: str | None = None,
+              meanwhile: Callable[[], None] | None = None) -> dict | None:
         """Evaluate the policy for this manifest; raises PolicyRefused.  Returns
-        what to keep with the image (None when no signature was needed)."""
+        what to keep with the image (None when no signature was needed).
+        meanwhile runs once while gpg checks a signature, if one is checked."""
         digest = digest or "sha256:" + hashlib.sha256(manifest).hexdigest()
         source = PullSource(self.ref, digest, client, repository, self.registries_d,
                             self.config)
-        verdict = policy_mod.evaluate(self.policy, self.ref, digest, source, manifest)
+        verdict = policy_mod.evaluate(self.policy, self.ref, digest, source, manifest,
+                                      meanwhile)
         debug(f"stacko: trust policy {self.policy.path}, {verdict.scope}: {self.ref} "
               f"({digest}) accepted" + "".join(f"; signed by {a.kind} key {a.signer}"
                                                for a in verdict.accepted))
