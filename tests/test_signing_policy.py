@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stacko.signing import dockerref, identity, payload, policy, policyfile
 from stacko.signing.policyfile import PolicyError
@@ -82,6 +84,37 @@ def test_references_are_normalised_as_docker_does() -> None:
     assert dockerref.policy_namespaces(ref) == [
         "reg.example.com:5000/ns/app", "reg.example.com:5000/ns", "reg.example.com:5000",
         "*.example.com", "*.com"]
+
+
+# split_reference reads a reference as re.fullmatch(dockerref.REFERENCE, …, re.ASCII)
+# does, without compiling it: held to the pattern on references built from the
+# grammar's pieces, right or slightly wrong, and on plain noise.
+_PIECES = ["a", "z9", "0", "B", ".", "_", "__", "-", "--", "/", ":", "@", "5000", "[",
+           "]", "::1", "fe80", "sha256", "+", "é", "٣", "\n", "x" * 40, "f" * 32,
+           "A" * 31, "docker.io", "localhost"]
+
+
+@given(st.one_of(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join),
+                 st.text(alphabet="aZ09._-/:@[]+é", max_size=30)))
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+def test_split_reference_is_the_reference_pattern(text: str) -> None:
+    import re
+    m = re.fullmatch(dockerref.REFERENCE, text, re.ASCII)
+    assert dockerref.split_reference(text) == (m.groups() if m else None)
+
+
+def test_split_reference_on_references_of_each_kind() -> None:
+    import re
+    digest = "sha256:" + "0" * 64
+    for text in ["docker.io/library/busybox", "reg.example.com:5000/ns/app:v1",
+                 f"127.0.0.1:5000/a/b:t@{digest}", f"[fe80::1]:5000/x@{digest}",
+                 "a/b__c/d--e.f_g:W_.-9", "x" * 300 + "/y", "a/b:" + "t" * 128,
+                 "a/b:" + "t" * 129, "a/b:.t", "a/-b", "a/b-", "a/b___c", "-a.b/c",
+                 "a.-b/c", "[]/c", "[z]/c", "a:/c", "a:5000x/c", f"a/b@{digest[:-33]}",
+                 f"a/b@sha256+x.y_z-w:{'F' * 32}", f"a/b@1sha:{'f' * 32}", f"a/b@s..a:{'f' * 32}",
+                 "a/b@", "a/b:", "A/b", "a/B", "a//b", "/a", "a/"]:
+        m = re.fullmatch(dockerref.REFERENCE, text, re.ASCII)
+        assert dockerref.split_reference(text) == (m.groups() if m else None), text
 
 
 R = dockerref.parse_normalized

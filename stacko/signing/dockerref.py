@@ -8,8 +8,6 @@ way round).  A name with no host is docker.io's, one component more is
 """
 from __future__ import annotations
 
-import re
-
 from stacko.records import record
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -19,8 +17,9 @@ _NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 # Patterns, not compiled ones: re.fullmatch(PATTERN, text, re.ASCII) compiles each
-# when first used (re's own cache), and a pull uses only REFERENCE (compiling all
-# three at import cost every signed pull ~1.5 ms).
+# when first used (re's own cache).  A pull's reference is read by split_reference,
+# which tests/test_signing_policy.py holds to REFERENCE: compiling REFERENCE
+# cost every signed pull ~1.5 ms.
 REFERENCE = rf"({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?"
 DOMAIN = _DOMAIN
 NAME = _NAME
@@ -66,7 +65,7 @@ def parse_normalized(text: str) -> Named:
     """reference.ParseNormalizedNamed."""
     if not isinstance(text, str) or not text:
         raise BadReference("empty reference")
-    if len(text) == 64 and re.fullmatch(r"[a-f0-9]{64}", text):
+    if len(text) == 64 and set(text) <= _LOWER_HEX:
         raise BadReference(f"invalid repository name {text!r}: cannot be a 64-byte hex string")
     first, slash, rest = text.partition("/")
     if not slash or ("." not in first and ":" not in first and first != "localhost"
@@ -78,14 +77,13 @@ def parse_normalized(text: str) -> Named:
         domain = "docker.io"
     if domain == "docker.io" and "/" not in remainder:
         remainder = "library/" + remainder
-    name_part = re.split(r"[:@]", remainder, maxsplit=1)[0]
+    name_part = remainder.partition("@")[0].partition(":")[0]
     if name_part.lower() != name_part:
         raise BadReference(f"invalid reference {text!r}: repository name must be lowercase")
-    full = f"{domain}/{remainder}"
-    m = re.fullmatch(REFERENCE, full, re.ASCII)
-    if m is None:
+    parts = split_reference(f"{domain}/{remainder}")
+    if parts is None:
         raise BadReference(f"invalid reference format: {text!r}")
-    name, tag, digest = m.group(1), m.group(2), m.group(3)
+    name, tag, digest = parts
     if len(name) > NAME_MAX:
         raise BadReference(f"repository name of {text!r} is longer than {NAME_MAX} characters")
     if digest is not None:
@@ -94,6 +92,85 @@ def parse_normalized(text: str) -> Named:
                 or hex_part.lower() != hex_part:
             raise BadReference(f"invalid digest in {text!r}")
     return Named(name, tag, digest)
+
+
+# --- REFERENCE, read without compiling it -----------------------------------------------
+_DIGITS = frozenset("0123456789")
+_LOWER_HEX = frozenset("0123456789abcdef")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz") | _DIGITS
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_WORD = _ALNUM | {"_"}
+_TAG_CHARS = _WORD | {".", "-"}
+
+
+def split_reference(text: str) -> tuple[str, str | None, str | None] | None:
+    """(name, tag, digest) as re.fullmatch(REFERENCE, text, re.ASCII) groups
+    them, or None where it does not match.  No part of the grammar holds '@',
+    a tag and a digest hold no '/', and a name holds ':' only in its domain,
+    before its first '/': so the parts are found by where those characters are."""
+    head, at, digest = text.partition("@")
+    if at and not _is_digest(digest):
+        return None
+    slash = head.rfind("/")
+    name, colon, tag = head[slash + 1:].partition(":")
+    name = head[:slash + 1] + name
+    if colon and not (0 < len(tag) <= 128 and tag[0] in _WORD and set(tag) <= _TAG_CHARS):
+        return None
+    segments = name.split("/")
+    if not all(map(_is_component, segments[1:])) or not (
+            _is_component(segments[0]) or (len(segments) > 1 and _is_domain(segments[0]))):
+        return None
+    return name, tag if colon else None, digest if at else None
+
+
+def _is_component(text: str) -> bool:
+    """[a-z0-9]+ joined by '.', '_', '__' or a run of '-'."""
+    if not text or text[0] not in _LOWER_ALNUM or text[-1] not in _LOWER_ALNUM:
+        return False
+    run = ""
+    for c in text:
+        if c in _LOWER_ALNUM:
+            if run and run not in (".", "_", "__") and set(run) != {"-"}:
+                return False
+            run = ""
+        else:
+            run += c
+    return True
+
+
+def _is_domain(text: str) -> bool:
+    """Labels of [a-zA-Z0-9-] (no '-' at either end) joined by '.', or an
+    [IPv6] address of [a-fA-F0-9:]; then an optional :port."""
+    if text.startswith("["):
+        address, bracket, port = text[1:].partition("]")
+        if not bracket or not address or not set(address) <= _HEX | {":"}:
+            return False
+    else:
+        host, colon, port = text.partition(":")
+        if colon:
+            port = ":" + port
+        if not all(label and label[0] != "-" and label[-1] != "-" and set(label) <= _ALNUM | {"-"}
+                   for label in host.split(".")):
+            return False
+    return not port or (port[0] == ":" and len(port) > 1 and set(port[1:]) <= _DIGITS)
+
+
+def _is_digest(text: str) -> bool:
+    """Letters-and-digits words, each starting with a letter, joined by one of
+    '-_+.', then ':' and 32 or more hex digits."""
+    algorithm, colon, hex_part = text.partition(":")
+    if not colon or len(hex_part) < 32 or not set(hex_part) <= _HEX:
+        return False
+    word = ""
+    for c in algorithm + "+":
+        if c in "-_+.":
+            if not word or not word[0].isalpha() or not set(word) <= _ALNUM:
+                return False
+            word = ""
+        else:
+            word += c
+    return True
 
 
 def policy_identity(ref: Named) -> str:
