@@ -11,12 +11,10 @@ containers/image does.  A refusal raises PolicyRefused saying which reason.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from stacko.errors import StackoError
 from stacko.records import record
-from stacko.signing import payload as payload_mod
 from stacko.signing.dockerref import Named, parse_normalized
 from stacko.signing.identity import matches
 from stacko.signing.policyfile import (ACCEPT, REJECT, SIGNED_BY, Policy, PolicyError,
@@ -25,6 +23,18 @@ from stacko.signing.policyfile import (ACCEPT, REJECT, SIGNED_BY, Policy, Policy
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # for annotations only: imports nothing at run time
     from collections.abc import Callable
+
+    from stacko.signing import payload as payload_mod
+
+
+def b64encode(data: bytes) -> bytes:
+    import base64       # here: loaded while gpgv works (_check_gpg), not before
+    return base64.b64encode(data)
+
+
+def b64decode(text: str | bytes) -> bytes:
+    import base64
+    return base64.b64decode(text)
 
 # Why a signature, or an image, was refused: the words the messages start with.
 NO_SIGNATURE = "no signature"
@@ -61,7 +71,7 @@ class Accepted:
 
     def to_dict(self) -> dict:
         out = {"type": self.kind, "signer": self.signer, "identity": self.identity,
-               "digest": self.digest, "data": base64.b64encode(self.data).decode()}
+               "digest": self.digest, "data": b64encode(self.data).decode()}
         if self.signature:
             out["signature"] = self.signature
         return out
@@ -73,7 +83,7 @@ class Accepted:
                                                             "data")):
             raise ValueError("not a kept signature")
         return cls(d["type"], d["signer"], d["identity"], d["digest"],
-                   base64.b64decode(d["data"]), str(d.get("signature") or ""))
+                   b64decode(d["data"]), str(d.get("signature") or ""))
 
 
 @record
@@ -157,8 +167,11 @@ def _refusal(rejections: list, ref: Named, digest: str, where: str,
                          reason, hint="nothing was fetched or recorded")
 
 
-def _check_payload(req: Requirement, data: bytes, sig_type: str, ref: Named,
+def _check_payload(req: Requirement, data: bytes, kind: str, ref: Named,
                    digest: str, manifest: bytes | None) -> payload_mod.Payload:
+    """The payload of a signature of kind "gpg" or "sigstore" (Accepted.kind)."""
+    from stacko.signing import payload as payload_mod
+    sig_type = payload_mod.GPG if kind == "gpg" else payload_mod.SIGSTORE
     try:
         signed = payload_mod.parse(data, sig_type)
     except payload_mod.InvalidPayload as e:
@@ -189,11 +202,18 @@ def _check_gpg(req: Requirement, keys: list, ref: Named, digest: str,
     rejections: list = []
     if not signatures:      # refused whatever the keys hold: no gpg started, a fast refusal
         return rejections
-    with gpg.Keyring(keys, meanwhile) as ring:
+    def loading() -> None:
+        """What follows gpg's verdict (the payload's parser, base64 for the
+        record), and the caller's meanwhile, loaded while gpg works."""
+        import base64  # noqa: F401
+        from stacko.signing import payload  # noqa: F401
+        if meanwhile is not None:
+            meanwhile()
+    with gpg.Keyring(keys, loading) as ring:
         for blob in signatures:
             try:
                 fingerprint, data = ring.verify(blob)
-                signed = _check_payload(req, data, payload_mod.GPG, ref, digest, manifest)
+                signed = _check_payload(req, data, "gpg", ref, digest, manifest)
             except gpg.BadSignature as e:
                 rejections.append(SignatureRejected(NO_KEY if e.unknown_key else BAD, e.detail))
                 continue
@@ -209,7 +229,7 @@ def key_id(pem: bytes) -> str:
     lines = [x for x in pem.decode("ascii", "replace").splitlines()
              if x.strip() and not x.startswith("-----")]
     try:
-        return "sha256:" + hashlib.sha256(base64.b64decode("".join(lines))).hexdigest()
+        return "sha256:" + hashlib.sha256(b64decode("".join(lines))).hexdigest()
     except ValueError:
         return "sha256:" + hashlib.sha256(pem).hexdigest()
 
@@ -225,7 +245,7 @@ def _check_sigstore(req: Requirement, keys: list, ref: Named, digest: str,
                                                         "any of the policy's keys"))
             continue
         try:
-            signed = _check_payload(req, data, payload_mod.SIGSTORE, ref, digest, manifest)
+            signed = _check_payload(req, data, "sigstore", ref, digest, manifest)
         except SignatureRejected as e:
             rejections.append(e)
             continue

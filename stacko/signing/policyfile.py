@@ -10,7 +10,6 @@ must hold; one good signature satisfies a signature requirement.
 """
 from __future__ import annotations
 
-import base64
 import json
 import re
 
@@ -130,6 +129,7 @@ def _strings(value: object, where: str) -> tuple:
 
 
 def _key_data(value: object, where: str) -> bytes:
+    import base64          # only for keyData: not loaded before a pull's manifest
     text = _string(value, where)
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)

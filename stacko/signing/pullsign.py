@@ -7,7 +7,6 @@ it exists, else /etc/containers/policy.json; with neither, no check at all
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -101,7 +100,7 @@ class Checker:
         if not verdict.accepted:
             return None
         return {"version": RECORD_VERSION, "reference": str(self.ref), "digest": digest,
-                "manifest": base64.b64encode(manifest).decode(),
+                "manifest": policy_mod.b64encode(manifest).decode(),
                 "signatures": [a.to_dict() for a in verdict.accepted]}
 
 
@@ -136,7 +135,7 @@ def kept(record: object) -> tuple[str, str, bytes, list]:
     try:
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             raise ValueError("unknown version")
-        manifest = base64.b64decode(record["manifest"])
+        manifest = policy_mod.b64decode(record["manifest"])
         sigs = [policy_mod.Accepted.from_dict(s) for s in record["signatures"]]
         ref, digest = record["reference"], record["digest"]
         if not isinstance(ref, str) or not isinstance(digest, str):
