@@ -29,7 +29,7 @@ from typing import Dict, List
 import common
 
 TITLE = "signing: a pull under a signedBy policy vs under insecureAcceptAnything"
-ROUNDS = 25
+ROUNDS = 40
 
 
 def run() -> List[dict]:
