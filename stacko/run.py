@@ -113,7 +113,7 @@ def spawn(argv: Sequence[str]) -> Spawned:
     way (signing/gpg.py, docs/bench.md)."""
     argv = [str(a) for a in argv]
     log_command(argv, None, None)
-    outputs = (os.memfd_create("stdout"), os.memfd_create("stderr"))
+    outputs = (_output_file("stdout"), _output_file("stderr"))
     try:
         pid = os.posix_spawnp(argv[0], argv, child_env(), file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -131,6 +131,20 @@ def spawn(argv: Sequence[str]) -> Spawned:
             raise CommandFailed(f"cannot run {argv[0]}: {e.strerror or e}") from None
         raise
     return Spawned(argv, pid, outputs)
+
+
+def _output_file(name: str) -> int:
+    """A file in memory for one of the child's outputs, numbered above 2: with
+    stdin, stdout or stderr closed (a boot script's `<&-`), the lowest free
+    number is one that the child's own redirections would replace."""
+    fd = os.memfd_create(name)
+    held = []
+    while fd <= 2:
+        held.append(fd)
+        fd = os.dup(fd)
+    for low in held:
+        os.close(low)
+    return fd
 
 
 def _read_and_close(fd: int) -> str:

@@ -80,6 +80,20 @@ def test_spawn_of_a_missing_binary_is_named_and_leaves_no_descriptor(capsys,
     assert "+ no-such-tool-here 'two words'" in capsys.readouterr().err
 
 
+def test_spawn_with_stdin_stdout_and_stderr_closed(tmp_path) -> None:
+    """A boot script may start stacko with `<&- >&- 2>&-`: the files spawn
+    makes for the child's output must not take the numbers 0-2 it redirects."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    code = ("import os; from stacko import run; r = run.spawn(['sh', '-c', 'echo hi; echo err >&2'])"
+            f".wait(); os.write(os.open({str(out)!r}, os.O_WRONLY | os.O_CREAT), "
+            "repr((r.returncode, r.stdout, r.stderr)).encode())")
+    subprocess.run(["sh", "-c", f'exec "$0" -c "$1" <&- >&- 2>&-', sys.executable, code],
+                   cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.getcwd()), check=True)
+    assert out.read_text() == repr((0, "hi\n", "err\n"))
+
+
 def test_spawn_does_not_import_subprocess(tmp_path) -> None:
     import subprocess
     import sys
