@@ -208,10 +208,12 @@ class Keyring:
         sig = self._write(f"sig-{self.count}", blob)
         out = os.path.join(self.home, f"out-{self.count}")
         child = run.spawn(argv + ["--output", out, sig])
-        if self.meanwhile is not None:
-            work, self.meanwhile = self.meanwhile, None
-            work()
-        result = child.wait()
+        try:
+            if self.meanwhile is not None:
+                work, self.meanwhile = self.meanwhile, None
+                work()
+        finally:
+            result = child.wait()
         try:
             with open(out, "rb") as f:
                 data = f.read(MAX_SIGNED + 1)
