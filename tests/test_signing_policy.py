@@ -111,7 +111,8 @@ def test_split_reference_on_references_of_each_kind() -> None:
                  "a/b__c/d--e.f_g:W_.-9", "x" * 300 + "/y", "a/b:" + "t" * 128,
                  "a/b:" + "t" * 129, "a/b:.t", "a/-b", "a/b-", "a/b___c", "-a.b/c",
                  "a.-b/c", "[]/c", "[z]/c", "a:/c", "a:5000x/c", f"a/b@{digest[:-33]}",
-                 f"a/b@sha256+x.y_z-w:{'F' * 32}", f"a/b@1sha:{'f' * 32}", f"a/b@s..a:{'f' * 32}",
+                 f"a/b@sha256+x.y_z-w:{'F' * 32}", f"a/b@1sha:{'f' * 32}",
+                 f"a/b@s..a:{'f' * 32}", f"a/b@s--a:{'f' * 32}",
                  "a/b@", "a/b:", "A/b", "a/B", "a//b", "/a", "a/"]:
         m = re.fullmatch(dockerref.REFERENCE, text, re.ASCII)
         assert dockerref.split_reference(text) == (m.groups() if m else None), text

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from stacko.records import record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for annotations only: imports nothing at run time
+    from collections.abc import Callable
+
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
@@ -126,17 +130,25 @@ def split_reference(text: str) -> tuple[str, str | None, str | None] | None:
 
 def _is_component(text: str) -> bool:
     """[a-z0-9]+ joined by '.', '_', '__' or a run of '-'."""
-    if not text or text[0] not in _LOWER_ALNUM or text[-1] not in _LOWER_ALNUM:
+    return _joined(text, _LOWER_ALNUM, lambda word: True,
+                   lambda sep: sep in (".", "_", "__") or set(sep) == {"-"})
+
+
+def _joined(text: str, chars: frozenset, word_ok: Callable[[str], bool],
+            sep_ok: Callable[[str], bool]) -> bool:
+    """Whether text is runs of chars (words), each one word_ok accepts, joined
+    by runs of other characters, each one sep_ok accepts."""
+    if not text or text[0] not in chars or text[-1] not in chars:
         return False
-    run = ""
-    for c in text:
-        if c in _LOWER_ALNUM:
-            if run and run not in (".", "_", "__") and set(run) != {"-"}:
-                return False
-            run = ""
-        else:
+    run = text[0]
+    for c in text[1:]:
+        if (c in chars) == (run[-1] in chars):
             run += c
-    return True
+            continue
+        if not (word_ok if run[-1] in chars else sep_ok)(run):
+            return False
+        run = c
+    return word_ok(run)
 
 
 def _is_domain(text: str) -> bool:
@@ -162,15 +174,8 @@ def _is_digest(text: str) -> bool:
     algorithm, colon, hex_part = text.partition(":")
     if not colon or len(hex_part) < 32 or not set(hex_part) <= _HEX:
         return False
-    word = ""
-    for c in algorithm + "+":
-        if c in "-_+.":
-            if not word or not word[0].isalpha() or not set(word) <= _ALNUM:
-                return False
-            word = ""
-        else:
-            word += c
-    return True
+    return _joined(algorithm, _ALNUM, lambda word: word[0].isalpha(),
+                   lambda sep: sep in ("-", "_", "+", "."))
 
 
 def policy_identity(ref: Named) -> str:
