@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         from stacko import log
         log.verbose = True
     previous = signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        # Ignored by a parent, and so inherited: the kernel would reap our
+        # children itself and their exit status (a check's, gpgv's, mount's)
+        # would be lost.  Their default, which their own children get too.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         return args.handler(args)
     except StackoError as e:

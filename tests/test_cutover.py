@@ -318,6 +318,23 @@ def test_a_check_that_fails_falls_back_and_shows_its_last_lines(point: Path, sta
     assert info(stacko)["events"][-1]["reason"].startswith("the check `for i in")
 
 
+def test_a_check_fails_even_when_stacko_is_started_with_sigchld_ignored(
+        point: Path, stacko: Runner, root: Path) -> None:
+    """A parent that ignores SIGCHLD (some daemons do) leaves it ignored across
+    exec: the kernel then reaps stacko's children itself, and their exit
+    status is lost (subprocess reports 0).  A failing check must still fail,
+    a good signature or a mount still be told from a bad one."""
+    ignoring = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+    argv = [sys.executable, "-c", ignoring, "-m", "stacko", "--root", str(root),
+            "cutover-stackpoint", "p", "new", "--check", "exit 3"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert proc.returncode == 1 and "exited with status 3" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (point / "f").read_text() == "old\n" and info(stacko)["current"] == "old"
+
+
 def test_a_check_that_does_not_exist(point: Path, stacko: Runner, root: Path) -> None:
     stderr = failed_check(stacko, point, "/no/such/check-command")
     assert "127" in stderr and "not found" in stderr
