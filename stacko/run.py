@@ -94,8 +94,11 @@ class Spawned:
         try:
             _, status = os.waitpid(self.pid, 0)
         except BaseException:           # interrupted: leave no child behind
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except OSError:             # reaped already (SIGCHLD ignored: cli.main)
+                pass
             raise
         finally:
             stdout, stderr = (_read_and_close(fd) for fd in self.outputs)
