@@ -359,20 +359,6 @@ class Client:
         r = self.request("HEAD", f"/v2/{self.ref.repo}/blobs/{digest}", ok=(200, 404))
         return r.status == 200
 
-    def mount_blob(self, digest: str, source_repo: str) -> bool:
-        """Ask the registry to link a blob it holds in source_repo: True when done."""
-        r = self.request("POST", f"/v2/{self.ref.repo}/blobs/uploads/?"
-                         f"{query([('mount', digest), ('from', source_repo)])}",
-                         scope=self.scope(source_repo), ok=(201, 202))
-        if r.status == 202:         # not mounted: end the upload session it opened
-            location = r.headers.get("Location")
-            if location:
-                try:
-                    self.request("DELETE", self.absolute(location), ok=(200, 202, 204, 404))
-                except RegistryError:
-                    pass
-        return r.status == 201
-
     def upload_blob(self, digest: str, size: int, open_data: Callable[[], object]) -> None:
         """A monolithic upload: POST for a session, then PUT the whole blob."""
         start = self.request("POST", f"/v2/{self.ref.repo}/blobs/uploads/", ok=(202,))

@@ -316,7 +316,8 @@ def post_mount(client: Client, digest: str, source: str) -> Response:
 
 
 def mount_blob(client: Client, digest: str, source: str) -> bool:
-    """Client.mount_blob, through post_mount: True when mounted."""
+    """Ask the registry to link a blob it holds in source (post_mount): True
+    when mounted; a session opened instead is ended."""
     r = post_mount(client, digest, source)
     if r.status == 202:         # not mounted: end the upload session it opened
         location = r.headers.get("Location")
